@@ -1,0 +1,328 @@
+"""The student training engine: minibatches in, a trained ``torch.nn.Module`` out.
+
+Estimators build the module and the :class:`~kdpipe.batches.RowSource`; this module
+runs the epochs: seeded shuffling, the loss (from :mod:`kdpipe.losses`, called in one
+place, :func:`batch_loss`), the optimizer, early stopping on a validation split, a
+per-epoch history and an optional progress bar.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kdpipe import losses
+from kdpipe._arrays import take_rows
+from kdpipe.batches import Batch, RowSource, prefetched
+from kdpipe.devices import resolve_device
+
+__all__ = [
+    "TrainingConfig",
+    "batch_loss",
+    "train_student",
+    "predict_logits",
+    "split_validation",
+    "seeded",
+]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a student is trained. Every field has the estimators' default."""
+
+    loss: Literal["distillation", "logit_matching", "hard"] = "distillation"
+    temperature: float = 4.0  # distillation temperature T
+    alpha: float = 0.1  # weight of the hard-label cross-entropy
+    combine: Literal["arithmetic", "geometric"] = "arithmetic"  # ensemble members
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 50
+    early_stopping: bool = False  # stop when the validation loss stops improving
+    n_iter_no_change: int = 5  # epochs without improvement before stopping
+    tol: float = 1e-4  # smallest validation-loss decrease that counts
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a plain dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
+        """Build from a dict, ignoring keys that are not fields."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def batch_loss(
+    student_logits: torch.Tensor,
+    y: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
+    config: TrainingConfig,
+) -> torch.Tensor:
+    """The training objective of one minibatch; the only place losses are called."""
+    if config.loss == "hard" or teacher_logits is None:
+        if y is None:
+            raise ValueError("training without teacher logits needs labels")
+        return losses.hard_label_loss(student_logits, y)
+    if config.loss == "distillation":
+        return losses.distillation_loss(
+            student_logits,
+            teacher_logits,
+            y,
+            temperature=config.temperature,
+            alpha=config.alpha,
+            combine=config.combine,
+        )
+    if config.loss == "logit_matching":
+        loss = (1.0 - config.alpha) * losses.logit_matching_loss(student_logits, teacher_logits)
+        if y is not None and config.alpha > 0.0:
+            loss = loss + config.alpha * losses.hard_label_loss(student_logits, y)
+        return loss
+    raise ValueError(
+        f"loss must be 'distillation', 'logit_matching' or 'hard', got {config.loss!r}"
+    )
+
+
+class seeded:
+    """Context manager: torch's global RNG seeded inside, restored outside.
+
+    Covers weight initialization and dropout masks, which draw from the global
+    generator, so the same seed gives bit-identical weights on CPU.
+    """
+
+    def __init__(self, seed: int, device: torch.device | None = None):
+        self.seed = int(seed)
+        self.cuda = device is not None and device.type == "cuda"
+        self._fork: Any = None
+
+    def __enter__(self) -> seeded:
+        devices = [torch.cuda.current_device()] if self.cuda else []
+        self._fork = torch.random.fork_rng(devices=devices)
+        self._fork.__enter__()
+        torch.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fork.__exit__(*exc)
+
+
+def split_validation(
+    rows: np.ndarray, fraction: float, rng: np.random.Generator, y: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows into (train, validation); stratified on labeled rows when possible."""
+    rows = np.asarray(rows)
+    n_val = int(round(fraction * len(rows)))
+    if not 0 < n_val < len(rows):
+        raise ValueError(
+            f"validation_fraction={fraction} leaves no rows for training or validation "
+            f"with {len(rows)} rows"
+        )
+    if y is None:
+        order = rng.permutation(len(rows))
+        return np.sort(rows[order[n_val:]]), np.sort(rows[order[:n_val]])
+    val: list[np.ndarray] = []
+    labels = y[rows]
+    for code in np.unique(labels):
+        members = rows[labels == code]
+        take = int(round(fraction * len(members)))
+        val.append(rng.permutation(members)[:take])
+    val_rows = np.concatenate(val)
+    if len(val_rows) == 0:  # every group too small: fall back to a plain split
+        return split_validation(rows, fraction, rng, None)
+    return np.setdiff1d(rows, val_rows), np.sort(val_rows)
+
+
+def _row_batches(
+    rows: np.ndarray, batch_size: int, rng: np.random.Generator | None
+) -> Iterator[np.ndarray]:
+    order = rows if rng is None else rows[rng.permutation(len(rows))]
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
+    pin = device.type == "cuda"
+
+    def move(a: np.ndarray | None) -> torch.Tensor | None:
+        if a is None:
+            return None
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+    return move(batch.X), move(batch.y), move(batch.teacher_logits)
+
+
+def _make_optimizer(module: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    params = module.parameters()
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}")
+
+
+def _evaluate(
+    module: torch.nn.Module,
+    source: RowSource,
+    rows: np.ndarray,
+    config: TrainingConfig,
+    device: torch.device,
+) -> tuple[float, float]:
+    """Mean loss and accuracy on labeled rows (nan when there are none) of ``rows``."""
+    module.eval()
+    total_loss, total_rows, correct, labeled = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for batch in prefetched(source, _row_batches(rows, config.batch_size, None)):
+            X, y, v = _to_device(batch, device)
+            z = module(X)
+            total_loss += float(batch_loss(z, y, v, config)) * len(batch.X)
+            total_rows += len(batch.X)
+            if y is not None:
+                mask = y >= 0
+                correct += int((z.argmax(dim=1)[mask] == y[mask]).sum())
+                labeled += int(mask.sum())
+    accuracy = correct / labeled if labeled else float("nan")
+    return total_loss / max(total_rows, 1), accuracy
+
+
+def train_student(
+    module: torch.nn.Module,
+    source: RowSource,
+    rows: np.ndarray,
+    config: TrainingConfig,
+    *,
+    seed: int,
+    validation_rows: np.ndarray | None = None,
+    verbose: int = 0,
+) -> list[dict[str, float]]:
+    """Train ``module`` in place on ``source``'s ``rows``; return the per-epoch history.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Maps a float32 batch ``(b, ...)`` to logits ``(b, C)``. Moved to the device.
+    source : RowSource
+        Where minibatches come from.
+    rows : ndarray of int
+        Training rows of ``source``.
+    config : TrainingConfig
+    seed : int
+        Seeds shuffling and dropout: the same seed gives the same weights on CPU.
+    validation_rows : ndarray of int, optional
+        Rows scored after each epoch; required for early stopping, after which the
+        weights of the best epoch are restored.
+    verbose : int, default=0
+        0: silent; 1: a progress bar over epochs (loss, rows/s); 2: a line per epoch.
+
+    Returns
+    -------
+    list of dict
+        One record per epoch: ``epoch``, ``train_loss``, ``val_loss``,
+        ``val_accuracy`` (nan without validation rows or labels), ``rows_per_s``,
+        ``seconds``.
+    """
+    if config.early_stopping and (validation_rows is None or len(validation_rows) == 0):
+        raise ValueError("early stopping needs validation rows")
+    rows = np.asarray(rows, dtype=np.intp)
+    if len(rows) == 0:
+        raise ValueError("no training rows")
+    device = resolve_device(config.device)
+    module.to(device)
+    optimizer = _make_optimizer(module, config)
+    rng = np.random.default_rng(seed)
+    history: list[dict[str, float]] = []
+    best_loss, best_state, stale = np.inf, None, 0
+
+    with seeded(seed, device), tqdm(
+        total=config.max_epochs, desc="student", unit="epoch", disable=verbose != 1, leave=False
+    ) as bar:
+        for epoch in range(1, config.max_epochs + 1):
+            start = time.perf_counter()
+            module.train()
+            epoch_loss = 0.0
+            for batch in prefetched(source, _row_batches(rows, config.batch_size, rng)):
+                X, y, v = _to_device(batch, device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(module(X), y, v, config)
+                loss_value = float(loss.detach())
+                if not np.isfinite(loss_value):
+                    raise FloatingPointError(
+                        f"training loss became {loss_value} in epoch {epoch}: lower "
+                        "learning_rate or check the inputs and teacher logits"
+                    )
+                loss.backward()
+                optimizer.step()
+                epoch_loss += loss_value * len(batch.X)
+            seconds = time.perf_counter() - start
+            record = {
+                "epoch": float(epoch),
+                "train_loss": epoch_loss / len(rows),
+                "val_loss": float("nan"),
+                "val_accuracy": float("nan"),
+                "rows_per_s": len(rows) / seconds if seconds > 0 else float("inf"),
+                "seconds": seconds,
+            }
+            if validation_rows is not None and len(validation_rows):
+                record["val_loss"], record["val_accuracy"] = _evaluate(
+                    module, source, np.asarray(validation_rows), config, device
+                )
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", rows_s=f"{record['rows_per_s']:.0f}")
+            if verbose >= 2:
+                print(
+                    f"epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  "
+                    f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}  "
+                    f"{record['rows_per_s']:.0f} rows/s",
+                    flush=True,
+                )
+            if config.early_stopping:
+                if record["val_loss"] < best_loss - config.tol:
+                    best_loss, stale = record["val_loss"], 0
+                    best_state = copy.deepcopy(module.state_dict())
+                else:
+                    stale += 1
+                    if stale >= config.n_iter_no_change:
+                        break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return history
+
+
+def predict_logits(
+    module: torch.nn.Module,
+    X: Any,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "auto",
+) -> np.ndarray:
+    """Student logits ``(n, C)`` for every row of ``X`` (numpy or on-disk), streamed."""
+    device = resolve_device(device)
+    module.to(device)
+    module.eval()
+    n = X.shape[0]
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, min(start + batch_size, n))
+            block = take_rows(X, rows).astype(np.float32, copy=False)
+            out.append(module(torch.from_numpy(np.ascontiguousarray(block)).to(device)).cpu().numpy())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)

@@ -1,0 +1,56 @@
+"""Typed errors, so callers can tell *why* kdpipe refused something.
+
+Every error kdpipe raises on purpose derives from :class:`KdpipeError`. Errors about
+caller input also derive from :class:`ValueError`, so generic ``except ValueError``
+handlers (and scikit-learn's own checks) keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KdpipeError",
+    "InputError",
+    "TeacherOutputError",
+    "ClassMismatchError",
+    "CacheError",
+    "CacheMismatchError",
+    "CacheIncompleteError",
+    "CacheCorruptError",
+    "CacheChunkMissingError",
+]
+
+
+class KdpipeError(Exception):
+    """Base class of every error kdpipe raises on purpose."""
+
+
+class InputError(KdpipeError, ValueError):
+    """Bad caller input: wrong shape, NaN values, unknown label, bad parameter."""
+
+
+class TeacherOutputError(InputError):
+    """A teacher returned unusable logits (NaN/inf, wrong shape, wrong class set)."""
+
+
+class ClassMismatchError(InputError):
+    """Class lists that must agree (labels, cache, ensemble members) do not."""
+
+
+class CacheError(KdpipeError):
+    """Base class of logit-cache problems."""
+
+
+class CacheMismatchError(CacheError, ValueError):
+    """The cache was built from another teacher, other data or other settings."""
+
+
+class CacheIncompleteError(CacheError):
+    """The cache is not finished: some chunks were never written."""
+
+
+class CacheCorruptError(CacheError):
+    """A chunk or the manifest does not match its checksum, or cannot be decoded."""
+
+
+class CacheChunkMissingError(CacheIncompleteError, CacheCorruptError):
+    """A chunk's data is absent: never written, or deleted after it was recorded."""

@@ -1,0 +1,226 @@
+"""The distillation math of Hinton, Vinyals & Dean (2015), section 2. Nothing else.
+
+Shapes: ``n`` rows, ``M`` ensemble members, ``C`` classes. Teacher logits are ``(n, C)``
+(one teacher) or ``(n, M, C)`` (an ensemble). Every function computes in float32 whatever
+the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and works through
+``log_softmax`` so logits of magnitude 1e4 stay finite.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "soft_targets",
+    "distillation_loss",
+    "hard_label_loss",
+    "logit_matching_loss",
+]
+
+Combine = Literal["arithmetic", "geometric"]
+
+
+def _as_float32(x: torch.Tensor | object, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if not (t.is_floating_point()):
+        raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
+    return t.float()
+
+
+def _check_temperature(temperature: float) -> float:
+    if not (float(temperature) > 0.0) or not torch.isfinite(torch.tensor(float(temperature))):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def _member_logits(teacher_logits: torch.Tensor | object) -> torch.Tensor:
+    """Teacher logits as ``(n, M, C)`` float32."""
+    v = _as_float32(teacher_logits, "teacher_logits")
+    if v.ndim == 2:
+        return v.unsqueeze(1)
+    if v.ndim != 3:
+        raise ValueError(
+            "teacher_logits must have shape (n, C) or (n, M, C), "
+            f"got shape {tuple(v.shape)}"
+        )
+    return v
+
+
+def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.ndim != 2:
+        raise ValueError(
+            f"student_logits must have shape (n, C), got shape {tuple(student_logits.shape)}"
+        )
+    n, c = student_logits.shape
+    if teacher_logits.shape[0] != n or teacher_logits.shape[-1] != c:
+        raise ValueError(
+            f"student logits of shape {tuple(student_logits.shape)} do not match teacher "
+            f"logits of shape {tuple(teacher_logits.shape)}: rows and classes must agree"
+        )
+
+
+def soft_targets(
+    teacher_logits: torch.Tensor, temperature: float, combine: Combine = "arithmetic"
+) -> torch.Tensor:
+    """Soft targets ``p = softmax(v / T)`` of a teacher or an ensemble.
+
+    Parameters
+    ----------
+    teacher_logits : Tensor of shape (n, C) or (n, M, C)
+        Raw logits of one teacher or of ``M`` ensemble members.
+    temperature : float
+        Softmax temperature ``T > 0``.
+    combine : {"arithmetic", "geometric"}, default="arithmetic"
+        How members are combined: the mean of the members' ``softmax(v_m / T)``, or
+        their normalized geometric mean, which equals ``softmax(mean_m(v_m) / T)``.
+
+    Returns
+    -------
+    Tensor of shape (n, C), float32
+        Rows are probability distributions.
+    """
+    temperature = _check_temperature(temperature)
+    v = _member_logits(teacher_logits)  # (n, M, C)
+    if combine == "arithmetic":
+        return F.softmax(v / temperature, dim=-1).mean(dim=1)
+    if combine == "geometric":
+        return F.softmax(v.mean(dim=1) / temperature, dim=-1)
+    raise ValueError(f"combine must be 'arithmetic' or 'geometric', got {combine!r}")
+
+
+def _label_codes(y: torch.Tensor | object, z: torch.Tensor) -> torch.Tensor:
+    """Validate labels against student logits ``z`` of shape (n, C); return int64 codes."""
+    y = torch.as_tensor(y, device=z.device)
+    n, n_classes = z.shape
+    if y.shape != (n,):
+        raise ValueError(f"y must have shape ({n},), got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class codes, got dtype {y.dtype}")
+    out_of_range = (y < -1) | (y >= n_classes)
+    if bool(out_of_range.any()):
+        bad = y[out_of_range].unique().tolist()
+        raise ValueError(
+            f"labels must be class codes in [-1, {n_classes}) (-1 = unlabeled), got {bad}"
+        )
+    return y.long()
+
+
+def hard_label_loss(student_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the true labels at ``T = 1``, averaged over labeled rows.
+
+    Rows labeled ``-1`` are unlabeled and contribute nothing; with no labeled row the
+    loss is an exact zero that still carries a (zero) gradient.
+
+    Parameters
+    ----------
+    student_logits : Tensor of shape (n, C)
+    y : Tensor of shape (n,)
+        Integer class codes in ``[-1, C)``.
+
+    Returns
+    -------
+    Tensor, scalar float32
+    """
+    z = _as_float32(student_logits, "student_logits")
+    if z.ndim != 2:
+        raise ValueError(f"student_logits must have shape (n, C), got shape {tuple(z.shape)}")
+    codes = _label_codes(y, z)
+    labeled = codes >= 0
+    if not bool(labeled.any()):
+        return z.sum() * 0.0
+    return F.cross_entropy(z[labeled], codes[labeled])
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    temperature: float,
+    alpha: float,
+    combine: Combine = "arithmetic",
+) -> torch.Tensor:
+    """The objective of section 2: soft-target KL at ``T`` plus hard-label CE at 1.
+
+    ``(1 - alpha) * T**2 * KL(p_T || q_T) + alpha * CE(y, q_1)`` where
+    ``q_T = softmax(z / T)`` of the student, ``p_T`` the teacher's soft targets and
+    ``q_1`` the student's ordinary softmax, all from the same student logits ``z``.
+
+    Parameters
+    ----------
+    student_logits : Tensor of shape (n, C)
+    teacher_logits : Tensor of shape (n, C) or (n, M, C)
+    y : Tensor of shape (n,), optional
+        Integer class codes; ``-1`` marks an unlabeled row, which contributes the soft
+        term only. ``None`` means every row is unlabeled.
+    temperature : float
+        Distillation temperature ``T > 0``.
+    alpha : float in [0, 1]
+        Weight of the hard-label term (the paper found a small one works best).
+    combine : {"arithmetic", "geometric"}, default="arithmetic"
+        Ensemble combination, see :func:`soft_targets`.
+
+    Returns
+    -------
+    Tensor, scalar float32
+
+    Notes
+    -----
+    The soft term's gradient is ``(1/T)(q_i - p_i)`` per row (eq. 2), which shrinks as
+    ``1/T**2`` for soft targets at high ``T``; multiplying by ``T**2`` keeps its balance
+    with the hard term as ``T`` changes. KL and cross-entropy with the soft targets
+    differ by the teacher's entropy, a constant, so their gradients are identical. The
+    KL is averaged over all rows and the hard term over labeled rows.
+
+    References
+    ----------
+    G. Hinton, O. Vinyals, J. Dean. Distilling the Knowledge in a Neural Network.
+    arXiv:1503.02531, 2015.
+    """
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    temperature = _check_temperature(temperature)
+    z = _as_float32(student_logits, "student_logits")
+    v = _member_logits(teacher_logits).to(z.device)
+    _check_pair(z, v)
+
+    p = soft_targets(v, temperature, combine)  # (n, C)
+    log_q = F.log_softmax(z / temperature, dim=-1)  # (n, C)
+    kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
+    loss = (1.0 - alpha) * temperature**2 * kl
+    if y is not None:
+        codes = _label_codes(y, z)
+        if alpha > 0.0:
+            loss = loss + alpha * hard_label_loss(z, codes)
+    return loss
+
+
+def logit_matching_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor
+) -> torch.Tensor:
+    """Caruana's logit matching: ``1/2 sum_i (z_i - v_i)**2``, averaged over rows.
+
+    Both sides are zero-meaned per row first (softmax ignores a per-row constant); an
+    ensemble is represented by its members' mean logits. This is the high-temperature
+    limit of :func:`distillation_loss` (eq. 4), up to the factor ``1/C``.
+
+    Parameters
+    ----------
+    student_logits : Tensor of shape (n, C)
+    teacher_logits : Tensor of shape (n, C) or (n, M, C)
+
+    Returns
+    -------
+    Tensor, scalar float32
+    """
+    z = _as_float32(student_logits, "student_logits")
+    v = _member_logits(teacher_logits).to(z.device)
+    _check_pair(z, v)
+    v = v.mean(dim=1)  # (n, C)
+    z = z - z.mean(dim=-1, keepdim=True)
+    v = v - v.mean(dim=-1, keepdim=True)
+    return 0.5 * (z - v).pow(2).sum(dim=-1).mean()
