@@ -19,7 +19,7 @@ __all__ = ["train_mlp_ensemble", "jitter_images"]
 
 
 def jitter_images(
-    X: np.ndarray, image_shape: tuple[int, int], max_shift: int, rng: np.random.Generator
+    X: np.ndarray, rng: np.random.Generator, *, image_shape: tuple[int, int], max_shift: int
 ) -> np.ndarray:
     """Shift each flattened image by up to ``max_shift`` pixels in each direction.
 

@@ -13,3 +13,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The test models are tiny: one thread is faster than two fighting over the cores
+    # with loky workers, and it keeps CPU timings of the suite steady.
+    torch.set_num_threads(1)
