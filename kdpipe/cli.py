@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # modules that define ``register(subparsers)``; each adds its own subcommands
 _COMMAND_MODULES = (
     "kdpipe.quickstart",
+    "kdpipe.cache.cli",
 )
 
 

@@ -1,0 +1,106 @@
+"""Run chunk tasks on Dask's threaded scheduler or on a ``dask.distributed`` cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from kdpipe.cache.tasks import ChunkJob
+
+__all__ = ["Task", "run_tasks"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One call ``job.<method>(arg)`` covering the chunk of rows ``[start, stop)``."""
+
+    key: str
+    method: str  # "compute" or "check"
+    arg: Any  # chunk index or ChunkRecord
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def _call(job: ChunkJob, method: str, arg: Any, x: Any = None) -> Any:
+    return getattr(job, method)(arg, x)
+
+
+def run_tasks(
+    job: ChunkJob,
+    tasks: Sequence[Task],
+    *,
+    client: Any = None,
+    num_workers: int = 1,
+    progress: bool = True,
+    desc: str = "kdpipe",
+    read_block: Callable[[Task], Any] | None = None,
+) -> list[Any]:
+    """Run ``tasks`` and return their results in order; the first failure is re-raised.
+
+    ``read_block(task)`` gives the rows of ``task`` when the job cannot read them itself
+    (in-memory data on a distributed cluster): blocks are then scattered just in time,
+    a few tasks ahead, so the cluster never holds the whole input.
+    """
+    if not tasks:
+        return []
+    with tqdm(total=sum(t.rows for t in tasks), unit="row", unit_scale=True, desc=desc, disable=not progress) as bar:
+        if client is None:
+            return _run_threads(job, tasks, num_workers, bar)
+        return _run_distributed(job, tasks, client, bar, read_block)
+
+
+def _run_threads(job: ChunkJob, tasks: Sequence[Task], num_workers: int, bar: tqdm) -> list[Any]:
+    import dask
+    from dask.callbacks import Callback
+
+    rows = {t.key: t.rows for t in tasks}
+
+    class _Progress(Callback):
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            bar.update(rows.get(key, 0))
+
+    delayed = [
+        dask.delayed(_call, pure=False)(job, t.method, t.arg, dask_key_name=t.key) for t in tasks
+    ]
+    # One worker: run in the calling thread. torch's OpenMP pool is measurably slower
+    # (~15% on 2 CPU cores) when driven from a freshly started thread.
+    scheduler = "sync" if num_workers == 1 else "threads"
+    with _Progress():
+        return list(dask.compute(*delayed, scheduler=scheduler, num_workers=num_workers))
+
+
+def _run_distributed(
+    job: ChunkJob, tasks: Sequence[Task], client: Any, bar: tqdm, read_block: Callable[[Task], Any] | None
+) -> list[Any]:
+    from distributed import as_completed
+
+    job_future = client.scatter(job, broadcast=True, hash=False)  # the teachers travel once per worker
+    window = 2 * max(1, sum(client.nthreads().values()))
+    results: dict[str, Any] = {}
+    rows = {t.key: t.rows for t in tasks}
+    todo = list(reversed(tasks))
+
+    def submit() -> Any:
+        t = todo.pop()
+        x = None if read_block is None else client.scatter(read_block(t), hash=False)
+        return client.submit(_call, job_future, t.method, t.arg, x, key=t.key, pure=False)
+
+    running = as_completed([submit() for _ in range(min(window, len(todo)))])
+    try:
+        for future in running:
+            results[future.key] = future.result()
+            bar.update(rows[future.key])
+            if todo:
+                running.add(submit())
+    except BaseException:
+        for future in list(running.futures):
+            future.cancel()
+        raise
+    return [results[t.key] for t in tasks]

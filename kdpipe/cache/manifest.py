@@ -1,0 +1,218 @@
+"""The cache manifest (``manifest.json``) and per-chunk completion records.
+
+Layout of a cache directory::
+
+    PATH/manifest.json        what the cache is: settings, fingerprints, classes, status
+    PATH/done/000012.json     chunk 12 is complete (written atomically, after its data)
+    PATH/logits.zarr/ or PATH/hdf5/   the chunk data (see ``zarr_store``, ``hdf5_store``)
+
+While building, the ``done/`` records are the truth about which chunks exist. When every
+chunk is complete the manifest is rewritten once with ``complete: true`` and all records
+copied into it, so readers of a finished cache need one small file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdpipe.errors import CacheCorruptError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ChunkRecord",
+    "TeacherInfo",
+    "Manifest",
+    "read_manifest",
+    "write_manifest",
+    "write_record",
+    "read_records",
+    "atomic_write_bytes",
+    "encode_classes",
+    "decode_classes",
+    "chunk_bounds",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+RECORDS_DIR = "done"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def chunk_bounds(index: int, chunk_rows: int, n_rows: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of chunk ``index``."""
+    start = index * chunk_rows
+    return start, min(start + chunk_rows, n_rows)
+
+
+def encode_classes(classes: np.ndarray) -> dict[str, Any]:
+    """JSON form of a class array: its dtype and values."""
+    classes = np.asarray(classes)
+    kind = "str" if classes.dtype.kind in "USO" else classes.dtype.str
+    values = [str(c) for c in classes] if kind == "str" else classes.tolist()
+    return {"dtype": kind, "values": values}
+
+
+def decode_classes(data: dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`encode_classes`."""
+    if data["dtype"] == "str":
+        return np.asarray(data["values"], dtype=str)
+    return np.asarray(data["values"], dtype=np.dtype(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """Proof that chunk ``index`` (rows ``start:stop``) was written, with its checksums."""
+
+    index: int
+    start: int
+    stop: int
+    logits_crc32c: int
+    labels_crc32c: int
+    data_sha256: str
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChunkRecord:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """One ensemble member as recorded in the manifest."""
+
+    kind: str
+    name: str
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TeacherInfo:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a cache promises about itself."""
+
+    backend: str
+    dtype: str
+    chunk_rows: int
+    n_rows: int
+    classes: dict[str, Any]
+    teachers: tuple[TeacherInfo, ...]
+    data_shape: tuple[int, ...]
+    data_dtype: str
+    versions: dict[str, str] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    finished: str | None = None
+    complete: bool = False
+    data_fingerprint: str | None = None
+    chunks: tuple[ChunkRecord, ...] = ()
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def n_members(self) -> int:
+        return len(self.teachers)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes["values"])
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    def class_array(self) -> np.ndarray:
+        return decode_classes(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["teachers"] = [t.to_dict() for t in self.teachers]
+        data["chunks"] = [c.to_dict() for c in self.chunks]
+        data["data_shape"] = list(self.data_shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["teachers"] = tuple(TeacherInfo.from_dict(t) for t in data["teachers"])
+        data["chunks"] = tuple(ChunkRecord.from_dict(c) for c in data.get("chunks", ()))
+        data["data_shape"] = tuple(data["data_shape"])
+        return cls(**data)
+
+    def finished_with(self, records: list[ChunkRecord], data_fingerprint: str, when: str) -> Manifest:
+        return replace(
+            self, chunks=tuple(records), complete=True, data_fingerprint=data_fingerprint, finished=when
+        )
+
+
+def read_manifest(root: str | Path) -> Manifest | None:
+    """The manifest of the cache at ``root``, or None when there is none."""
+    path = Path(root) / MANIFEST_NAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        manifest = Manifest.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheCorruptError(f"cannot decode the manifest {path}: {exc}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise CacheCorruptError(
+            f"{path} has format version {manifest.format_version}; this kdpipe reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def write_manifest(root: str | Path, manifest: Manifest) -> None:
+    """Write the manifest atomically."""
+    text = json.dumps(manifest.to_dict(), indent=1, sort_keys=True)
+    atomic_write_bytes(Path(root) / MANIFEST_NAME, text.encode())
+
+
+def write_record(root: str | Path, record: ChunkRecord) -> None:
+    """Mark a chunk complete. Call only after its data is written."""
+    directory = Path(root) / RECORDS_DIR
+    directory.mkdir(exist_ok=True)
+    atomic_write_bytes(directory / f"{record.index:06d}.json", json.dumps(record.to_dict()).encode())
+
+
+def read_records(root: str | Path) -> dict[int, ChunkRecord]:
+    """Completion records written so far, by chunk index."""
+    directory = Path(root) / RECORDS_DIR
+    records: dict[int, ChunkRecord] = {}
+    if not directory.is_dir():
+        return records
+    for path in directory.glob("[0-9]*.json"):
+        try:
+            record = ChunkRecord.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CacheCorruptError(f"cannot decode the chunk record {path}: {exc}") from exc
+        records[record.index] = record
+    return records

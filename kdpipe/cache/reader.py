@@ -1,0 +1,341 @@
+"""``LogitCache``: lazy, verified reads of a finished logit cache and of its row subsets."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdpipe.cache.config import parse_combine, parse_temperature
+from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
+from kdpipe.cache.soft import soft_targets_block
+from kdpipe.cache.storage import ChunkStore, open_store, read_checked
+from kdpipe.cache.verify import VerifyReport, verify_chunks
+from kdpipe.errors import CacheIncompleteError
+
+__all__ = ["LogitCache"]
+
+DEFAULT_CHUNK_CACHE_BYTES = 64 * 2**20
+
+
+class _Handle:
+    """One process's access to one cache: lazily opened store, verified chunk reads, LRU.
+
+    Every chunk read is checked against its completion record (crc32c), so a missing,
+    unfinished or corrupt chunk raises instead of returning fill values.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, records: dict[int, ChunkRecord], cache_bytes: int) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.records = records
+        self.cache_bytes = cache_bytes
+        self._store: ChunkStore | None = None
+        self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lru_bytes = 0
+        self._lock = threading.Lock()
+        self._labels: np.ndarray | None = None
+
+    @property
+    def store(self) -> ChunkStore:
+        if self._store is None:
+            self._store = open_store(self.root, self.manifest)
+        return self._store
+
+    def record(self, index: int) -> ChunkRecord:
+        record = self.records.get(index)
+        if record is None:
+            start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
+            raise CacheIncompleteError(
+                f"chunk {index} (rows {start}-{stop - 1}) of the cache at {self.root} is not complete; "
+                "rerun build_cache with the same arguments to finish it"
+            )
+        return record
+
+    def logits_chunk(self, index: int) -> np.ndarray:
+        """Chunk ``index`` of the logits in the storage dtype, verified."""
+        with self._lock:
+            block = self._lru.get(index)
+            if block is not None:
+                self._lru.move_to_end(index)
+                return block
+        block = read_checked(self.store, self.record(index), "logits")
+        if block.nbytes <= self.cache_bytes:
+            with self._lock:
+                if index not in self._lru:
+                    self._lru[index] = block
+                    self._lru_bytes += block.nbytes
+                while self._lru_bytes > self.cache_bytes:
+                    self._lru_bytes -= self._lru.popitem(last=False)[1].nbytes
+        return block
+
+    def labels(self) -> np.ndarray:
+        """All label codes (int64, -1 unlabeled), read once."""
+        if self._labels is None:
+            parts = [read_checked(self.store, self.record(i), "labels") for i in range(self.manifest.n_chunks)]
+            self._labels = np.concatenate(parts).astype(np.int64, copy=False)
+        return self._labels
+
+
+def _positions(key: Any, n: int) -> np.ndarray:
+    """Row positions (int64) selected by a slice, an int array/list, or a boolean mask."""
+    if isinstance(key, slice):
+        return np.arange(n, dtype=np.int64)[key]
+    idx = np.asarray(key)
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise IndexError(f"boolean index of shape {idx.shape} does not match {n} rows")
+        return np.flatnonzero(idx).astype(np.int64)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if idx.dtype.kind not in "iu" or idx.ndim != 1:
+        raise IndexError(f"rows must be a slice, a 1-d integer array or a boolean mask, got {key!r:.80}")
+    idx = idx.astype(np.int64)
+    if idx.min() < -n or idx.max() >= n:
+        raise IndexError(f"row index out of range for {n} rows: {idx[(idx < -n) | (idx >= n)][:5].tolist()}")
+    return np.where(idx < 0, idx + n, idx)
+
+
+def _is_full(part: Any) -> bool:
+    return part is Ellipsis or (isinstance(part, slice) and part == slice(None))
+
+
+class LogitCache:
+    """A finished logit cache, or a lazy row subset of one.
+
+    Array-like of shape ``(n, members, classes)``: ``np.asarray(cache)`` reads the float32
+    logits. Indexing rows (``cache[idx]``, ``cache[mask]``, ``cache[a:b]``,
+    ``cache[idx, ...]``, :meth:`take`) returns another lazy ``LogitCache`` that reads only
+    the chunks it touches, once per chunk. Pickling keeps only the path and the rows.
+
+    Use :meth:`open` to create one; see :func:`kdpipe.build_cache` to build one.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, handle: _Handle, rows: np.ndarray | None = None) -> None:
+        self._handle = handle
+        self._rows = rows  # absolute row numbers; None means every row in order
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, allow_incomplete: bool = False,
+        chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES,
+    ) -> LogitCache:
+        """Open the cache at ``path``.
+
+        Parameters
+        ----------
+        path : path
+        allow_incomplete : bool
+            Open an unfinished cache (reading a missing chunk still raises).
+        chunk_cache_bytes : int
+            Memory for recently read chunks (per process); 0 disables it.
+
+        Raises
+        ------
+        FileNotFoundError
+            There is no cache at ``path``.
+        CacheIncompleteError
+            The build has not finished (unless ``allow_incomplete``).
+        """
+        root = Path(path)
+        manifest = read_manifest(root)
+        if manifest is None:
+            raise FileNotFoundError(f"no kdpipe logit cache at {root} (no manifest.json)")
+        if manifest.complete:
+            records = {r.index: r for r in manifest.chunks}
+        else:
+            records = read_records(root)
+            if not allow_incomplete:
+                raise CacheIncompleteError(
+                    f"the cache at {root} is not finished: {len(records)} of {manifest.n_chunks} chunks "
+                    "complete; rerun build_cache with the same arguments to finish it"
+                )
+        return cls(_Handle(root, manifest, records, int(chunk_cache_bytes)))
+
+    # -- pickling: the path and the rows only; the store reopens in the new process
+    def __getstate__(self) -> dict[str, Any]:
+        h = self._handle
+        return {
+            "path": str(h.root),
+            "rows": self._rows,
+            "allow_incomplete": not h.manifest.complete,
+            "chunk_cache_bytes": h.cache_bytes,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        opened = LogitCache.open(
+            state["path"], allow_incomplete=state["allow_incomplete"], chunk_cache_bytes=state["chunk_cache_bytes"]
+        )
+        self._handle = opened._handle
+        self._rows = state["rows"]
+
+    def __dask_tokenize__(self) -> Any:
+        m = self._handle.manifest
+        rows = None if self._rows is None else (len(self._rows), hash(self._rows.tobytes()))
+        return ("kdpipe.LogitCache", str(self._handle.root), m.created, m.data_fingerprint, rows)
+
+    # -- metadata
+    @property
+    def path(self) -> Path:
+        return self._handle.root
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._handle.manifest
+
+    @property
+    def n_members(self) -> int:
+        return self.manifest.n_members
+
+    @property
+    def n_classes(self) -> int:
+        return self.manifest.n_classes
+
+    @property
+    def classes(self) -> np.ndarray:
+        """Class labels in logit order."""
+        return self.manifest.class_array()
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Row numbers of this view in the full cache."""
+        return np.arange(self.manifest.n_rows, dtype=np.int64) if self._rows is None else self._rows
+
+    def __len__(self) -> int:
+        return self.manifest.n_rows if self._rows is None else len(self._rows)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self), self.n_members, self.n_classes)
+
+    def __repr__(self) -> str:
+        view = "" if self._rows is None else f" (subset of {self.manifest.n_rows})"
+        return f"LogitCache({str(self.path)!r}, shape={self.shape}{view}, dtype={self.manifest.dtype})"
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label codes, int64; -1 marks unlabeled rows."""
+        labels = self._handle.labels()
+        return labels.copy() if self._rows is None else labels[self._rows]
+
+    # -- row selection
+    def __getitem__(self, key: Any) -> Any:
+        rest: tuple[Any, ...] = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            block = np.asarray(self.take([key]))[0]
+            return block[rest] if rest else block
+        subset = self.take(key)
+        if all(_is_full(part) for part in rest):
+            return subset
+        return np.asarray(subset)[(slice(None), *rest)]
+
+    def take(self, indices: Any) -> LogitCache:
+        """Lazy subset of the rows at ``indices`` (positions in this view)."""
+        positions = _positions(indices, len(self))
+        rows = positions if self._rows is None else self._rows[positions]
+        return LogitCache(self._handle, rows)
+
+    # -- reading
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self._read(self._rows)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def _read(self, rows: np.ndarray | None) -> np.ndarray:
+        """float32 logits of ``rows`` (None: all), reading each touched chunk once."""
+        m = self.manifest
+        h = self._handle
+        if rows is None:
+            out = np.empty((m.n_rows, m.n_members, m.n_classes), dtype=np.float32)
+            for i in range(m.n_chunks):
+                start, stop = chunk_bounds(i, m.chunk_rows, m.n_rows)
+                out[start:stop] = h.logits_chunk(i)
+            return out
+        out = np.empty((len(rows), m.n_members, m.n_classes), dtype=np.float32)
+        if len(rows) == 0:
+            return out
+        chunk_of = rows // m.chunk_rows
+        order = None if np.all(chunk_of[1:] >= chunk_of[:-1]) else np.argsort(chunk_of, kind="stable")
+        sorted_chunks = chunk_of if order is None else chunk_of[order]
+        cuts = np.flatnonzero(np.diff(sorted_chunks)) + 1
+        for seg in np.split(np.arange(len(rows)), cuts):
+            where = seg if order is None else order[seg]
+            chunk = int(sorted_chunks[seg[0]])
+            out[where] = h.logits_chunk(chunk)[rows[where] - chunk * m.chunk_rows]
+        return out
+
+    @property
+    def logits(self) -> Any:
+        """Lazy dask array ``(n, members, classes)`` of float32 logits."""
+        import dask
+        import dask.array as da
+
+        m = self.manifest
+        if self._rows is None:
+            bounds = [chunk_bounds(i, m.chunk_rows, m.n_rows) for i in range(m.n_chunks)]
+        else:
+            bounds = [(s, min(s + m.chunk_rows, len(self))) for s in range(0, len(self), m.chunk_rows)]
+        token = dask.base.tokenize(self)
+        parts = [
+            da.from_delayed(
+                dask.delayed(np.asarray, pure=True)(self.take(slice(a, b)), dask_key_name=f"kdpipe-logits-{token}-{k}"),
+                shape=(b - a, m.n_members, m.n_classes),
+                dtype=np.float32,
+            )
+            for k, (a, b) in enumerate(bounds)
+        ]
+        return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
+
+    def soft_targets(self, temperature: float, combine: str = "arithmetic") -> Any:
+        """Lazy dask array ``(n, classes)`` of float32 soft targets at ``temperature``.
+
+        ``"arithmetic"``: mean over members of ``softmax(v_m / T)``; ``"geometric"``:
+        ``softmax(mean_m(v_m) / T)`` (Hinton et al. 2015, section 2).
+        """
+        t = parse_temperature(temperature)
+        combine = parse_combine(combine)
+        return self.logits.map_blocks(
+            soft_targets_block, t, combine, drop_axis=1, dtype=np.float32, meta=np.empty((0, 0), np.float32)
+        )
+
+    # -- checks
+    def verify(self) -> VerifyReport:
+        """Re-read every chunk of the whole cache and check it against its record."""
+        h = self._handle
+        records = h.records if self.manifest.complete else read_records(h.root)
+        return verify_chunks(str(h.root), self.manifest, records, h.store)
+
+    def info(self) -> dict[str, Any]:
+        """Summary: rows, classes, members, dtype, bytes on disk, fingerprints, chunks."""
+        m = self.manifest
+        records = self._handle.records if m.complete else read_records(self.path)
+        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return {
+            "path": str(self.path),
+            "format_version": m.format_version,
+            "backend": m.backend,
+            "rows": m.n_rows,
+            "members": m.n_members,
+            "classes": m.classes["values"],
+            "n_classes": m.n_classes,
+            "dtype": m.dtype,
+            "chunk_rows": m.chunk_rows,
+            "n_chunks": m.n_chunks,
+            "complete_chunks": len(records),
+            "complete": m.complete,
+            "bytes_on_disk": size,
+            "bytes_per_row": size / m.n_rows,
+            "teachers": [t.to_dict() for t in m.teachers],
+            "data": {"shape": list(m.data_shape), "dtype": m.data_dtype, "fingerprint": m.data_fingerprint},
+            "versions": m.versions,
+            "created": m.created,
+            "finished": m.finished,
+        }

@@ -1,0 +1,49 @@
+"""Pick the chunk store of a backend, and check a chunk against its record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import crc32c
+import numpy as np
+
+from kdpipe.cache.hdf5_store import Hdf5ChunkStore
+from kdpipe.cache.manifest import ChunkRecord, Manifest
+from kdpipe.cache.zarr_store import ZarrChunkStore
+from kdpipe.errors import CacheCorruptError
+
+__all__ = ["ChunkStore", "open_store", "checksum", "read_checked"]
+
+ChunkStore = ZarrChunkStore | Hdf5ChunkStore
+_STORES = {"zarr": ZarrChunkStore, "hdf5": Hdf5ChunkStore}
+
+
+def open_store(root: str | Path, manifest: Manifest, *, writable: bool = False) -> ChunkStore:
+    """The chunk store of the cache at ``root``."""
+    return _STORES[manifest.backend](root, manifest, writable=writable)
+
+
+def checksum(block: np.ndarray) -> int:
+    """crc32c of an array's bytes (C order)."""
+    return crc32c.crc32c(memoryview(np.ascontiguousarray(block)).cast("B"))
+
+
+def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -> np.ndarray:
+    """Read one chunk's ``"logits"`` or ``"labels"`` and compare it with its recorded crc32c.
+
+    Raises
+    ------
+    CacheChunkMissingError
+        The chunk's data is absent.
+    CacheCorruptError
+        It cannot be decoded, has the wrong shape, or its checksum differs from the record.
+    """
+    block = store.read_logits(record.index) if what == "logits" else store.read_labels(record.index)
+    expected = record.logits_crc32c if what == "logits" else record.labels_crc32c
+    rows = record.stop - record.start
+    if block.shape[0] != rows or checksum(block) != expected:
+        raise CacheCorruptError(
+            f"chunk {record.index} (rows {record.start}-{record.stop - 1}) of {what} does not "
+            f"match its recorded checksum"
+        )
+    return block

@@ -1,0 +1,126 @@
+"""The work of one build task: compute (or check) one whole storage chunk.
+
+A :class:`ChunkJob` is shipped once to each worker (scattered with ``broadcast=True``
+on a distributed cluster); tasks then only carry a chunk index and, for in-memory
+inputs, that chunk's rows. The task that computes chunk ``i`` is the only writer of
+chunk ``i``, and writes its completion record after the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdpipe.cache.fingerprint import hash_block
+from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, write_record
+from kdpipe.cache.sources import Source, encode_labels
+from kdpipe.cache.storage import checksum, open_store, read_checked
+from kdpipe.cache.teachers import Member
+from kdpipe.devices import resolve_device
+from kdpipe.errors import CacheCorruptError, InputError, TeacherOutputError
+
+__all__ = ["ChunkJob"]
+
+
+def _rows_text(rows: np.ndarray) -> str:
+    shown = ", ".join(str(r) for r in rows[:10])
+    return f"{shown}{', ...' if len(rows) > 10 else ''} ({len(rows)} rows)"
+
+
+@dataclass
+class ChunkJob:
+    """Everything a worker needs to compute any chunk of one cache."""
+
+    root: str
+    manifest: Manifest
+    members: list[Member]
+    device: Any
+    batch_size: int
+    source: Source | None = None  # None: the driver sends each chunk's rows
+    codes: np.ndarray | None = None  # encoded labels of all rows, when given up front
+
+    def _inputs(self, index: int, x: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's input rows (read here unless the driver sent them) and label codes."""
+        start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
+        y = None
+        if x is None:
+            assert self.source is not None
+            x, y = self.source.read(start, stop)
+        if self.codes is not None:
+            codes = self.codes[start:stop]
+        else:
+            classes = self.manifest.class_array()
+            codes = encode_labels(y, classes, start) if y is not None else np.full(stop - start, -1, np.int64)
+        if len(x) != stop - start:
+            raise InputError(f"chunk {index}: the input gave {len(x)} rows, expected {stop - start}")
+        return x, np.ascontiguousarray(codes, dtype=np.int64)
+
+    def compute(self, index: int, x: np.ndarray | None = None) -> ChunkRecord:
+        """Run every member over chunk ``index``, write the chunk, then its record."""
+        m = self.manifest
+        start, stop = chunk_bounds(index, m.chunk_rows, m.n_rows)
+        x, codes = self._inputs(index, x)
+        device = resolve_device(self.device)
+        logits = np.empty((stop - start, m.n_members, m.n_classes), dtype=m.dtype)  # (rows, members, classes)
+        for b0 in range(0, stop - start, self.batch_size):
+            b1 = min(b0 + self.batch_size, stop - start)
+            for j, member in enumerate(self.members):
+                out = member.predict(x[b0:b1], device)
+                self._check(out, j, member, start + b0, start + b1)
+                logits[b0:b1, j] = out
+        store = open_store(self.root, m, writable=True)
+        store.write_chunk(index, logits, codes)
+        record = ChunkRecord(
+            index=index,
+            start=start,
+            stop=stop,
+            logits_crc32c=checksum(logits),
+            labels_crc32c=checksum(codes),
+            data_sha256=hash_block(x),
+            device=str(device),
+        )
+        write_record(Path(self.root), record)
+        return record
+
+    def _check(self, out: np.ndarray, j: int, member: Member, r0: int, r1: int) -> None:
+        expected = (r1 - r0, self.manifest.n_classes)
+        if out.shape != expected:
+            raise TeacherOutputError(
+                f"member {j} ({member.name}) returned logits of shape {out.shape} for rows "
+                f"{r0}-{r1 - 1}; expected {expected} ({self.manifest.n_classes} classes)"
+            )
+        finite = np.isfinite(out).all(axis=1)
+        if not finite.all():
+            raise TeacherOutputError(
+                f"member {j} ({member.name}) returned NaN or inf logits for rows "
+                f"{_rows_text(r0 + np.flatnonzero(~finite))}"
+            )
+        if self.manifest.dtype == "float16":
+            too_big = (np.abs(out) > np.finfo(np.float16).max).any(axis=1)
+            if too_big.any():
+                raise TeacherOutputError(
+                    f"member {j} ({member.name}) returned logits beyond the float16 range for rows "
+                    f"{_rows_text(r0 + np.flatnonzero(too_big))}; build with dtype='float32'"
+                )
+
+    def check(self, record: ChunkRecord, x: np.ndarray | None = None) -> str:
+        """Compare a complete chunk with this build's inputs and with its stored data.
+
+        Returns ``"ok"``, ``"data"`` (the input rows changed), ``"labels"`` (the labels
+        changed) or ``"damaged"`` (stored chunk missing or corrupt: recompute it).
+        """
+        x, codes = self._inputs(record.index, x)
+        if hash_block(x) != record.data_sha256:
+            return "data"
+        if checksum(codes) != record.labels_crc32c:
+            return "labels"
+        store = open_store(self.root, self.manifest)
+        try:
+            read_checked(store, record, "logits")
+            read_checked(store, record, "labels")
+        except CacheCorruptError:
+            return "damaged"
+        return "ok"

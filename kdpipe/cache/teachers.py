@@ -1,0 +1,235 @@
+"""Teachers of every supported kind behind one interface: ``Member.predict(batch) -> logits``.
+
+Supported kinds: a ``torch.nn.Module``; a TorchScript file (``.pt``, ``.pth``, ``.ts``);
+a joblib-pickled scikit-learn classifier (``.joblib``, ``.pkl``); a fitted scikit-learn
+classifier; any callable ``batch -> logits``. A list of these is an ensemble.
+
+Prepared models (loaded from file, moved to a GPU, switched to eval mode) are kept in a
+per-process table, so each worker process loads a teacher once, not once per task.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdpipe.cache import fingerprint as fp
+from kdpipe.cache.manifest import TeacherInfo
+from kdpipe.errors import ClassMismatchError, InputError
+
+__all__ = ["Member", "resolve_members", "resolve_classes"]
+
+_TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts"}
+_JOBLIB_SUFFIXES = {".joblib", ".pkl", ".pickle"}
+_PREPARED: dict[tuple[Any, str], tuple[Any, Any]] = {}  # (key, device) -> (source object, prepared)
+_PREPARED_LOCK = threading.RLock()  # re-entered: preparing a file teacher first loads it
+
+
+def _load_torchscript(path: str) -> Any:
+    import torch
+
+    with warnings.catch_warnings():
+        # torch >= 2.10 deprecates TorchScript; loading existing files is still supported
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning)
+        return torch.jit.load(path, map_location="cpu")
+
+
+def _is_sklearn(obj: Any) -> bool:
+    return hasattr(obj, "classes_") and (hasattr(obj, "decision_function") or hasattr(obj, "predict_proba"))
+
+
+@dataclass
+class Member:
+    """One ensemble member: what it is, its fingerprint, and how to run it.
+
+    ``columns`` reorders the member's output columns into the ensemble's class order
+    (None when they already agree).
+    """
+
+    kind: str  # "torch" | "torchscript" | "sklearn" | "callable"
+    name: str
+    fingerprint: str
+    obj: Any = None  # the teacher itself, or None for a file loaded per process
+    path: str | None = None
+    columns: np.ndarray | None = None
+
+    def info(self) -> TeacherInfo:
+        return TeacherInfo(kind=self.kind, name=self.name, fingerprint=self.fingerprint)
+
+    def teacher(self) -> Any:
+        """The teacher object; file teachers are loaded once per process."""
+        if self.obj is not None:
+            return self.obj
+        return self._prepared("file", lambda: _load_file(self.path, self.kind))
+
+    def own_classes(self) -> np.ndarray | None:
+        """Class labels the teacher declares (``classes_`` or ``classes``), if any."""
+        teacher = self.teacher()
+        for attr in ("classes_", "classes"):
+            value = getattr(teacher, attr, None)
+            if value is not None and not callable(value):
+                return np.asarray(value)
+        return None
+
+    def _prepared(self, device: str, make: Any) -> Any:
+        key = (self.path if self.obj is None else id(self.obj), device)
+        with _PREPARED_LOCK:
+            entry = _PREPARED.get(key)
+            if entry is None or (self.obj is not None and entry[0] is not self.obj):
+                entry = (self.obj, make())
+                _PREPARED[key] = entry
+            return entry[1]
+
+    def predict(self, x: np.ndarray, device: Any) -> np.ndarray:
+        """Raw logits of ``x`` (a numpy batch) as a numpy array, in ensemble class order."""
+        if self.kind in ("torch", "torchscript"):
+            module = self._prepared(
+                str(device), lambda: _prepare_module(self.teacher(), device, owned=self.obj is None)
+            )
+            out = _torch_forward(module, x, device)
+        elif self.kind == "sklearn":
+            out = _sklearn_logits(self.teacher(), x)
+        else:
+            out = self.obj(x)
+            if hasattr(out, "detach"):
+                out = out.detach().float().cpu().numpy()
+            out = np.asarray(out)
+        if self.columns is not None and out.ndim == 2 and out.shape[1] == len(self.columns):
+            out = out[:, self.columns]
+        return out
+
+
+def _load_file(path: str | None, kind: str) -> Any:
+    assert path is not None
+    if kind == "torchscript":
+        return _load_torchscript(path)
+    import joblib
+
+    return joblib.load(path)
+
+
+def _prepare_module(module: Any, device: Any, owned: bool) -> Any:
+    """``module`` in eval mode on ``device``; a copy unless kdpipe ``owned`` it (loaded it from file).
+
+    The caller's module is never changed (not moved, not switched to eval mode).
+    """
+    if owned:
+        return module.to(device).eval()
+    if device.type == "cpu" and not module.training:
+        return module
+    return copy.deepcopy(module).to(device).eval()
+
+
+def _torch_forward(module: Any, x: np.ndarray, device: Any) -> np.ndarray:
+    import torch
+
+    param = next(iter(module.parameters()), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    batch = torch.from_numpy(np.require(x, requirements=["C", "W"]))  # torch wants writable memory
+    if batch.is_floating_point():
+        batch = batch.to(dtype)
+    with torch.inference_mode():
+        if device.type != "cuda":
+            return module(batch).float().numpy()
+        pinned = batch.pin_memory()  # kept alive until the stream is synchronized below
+        with torch.autocast(device_type="cuda"):
+            out = module(pinned.to(device, non_blocking=True))
+        out = out.float()
+        host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        torch.cuda.current_stream(device).synchronize()
+        return host.numpy()
+
+
+def _sklearn_logits(estimator: Any, x: np.ndarray) -> np.ndarray:
+    """Logits of a scikit-learn classifier.
+
+    ``decision_function`` when there is one; a binary decision of shape (n,) becomes the
+    zero-mean pair ``[-d/2, d/2]``, whose softmax is ``[1 - sigmoid(d), sigmoid(d)]``.
+    Otherwise ``log(predict_proba)``, with probabilities clipped at float32's smallest
+    normal so that a zero probability gives a large negative logit, not ``-inf``.
+    """
+    x2 = x.reshape(len(x), -1)
+    if hasattr(estimator, "decision_function"):
+        d = np.asarray(estimator.decision_function(x2), dtype=np.float64)
+        if d.ndim == 1:
+            d = np.stack([-d / 2, d / 2], axis=1)
+        return d.astype(np.float32)
+    p = np.asarray(estimator.predict_proba(x2), dtype=np.float64)
+    return np.log(np.maximum(p, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+def _member(teacher: Any) -> Member:
+    if isinstance(teacher, (str, os.PathLike)):
+        path = str(Path(teacher).resolve())
+        suffix = Path(path).suffix.lower()
+        if not Path(path).is_file():
+            raise InputError(f"teacher file {teacher!r} does not exist")
+        if suffix in _TORCHSCRIPT_SUFFIXES:
+            kind = "torchscript"
+        elif suffix in _JOBLIB_SUFFIXES:
+            kind = "sklearn"
+        else:
+            raise InputError(f"teacher file {teacher!r}: expected .pt/.pth/.ts (TorchScript) or .joblib/.pkl")
+        return Member(kind, Path(path).name, "file:" + fp.fingerprint_file(path), path=path)
+    try:
+        import torch
+
+        if isinstance(teacher, torch.nn.Module):
+            return Member("torch", type(teacher).__name__, fp.fingerprint_torch_module(teacher), obj=teacher)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if _is_sklearn(teacher):
+        return Member("sklearn", type(teacher).__name__, fp.fingerprint_sklearn(teacher), obj=teacher)
+    if callable(teacher):
+        name = getattr(teacher, "__qualname__", type(teacher).__qualname__)
+        return Member("callable", name, fp.fingerprint_callable(teacher), obj=teacher)
+    raise InputError(f"cannot use a {type(teacher).__name__} as a teacher")
+
+
+def resolve_members(teachers: Any) -> list[Member]:
+    """Wrap a teacher or a list of teachers into :class:`Member` objects."""
+    items = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
+    if not items:
+        raise InputError("teachers is an empty list")
+    return [_member(t) for t in items]
+
+
+def resolve_classes(members: list[Member], classes: Any = None) -> np.ndarray | None:
+    """The ensemble's class order; set each member's column permutation to match it.
+
+    The order is ``classes`` when given, else that of the first member that declares its
+    classes. Every member that declares classes must have the same set (members whose
+    order differs are permuted). Returns None when nobody declares classes: the caller
+    then uses ``range(C)`` from the members' output width.
+
+    Raises
+    ------
+    ClassMismatchError
+        A member's class set differs from the ensemble's.
+    """
+    declared = [m.own_classes() for m in members]
+    order = np.asarray(classes) if classes is not None else next((c for c in declared if c is not None), None)
+    if order is None:
+        return None
+    if len(set(order.tolist())) != len(order):
+        raise ClassMismatchError(f"classes contain duplicates: {order.tolist()}")
+    for i, (member, own) in enumerate(zip(members, declared)):
+        if own is None:
+            continue
+        if sorted(map(str, own.tolist())) != sorted(map(str, order.tolist())) or len(own) != len(order):
+            raise ClassMismatchError(
+                f"member {i} ({member.name}) has classes {own.tolist()} but the ensemble uses "
+                f"{order.tolist()}; all rows are affected, nothing was computed"
+            )
+        position = {str(c): j for j, c in enumerate(own.tolist())}
+        columns = np.asarray([position[str(c)] for c in order.tolist()])
+        member.columns = None if np.array_equal(columns, np.arange(len(order))) else columns
+    return order

@@ -1,0 +1,112 @@
+"""Chunk storage in a zarr v3 group: arrays ``logits`` (n, M, C) and ``labels`` (n,).
+
+Every chunk carries a crc32c checksum (``Crc32cCodec``). ``write_empty_chunks`` is on,
+so a chunk that happens to equal the fill value is still written: an absent chunk file
+always means "not written", which :meth:`ZarrChunkStore.read_logits` reports instead of
+letting zarr return fill values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdpipe.cache.manifest import Manifest, chunk_bounds
+from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
+
+__all__ = ["ZarrChunkStore"]
+
+
+class ZarrChunkStore:
+    """Whole-chunk reads and writes of one cache's zarr group."""
+
+    backend = "zarr"
+    dirname = "logits.zarr"
+    _config = {"write_empty_chunks": True}
+
+    def __init__(self, root: str | Path, manifest: Manifest, *, writable: bool = False) -> None:
+        self.path = Path(root) / self.dirname
+        self.manifest = manifest
+        self.writable = writable
+        self._arrays: dict[str, Any] | None = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None, "_pid": -1}
+
+    def create(self) -> None:
+        """Create the empty arrays (metadata only)."""
+        import zarr
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
+        m = self.manifest
+        group = zarr.open_group(self.path, mode="w")
+        config = self._config
+        group.create_array(
+            "logits",
+            shape=(m.n_rows, m.n_members, m.n_classes),
+            chunks=(m.chunk_rows, m.n_members, m.n_classes),
+            dtype=m.dtype,
+            compressors=[Crc32cCodec()],  # logits hardly compress; checksum only
+            fill_value=np.nan,
+            config=config,
+        )
+        group.create_array(
+            "labels",
+            shape=(m.n_rows,),
+            chunks=(m.chunk_rows,),
+            dtype="int64",
+            compressors=[ZstdCodec(level=1), Crc32cCodec()],
+            fill_value=-1,
+            config=config,
+        )
+
+    def _open(self) -> dict[str, Any]:
+        if self._arrays is None or self._pid != os.getpid():
+            import zarr
+
+            try:
+                group = zarr.open_group(self.path, mode="r+" if self.writable else "r")
+                # write_empty_chunks is a runtime setting, not stored with the array
+                self._arrays = {k: group[k].with_config(self._config) for k in ("logits", "labels")}
+            except Exception as exc:  # zarr raises several types for a damaged group
+                raise CacheCorruptError(f"cannot open the zarr store {self.path}: {exc}") from exc
+            self._pid = os.getpid()
+        return self._arrays
+
+    def chunk_paths(self, index: int) -> list[Path]:
+        """Files that hold chunk ``index`` (logits, labels)."""
+        arrays = self._open()
+        paths = []
+        for name, coords in (("logits", (index, 0, 0)), ("labels", (index,))):
+            key = arrays[name].metadata.encode_chunk_key(coords)
+            paths.append(self.path / name / key)
+        return paths
+
+    def write_chunk(self, index: int, logits: np.ndarray, labels: np.ndarray) -> None:
+        """Write chunk ``index`` whole: logits ``(rows, M, C)`` and labels ``(rows,)``."""
+        arrays = self._open()
+        start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
+        arrays["logits"][start:stop] = logits
+        arrays["labels"][start:stop] = labels
+
+    def _read(self, name: str, index: int) -> np.ndarray:
+        path = self.chunk_paths(index)[0 if name == "logits" else 1]
+        if not path.exists():
+            raise CacheChunkMissingError(f"chunk {index} of {name} is missing: {path} does not exist")
+        start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
+        try:
+            return np.asarray(self._open()[name][start:stop])
+        except Exception as exc:  # checksum or decode failure inside zarr's codec pipeline
+            raise CacheCorruptError(f"chunk {index} of {name} ({path}) cannot be read: {exc}") from exc
+
+    def read_logits(self, index: int) -> np.ndarray:
+        """Chunk ``index`` of the logits, in the storage dtype."""
+        return self._read("logits", index)
+
+    def read_labels(self, index: int) -> np.ndarray:
+        """Chunk ``index`` of the label codes."""
+        return self._read("labels", index)

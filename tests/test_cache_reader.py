@@ -1,0 +1,127 @@
+"""Logit cache reads: lazy subsets, chunk-read counts, sklearn indexing, pickling, processes."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from kdpipe._arrays import take_rows
+from kdpipe.cache import LogitCache, build_cache
+from kdpipe.cache.zarr_store import ZarrChunkStore
+
+N, D, C, ROWS = 250, 4, 5, 50  # 5 chunks
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[LogitCache, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, D)).astype(np.float32)
+    y = rng.integers(-1, C, N)
+    torch.manual_seed(0)
+    members = [torch.nn.Linear(D, C), torch.nn.Linear(D, C)]
+    path = tmp_path_factory.mktemp("reader") / "c"
+    cache = build_cache(members, X, path, y=y, chunk_rows=ROWS, batch_size=25, progress=False)
+    return cache, np.asarray(cache)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[int]:
+    """Chunk indices read from the store, in order."""
+    seen: list[int] = []
+    original = ZarrChunkStore.read_logits
+
+    def counting(self, index):
+        seen.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(ZarrChunkStore, "read_logits", counting)
+    return seen
+
+
+def test_subsets_compose_and_read_only_touched_chunks(built, reads):
+    cache, full = built
+    cache = LogitCache.open(cache.path, chunk_cache_bytes=0)
+    sub = cache[np.arange(40, 160)]  # chunks 0..3
+    subsub = sub[np.array([70, 5, 71, 5])]  # rows 110, 45, 111, 45: chunks 2 and 0
+    assert reads == []  # lazy so far
+    assert subsub.shape == (4, 2, C) and len(subsub) == 4
+    np.testing.assert_array_equal(np.asarray(subsub), full[[110, 45, 111, 45]])
+    assert sorted(reads) == [0, 2]  # each touched chunk once
+    reads.clear()
+    np.testing.assert_array_equal(take_rows(cache, np.array([249, 3, 3, 201])), full[[249, 3, 3, 201]])
+    assert sorted(reads) == [0, 4]
+    np.testing.assert_array_equal(subsub.labels, cache.labels[[110, 45, 111, 45]])
+
+
+def test_chunk_memory_avoids_rereads(built, reads):
+    cache, full = built
+    cache = LogitCache.open(cache.path)
+    for _ in range(3):
+        np.testing.assert_array_equal(np.asarray(cache[np.arange(0, 250, 10)]), full[::10])
+    assert sorted(reads) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [slice(10, 200, 3), np.arange(250) % 3 == 0, [5, 1, 249], np.array([-1, -250]), (np.array([7, 8]), Ellipsis)],
+    ids=["slice", "mask", "list", "negative", "tuple-ellipsis"],
+)
+def test_indexing_forms(built, key):
+    cache, full = built
+    sub = cache[key]
+    assert isinstance(sub, LogitCache) and sub.ndim == 3 and sub.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(sub), full[key])
+    np.testing.assert_array_equal(cache[3], full[3])
+    np.testing.assert_array_equal(cache[np.array([1, 2]), 1], full[[1, 2], 1])
+    with pytest.raises(IndexError):
+        cache[np.array([250])]
+
+
+def test_sklearn_safe_indexing(built):
+    from sklearn.model_selection import KFold
+    from sklearn.utils import _safe_indexing
+
+    cache, full = built
+    for train, test in KFold(3).split(np.zeros(N)):
+        part = _safe_indexing(cache, test)
+        assert isinstance(part, LogitCache)
+        np.testing.assert_array_equal(np.asarray(part), full[test])
+    np.testing.assert_array_equal(np.asarray(_safe_indexing(cache, [3, 1])), full[[3, 1]])
+    np.testing.assert_array_equal(np.asarray(_safe_indexing(cache, np.arange(N) < 4)), full[:4])
+
+
+def test_soft_targets_match_kdpipe_losses(built):
+    from kdpipe.losses import soft_targets
+
+    cache, full = built
+    sub = cache[np.array([0, 60, 249])]
+    for combine in ("arithmetic", "geometric"):
+        expected = soft_targets(torch.from_numpy(full[[0, 60, 249]]), 4.0, combine).numpy()
+        got = sub.soft_targets(4.0, combine=combine).compute()
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="combine"):
+        cache.soft_targets(2.0, combine="harmonic")
+    with pytest.raises(ValueError, match="temperature"):
+        cache.soft_targets(0)
+
+
+def test_pickled_subset_is_small_and_reopens(built):
+    cache, full = built
+    sub = cache[np.arange(100, 120)]
+    data = pickle.dumps(sub)
+    assert len(data) < 2000
+    np.testing.assert_array_equal(np.asarray(pickle.loads(data)), full[100:120])
+
+
+def test_parallel_readers_in_processes(built):
+    from joblib import Parallel, delayed
+
+    cache, full = built
+    parts = [cache[np.arange(i, N, 4)] for i in range(4)]
+    results = Parallel(n_jobs=2, backend="loky")(delayed(np.asarray)(p) for p in parts)
+    for i, got in enumerate(results):
+        np.testing.assert_array_equal(got, full[i::4])
