@@ -1,7 +1,8 @@
 """Benchmark of the logit cache: build overhead, bytes per row, minibatch read throughput.
 
 Build overhead is the wall time of ``build_cache`` divided by the wall time of the same
-teacher forward passes (same data, same batch size) with the outputs thrown away.
+teacher forward passes (same data, same batches, float32, under ``torch.inference_mode``,
+in the same thread with the same torch thread count) with the outputs thrown away.
 Data: Fashion-MNIST's 60,000 training images when Debian's ``dataset-fashion-mnist`` is
 installed, else random data of the same shape. Teachers: an ensemble of 2x1200 ReLU MLPs
 with dropout (random weights: speed does not depend on training).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (6,000 rows, one repeat)")
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--chunk-rows", type=int, default=4096)
     parser.add_argument("--backend", default="zarr")
@@ -86,12 +88,15 @@ def main(argv: list[str] | None = None) -> dict:
     teachers = [mlp(seed) for seed in range(args.members)]
     kw = dict(batch_size=args.batch_size, chunk_rows=args.chunk_rows, backend=args.backend, device="cpu")
     forward_only(teachers, X[:2048], args.batch_size)  # warm up
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kdpipe-bench-") as tmp:
         f32, f16 = Path(tmp) / "f32", Path(tmp) / "f16"
+        timed_build(teachers, X[:2048], y[:2048], Path(tmp) / "warm", **kw)  # imports, first-call costs
         plain, built = [], []
         for _ in range(repeats):  # interleaved, so drift in machine speed hits both alike
             plain.append(forward_only(teachers, X, args.batch_size))
             built.append(timed_build(teachers, X, y, f32, dtype="float32", **kw))
+        load_after = os.getloadavg()
         built_f16 = timed_build(teachers, X, y, f16, dtype="float16", **kw)
         bytes_f32 = LogitCache.open(f32).info()["bytes_per_row"]
         bytes_f16 = LogitCache.open(f16).info()["bytes_per_row"]
@@ -114,6 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
         "build_float32_s": built,
         "build_float16_s": built_f16,
         "overhead_ratio": min(built) / min(plain),
+        "overhead_ratio_median": float(np.median(np.divide(built, plain))),
+        "overhead_ratio_min_pair": float(np.min(np.divide(built, plain))),
+        "load_average_1_5_15": {"before": load_before, "after": load_after},
         "bytes_per_row": {"float32": bytes_f32, "float16": bytes_f16},
         "read_rows_per_s_batch128": rates,
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
@@ -133,7 +141,11 @@ def _markdown(r: dict) -> str:
         "",
         f"- build overhead (build_cache / forward passes only, best of {len(r['forward_only_s'])}): "
         f"**{r['overhead_ratio']:.3f}** ({min(r['build_float32_s']):.2f} s vs {min(r['forward_only_s']):.2f} s; "
-        f"{r['backend']}, batch {r['batch_size']}, chunk {r['chunk_rows']} rows)",
+        f"{r['backend']}, batch {r['batch_size']}, chunk {r['chunk_rows']} rows); "
+        f"per repeat (build / the forward passes just before it): median {r['overhead_ratio_median']:.3f}, "
+        f"min {r['overhead_ratio_min_pair']:.3f}",
+        f"- load average (1/5/15 min) before {'/'.join(f'{v:.2f}' for v in r['load_average_1_5_15']['before'])}, "
+        f"after the timed repeats {'/'.join(f'{v:.2f}' for v in r['load_average_1_5_15']['after'])}",
         f"- bytes per row on disk: float32 {r['bytes_per_row']['float32']:.1f}, "
         f"float16 {r['bytes_per_row']['float16']:.1f}",
         f"- random minibatch reads (128 rows): in-memory numpy {rates['memory']:,.0f} rows/s; "

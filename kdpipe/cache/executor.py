@@ -57,6 +57,8 @@ def run_tasks(
 
 
 def _run_threads(job: ChunkJob, tasks: Sequence[Task], num_workers: int, bar: tqdm) -> list[Any]:
+    if num_workers == 1:
+        return _run_inline(job, tasks, bar)
     import dask
     from dask.callbacks import Callback
 
@@ -69,11 +71,24 @@ def _run_threads(job: ChunkJob, tasks: Sequence[Task], num_workers: int, bar: tq
     delayed = [
         dask.delayed(_call, pure=False)(job, t.method, t.arg, dask_key_name=t.key) for t in tasks
     ]
-    # One worker: run in the calling thread. torch's OpenMP pool is measurably slower
-    # (~15% on 2 CPU cores) when driven from a freshly started thread.
-    scheduler = "sync" if num_workers == 1 else "threads"
     with _Progress():
-        return list(dask.compute(*delayed, scheduler=scheduler, num_workers=num_workers))
+        return list(dask.compute(*delayed, scheduler="threads", num_workers=num_workers))
+
+
+def _run_inline(job: ChunkJob, tasks: Sequence[Task], bar: tqdm) -> list[Any]:
+    """One worker: run every task in the calling thread, in order, without a task graph.
+
+    torch's OpenMP pool is measurably slower (~15% on 2 CPU cores) when driven from a
+    freshly started thread, so the teachers run here. Storing a chunk (hash, write,
+    record) is not moved to a background thread either: on a machine whose cores the
+    forward passes already keep busy, a writer thread overlapping them cost ~6% per chunk
+    against ~1.4% for storing in line (``benchmarks/bench_cache.py``, 2 CPUs).
+    """
+    results = []
+    for task in tasks:
+        results.append(_call(job, task.method, task.arg))
+        bar.update(task.rows)
+    return results
 
 
 def _run_distributed(

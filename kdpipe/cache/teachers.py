@@ -28,6 +28,7 @@ __all__ = ["Member", "resolve_members", "resolve_classes"]
 
 _TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts"}
 _JOBLIB_SUFFIXES = {".joblib", ".pkl", ".pickle"}
+_ALIGN = 16  # bytes; numpy allocates at least this aligned
 _PREPARED: dict[tuple[Any, str], tuple[Any, Any]] = {}  # (key, device) -> (source object, prepared)
 _PREPARED_LOCK = threading.RLock()  # re-entered: preparing a file teacher first loads it
 
@@ -132,7 +133,13 @@ def _torch_forward(module: Any, x: np.ndarray, device: Any) -> np.ndarray:
 
     param = next(iter(module.parameters()), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    batch = torch.from_numpy(np.require(x, requirements=["C", "W"]))  # torch wants writable memory
+    x = np.require(x, requirements=["C", "W"])  # torch wants writable memory
+    if x.ctypes.data % _ALIGN:
+        # MKL's results can differ in the last bit with the batch's address (seen for batches
+        # 4 or 8 bytes off a 16-byte boundary, e.g. rows unpickled on a dask worker): copy
+        # into a fresh (aligned) array, so the logits do not depend on where the rows lie
+        x = x.copy()
+    batch = torch.from_numpy(x)
     if batch.is_floating_point():
         batch = batch.to(dtype)
     with torch.inference_mode():
