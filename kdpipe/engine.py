@@ -51,6 +51,10 @@ class TrainingConfig:
     n_iter_no_change: int = 5  # epochs without improvement before stopping
     tol: float = 1e-4  # smallest validation-loss decrease that counts
     device: str = "auto"
+    # None: each epoch shuffles all rows; an int: rows are shuffled within consecutive
+    # windows of that many rows, visited in random order (on-disk data: each window's
+    # chunks are read once per epoch instead of once per minibatch)
+    shuffle_window: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict."""
@@ -143,9 +147,18 @@ def split_validation(
 
 
 def _row_batches(
-    rows: np.ndarray, batch_size: int, rng: np.random.Generator | None
+    rows: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator | None,
+    window: int | None = None,
 ) -> Iterator[np.ndarray]:
-    order = rows if rng is None else rows[rng.permutation(len(rows))]
+    if rng is None:
+        order = rows
+    elif window is None or window >= len(rows):
+        order = rows[rng.permutation(len(rows))]
+    else:  # shuffle within windows of consecutive rows, windows in random order
+        starts = rng.permutation(np.arange(0, len(rows), window))
+        order = np.concatenate([rng.permutation(rows[s : s + window]) for s in starts])
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 
@@ -255,7 +268,8 @@ def train_student(
             start = time.perf_counter()
             module.train()
             epoch_loss = 0.0
-            for batch in prefetched(source, _row_batches(rows, config.batch_size, rng)):
+            batches = _row_batches(rows, config.batch_size, rng, config.shuffle_window)
+            for batch in prefetched(source, batches):
                 X, y, v = _to_device(batch, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = batch_loss(module(X), y, v, config)
