@@ -13,7 +13,11 @@ from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.metrics import accuracy_score
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
+from sklearn.utils._param_validation import (
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+)
 from sklearn.utils.validation import (
     check_consistent_length,
     check_is_fitted,
@@ -23,9 +27,16 @@ from sklearn.utils.validation import (
 
 from kdpipe import _validation as val
 from kdpipe._params import ModuleParamsMixin, build_module
+from kdpipe._tags import torch_classifier_tags
 from kdpipe.bias import fit_offsets
-from kdpipe.engine import TrainingConfig, predict_logits, seeded, split_validation, train_student
-from kdpipe.errors import ClassMismatchError, InputError
+from kdpipe.engine import (
+    TrainingConfig,
+    predict_logits,
+    seeded,
+    split_validation,
+    train_student,
+)
+from kdpipe.errors import InputError
 
 __all__ = ["DistilledClassifier"]
 
@@ -490,11 +501,4 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         return state
 
     def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        tags.input_tags.sparse = False
-        tags.target_tags.required = True
-        tags.classifier_tags.multi_class = True
-        tags.classifier_tags.multi_label = False
-        tags.non_deterministic = False  # on CPU; CUDA kernels may differ run to run
-        return tags
+        return torch_classifier_tags(super().__sklearn_tags__())

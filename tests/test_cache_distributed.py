@@ -11,30 +11,15 @@ from kdpipe.cache import build_cache
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_local_cluster_build_equals_threaded_build(tmp_path, backend):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(180, 6)).astype(np.float32)
-    y = rng.integers(-1, 3, 180)
-    torch.manual_seed(0)
-    members = [torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)]
-    kw = dict(y=y, backend=backend, chunk_rows=32, batch_size=16, progress=False)
-    local = build_cache(members, X, tmp_path / "local", **kw)
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
-        remote = build_cache(members, X, tmp_path / "remote", client=client, **kw)
-    np.testing.assert_array_equal(np.asarray(remote), np.asarray(local))
-    np.testing.assert_array_equal(remote.labels, local.labels)
-    assert remote.info()["data"]["fingerprint"] == local.info()["data"]["fingerprint"]
-    assert remote.verify().ok
+@pytest.mark.parametrize(
+    "backend, processes", [("zarr", False), ("hdf5", False), ("zarr", True)]
+)
+def test_cluster_build_equals_threaded_build(tmp_path, backend, processes):
+    """Threads or worker processes: the same values, labels and fingerprint.
 
-
-def test_process_cluster_build_equals_threaded_build(tmp_path):
-    """Worker processes (the job and each chunk's rows are pickled) give the same values.
-
-    Unpickled rows may lie off a 16-byte boundary, which changed MKL's last bits until
-    batches were realigned (``teachers._torch_forward``).
+    In worker processes the job and each chunk's rows are pickled; unpickled rows may
+    lie off a 16-byte boundary, which changed MKL's last bits until batches were
+    realigned (``teachers._torch_forward``).
     """
     rng = np.random.default_rng(1)
     X = rng.normal(size=(150, 6)).astype(np.float32)
@@ -42,10 +27,10 @@ def test_process_cluster_build_equals_threaded_build(tmp_path):
     torch.manual_seed(1)
     hidden = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     members = [hidden, torch.nn.Linear(6, 3)]
-    kw = dict(y=y, chunk_rows=32, batch_size=16, progress=False)
+    kw = dict(y=y, backend=backend, chunk_rows=32, batch_size=16, progress=False)
     local = build_cache(members, X, tmp_path / "local", num_workers=2, **kw)
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None
     ) as cluster, distributed.Client(cluster) as client:
         remote = build_cache(members, X, tmp_path / "remote", client=client, **kw)
     np.testing.assert_array_equal(np.asarray(remote), np.asarray(local))

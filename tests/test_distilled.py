@@ -20,15 +20,6 @@ from kdpipe.errors import ClassMismatchError, InputError, TeacherOutputError
 FAST = dict(hidden_layer_sizes=(16,), learning_rate=1e-2, max_epochs=8, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny students gain nothing from intra-op threads; on busy cores they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def blobs(n: int, seed: int, n_classes: int = 5, d: int = 10, spread: float = 1.6):
     """Gaussian classes around fixed centers (the same for every seed)."""
     centers = np.random.default_rng(123).normal(size=(n_classes, d)) * 1.5

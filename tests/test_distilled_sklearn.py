@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from kdpipe.distilled import DistilledClassifier
@@ -13,15 +11,6 @@ FAST = dict(
     hidden_layer_sizes=(16,), learning_rate=1e-2, max_epochs=20, random_state=0, device="cpu"
 )
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny students gain nothing from intra-op threads; on busy cores they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def expected_failed_checks(estimator: DistilledClassifier) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sklearn
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -20,14 +19,6 @@ cache_module = pytest.importorskip("kdpipe.cache")
 
 FAST = dict(hidden_layer_sizes=(16,), learning_rate=1e-2, max_epochs=6, batch_size=64, device="cpu")
 NAMES = np.array(["ant", "bee", "cat"])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ from kdpipe.specialists.targets import collapse_labels, collapse_probabilities
 from kdpipe.specialists.training import fit_specialist, init_specialist_module, sample_rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_generalist(**kw) -> DistilledClassifier:
     params = dict(hidden_layer_sizes=(32,), learning_rate=1e-2, max_epochs=15, random_state=0)
     return DistilledClassifier(**{**params, **kw})

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from kdpipe import DistilledClassifier, SpecialistEnsembleClassifier
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny() -> SpecialistEnsembleClassifier:

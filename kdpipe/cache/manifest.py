@@ -18,7 +18,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -79,8 +79,19 @@ def decode_classes(data: dict[str, Any]) -> np.ndarray:
     return np.asarray(data["values"], dtype=np.dtype(data["dtype"]))
 
 
+class _FlatRecord:
+    """``to_dict``/``from_dict`` for a frozen dataclass whose fields are plain values."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class ChunkRecord:
+class ChunkRecord(_FlatRecord):
     """Proof that chunk ``index`` (rows ``start:stop``) was written, with its checksums."""
 
     index: int
@@ -91,28 +102,14 @@ class ChunkRecord:
     data_sha256: str
     device: str = "cpu"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChunkRecord:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class TeacherInfo:
+class TeacherInfo(_FlatRecord):
     """One ensemble member as recorded in the manifest."""
 
     kind: str
     name: str
     fingerprint: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TeacherInfo:
-        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from kdpipe import _validation as val
+from kdpipe._tags import torch_classifier_tags
 from kdpipe.engine import TrainingConfig, seeded
 from kdpipe.errors import InputError
 from kdpipe.specialists.clustering import cluster_classes, parse_class_subsets
@@ -469,11 +470,4 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         return coverage_table(codes[keep], gen, ens, [s.subset for s in self.specialists_])
 
     def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        tags.input_tags.sparse = False
-        tags.target_tags.required = True
-        tags.classifier_tags.multi_class = True
-        tags.classifier_tags.multi_label = False
-        tags.non_deterministic = False  # on CPU, with a fixed random_state
-        return tags
+        return torch_classifier_tags(super().__sklearn_tags__())
