@@ -1,11 +1,11 @@
 """Section 3 of Hinton et al. (2015) on Fashion-MNIST: teacher ensemble -> small students.
 
-A teacher ensemble of 2 x (2x1200 ReLU MLPs with dropout) is trained once on the
+A teacher ensemble of ``--members`` 2x1200 ReLU MLPs with dropout is trained once on the
 training images; its logits are stored in a ``LogitCache``. Two students, 2x800 and a
 tiny 2x30, are trained on hard labels alone (the baseline) and distilled from the
 cached logits at each temperature. Test accuracy of every model goes to
 ``examples/results/fashion_mnist_distill.json``, with a temperature-sweep plot
-``fashion_mnist_distill.png``.
+``fashion_mnist_distill.png`` (``--tag`` adds a suffix to both names).
 
 Needs the Fashion-MNIST idx files (Debian's ``dataset-fashion-mnist`` puts them in
 ``/usr/share/datasets/fashion-mnist``). The paper's scale takes hours on a laptop CPU;
@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+",
                         default=[1, 2, 2.5, 3, 4, 5, 8, 10, 15, 20])
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
+    parser.add_argument("--members", type=int, default=2, help="teachers in the ensemble")
+    parser.add_argument("--teacher-dropout", type=float, default=0.5)
+    parser.add_argument("--tag", default="", help="suffix of the result file names")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", default=None, help="directory of the idx files")
@@ -71,7 +74,8 @@ def main() -> None:
 
     tick = time.perf_counter()
     members = train_mlp_ensemble(
-        X, y, n_classes=10, n_members=2, hidden_layer_sizes=(1200, 1200), dropout=0.5,
+        X, y, n_classes=10, n_members=args.members, hidden_layer_sizes=(1200, 1200),
+        dropout=args.teacher_dropout,
         epochs=args.teacher_epochs, batch_size=128, learning_rate=1e-3,
         augment=lambda a, rng: jitter_images(a, rng, image_shape=(28, 28), max_shift=2),
         n_augmented_copies=args.jitter_copies, random_state=args.seed, device=args.device,
@@ -113,9 +117,10 @@ def main() -> None:
     results["total_seconds"] = time.perf_counter() - started
     results["torch_threads"] = torch.get_num_threads()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fashion_mnist_distill.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, RESULTS / "fashion_mnist_distill.png")
-    print(f"wrote {RESULTS / 'fashion_mnist_distill.json'} ({results['total_seconds']:.0f} s)")
+    stem = "fashion_mnist_distill" + (f"_{args.tag}" if args.tag else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, RESULTS / f"{stem}.png")
+    print(f"wrote {RESULTS / stem}.json ({results['total_seconds']:.0f} s)")
 
 
 def plot(results: dict, path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import crc32c
+import google_crc32c
 import numpy as np
 
 from kdpipe.cache.hdf5_store import Hdf5ChunkStore
@@ -25,7 +25,7 @@ def open_store(root: str | Path, manifest: Manifest, *, writable: bool = False) 
 
 def checksum(block: np.ndarray) -> int:
     """crc32c of an array's bytes (C order)."""
-    return crc32c.crc32c(memoryview(np.ascontiguousarray(block)).cast("B"))
+    return google_crc32c.value(np.ascontiguousarray(block).tobytes())
 
 
 def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -> np.ndarray:
