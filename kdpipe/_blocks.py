@@ -2,17 +2,17 @@
 
 zarr and h5py decompress a whole chunk to return any row of it, so reading a shuffled
 minibatch row by row decompresses the same chunks again and again. :class:`BlockReader`
-reads chunk-aligned row blocks with one slice each, keeps the most recent ones (LRU,
-bounded in bytes) and gathers the requested rows from them.
+reads chunk-aligned row blocks with one slice each, keeps the most recent ones in a
+:class:`~kdpipe._block_memory.BlockMemory` and gathers the requested rows from them.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+
+from kdpipe._block_memory import BlockMemory, gather_rows
 
 __all__ = ["BlockReader", "row_chunk"]
 
@@ -48,37 +48,22 @@ class BlockReader:
         self.dtype = np.dtype(array.dtype)
         self.block_rows = int(block_rows or row_chunk(array))
         self.cache_bytes = int(cache_bytes)
-        self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._memory = BlockMemory(self.cache_bytes)
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _block(self, index: int) -> np.ndarray:
-        with self._lock:
-            block = self._lru.get(index)
-            if block is not None:
-                self._lru.move_to_end(index)
-                return block
+    def _load(self, index: int) -> np.ndarray:
         start = index * self.block_rows
-        block = np.asarray(self.array[start : start + self.block_rows])
-        with self._lock:
-            if index not in self._lru and block.nbytes <= self.cache_bytes:
-                self._lru[index] = block
-                self._bytes += block.nbytes
-                while self._bytes > self.cache_bytes:
-                    self._bytes -= self._lru.popitem(last=False)[1].nbytes
-        return block
+        return np.asarray(self.array[start : start + self.block_rows])
+
+    def _block(self, index: int) -> np.ndarray:
+        return self._memory.get(index, self._load)
 
     def __getitem__(self, rows: Any) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.intp)
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
-        blocks = rows // self.block_rows
-        for b in np.unique(blocks):
-            where = np.flatnonzero(blocks == b)
-            out[where] = self._block(int(b))[rows[where] - b * self.block_rows]
-        return out
+        return gather_rows(rows, self.block_rows, self._block, out)
 
     def __getstate__(self) -> dict[str, Any]:  # the cache stays behind
         return {"array": self.array, "block_rows": self.block_rows, "cache_bytes": self.cache_bytes}

@@ -158,7 +158,7 @@ def test_block_reader_reads_rows_in_any_order_within_its_memory(data, tmp_path):
     rows = np.array([599, 3, 3, 130, 64, 0, 598])
     np.testing.assert_array_equal(reader[rows], X[rows])
     np.testing.assert_array_equal(reader[np.arange(600)], X)
-    assert reader._bytes <= reader.cache_bytes and len(reader._lru) == 3
+    assert reader._memory.nbytes <= reader.cache_bytes and len(reader._memory) == 3
 
 
 def test_shuffle_window_visits_every_row_once_window_by_window(data, cache):

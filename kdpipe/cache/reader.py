@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kdpipe._block_memory import BlockMemory, gather_rows
 from kdpipe.cache.config import parse_combine, parse_temperature
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
 from kdpipe.cache.soft import soft_targets_block
@@ -35,9 +34,7 @@ class _Handle:
         self.records = records
         self.cache_bytes = cache_bytes
         self._store: ChunkStore | None = None
-        self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._lru_bytes = 0
-        self._lock = threading.Lock()
+        self._memory = BlockMemory(cache_bytes)
         self._labels: np.ndarray | None = None
 
     @property
@@ -58,20 +55,10 @@ class _Handle:
 
     def logits_chunk(self, index: int) -> np.ndarray:
         """Chunk ``index`` of the logits in the storage dtype, verified."""
-        with self._lock:
-            block = self._lru.get(index)
-            if block is not None:
-                self._lru.move_to_end(index)
-                return block
-        block = read_checked(self.store, self.record(index), "logits")
-        if block.nbytes <= self.cache_bytes:
-            with self._lock:
-                if index not in self._lru:
-                    self._lru[index] = block
-                    self._lru_bytes += block.nbytes
-                while self._lru_bytes > self.cache_bytes:
-                    self._lru_bytes -= self._lru.popitem(last=False)[1].nbytes
-        return block
+        return self._memory.get(index, self._read_chunk)
+
+    def _read_chunk(self, index: int) -> np.ndarray:
+        return read_checked(self.store, self.record(index), "logits")
 
     def labels(self) -> np.ndarray:
         """All label codes (int64, -1 unlabeled), read once."""
@@ -262,15 +249,7 @@ class LogitCache:
         out = np.empty((len(rows), m.n_members, m.n_classes), dtype=np.float32)
         if len(rows) == 0:
             return out
-        chunk_of = rows // m.chunk_rows
-        order = None if np.all(chunk_of[1:] >= chunk_of[:-1]) else np.argsort(chunk_of, kind="stable")
-        sorted_chunks = chunk_of if order is None else chunk_of[order]
-        cuts = np.flatnonzero(np.diff(sorted_chunks)) + 1
-        for seg in np.split(np.arange(len(rows)), cuts):
-            where = seg if order is None else order[seg]
-            chunk = int(sorted_chunks[seg[0]])
-            out[where] = h.logits_chunk(chunk)[rows[where] - chunk * m.chunk_rows]
-        return out
+        return gather_rows(rows, m.chunk_rows, h.logits_chunk, out)
 
     @property
     def logits(self) -> Any:
