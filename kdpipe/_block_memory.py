@@ -62,12 +62,17 @@ def gather_rows(
 ) -> np.ndarray:
     """Fill ``out[i] = row rows[i]``, fetching each touched block once via ``block(b)``."""
     blocks = rows // block_rows
-    order = np.argsort(blocks, kind="stable")
-    sorted_blocks = blocks[order]
-    cuts = np.flatnonzero(np.diff(sorted_blocks)) + 1
-    for where in np.split(order, cuts):
-        if len(where) == 0:
+    if len(rows) > 1 and np.any(blocks[1:] < blocks[:-1]):
+        order = np.argsort(blocks, kind="stable")
+        for where in np.split(order, np.flatnonzero(np.diff(blocks[order])) + 1):
+            b = int(blocks[where[0]])
+            out[where] = block(b)[rows[where] - b * block_rows]
+        return out
+    # rows grouped by block already (sorted reads): contiguous slices, no index arrays
+    bounds = [0, *(np.flatnonzero(np.diff(blocks)) + 1).tolist(), len(rows)]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        if start == stop:
             continue
-        b = int(blocks[where[0]])
-        out[where] = block(b)[rows[where] - b * block_rows]
+        b = int(blocks[start])
+        out[start:stop] = block(b)[rows[start:stop] - b * block_rows]
     return out

@@ -8,6 +8,7 @@ the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and work
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -31,9 +32,10 @@ def _as_float32(x: torch.Tensor | object, name: str) -> torch.Tensor:
 
 
 def _check_temperature(temperature: float) -> float:
-    if not (float(temperature) > 0.0) or not torch.isfinite(torch.tensor(float(temperature))):
+    value = float(temperature)
+    if not (value > 0.0 and math.isfinite(value)):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return float(temperature)
+    return value
 
 
 def _member_logits(teacher_logits: torch.Tensor | object) -> torch.Tensor:
