@@ -11,7 +11,6 @@ import numpy as np
 from kdpipe._block_memory import BlockMemory, gather_rows
 from kdpipe.cache.config import parse_combine, parse_temperature
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
-from kdpipe.cache.soft import soft_targets_block
 from kdpipe.cache.storage import ChunkStore, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
 from kdpipe.errors import CacheIncompleteError
@@ -89,6 +88,15 @@ def _positions(key: Any, n: int) -> np.ndarray:
 
 def _is_full(part: Any) -> bool:
     return part is Ellipsis or (isinstance(part, slice) and part == slice(None))
+
+
+def _soft_targets_block(logits: np.ndarray, temperature: float, combine: str) -> np.ndarray:
+    """``(rows, members, classes)`` -> ``(rows, classes)``, by :func:`kdpipe.losses.soft_targets`."""
+    import torch  # only where soft targets are computed: unpickling a cache stays torch-free
+
+    from kdpipe.losses import soft_targets
+
+    return soft_targets(torch.from_numpy(np.ascontiguousarray(logits)), temperature, combine).numpy()
 
 
 class LogitCache:
@@ -282,7 +290,7 @@ class LogitCache:
         t = parse_temperature(temperature)
         combine = parse_combine(combine)
         return self.logits.map_blocks(
-            soft_targets_block, t, combine, drop_axis=1, dtype=np.float32, meta=np.empty((0, 0), np.float32)
+            _soft_targets_block, t, combine, drop_axis=1, dtype=np.float32, meta=np.empty((0, 0), np.float32)
         )
 
     # -- checks
