@@ -150,9 +150,15 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     ``(n, C)`` or ``(n, M, C)``, a :class:`kdpipe.LogitCache` or a lazy subset of one.
     Cross-validation splits it with ``X`` (request it with
     ``set_fit_request(teacher_logits=True)`` under metadata routing); cache subsets are
-    read one minibatch at a time, as are zarr, h5py and dask ``X``, which never go
-    through ``validate_data`` (it would load them). On-disk inputs are checked for
-    NaN/inf per minibatch, in-memory ones up front.
+    read one minibatch at a time, as are zarr, h5py and dask ``X`` and
+    :class:`kdpipe.LazyRows` views, which never go through ``validate_data`` (it would
+    load them). On-disk inputs are checked for NaN/inf per minibatch, in-memory ones up
+    front. For cross-validation and ``Pipeline``, pass on-disk ``X`` as
+    ``kdpipe.LazyRows(X)``: folds then stay lazy views that pickle as references (the
+    zarr store, or the HDF5 file and dataset name), so ``n_jobs > 1`` works too.
+
+    The fitted student (``module_``) lives on the CPU; ``device`` is where it runs
+    during a call (``fit``, ``predict``...), after which it goes back.
 
     With teacher logits, a label ``-1`` (or ``"-1"`` in string labels) marks an
     unlabeled row, which contributes the soft term only, and ``-1`` cannot be a class;
@@ -274,8 +280,12 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), or a zarr, h5py or dask array
-            The transfer set. On-disk arrays are streamed, never loaded whole.
+        X : array-like of shape (n_samples, n_features), a zarr, h5py or dask array, \
+                or a :class:`kdpipe.LazyRows` view of one
+            The transfer set. On-disk arrays are streamed, never loaded whole. Inside
+            ``GridSearchCV``, ``cross_validate`` or a ``Pipeline``, wrap zarr and h5py
+            arrays in ``kdpipe.LazyRows(X)``: scikit-learn indexes ``X[rows, ...]``,
+            which zarr rejects, and pickles it for ``n_jobs > 1``, which h5py cannot.
         y : array-like of shape (n_samples,), default=None
             Labels; ``-1`` marks unlabeled rows when ``teacher_logits`` is given.
             ``None`` (with ``teacher_logits``) means no row is labeled.
@@ -294,6 +304,11 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         except BaseException:
             restore_state(self, state)
             raise
+        module = fitted.pop("module_")
+        if self.warm_start and hasattr(self, "module_"):
+            self.module_.load_state_dict(module.state_dict())  # the same student, trained on
+        else:
+            self.module_ = module
         vars(self).update(fitted)
         return self
 
@@ -365,15 +380,10 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
                     "but the target y is None."
                 )
         else:
-            try:
-                if y is None and has_teacher:
-                    X = validate_data(self, X, dtype=np.float32, reset=not warm)
-                else:
-                    X, y = validate_data(self, X, y, dtype=np.float32, reset=not warm)
-            except TypeError as exc:
-                if type(X).__module__.split(".", 1)[0] in {"zarr", "h5py"}:
-                    raise InputError(f"{exc}; wrap on-disk X in kdpipe.LazyRows(X)") from exc
-                raise
+            if y is None and has_teacher:
+                X = validate_data(self, X, dtype=np.float32, reset=not warm)
+            else:
+                X, y = validate_data(self, X, y, dtype=np.float32, reset=not warm)
             n_features = int(X.shape[1])
         if y is None:
             return X, np.full(X.shape[0], UNLABELED), n_features
