@@ -137,18 +137,39 @@ def plain_loop(X: np.ndarray, y: np.ndarray, logits: np.ndarray, hidden: tuple, 
     return seconds
 
 
-def kdpipe_fit(X, y, teacher_logits, hidden: tuple, epochs: int) -> tuple[list[float], float]:
-    """Per-epoch seconds (from ``history_``) and one-off setup seconds of one fit."""
+def kdpipe_fit(X, y, teacher_logits, hidden: tuple, epochs: int, engine: dict) -> tuple[list[float], float]:
+    """Per-epoch seconds (from ``history_``) and one-off setup seconds of one fit.
+
+    ``engine``: module constants of ``kdpipe.engine`` set during the fit (the reading
+    strategies under test); a checkout without them is measured as it is.
+    """
+    import kdpipe.engine
     from kdpipe import DistilledClassifier
 
     clf = DistilledClassifier(hidden_layer_sizes=hidden, max_epochs=epochs, batch_size=BATCH,
                               temperature=TEMPERATURE, alpha=ALPHA, classes=np.arange(10), random_state=0,
                               device="cpu")
-    start = time.perf_counter()
-    clf.fit(X, y, teacher_logits=teacher_logits)
-    total = time.perf_counter() - start
+    saved = {k: getattr(kdpipe.engine, k) for k in engine if hasattr(kdpipe.engine, k)}
+    for k in saved:
+        setattr(kdpipe.engine, k, engine[k])
+    try:
+        start = time.perf_counter()
+        clf.fit(X, y, teacher_logits=teacher_logits)
+        total = time.perf_counter() - start
+    finally:
+        for k, v in saved.items():
+            setattr(kdpipe.engine, k, v)
     per_epoch = [r["seconds"] for r in clf.history_]
     return per_epoch, total - sum(per_epoch)
+
+
+STRATEGIES = {
+    # variant name: (teacher logits from, kdpipe.engine settings)
+    "fit from arrays": ("arrays", {}),
+    "fit from cache": ("cache", {}),
+    "fit from cache, 4 minibatches per read": ("cache", {"BATCHES_PER_READ": 4}),
+    "fit from cache, torch one thread fewer": ("cache", {"SPARE_A_THREAD_FOR_DISK_READS": True}),
+}
 
 
 def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
@@ -165,13 +186,14 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
         y = np.argmax(logits.mean(axis=1), axis=1)
         assert cache.classes.tolist() == list(range(10))
         plain_loop(X, y, logits, hidden, 1)  # warm-up: first-call costs excluded
-        epoch_s: dict[str, list[float]] = {"plain torch loop": [], "fit from arrays": [], "fit from cache": []}
-        setup_s: dict[str, list[float]] = {"fit from arrays": [], "fit from cache": []}
+        epoch_s: dict[str, list[float]] = {"plain torch loop": [], **{k: [] for k in STRATEGIES}}
+        setup_s: dict[str, list[float]] = {k: [] for k in STRATEGIES}
+        inputs = {"arrays": logits, "cache": cache}
         for _ in range(repeats):
             # the first epoch of each run also warms caches: the later ones are the cost
             epoch_s["plain torch loop"] += plain_loop(X, y, logits, hidden, epochs)[1:]
-            for key, v in (("fit from arrays", logits), ("fit from cache", cache)):
-                per_epoch, setup = kdpipe_fit(X, y, v, hidden, epochs)
+            for key, (source, engine) in STRATEGIES.items():
+                per_epoch, setup = kdpipe_fit(X, y, inputs[source], hidden, epochs, engine)
                 epoch_s[key] += per_epoch[1:]
                 setup_s[key].append(setup)
         median = {k: float(np.median(v)) for k, v in epoch_s.items()}

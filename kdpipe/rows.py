@@ -484,6 +484,11 @@ class MinibatchSource:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def reads_from_disk(self) -> bool:
+        """Whether X or the teacher logits are read from storage (not numpy)."""
+        return self._check_X or self._check_logits
+
     def fetch(self, rows: np.ndarray) -> Batch:
         """Read the given rows of every array."""
         X = take_rows(self.X, rows).astype(np.float32, copy=False)
@@ -509,22 +514,31 @@ def _reader(array: Any) -> Any:
 _DONE = object()
 
 
-def prefetched(source: RowSource, row_batches: Iterable[np.ndarray], depth: int = 2) -> Iterator[Batch]:
+def prefetched(
+    source: RowSource, row_batches: Iterable[np.ndarray], depth: int = 2, group: int = 1
+) -> Iterator[Batch]:
     """Yield ``source.fetch(rows)`` for each batch of rows, reading ahead in a thread.
 
     Reading (disk, decompression, numpy copies) releases the GIL, so it overlaps with
-    the training step on the current batch. An exception in the reader is raised
-    here, in order.
+    the training step on the current batch. ``group`` minibatches are read with one
+    ``fetch`` (fewer, larger reads), then handed out one by one. An exception in the
+    reader is raised here, in order.
     """
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def read() -> None:
         try:
+            pending: list[np.ndarray] = []
             for rows in row_batches:
                 if stop.is_set():
                     return
-                slots.put(source.fetch(rows))
+                pending.append(rows)
+                if len(pending) == group:
+                    _put_group(source, pending, slots)
+                    pending = []
+            if pending:
+                _put_group(source, pending, slots)
         except BaseException as exc:  # handed to the consumer, raised there
             slots.put(exc)
             return
@@ -547,6 +561,22 @@ def prefetched(source: RowSource, row_batches: Iterable[np.ndarray], depth: int 
                 slots.get_nowait()
             except queue.Empty:
                 reader.join(timeout=0.01)
+
+
+def _put_group(source: RowSource, batches: list[np.ndarray], slots: queue.Queue[Any]) -> None:
+    if len(batches) == 1:
+        slots.put(source.fetch(batches[0]))
+        return
+    whole = source.fetch(np.concatenate(batches))
+    start = 0
+    for rows in batches:
+        part = slice(start, start + len(rows))
+        slots.put(Batch(
+            X=whole.X[part],
+            y=None if whole.y is None else whole.y[part],
+            teacher_logits=None if whole.teacher_logits is None else whole.teacher_logits[part],
+        ))
+        start += len(rows)
 
 
 # -- the build side: the transfer set in [start, stop) blocks ------------------------------

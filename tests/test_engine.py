@@ -242,3 +242,17 @@ def test_training_on_cuda_matches_cpu_accuracy(blobs):
     assert next(module.parameters()).device.type == "cuda"
     accuracy = np.mean(predict_logits(module, X, device="cuda").argmax(1) == y)
     assert accuracy > 0.9
+
+
+def test_prefetched_in_groups_yields_the_same_batches_in_order():
+    X = np.arange(200, dtype=np.float32).reshape(100, 2)
+    source = MinibatchSource(X, np.arange(100) % 3)
+    batches = [np.arange(i, min(i + 7, 100))[::-1] for i in range(0, 100, 7)]  # last one short
+    one = list(prefetched(source, iter(batches)))
+    for group in (2, 4, 20):
+        grouped = list(prefetched(source, iter(batches), group=group))
+        assert len(grouped) == len(one) == len(batches)
+        for a, b, rows in zip(grouped, one, batches):
+            np.testing.assert_array_equal(a.X, X[rows])
+            np.testing.assert_array_equal(a.X, b.X)
+            np.testing.assert_array_equal(a.y, b.y)
