@@ -44,7 +44,7 @@ from kdpipe.engine import (
 )
 from kdpipe.errors import InputError
 from kdpipe.labels import UNLABELED, encode_labels, resolve_classes, unlabeled_mask
-from kdpipe.rows import LazyRows, MinibatchSource, check_finite_rows, is_lazy_array
+from kdpipe.rows import CheckedReads, MinibatchSource, is_lazy_array
 
 __all__ = ["DistilledClassifier"]
 
@@ -423,7 +423,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         if is_lazy_array(X):
             check_lazy_X(X, self.n_features_in_)
-            X = _CheckedRows(X)
+            X = CheckedReads(X, "X")
         else:
             X = validate_data(self, X, dtype=np.float32, reset=False)
         return predict_logits(self.module_, X, device=self.device)
@@ -544,15 +544,3 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         return torch_classifier_tags(super().__sklearn_tags__())
 
-
-class _CheckedRows:
-    """Rows of an on-disk ``X`` for prediction, each block read checked for NaN/inf."""
-
-    def __init__(self, X: Any):
-        self.X = X if isinstance(X, LazyRows) else LazyRows(X)
-        self.shape = tuple(X.shape)
-
-    def read_rows(self, rows: np.ndarray) -> np.ndarray:
-        block = self.X.read_rows(rows)
-        check_finite_rows(block, rows, "X")
-        return block

@@ -6,10 +6,10 @@ a :class:`kdpipe.LogitCache` (or a view of one), or, when a cache is built, a to
 
 1. :func:`prefetched` asks a :class:`MinibatchSource` for the rows of the next minibatch
    in a background thread, while the current one trains;
-2. :meth:`MinibatchSource.fetch` calls :func:`take_rows` on X and on the teacher logits
-   and checks on-disk rows for NaN/inf (:func:`check_finite_rows`);
-3. :func:`take_rows` indexes numpy arrays directly, and asks on-disk sources
-   (:class:`ChunkedReader`, :class:`LazyRows`, a ``LogitCache``) to ``read_rows``;
+2. :meth:`MinibatchSource.fetch` calls :func:`take_rows` on X and on the teacher logits;
+3. :func:`take_rows` indexes numpy arrays directly, and asks on-disk sources to
+   ``read_rows``: :class:`CheckedReads` (which checks each block for NaN/inf) wrapped
+   around a :class:`ChunkedReader`, a :class:`LazyRows` or a ``LogitCache``;
 4. those gather the rows from a :class:`ChunkMemory` of whole storage chunks: zarr, h5py
    and the cache decompress (and the cache crc-checks) a whole chunk to return any row
    of it, so each chunk is loaded once and kept in a byte-bounded LRU, and a minibatch
@@ -41,6 +41,7 @@ __all__ = [
     "ChunkedReader",
     "LazyRows",
     "check_finite_rows",
+    "CheckedReads",
     "Batch",
     "RowSource",
     "MinibatchSource",
@@ -451,22 +452,46 @@ class RowSource(Protocol):
     def fetch(self, rows: np.ndarray) -> Batch: ...
 
 
+class CheckedReads:
+    """Rows of an on-disk array, each read checked for NaN/inf (naming the bad rows).
+
+    In-memory arrays are checked once, up front, by the estimator; on-disk ones are
+    never loaded whole, so each block is checked as it is read.
+
+    Parameters
+    ----------
+    array : zarr, h5py or dask array, LazyRows, or a LogitCache (or a view of one)
+    name : str
+        What the array is, for error messages: ``"X"`` or ``"teacher_logits"``.
+    """
+
+    def __init__(self, array: Any, name: str):
+        self.array = _reader(array)
+        self.name = name
+        self.shape = tuple(array.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        block = take_rows(self.array, rows)
+        check_finite_rows(block, rows, self.name)
+        return block
+
+
 class MinibatchSource:
     """Rows of aligned inputs, labels and teacher logits, read one minibatch at a time.
 
     Parameters
     ----------
     X : array-like of shape (n, ...)
-        numpy, or on disk (zarr, h5py, dask, :class:`LazyRows`): read through chunk memory.
+        numpy, or on disk (zarr, h5py, dask, :class:`LazyRows`): read through chunk
+        memory and checked for NaN/inf per minibatch (:class:`CheckedReads`).
     y : ndarray of shape (n,), optional
         Integer class codes, ``-1`` for unlabeled rows (held in memory: small).
     teacher_logits : array-like of shape (n, C) or (n, M, C), optional
-        numpy, an on-disk array, or a :class:`kdpipe.LogitCache` (or a view of one).
-
-    Notes
-    -----
-    In-memory arrays are checked for NaN/inf once, by the estimator; on-disk ones are
-    never loaded whole, so each of their minibatches is checked as it is read.
+        numpy, an on-disk array, or a :class:`kdpipe.LogitCache` (or a view of one);
+        on-disk logits are checked per minibatch too.
     """
 
     def __init__(self, X: Any, y: np.ndarray | None = None, teacher_logits: Any = None):
@@ -474,11 +499,9 @@ class MinibatchSource:
         for name, other in (("y", y), ("teacher_logits", teacher_logits)):
             if other is not None and n_rows(other) != n:
                 raise ValueError(f"X has {n} rows but {name} has {n_rows(other)}: they must be aligned")
-        self.X = _reader(X)
+        self.X = _checked(X, "X")
         self.y = None if y is None else np.asarray(y, dtype=np.int64)
-        self.teacher_logits = None if teacher_logits is None else _reader(teacher_logits)
-        self._check_X = not isinstance(X, np.ndarray)
-        self._check_logits = teacher_logits is not None and not isinstance(teacher_logits, np.ndarray)
+        self.teacher_logits = None if teacher_logits is None else _checked(teacher_logits, "teacher_logits")
         self._n = n
 
     def __len__(self) -> int:
@@ -487,19 +510,19 @@ class MinibatchSource:
     @property
     def reads_from_disk(self) -> bool:
         """Whether X or the teacher logits are read from storage (not numpy)."""
-        return self._check_X or self._check_logits
+        return isinstance(self.X, CheckedReads) or isinstance(self.teacher_logits, CheckedReads)
 
     def fetch(self, rows: np.ndarray) -> Batch:
         """Read the given rows of every array."""
         X = take_rows(self.X, rows).astype(np.float32, copy=False)
-        if self._check_X:
-            check_finite_rows(X, rows, "X")
         logits = None
         if self.teacher_logits is not None:
             logits = take_rows(self.teacher_logits, rows).astype(np.float32, copy=False)
-            if self._check_logits:
-                check_finite_rows(logits, rows, "teacher_logits")
         return Batch(X=X, y=None if self.y is None else self.y[rows], teacher_logits=logits)
+
+
+def _checked(array: Any, name: str) -> Any:
+    return array if isinstance(array, np.ndarray) else CheckedReads(array, name)
 
 
 def _reader(array: Any) -> Any:
