@@ -187,6 +187,8 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
         if a is None:
             return None
         t = torch.from_numpy(np.ascontiguousarray(a))
+        if device.type == "cpu":
+            return t  # .to() of a CPU tensor still costs a dispatch per call
         return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
 
     return move(batch.X), move(batch.y), move(batch.teacher_logits)

@@ -64,6 +64,10 @@ def _member_logits(teacher_logits: torch.Tensor | object) -> torch.Tensor:
     return v
 
 
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device else t.to(device)
+
+
 def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
     if student_logits.ndim != 2:
         raise ValueError(
@@ -211,7 +215,7 @@ def distillation_loss(
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     temperature = parse_temperature(temperature)
     z = _as_float32(student_logits, "student_logits")
-    v = _member_logits(teacher_logits).to(z.device)
+    v = _on(_member_logits(teacher_logits), z.device)
     _check_pair(z, v)
 
     p = soft_targets(v, temperature, combine)  # (n, C)
@@ -244,7 +248,7 @@ def logit_matching_loss(
     Tensor, scalar float32
     """
     z = _as_float32(student_logits, "student_logits")
-    v = _member_logits(teacher_logits).to(z.device)
+    v = _on(_member_logits(teacher_logits), z.device)
     _check_pair(z, v)
     v = v.mean(dim=1)  # (n, C)
     z = z - z.mean(dim=-1, keepdim=True)
