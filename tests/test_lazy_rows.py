@@ -121,3 +121,24 @@ def test_a_view_pickles_as_a_reference_and_indexes_to_views(data, stored, kind):
     np.testing.assert_array_equal(np.asarray(pickle.loads(blob)), X[rows])
     with pytest.raises(IndexError, match="out of range"):
         view[[600]]
+
+
+class _Linear:
+    def __init__(self):
+        self.W = np.random.default_rng(3).normal(size=(5, 3)).astype(np.float32)
+
+    def __call__(self, batch):
+        return np.asarray(batch, dtype=np.float32) @ self.W
+
+
+@pytest.mark.parametrize("kind", ["zarr", "hdf5"])
+def test_build_cache_reads_a_view_like_its_rows_in_memory(data, stored, kind, tmp_path):
+    from kdpipe.cache import build_cache
+
+    X = data[0]
+    rows = np.arange(0, 600, 3)[::-1]
+    view = LazyRows(stored(kind))
+    for name, source in (("whole", view), ("subset", view[rows])):
+        cache = build_cache(_Linear(), source, tmp_path / name, chunk_rows=64, progress=False, device="cpu")
+        expected = X if name == "whole" else X[rows]
+        np.testing.assert_allclose(np.asarray(cache)[:, 0], expected @ _Linear().W, rtol=1e-6)
