@@ -8,7 +8,6 @@ per-epoch history and an optional progress bar.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import time
@@ -24,11 +23,10 @@ from kdpipe import losses
 from kdpipe.rows import Batch, RowSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
 
-# How reading overlaps training, measured in benchmarks/bench_rows.py: minibatches per
-# reader call, and whether the reader thread gets a core of its own (torch one thread
-# fewer) while a fit reads from disk.
-BATCHES_PER_READ = 1
-SPARE_A_THREAD_FOR_DISK_READS = False
+# Minibatches per reader call. Measured in benchmarks/bench_rows.py
+# (results/rows_strategies.md): 4 beat 1 per call; giving the reader thread a core of its
+# own (torch one thread fewer) lost on 2 cores, 1.13-1.58 of a plain loop, and was dropped.
+BATCHES_PER_READ = 4
 
 __all__ = [
     "TrainingConfig",
@@ -194,18 +192,6 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
     return move(batch.X), move(batch.y), move(batch.teacher_logits)
 
 
-@contextlib.contextmanager
-def _one_thread_fewer(active: bool) -> Iterator[None]:
-    """torch uses one intra-op thread fewer inside, leaving a core to the reader thread."""
-    threads = torch.get_num_threads()
-    if active and threads > 1:
-        torch.set_num_threads(threads - 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _make_optimizer(module: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     params = module.parameters()
     if config.optimizer == "adam":
@@ -294,8 +280,7 @@ def train_student(
     history: list[dict[str, float]] = []
     best_loss, best_state, stale = np.inf, None, 0
 
-    spare = SPARE_A_THREAD_FOR_DISK_READS and getattr(source, "reads_from_disk", False)
-    with seeded(seed, device), _one_thread_fewer(spare and device.type == "cpu"), tqdm(
+    with seeded(seed, device), tqdm(
         total=config.max_epochs, desc="student", unit="epoch", disable=verbose != 1, leave=False
     ) as bar:
         for epoch in range(1, config.max_epochs + 1):

@@ -507,11 +507,6 @@ class MinibatchSource:
     def __len__(self) -> int:
         return self._n
 
-    @property
-    def reads_from_disk(self) -> bool:
-        """Whether X or the teacher logits are read from storage (not numpy)."""
-        return isinstance(self.X, CheckedReads) or isinstance(self.teacher_logits, CheckedReads)
-
     def fetch(self, rows: np.ndarray) -> Batch:
         """Read the given rows of every array."""
         X = take_rows(self.X, rows).astype(np.float32, copy=False)
