@@ -491,7 +491,8 @@ class MinibatchSource:
         Integer class codes, ``-1`` for unlabeled rows (held in memory: small).
     teacher_logits : array-like of shape (n, C) or (n, M, C), optional
         numpy, an on-disk array, or a :class:`kdpipe.LogitCache` (or a view of one);
-        on-disk logits are checked per minibatch too.
+        on-disk arrays are checked per minibatch too, a cache is not: ``build_cache``
+        stores finite logits only and every chunk read is crc-checked.
     """
 
     def __init__(self, X: Any, y: np.ndarray | None = None, teacher_logits: Any = None):
@@ -517,7 +518,10 @@ class MinibatchSource:
 
 
 def _checked(array: Any, name: str) -> Any:
-    return array if isinstance(array, np.ndarray) else CheckedReads(array, name)
+    """On-disk arrays get a NaN/inf check per read, unless finite by construction (a cache)."""
+    if isinstance(array, np.ndarray) or getattr(array, "finite", False):
+        return array
+    return CheckedReads(array, name)
 
 
 def _reader(array: Any) -> Any:

@@ -90,6 +90,9 @@ class LogitCache:
 
     ndim = 3
     dtype = np.dtype(np.float32)
+    # build_cache refuses NaN/inf (and float16 overflow) before a chunk is written, and
+    # every read is crc-checked: readers need not check the values again
+    finite = True
 
     def __init__(self, handle: _Handle, rows: np.ndarray | None = None) -> None:
         self._handle = handle
