@@ -109,7 +109,7 @@ def test_every_teacher_kind(tmp_path, data):
                                rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(got[:, 4], X @ W, rtol=1e-6)
     assert [t["kind"] for t in cache.info()["teachers"]] == ["torch", "torchscript", "sklearn", "sklearn", "callable"]
-    assert cache.info()["teachers"][4]["fingerprint"].startswith("weak:")
+    assert cache.info()["teachers"][4]["fingerprint"].startswith("code:")  # hashed through its code and W
 
 
 def test_binary_decision_function_becomes_two_columns(tmp_path, data):
