@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from datetime import datetime, timezone
@@ -293,6 +294,7 @@ def _existing_manifest(root: Path, overwrite: bool) -> Manifest | None:
     return manifest
 
 
+@functools.cache  # installed versions do not change while a process runs; looking them up is slow
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("kdpipe", "numpy", "torch", "scikit-learn", "zarr", "h5py", "dask", "distributed"):
@@ -326,7 +328,7 @@ def _new_manifest(
         teachers=tuple(m.info() for m in members),
         data_shape=source.shape,
         data_dtype=source.dtype.str,
-        versions=_versions(),
+        versions=dict(_versions()),
         build={"batch_size": config.batch_size, "device": str(device), **settings},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

@@ -118,15 +118,18 @@ class ZarrChunkStore:
         start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
         for name, block in zip(self._names, (logits, labels, digests)):
             path = self._chunk_path(name, index)
+            existing = path.parent
+            while not existing.exists():  # zarr creates the missing folders of the chunk key
+                existing = existing.parent
             write_step("write", path)
             arrays[name][start:stop] = block
             write_step("fsync", path)
             fsync_file(path)
             folder = path.parent
-            while True:  # zarr may have just created the chunk's folders: their entries too
+            while True:  # new entries: the file, and every folder zarr created on the way
                 write_step("fsync-dir", folder)
                 fsync_dir(folder)
-                if folder == self.path / name:
+                if folder == existing:
                     break
                 folder = folder.parent
 
