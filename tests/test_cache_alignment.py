@@ -21,7 +21,7 @@ M64 = (1 << 64) - 1
 
 
 def reference_digest(row_bytes: bytes) -> int:
-    """The documented digest in plain Python integers: keyed splitmix64 of LE words, summed."""
+    """The documented digest in plain Python integers: odd-keyed sum of LE words, splitmix64."""
 
     def mix(z: int) -> int:
         z ^= z >> 30
@@ -35,7 +35,8 @@ def reference_digest(row_bytes: bytes) -> int:
     total = 0
     for i in range(len(padded) // 8):
         word = int.from_bytes(padded[8 * i : 8 * i + 8], "little")
-        total = (total + mix(word ^ (((i + 1) * 0x9E3779B97F4A7C15) & M64))) & M64
+        key = mix(((i + 1) * 0x9E3779B97F4A7C15) & M64) | 1
+        total = (total + key * word) & M64
     return mix(total ^ ((width * 0x94D049BB133111EB) & M64))
 
 
