@@ -132,13 +132,19 @@ def test_teacher_precision_is_explicit_recorded_and_compared(tmp_path, X):
 
 
 def test_resume_on_another_device_kind_is_refused(tmp_path, X):
-    path = tmp_path / "c"
-    build(linear, X, path, device="cpu")
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["build"]["device_kind"] = "cuda"  # as if it had been built on a GPU
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CacheMismatchError, match="device kind: cache has 'cuda', this build has 'cpu'"):
-        build(linear, X, path, device="cpu")
+    torch.manual_seed(0)
+    module = torch.nn.Linear(D, C)
+    for teacher, refused in ((module, True), (linear, False)):  # a numpy callable runs on the CPU anywhere
+        path = tmp_path / type(teacher).__name__
+        build(teacher, X, path, device="cpu")
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest["build"]["device_kind"] = "cuda"  # as if it had been built on a GPU
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        if refused:
+            with pytest.raises(CacheMismatchError, match="device kind: cache has 'cuda', this build has 'cpu'"):
+                build(teacher, X, path, device="cpu")
+        else:
+            build(teacher, X, path, device="cpu")
 
 
 def test_command_line_precision_flag(tmp_path, X):
