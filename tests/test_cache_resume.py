@@ -191,7 +191,7 @@ EDITS = {
 }
 
 
-@pytest.mark.parametrize("edit", [*EDITS, "global value", "closure value"])
+@pytest.mark.parametrize("edit", [*EDITS, "global value", "closure value", "global estimator"])
 def test_an_edited_callable_is_refused_and_the_same_one_resumes(tmp_path, X, edit):
     path = tmp_path / "c"
     original = make(ORIGINAL, W=W)
@@ -201,6 +201,13 @@ def test_an_edited_callable_is_refused_and_the_same_one_resumes(tmp_path, X, edi
 
     if edit == "global value":
         edited = make(ORIGINAL, W=W + 1)
+    elif edit == "global estimator":
+        from sklearn.linear_model import LogisticRegression
+
+        source = "def teacher(batch):\n    return est.decision_function(batch)\n"
+        labels = np.arange(N) % C
+        build(make(source, est=LogisticRegression(C=1.0).fit(X, labels)), X, tmp_path / "e")
+        path, edited = tmp_path / "e", make(source, est=LogisticRegression(C=0.01).fit(X, labels))
     elif edit == "closure value":
         def closure(W):
             return lambda batch: batch @ W

@@ -120,7 +120,8 @@ def callable_digest(func: Any) -> str | None:
     so moving a function does not change it), argument defaults, closure cell values, and
     the values of the globals the code reads, followed into the functions it calls.
     Values are hashed by content when they are numbers, strings, bytes, None, numpy
-    arrays, torch tensors and modules, or tuples, lists and dicts of these; modules,
+    arrays, torch tensors and modules, scikit-learn estimators (``joblib.hash``), or
+    tuples, lists and dicts of these; modules,
     classes and builtins by their qualified name. Anything else makes the digest None.
     A callable object is hashed through its class's ``__call__`` and its ``__dict__``.
     """
@@ -243,6 +244,8 @@ def _feed_value(h: Any, value: Any, depth: int, seen: set[int]) -> None:
         _feed_name(h, value)
     elif isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
         _feed_callable(h, value, depth + 1, seen)
+    elif hasattr(value, "get_params") and hasattr(value, "fit"):  # a scikit-learn estimator
+        h.update(fingerprint_sklearn(value).encode())
     else:
         _feed_torch(h, value)
 
