@@ -21,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from pathlib import PurePath
 
 import numpy as np
 import pytest
@@ -132,6 +133,14 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
     assert {"mkdir", "create-store", "write", "fsync", "rename", "fsync-dir"} <= set(kinds)
     assert sum(s.startswith("rename") and s.endswith("/manifest.json") for s in steps) == 2
     assert sum(s.startswith("rename") and "/done/" in s for s in steps) == N // ROWS
+    for i, step in enumerate(steps):  # durability order: data synced before it is named, names synced
+        kind, where = step.split(" ", 1)
+        if kind == "write":
+            assert steps[i + 1] == f"fsync {where}", steps[i : i + 2]
+        if kind == "rename":
+            synced = steps[i - 1].split(" ", 1)
+            assert synced[0] == "fsync" and PurePath(synced[1]).name.startswith(f".{PurePath(where).name}."), step
+            assert steps[i + 1] == f"fsync-dir {PurePath(where).parent}", steps[i : i + 2]
     print(f"{backend}: {len(steps)} crash points: {dict(kinds)}")
 
     teacher = teacher_like_the_crasher(W)
