@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _markdown(r: dict) -> str:
     return "\n".join([
-        f"# check_alignment benchmark ({r['rows']} rows x {r['features']} float32 of {r['data']}, X in {r['x_storage']})",
+        f"# check_alignment benchmark ({r['rows']} rows x {r['features']} float32 of {r['data']})",
+        "",
+        f"X in {r['x_storage']}.",
         "",
         f"- sample mode ({r['sample']} random rows read, hashed, compared; digests read from disk): "
         f"best {min(r['check_sample_s']) * 1e3:.1f} ms = **{r['ratio_sample_to_epoch']:.4f}** of one epoch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+import kdpipe
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache.alignment import check_alignment
 from kdpipe.cache.fingerprint import row_digests
@@ -69,7 +71,8 @@ def test_row_digests_agree_across_processes():
         "import numpy as np; from kdpipe.cache.fingerprint import row_digests; "
         "print(row_digests(np.arange(60, dtype=np.float32).reshape(10, 6) / 7).tolist())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(kdpipe.__file__))}  # this checkout's kdpipe
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert json.loads(out) == row_digests(X).tolist()
 
 

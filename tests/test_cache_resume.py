@@ -8,11 +8,13 @@ import stat
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import kdpipe
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache.fingerprint import fingerprint_callable, is_weak
 from kdpipe.errors import CacheMismatchError, CacheNotFoundError, InputError
@@ -158,8 +160,6 @@ def test_command_line_precision_flag(tmp_path, X):
     out = tmp_path / "c"
     args = ["build-cache", str(script), "--data", str(tmp_path / "x.npy"), "-o", str(out), "--quiet",
             "--device", "cpu", "--precision", "bfloat16", "--chunk-rows", str(ROWS)]
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
         assert main(args) == 0
@@ -262,7 +262,8 @@ def test_dask_tokens_agree_across_processes(tmp_path, X):
         f"print(dask.base.tokenize(LogitCache.open(sys.argv[1])[{rows}]))"
     )
     here = dask.base.tokenize(cache[rows])
-    env = {**os.environ, "PYTHONHASHSEED": "random"}
+    root = os.path.dirname(os.path.dirname(kdpipe.__file__))  # this checkout's kdpipe
+    env = {**os.environ, "PYTHONHASHSEED": "random", "PYTHONPATH": root}
     there = [
         subprocess.run([sys.executable, "-c", code, str(cache.path)], capture_output=True, text=True, check=True,
                        env=env).stdout.strip()
