@@ -47,6 +47,7 @@ def _build(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         client=args.scheduler,
         overwrite=args.overwrite,
         progress=not args.quiet,
@@ -86,6 +87,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chunk-rows", type=int, default=4096)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument(
+        "--precision",
+        default="model",
+        choices=["model", "float16", "bfloat16"],
+        help="teacher forward precision: the model's own dtype, or autocast to float16/bfloat16",
+    )
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (default: in-process)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -24,7 +24,9 @@ from kdpipe.cache import fingerprint as fp
 from kdpipe.cache.manifest import TeacherInfo
 from kdpipe.errors import ClassMismatchError, InputError
 
-__all__ = ["Member", "resolve_members", "resolve_classes"]
+__all__ = ["PRECISIONS", "Member", "parse_precision", "resolve_members", "resolve_classes"]
+
+PRECISIONS = ("model", "float16", "bfloat16")
 
 _TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts"}
 _JOBLIB_SUFFIXES = {".joblib", ".pkl", ".pickle"}
@@ -40,6 +42,17 @@ def _load_torchscript(path: str) -> Any:
         # torch >= 2.10 deprecates TorchScript; loading existing files is still supported
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning)
         return torch.jit.load(path, map_location="cpu")
+
+
+def parse_precision(value: Any) -> str:
+    """Return the precision of torch teachers' forward passes.
+
+    ``"model"``: the model's own dtype, no autocast (the default). ``"float16"`` or
+    ``"bfloat16"``: ``torch.autocast`` to that dtype on the build's device.
+    """
+    if value not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {value!r}")
+    return str(value)
 
 
 def _is_sklearn(obj: Any) -> bool:
@@ -88,13 +101,16 @@ class Member:
                 _PREPARED[key] = entry
             return entry[1]
 
-    def predict(self, x: np.ndarray, device: Any) -> np.ndarray:
-        """Raw logits of ``x`` (a numpy batch) as a numpy array, in ensemble class order."""
+    def predict(self, x: np.ndarray, device: Any, precision: str = "model") -> np.ndarray:
+        """Raw logits of ``x`` (a numpy batch) as a numpy array, in ensemble class order.
+
+        ``precision`` applies to torch teachers (see :func:`parse_precision`).
+        """
         if self.kind in ("torch", "torchscript"):
             module = self._prepared(
                 str(device), lambda: _prepare_module(self.teacher(), device, owned=self.obj is None)
             )
-            out = _torch_forward(module, x, device)
+            out = _torch_forward(module, x, device, precision)
         elif self.kind == "sklearn":
             out = _sklearn_logits(self.teacher(), x)
         else:
@@ -128,7 +144,9 @@ def _prepare_module(module: Any, device: Any, owned: bool) -> Any:
     return copy.deepcopy(module).to(device).eval()
 
 
-def _torch_forward(module: Any, x: np.ndarray, device: Any) -> np.ndarray:
+def _torch_forward(module: Any, x: np.ndarray, device: Any, precision: str = "model") -> np.ndarray:
+    import contextlib
+
     import torch
 
     param = next(iter(module.parameters()), None)
@@ -142,11 +160,17 @@ def _torch_forward(module: Any, x: np.ndarray, device: Any) -> np.ndarray:
     batch = torch.from_numpy(x)
     if batch.is_floating_point():
         batch = batch.to(dtype)
+    autocast = (
+        contextlib.nullcontext()
+        if precision == "model"
+        else torch.autocast(device_type=device.type, dtype=getattr(torch, precision))
+    )
     with torch.inference_mode():
         if device.type != "cuda":
-            return module(batch).float().numpy()
+            with autocast:
+                return module(batch).float().numpy()
         pinned = batch.pin_memory()  # kept alive until the stream is synchronized below
-        with torch.autocast(device_type="cuda"):
+        with autocast:
             out = module(pinned.to(device, non_blocking=True))
         out = out.float()
         host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
@@ -201,12 +225,30 @@ def _member(teacher: Any) -> Member:
     raise InputError(f"cannot use a {type(teacher).__name__} as a teacher")
 
 
-def resolve_members(teachers: Any) -> list[Member]:
-    """Wrap a teacher or a list of teachers into :class:`Member` objects."""
+def resolve_members(teachers: Any, versions: Any = None) -> list[Member]:
+    """Wrap a teacher or a list of teachers into :class:`Member` objects.
+
+    ``versions``: a version string per teacher (None where not given), or one string for
+    a single teacher. A version is recorded in the member's fingerprint; it is what lets
+    a build resume from a teacher whose content kdpipe cannot hash (a weak fingerprint).
+    """
     items = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
     if not items:
         raise InputError("teachers is an empty list")
-    return [_member(t) for t in items]
+    if versions is None:
+        versions = [None] * len(items)
+    elif isinstance(versions, str):
+        versions = [versions]
+    versions = list(versions)
+    if len(versions) != len(items) or not all(v is None or isinstance(v, str) for v in versions):
+        raise InputError(
+            f"teacher_versions must give one string (or None) per teacher ({len(items)}), got {versions!r}"
+        )
+    members = [_member(t) for t in items]
+    for member, version in zip(members, versions):
+        if version is not None:
+            member.fingerprint = f"version:{version}|{member.fingerprint}"
+    return members
 
 
 def resolve_classes(members: list[Member], classes: Any = None) -> np.ndarray | None:
