@@ -17,6 +17,7 @@ __all__ = [
     "CacheIncompleteError",
     "CacheCorruptError",
     "CacheChunkMissingError",
+    "UsageError",
 ]
 
 
@@ -54,3 +55,7 @@ class CacheCorruptError(CacheError):
 
 class CacheChunkMissingError(CacheIncompleteError, CacheCorruptError):
     """A chunk's data is absent: never written, or deleted after it was recorded."""
+
+
+class UsageError(InputError):
+    """The command line is wrong (an option missing or not usable); ``kdpipe`` exits with 2."""
