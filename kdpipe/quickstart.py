@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["QuickstartResult", "run_quickstart", "register"]
 
@@ -67,7 +67,11 @@ def run_quickstart(
     verbose : bool, default=True
         Print progress.
     """
+    # imported here, not at the top: ``kdpipe --help`` and the other commands start faster
+    import numpy as np
     import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     from kdpipe.cache import build_cache
     from kdpipe.distilled import DistilledClassifier
@@ -152,7 +156,7 @@ def run_quickstart(
 def _row(
     model: str, architecture: str, predicted: np.ndarray, y_true: np.ndarray, seconds: float
 ) -> QuickstartResult:
-    wrong = int(np.sum(predicted != y_true))
+    wrong = int((predicted != y_true).sum())
     return QuickstartResult(model, architecture, 1.0 - wrong / len(y_true), wrong, seconds)
 
 
