@@ -157,3 +157,12 @@ def test_fashion_distill_example_writes_where_asked(tmp_path, fashion_dir, capsy
         assert all(0.0 <= a <= 1.0 for a in [entry["hard_labels"], *entry["distilled"].values()])
     assert all(0.0 <= a <= 1.0 for a in [results["ensemble"], *results["teacher_members"]])
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_every_install_command_in_the_readme_pins_torch_first():
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if "pip install" in line]
+    assert len(commands) >= 3
+    for line in commands:
+        after = line.split("pip install", 1)[1].split()
+        assert after[0] == "torch==2.13.0", line
