@@ -209,3 +209,30 @@ def test_ctrl_c_during_build_cache_exits_130_and_rerunning_resumes(tmp_path):
     with torch.inference_mode():
         expected = module.linear(torch.from_numpy(X)).numpy()
     np.testing.assert_allclose(np.asarray(cache)[:, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_file_format_tells_torchscript_from_pickles(files):
+    from kdpipe.cache.teachers import torch_file_format
+
+    assert torch_file_format(files["script"]) == "torchscript"
+    assert torch_file_format(files["pickled"]) == "pickle"
+    assert torch_file_format(files["weights"]) == "pickle"
+    assert torch_file_format(files["x"]) == "unknown"
+
+
+def test_build_cache_refuses_a_pickled_teacher_file_before_any_work(files):
+    from kdpipe.cache import build_cache
+    from kdpipe.errors import InputError
+
+    with pytest.raises(InputError, match="not TorchScript.*load_pickled_module"):
+        build_cache(str(files["pickled"]), np.load(files["x"]), files["out"], progress=False)
+    assert not files["out"].exists()
+
+
+def test_interrupting_another_command_says_so_without_a_resume_hint(files, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogitCache, "open", interrupted)
+    assert main(["info", str(files["out"])]) == 130
+    assert capsys.readouterr().err == "kdpipe: interrupted\n"
