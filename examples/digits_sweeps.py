@@ -29,6 +29,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
 
 from kdpipe import DistilledClassifier, build_cache  # noqa: E402
+from kdpipe.cli import HelpFormatter  # noqa: E402
 from kdpipe.teacher_training import jitter_images, train_mlp_ensemble  # noqa: E402
 
 FULL_TEMPERATURES = [1, 1.5, 2, 3, 4, 6, 8, 12, 20]
@@ -37,7 +38,7 @@ QUICK_TEMPERATURES = [1, 2, 4, 8, 20]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--out", default="kdpipe-results/digits_sweeps", help="folder for the results and plots")
     parser.add_argument("--quick", action="store_true",

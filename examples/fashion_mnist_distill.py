@@ -10,8 +10,8 @@ cached logits at each temperature. Test accuracy of every model goes to
 printed. The published results of full runs are in ``examples/results/``.
 
 Needs the Fashion-MNIST idx files (Debian's ``dataset-fashion-mnist`` puts them in
-``/usr/share/datasets/fashion-mnist``; ``--data-dir`` names another folder). The paper's scale takes hours on a laptop CPU;
-reduce it with ``--train-rows``, ``--epochs``, ``--teacher-epochs`` and
+``/usr/share/datasets/fashion-mnist``; ``--data-dir`` names another folder). The
+paper's scale takes hours on a laptop CPU; reduce it with ``--train-rows``, ``--epochs``, ``--teacher-epochs`` and
 ``--temperatures``, e.g.::
 
     python examples/fashion_mnist_distill.py --train-rows 20000 --epochs 8 \\
@@ -35,7 +35,8 @@ import torch  # noqa: E402
 from scipy.special import softmax  # noqa: E402
 
 from kdpipe import DistilledClassifier, build_cache  # noqa: E402
-from kdpipe.datasets import load_fashion_mnist  # noqa: E402
+from kdpipe.cli import HelpFormatter  # noqa: E402
+from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
 from kdpipe.engine import predict_logits  # noqa: E402
 from kdpipe.teacher_training import jitter_images, train_mlp_ensemble  # noqa: E402
 
@@ -48,7 +49,7 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--out", default="kdpipe-results/fashion_mnist_distill",
                         help="folder for the results and the plot")
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the result file names")
     parser.add_argument("--seed", type=int, default=0, help="seeds the subset, teachers and students")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--data-dir", "--data", dest="data", default=None,
-                        help="directory of the idx files (default: Debian's)")
+    parser.add_argument("--data-dir", "--data", dest="data", default=FASHION_MNIST_DIR,
+                        help="directory of the idx files")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 

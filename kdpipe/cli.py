@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from kdpipe import __version__
 from kdpipe.errors import KdpipeError, UsageError
 
-__all__ = ["build_parser", "main", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["HelpFormatter", "build_parser", "main", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # argparse's own status for a bad command line
@@ -39,15 +39,15 @@ _COMMAND_MODULES = (
 )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default, and descriptions with their line breaks.
 
-    A default of None or False (an option that is off unless given) says nothing, so
-    it is not shown.
+    A default of None, False or "" (an option that is off unless given) says nothing,
+    so it is not shown. The scripts in ``pipelines/`` and ``examples/`` use it too.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or action.required:
+        if action.default is None or action.default is False or action.default == "" or action.required:
             return action.help or ""
         return super()._get_help_string(action) or ""
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kdpipe",
         description="Knowledge distillation with an offline logit cache.",
         epilog="Exit status: 0 success, 1 failure, 2 bad command line, 130 interrupted.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"kdpipe {__version__}")
     parser.add_argument(
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND",
-        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter),
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter),
     )
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

@@ -16,12 +16,13 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from kdpipe.cache import build_cache
+from kdpipe.cli import HelpFormatter
 from kdpipe.teacher_training import train_mlp_ensemble
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
     parser.add_argument("-o", "--out", "--output", dest="out", default="data/digits-cache",
                         help="cache directory to write")

@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from kdpipe.cache import build_cache
-from kdpipe.datasets import load_fashion_mnist
+from kdpipe.cli import HelpFormatter
+from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist
 from kdpipe.teacher_training import jitter_images, train_mlp_ensemble
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
-    parser.add_argument("--data-dir", default=None, help="directory of the idx files (default: Debian's)")
+    parser.add_argument("--data-dir", default=FASHION_MNIST_DIR, help="directory of the idx files")
     parser.add_argument("-o", "--out", "--output", dest="out", default="data/fashion-mnist-cache",
                         help="cache directory to write")
     parser.add_argument("--members", type=int, default=3, help="ensemble size")
