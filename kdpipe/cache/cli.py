@@ -87,8 +87,6 @@ def _teacher(path: str, trust_pickled: bool) -> Any:
 
 
 def _build(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from kdpipe.cache.build import build_cache
 
     X = _open_data(args.data, args.dataset)
