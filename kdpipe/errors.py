@@ -19,6 +19,7 @@ __all__ = [
     "CacheChunkMissingError",
     "CacheNotFoundError",
     "RowMismatchError",
+    "UsageError",
 ]
 
 
@@ -64,3 +65,7 @@ class CacheChunkMissingError(CacheIncompleteError, CacheCorruptError):
 
 class CacheNotFoundError(CacheError, FileNotFoundError):
     """There is no kdpipe logit cache at the path: it is missing, a plain file, or a folder without one."""
+
+
+class UsageError(InputError):
+    """The command line is wrong (an option missing or not usable); ``kdpipe`` exits with 2."""

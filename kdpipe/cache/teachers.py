@@ -24,7 +24,15 @@ from kdpipe.cache import fingerprint as fp
 from kdpipe.cache.manifest import TeacherInfo
 from kdpipe.errors import ClassMismatchError, InputError
 
-__all__ = ["PRECISIONS", "Member", "parse_precision", "resolve_members", "resolve_classes"]
+__all__ = [
+    "PRECISIONS",
+    "Member",
+    "parse_precision",
+    "resolve_members",
+    "resolve_classes",
+    "torch_file_format",
+    "load_pickled_module",
+]
 
 PRECISIONS = ("model", "float16", "bfloat16")
 
@@ -53,6 +61,53 @@ def parse_precision(value: Any) -> str:
     if value not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {value!r}")
     return str(value)
+
+
+def torch_file_format(path: str | os.PathLike[str]) -> str:
+    """What a ``.pt``-style file holds: ``"torchscript"``, ``"pickle"`` (``torch.save``) or ``"unknown"``.
+
+    Read from the archive's table of contents, without loading (or unpickling) anything.
+    """
+    import zipfile
+
+    with open(path, "rb") as f:
+        if f.read(1) == b"\x80":  # a pickle protocol opcode: torch.save's legacy format
+            return "pickle"
+    if not zipfile.is_zipfile(path):
+        return "unknown"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(n.endswith("/constants.pkl") for n in names):  # only TorchScript archives have it
+        return "torchscript"
+    return "pickle" if any(n.endswith("/data.pkl") for n in names) else "unknown"
+
+
+def load_pickled_module(path: str | os.PathLike[str]) -> Any:
+    """Unpickle a whole ``torch.nn.Module`` saved with ``torch.save(model, path)``.
+
+    Unpickling runs code named in the file: call this only for files you trust. The
+    module's class must be importable here.
+
+    Raises
+    ------
+    InputError
+        The file holds something other than a module, or its class cannot be imported.
+    """
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (AttributeError, ImportError) as exc:
+        raise InputError(
+            f"teacher file {str(path)!r}: cannot unpickle its module ({exc}); its class must be "
+            "importable here, or save the teacher as TorchScript (torch.jit.script(model).save(path))"
+        ) from exc
+    if not isinstance(obj, torch.nn.Module):
+        raise InputError(
+            f"teacher file {str(path)!r} holds a {type(obj).__name__} object, not a torch.nn.Module "
+            "(a state_dict needs its model: load it into the model, then save the model)"
+        )
+    return obj.eval()
 
 
 def _is_sklearn(obj: Any) -> bool:
@@ -205,6 +260,13 @@ def _member(teacher: Any) -> Member:
             raise InputError(f"teacher file {teacher!r} does not exist")
         if suffix in _TORCHSCRIPT_SUFFIXES:
             kind = "torchscript"
+            if torch_file_format(path) != "torchscript":
+                raise InputError(
+                    f"teacher file {teacher!r} is not TorchScript (a torch.save() pickle, or not a torch "
+                    "file); unpickling runs code from the file, so kdpipe does not do it: save the teacher "
+                    "with torch.jit.script(model).save(path), or, if you trust the file, pass "
+                    "kdpipe.cache.teachers.load_pickled_module(path)"
+                )
         elif suffix in _JOBLIB_SUFFIXES:
             kind = "sklearn"
         else:
