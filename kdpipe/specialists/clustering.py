@@ -1,21 +1,23 @@
 """Confusable class subsets from the generalist alone (Hinton et al. 2015, section 5.2).
 
 Classes that the generalist often predicts together have similar columns in the
-covariance matrix of its predicted probabilities. Each class becomes a point (its
-column of the ``C x C`` covariance, or correlation, matrix) and the points are grouped
-by average-linkage agglomerative clustering; no labels are used, so unlabeled transfer
-rows count as much as labeled ones.
+covariance matrix of its predicted probabilities. Two classes are close when their
+predicted probabilities are strongly correlated (or, as in the paper, when their
+covariance columns are close), and average-linkage agglomerative clustering groups
+the classes by these distances; no labels are used, so unlabeled transfer rows count
+as much as labeled ones.
 
-The paper clusters the same points with an on-line K-means. A single K-means start is
-fragile here, and restarts do not cure it: on 50 random problems of
-:func:`~kdpipe.datasets.make_confusable_classification` (3-10 groups of 2-8 classes),
-one mini-batch K-means run recovered the groups with an adjusted Rand index (ARI) of
-0.18 at worst (median 0.92, mean 0.80), and ten k-means++ restarts kept by their
-objective still 0.46 at worst (mean 0.98; fifty restarts 0.29): with well separated
-classes the points of one group are not compact, and the best K-means objective can
-split a group and merge two others. Average linkage needs no start, is deterministic,
-and recovered every group of the 50 problems (ARI 1.0);
-``benchmarks/bench_clustering.py`` measures it.
+The paper clusters with an on-line K-means. A K-means start is fragile here, and
+restarts do not cure it: on 50 random problems of
+:func:`~kdpipe.datasets.make_confusable_classification` (3-10 groups of 2-8 classes,
+``benchmarks/bench_clustering.py``), kdpipe's former mini-batch K-means recovered the
+groups with an adjusted Rand index (ARI) of 0.18 at worst (median 0.92, mean 0.80),
+and ten k-means++ restarts kept by their objective still 0.46 at worst (mean 0.98):
+when the classes of a group are rarely confused with each other, the group is not
+compact in covariance space, and the best K-means objective may split it and merge
+two others. Average linkage needs no start, is deterministic, and recovered every
+group of the 50 problems (ARI 1.0; 0.72 at worst, mean 0.98, on harder problems with
+closer groups and fewer rows).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from sklearn.cluster import AgglomerativeClustering
 
 from kdpipe.errors import ClassMismatchError, InputError
 
-__all__ = ["prediction_covariance", "class_points", "cluster_classes", "parse_class_subsets"]
+__all__ = [
+    "prediction_covariance",
+    "class_points",
+    "class_distances",
+    "cluster_classes",
+    "parse_class_subsets",
+]
 
 
 def prediction_covariance(proba: np.ndarray) -> np.ndarray:
@@ -40,12 +48,12 @@ def prediction_covariance(proba: np.ndarray) -> np.ndarray:
 
 
 def class_points(proba: np.ndarray, features: str = "correlation") -> np.ndarray:
-    """The point ``(C,)`` of each class that clustering groups: ``(C, C)``, row ``c``.
+    """The point of each class: row ``c`` of the ``(C, C)`` result is class ``c``'s column.
 
-    ``"covariance"``: class ``c``'s column of :func:`prediction_covariance` (the
-    paper). ``"correlation"``: that column divided by the standard deviations, i.e.
-    the correlation matrix's column; a class never predicted (zero variance) gets a
-    zero column.
+    ``"covariance"``: the columns of :func:`prediction_covariance` (the paper).
+    ``"correlation"``: the columns of the correlation matrix, i.e. the covariance
+    divided by both standard deviations; a class never predicted (zero variance)
+    gets a zero column.
     """
     points = prediction_covariance(proba)  # (C, C): row c = column c (symmetric)
     if features == "covariance":
@@ -57,6 +65,25 @@ def class_points(proba: np.ndarray, features: str = "correlation") -> np.ndarray
     return points / scale[:, None] / scale[None, :]
 
 
+def class_distances(proba: np.ndarray, features: str = "correlation") -> np.ndarray:
+    """Pairwise distances ``(C, C)`` between classes, zero on the diagonal.
+
+    ``"correlation"``: ``1 - r_ij``, with ``r_ij`` the correlation of the predicted
+    probabilities of classes ``i`` and ``j`` (0 for two classes always predicted
+    together, 1 for unrelated ones, up to 2). ``"covariance"``: the Euclidean
+    distance between the two classes' covariance columns (the paper's points).
+    """
+    points = class_points(proba, features)  # (C, C)
+    if features == "correlation":
+        distances = 1.0 - points
+    else:
+        sq = (points**2).sum(axis=1)  # (C,)
+        distances = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2.0 * points @ points.T, 0, None))
+    distances = (distances + distances.T) / 2.0  # exactly symmetric
+    np.fill_diagonal(distances, 0.0)
+    return distances
+
+
 def cluster_classes(
     proba: np.ndarray,
     n_clusters: int,
@@ -65,7 +92,7 @@ def cluster_classes(
     overlap: float = 0.0,
     features: str = "correlation",
 ) -> list[np.ndarray]:
-    """Class subsets by average-linkage clustering of the prediction covariance columns.
+    """Class subsets by average-linkage clustering of the generalist's co-predictions.
 
     Parameters
     ----------
@@ -76,19 +103,19 @@ def cluster_classes(
     classes_per_cluster : int, optional
         ``None``: the clusters partition the classes (sizes vary), widened by
         ``overlap``. An int ``k``: each subset is the ``k`` classes nearest its
-        cluster's centroid (the mean of its points), so subsets have equal sizes, may
+        cluster (by mean distance to its members), so subsets have equal sizes, may
         overlap, and some classes may belong to no subset.
     overlap : float >= 0, default=0.0
-        Partition mode only: a class also joins every other cluster whose centroid is
-        within ``(1 + overlap)`` times the distance to its own cluster's centroid. (A
-        class may lie nearer another cluster's centroid than its own, since linkage
-        does not assign by centroid; any ``overlap > 0`` adds such clusters.)
+        Partition mode only: a class also joins every other cluster whose mean
+        distance to it is within ``(1 + overlap)`` times the mean distance to the
+        other members of its own cluster.
     features : {"correlation", "covariance"}, default="correlation"
-        The points clustered (:func:`class_points`): each class's column of the
-        covariance matrix (the paper), or of the correlation matrix. Classes the
-        generalist predicts with very different confidence have covariance columns of
-        very different length, so raw covariance columns cluster by scale as much as
-        by confusion; correlation columns do not.
+        The distances (:func:`class_distances`): one minus the correlation of two
+        classes' predicted probabilities, or the Euclidean distance between their
+        columns of the covariance matrix (the paper's points). Classes the
+        generalist predicts with very different confidence have covariance columns
+        of very different length, so covariance distances group classes by scale as
+        much as by confusion; correlations do not.
 
     Returns
     -------
@@ -99,12 +126,12 @@ def cluster_classes(
 
     Notes
     -----
-    Agglomerative clustering with average linkage and Euclidean distances
-    (:class:`sklearn.cluster.AgglomerativeClustering`) merges, step by step, the two
-    clusters whose points are closest on average, until ``n_clusters`` remain. It is
-    deterministic (no seed), never leaves a cluster empty, and takes ``O(C^2)`` memory,
-    the size of the covariance matrix itself. See the module notes for why it replaces
-    the paper's K-means.
+    Average linkage (:class:`sklearn.cluster.AgglomerativeClustering` on the
+    precomputed distances) starts from one cluster per class and merges, step by
+    step, the two clusters with the smallest mean distance between their members,
+    until ``n_clusters`` remain. It needs no start, is deterministic, never leaves a
+    cluster empty, and takes ``O(C^2)`` memory, the size of the covariance matrix
+    itself. See the module notes for why it replaces the paper's K-means.
     """
     proba = np.asarray(proba, dtype=np.float64)
     n_classes = proba.shape[1]
@@ -114,24 +141,25 @@ def cluster_classes(
         raise ValueError(
             f"classes_per_cluster={classes_per_cluster} must lie in [1, {n_classes - 1}]"
         )
-    points = class_points(proba, features)  # (C, C)
+    distances = class_distances(proba, features)  # (C, C)
     if n_clusters == n_classes:
         labels = np.arange(n_classes)
     else:
-        labels = AgglomerativeClustering(n_clusters=n_clusters, linkage="average").fit_predict(
-            points
-        )  # (C,)
-    centroids = np.stack([points[labels == k].mean(axis=0) for k in range(n_clusters)])  # (K, C)
-    distances = np.sqrt(((points[:, None, :] - centroids[None]) ** 2).sum(axis=-1))  # (C, K)
+        labels = AgglomerativeClustering(
+            n_clusters=n_clusters, metric="precomputed", linkage="average"
+        ).fit_predict(distances)  # (C,)
+    member = np.zeros((n_classes, n_clusters), dtype=bool)  # (C, K)
+    member[np.arange(n_classes), labels] = True
+    # mean distance of each class to the members of each cluster, itself left out
+    others = member.sum(axis=0)[None, :] - member  # (C, K)
+    to_cluster = distances @ member / np.maximum(others, 1)  # (C, K)
     if classes_per_cluster is not None:
-        order = np.argsort(distances, axis=0, kind="stable")  # (C, K)
+        order = np.argsort(to_cluster, axis=0, kind="stable")  # (C, K)
         subsets = [np.sort(order[:classes_per_cluster, k]) for k in range(n_clusters)]
     else:
-        member = np.zeros((n_classes, n_clusters), dtype=bool)  # (C, K)
-        member[np.arange(n_classes), labels] = True
         if overlap > 0:
-            own = distances[np.arange(n_classes), labels][:, None]  # (C, 1)
-            member |= distances <= own * (1.0 + overlap)
+            own = to_cluster[np.arange(n_classes), labels][:, None]  # (C, 1)
+            member |= to_cluster <= own * (1.0 + overlap)
         subsets = [np.flatnonzero(member[:, k]) for k in range(n_clusters)]
     unique = {tuple(s.tolist()) for s in subsets}
     return [np.asarray(s, dtype=np.intp) for s in sorted(unique)]
