@@ -68,11 +68,11 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         within ``(1 + overlap)`` times the distance to its own cluster's centroid.
         Must stay 0 with ``classes_per_specialist``.
     cluster_on : {"correlation", "covariance"}, default="correlation"
-        Cluster each class's column of the correlation matrix of the generalist's
-        predicted probabilities, or of their covariance matrix (the paper). Raw
-        covariance columns differ in length with each class's confidence and cluster
-        by scale as much as by confusion (see
-        :func:`~kdpipe.specialists.cluster_classes`).
+        Distance between two classes: one minus the correlation of the generalist's
+        predicted probabilities of the two, or the distance between their columns
+        of the covariance matrix (the paper). Raw covariance columns differ in
+        length with each class's confidence and cluster by scale as much as by
+        confusion (see :func:`~kdpipe.specialists.cluster_classes`).
     subset_share : float in (0, 1), default=0.5
         Share of a specialist's training rows from its own classes (the paper: half);
         the rest are drawn at random from the other classes.
