@@ -6,6 +6,8 @@ small-batch training tens of times slower.
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from scipy.special import softmax
 from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import adjusted_rand_score
 
+import kdpipe.specialists.estimator
 from kdpipe import DistilledClassifier, SpecialistEnsembleClassifier
 from kdpipe.datasets import make_confusable_classification
 from kdpipe.engine import TrainingConfig, predict_logits
@@ -263,3 +266,8 @@ def test_overlapping_subsets(problem, generalist):
     assert all(len(c) == 8 for c in clf.clusters_)
     clf = quick_frozen(generalist, n_specialists=4, overlap=1.0).fit(X, y)
     assert sum(len(c) for c in clf.clusters_) > 20  # some classes in two subsets
+
+
+def test_docstring_example():
+    result = doctest.testmod(kdpipe.specialists.estimator, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
