@@ -34,11 +34,10 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     """A generalist plus specialists for confusable class subsets (Hinton et al. §5).
 
     ``fit`` (1) fits the generalist (distilled from ``teacher_logits`` when given),
-    (2) clusters the classes, with no labels, by average-linkage clustering of the
-    columns of the correlation (or covariance) matrix of the generalist's predicted
-    probabilities, and (3) trains one
-    specialist per subset, independently and in parallel, starting from the
-    generalist's weights. ``predict_proba`` takes the generalist's ``top_n`` classes,
+    (2) clusters the classes, with no labels, by average linkage on the correlations
+    (or covariance columns) of the generalist's predicted probabilities, and (3)
+    trains one specialist per subset, independently and in parallel, starting from
+    the generalist's weights. ``predict_proba`` takes the generalist's ``top_n`` classes,
     activates the specialists whose subset contains any of them, and returns the
     ``q`` minimizing ``KL(p^g || q) + sum_m KL(p^m || q)`` (section 5.4).
 
@@ -61,12 +60,13 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         Use these class subsets instead of clustering.
     classes_per_specialist : int, default=None
         ``None``: the clusters partition the classes (sizes set by the clustering).
-        An int ``k``: each specialist covers the ``k`` classes nearest its cluster's
-        centroid; subsets may overlap and some classes may have no specialist.
+        An int ``k``: each specialist covers the ``k`` classes nearest its cluster
+        (mean distance to its members); subsets may overlap and some classes may
+        have no specialist.
     overlap : float >= 0, default=0.0
-        Partition mode: a class also joins every other cluster whose centroid is
-        within ``(1 + overlap)`` times the distance to its own cluster's centroid.
-        Must stay 0 with ``classes_per_specialist``.
+        Partition mode: a class also joins every other cluster whose mean distance
+        to it is within ``(1 + overlap)`` times its mean distance to the other
+        members of its own cluster. Must stay 0 with ``classes_per_specialist``.
     cluster_on : {"correlation", "covariance"}, default="correlation"
         Distance between two classes: one minus the correlation of the generalist's
         predicted probabilities of the two, or the distance between their columns
