@@ -246,6 +246,7 @@ def test_dask_backend(problem, generalist):
         ({"classes_per_specialist": 20}, InputError, "classes_per_specialist=20 must be smaller"),
         ({"classes_per_specialist": 5, "overlap": 0.1}, InputError, "overlap=0.1 applies"),
         ({"subset_share": 1.0}, ValueError, "subset_share"),
+        ({"overlap": 1.0}, InputError, "overlap=1.0 puts every class into one subset"),
     ],
 )
 def test_bad_settings_name_the_problem(problem, generalist, params, error, match):
@@ -264,7 +265,7 @@ def test_overlapping_subsets(problem, generalist):
     X, y, *_ = problem
     clf = quick_frozen(generalist, n_specialists=4, classes_per_specialist=8).fit(X, y)
     assert all(len(c) == 8 for c in clf.clusters_)
-    clf = quick_frozen(generalist, n_specialists=4, overlap=1.0).fit(X, y)
+    clf = quick_frozen(generalist, n_specialists=4, overlap=0.2).fit(X, y)
     assert sum(len(c) for c in clf.clusters_) > 20  # some classes in two subsets
 
 
