@@ -3,9 +3,11 @@
 The teacher ensemble runs once (``build_cache``); every student below reads the same
 cache. The temperature sweep is a ``GridSearchCV`` over ``temperature`` with the cache
 routed as ``teacher_logits``; the member sweep distills from the first k members of
-the cache. Writes ``examples/results/digits_sweeps.json`` and two PNG plots.
+the cache. Writes ``digits_sweeps.json`` and two PNG plots into ``--out`` (default
+``kdpipe-results/digits_sweeps`` under the current folder) and prints their paths. The
+published results of a full run are in ``examples/results/``.
 
-Run: ``python examples/digits_sweeps.py [--quick]``
+Run: ``python examples/digits_sweeps.py [--quick] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import sklearn  # noqa: E402
@@ -27,19 +29,33 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
 
 from kdpipe import DistilledClassifier, build_cache  # noqa: E402
+from kdpipe.cli import HelpFormatter  # noqa: E402
 from kdpipe.teacher_training import jitter_images, train_mlp_ensemble  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+FULL_TEMPERATURES = [1, 1.5, 2, 3, 4, 6, 8, 12, 20]
+QUICK_TEMPERATURES = [1, 2, 4, 8, 20]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="few epochs, for a smoke run")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--members", type=int, default=5)
-    args = parser.parse_args()
-    epochs = 20 if args.quick else 150
-    temperatures = [1, 2, 4, 8, 20] if args.quick else [1, 1.5, 2, 3, 4, 6, 8, 12, 20]
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("--out", default="kdpipe-results/digits_sweeps", help="folder for the results and plots")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run: 20 student epochs, 5 teacher epochs, temperatures 1 2 4 8 20")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split, teachers and students")
+    parser.add_argument("--members", type=int, default=5, help="teachers in the ensemble")
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs (default: 150, --quick 20)")
+    parser.add_argument("--teacher-epochs", type=int, default=None, help="teacher epochs (default: 30, --quick 5)")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=None,
+                        help=f"swept temperatures (default: {FULL_TEMPERATURES}, --quick {QUICK_TEMPERATURES})")
+    parser.add_argument("--cv", type=int, default=3, help="cross-validation folds of the sweep")
+    parser.add_argument("--n-jobs", type=int, default=2, help="parallel fits of the sweep")
+    args = parser.parse_args(argv)
+    epochs = args.epochs or (20 if args.quick else 150)
+    teacher_epochs = args.teacher_epochs or (5 if args.quick else 30)
+    temperatures = args.temperatures or (QUICK_TEMPERATURES if args.quick else FULL_TEMPERATURES)
+    out = Path(args.out)
 
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
@@ -49,7 +65,7 @@ def main() -> None:
     start = time.perf_counter()
     teachers = train_mlp_ensemble(
         X_train, y_train, n_classes=10, n_members=args.members, hidden_layer_sizes=(256, 256),
-        dropout=0.3, epochs=5 if args.quick else 30,
+        dropout=0.3, epochs=teacher_epochs,
         augment=partial(jitter_images, image_shape=(8, 8), max_shift=1), n_augmented_copies=4,
         random_state=args.seed, device="cpu",
     )
@@ -60,19 +76,18 @@ def main() -> None:
     )
     results: dict = {"seed": args.seed, "teacher_seconds": teacher_seconds}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, sklearn.config_context(enable_metadata_routing=True):
         cache = build_cache(teachers, X_train, Path(tmp) / "digits.zarr", y=y_train,
                             progress=False, device="cpu")
 
         hard = DistilledClassifier(**student).fit(X_train, y_train)
         results["hard_label_accuracy"] = float(hard.score(X_test, y_test))
 
-        sklearn.set_config(enable_metadata_routing=True)
         search = GridSearchCV(
             DistilledClassifier(alpha=0.1, **student).set_fit_request(teacher_logits=True),
             {"temperature": temperatures},
-            cv=3,
-            n_jobs=2,
+            cv=args.cv,
+            n_jobs=args.n_jobs,
         )
         start = time.perf_counter()
         search.fit(X_train, y_train, teacher_logits=cache)
@@ -92,17 +107,20 @@ def main() -> None:
             by_members[k] = float(model.score(X_test, y_test))
         results["accuracy_by_members"] = by_members
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "digits_sweeps.json").write_text(json.dumps(results, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "digits_sweeps.json", out / "digits_temperature_sweep.png",
+               out / "digits_accuracy_vs_members.png"]
+    written[0].write_text(json.dumps(results, indent=2) + "\n")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.semilogx(temperatures, list(results["temperature_cv_accuracy"].values()), "o-",
-                label="distilled (3-fold CV)")
+                label=f"distilled ({args.cv}-fold CV)")
     ax.axhline(results["hard_label_accuracy"], color="grey", ls="--", label="hard labels (test)")
     ax.set(xlabel="temperature T", ylabel="accuracy", title="digits: 2x64 student")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "digits_temperature_sweep.png", dpi=120)
+    fig.savefig(written[1], dpi=120)
+    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(list(by_members), list(by_members.values()), "o-", label="distilled (test)")
@@ -111,9 +129,13 @@ def main() -> None:
            title=f"digits: 2x64 student, T={results['best_temperature']:g}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "digits_accuracy_vs_members.png", dpi=120)
+    fig.savefig(written[2], dpi=120)
+    plt.close(fig)
     print(json.dumps(results, indent=2))
+    for path in written:
+        print(f"wrote {path.resolve()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

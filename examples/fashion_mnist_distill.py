@@ -4,12 +4,14 @@ A teacher ensemble of ``--members`` 2x1200 ReLU MLPs with dropout is trained onc
 training images; its logits are stored in a ``LogitCache``. Two students, 2x800 and a
 tiny 2x30, are trained on hard labels alone (the baseline) and distilled from the
 cached logits at each temperature. Test accuracy of every model goes to
-``examples/results/fashion_mnist_distill.json``, with a temperature-sweep plot
-``fashion_mnist_distill.png`` (``--tag`` adds a suffix to both names).
+``fashion_mnist_distill.json``, with a temperature-sweep plot ``fashion_mnist_distill.png``
+(``--tag`` adds a suffix to both names), in ``--out`` (default
+``kdpipe-results/fashion_mnist_distill`` under the current folder); their paths are
+printed. The published results of full runs are in ``examples/results/``.
 
 Needs the Fashion-MNIST idx files (Debian's ``dataset-fashion-mnist`` puts them in
-``/usr/share/datasets/fashion-mnist``). The paper's scale takes hours on a laptop CPU;
-reduce it with ``--train-rows``, ``--epochs``, ``--teacher-epochs`` and
+``/usr/share/datasets/fashion-mnist``; ``--data-dir`` names another folder). The
+paper's scale takes hours on a laptop CPU; reduce it with ``--train-rows``, ``--epochs``, ``--teacher-epochs`` and
 ``--temperatures``, e.g.::
 
     python examples/fashion_mnist_distill.py --train-rows 20000 --epochs 8 \\
@@ -33,11 +35,11 @@ import torch  # noqa: E402
 from scipy.special import softmax  # noqa: E402
 
 from kdpipe import DistilledClassifier, build_cache  # noqa: E402
-from kdpipe.datasets import load_fashion_mnist  # noqa: E402
+from kdpipe.cli import HelpFormatter  # noqa: E402
+from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
 from kdpipe.engine import predict_logits  # noqa: E402
 from kdpipe.teacher_training import jitter_images, train_mlp_ensemble  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 STUDENTS = {"2x800": (800, 800), "2x30": (30, 30)}
 
 
@@ -45,24 +47,29 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-rows", type=int, default=60000)
-    parser.add_argument("--test-rows", type=int, default=10000)
-    parser.add_argument("--teacher-epochs", type=int, default=30)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("--out", default="kdpipe-results/fashion_mnist_distill",
+                        help="folder for the results and the plot")
+    parser.add_argument("--train-rows", type=int, default=60000, help="training rows used (a random subset)")
+    parser.add_argument("--test-rows", type=int, default=10000, help="test rows used (the first ones)")
+    parser.add_argument("--teacher-epochs", type=int, default=30, help="training epochs of each teacher")
     parser.add_argument("--jitter-copies", type=int, default=0,
                         help="copies of the training images shifted by up to 2 pixels (teachers)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of every student")
     parser.add_argument("--temperatures", type=float, nargs="+",
-                        default=[1, 2, 2.5, 3, 4, 5, 8, 10, 15, 20])
+                        default=[1, 2, 2.5, 3, 4, 5, 8, 10, 15, 20], help="distillation temperatures")
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
     parser.add_argument("--members", type=int, default=2, help="teachers in the ensemble")
-    parser.add_argument("--teacher-dropout", type=float, default=0.5)
+    parser.add_argument("--teacher-dropout", type=float, default=0.5, help="dropout of the teachers")
     parser.add_argument("--tag", default="", help="suffix of the result file names")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--data", default=None, help="directory of the idx files")
-    args = parser.parse_args()
+    parser.add_argument("--seed", type=int, default=0, help="seeds the subset, teachers and students")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--data-dir", "--data", dest="data", default=FASHION_MNIST_DIR,
+                        help="directory of the idx files")
+    args = parser.parse_args(argv)
     started = time.perf_counter()
 
     X, y = load_fashion_mnist(args.data, "train")
@@ -116,11 +123,15 @@ def main() -> None:
 
     results["total_seconds"] = time.perf_counter() - started
     results["torch_threads"] = torch.get_num_threads()
-    RESULTS.mkdir(exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     stem = "fashion_mnist_distill" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, RESULTS / f"{stem}.png")
-    print(f"wrote {RESULTS / stem}.json ({results['total_seconds']:.0f} s)")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out / f"{stem}.png")
+    print(f"finished in {results['total_seconds']:.0f} s")
+    for path in (out / f"{stem}.json", out / f"{stem}.png"):
+        print(f"wrote {path.resolve()}")
+    return 0
 
 
 def plot(results: dict, path: Path) -> None:
@@ -132,7 +143,8 @@ def plot(results: dict, path: Path) -> None:
                 label=f"student {name}, distilled")
         ax.axhline(100 * entry["hard_labels"], ls="--", color=colors[name],
                    label=f"student {name}, hard labels")
-    ax.axhline(100 * results["ensemble"], color="black", label="teacher ensemble (2x1200, x2)")
+    members = len(results["teacher_members"])
+    ax.axhline(100 * results["ensemble"], color="black", label=f"teacher ensemble (2x1200, x{members})")
     ax.axhline(100 * max(results["teacher_members"]), color="gray", ls=":", label="best teacher member")
     ax.set_xscale("log")
     ax.set_xlabel("distillation temperature T")
@@ -146,4 +158,4 @@ def plot(results: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,6 +17,9 @@ __all__ = [
     "CacheIncompleteError",
     "CacheCorruptError",
     "CacheChunkMissingError",
+    "CacheNotFoundError",
+    "RowMismatchError",
+    "UsageError",
 ]
 
 
@@ -34,6 +37,10 @@ class TeacherOutputError(InputError):
 
 class ClassMismatchError(InputError):
     """Class lists that must agree (labels, cache, ensemble members) do not."""
+
+
+class RowMismatchError(InputError):
+    """The rows (or labels) given do not line up with the rows a logit cache was built from."""
 
 
 class CacheError(KdpipeError):
@@ -54,3 +61,11 @@ class CacheCorruptError(CacheError):
 
 class CacheChunkMissingError(CacheIncompleteError, CacheCorruptError):
     """A chunk's data is absent: never written, or deleted after it was recorded."""
+
+
+class CacheNotFoundError(CacheError, FileNotFoundError):
+    """There is no kdpipe logit cache at the path: it is missing, a plain file, or a folder without one."""
+
+
+class UsageError(InputError):
+    """The command line is wrong (an option missing or not usable); ``kdpipe`` exits with 2."""

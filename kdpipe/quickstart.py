@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["QuickstartResult", "run_quickstart", "register"]
 
@@ -61,12 +61,17 @@ def run_quickstart(
     student_epochs, teacher_epochs : int
         Training length.
     cache_dir : path, optional
-        Where the logit cache is written; a temporary directory by default.
+        Where the logit cache is written and kept; by default a temporary directory,
+        deleted before this returns (its path is then not printed).
     backend : {"zarr", "hdf5"}, default="zarr"
     verbose : bool, default=True
         Print progress.
     """
+    # imported here, not at the top: ``kdpipe --help`` and the other commands start faster
+    import numpy as np
     import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     from kdpipe.cache import build_cache
     from kdpipe.distilled import DistilledClassifier
@@ -85,7 +90,7 @@ def run_quickstart(
 
     say(f"digits: {len(X_train)} transfer rows, {len(X_test)} test rows, 10 classes")
     start = time.perf_counter()
-    teachers = train_mlp_ensemble(
+    teachers, member_seconds = train_mlp_ensemble(
         X_train,
         y_train,
         n_classes=10,
@@ -97,8 +102,9 @@ def run_quickstart(
         n_augmented_copies=4,
         random_state=seed,
         device="cpu",
+        return_seconds=True,
     )
-    teacher_seconds = (time.perf_counter() - start) / n_members
+    ensemble_seconds = time.perf_counter() - start  # the members plus their shared jittered copies
     say(f"trained {n_members} teachers (2x256 ReLU, dropout 0.3, jittered inputs)")
 
     with torch.no_grad():
@@ -107,10 +113,10 @@ def run_quickstart(
         )  # (n_test, members, classes)
     for m in range(n_members):
         rows.append(_row(f"teacher {m + 1}", "2x256", test_logits[:, m].argmax(1), y_test,
-                         teacher_seconds))
+                         member_seconds[m]))
     ensemble_proba = torch.softmax(torch.from_numpy(test_logits), dim=-1).mean(1).numpy()
     rows.append(_row(f"ensemble of {n_members}", "2x256", ensemble_proba.argmax(1), y_test,
-                     teacher_seconds * n_members))
+                     ensemble_seconds))
 
     with tempfile.TemporaryDirectory(prefix="kdpipe-quickstart-") as tmp:
         store = Path(cache_dir or tmp) / f"digits-logits.{'zarr' if backend == 'zarr' else 'h5'}"
@@ -120,8 +126,10 @@ def run_quickstart(
             overwrite=True, device="cpu",
         )
         cache_seconds = time.perf_counter() - start
-        say(f"logit cache: {store} ({len(cache)} rows x {cache.n_members} members "
-            f"x {cache.n_classes} classes, {cache_seconds:.1f}s)")
+        # a temporary cache is deleted when this block ends: name only a path that stays
+        where = f"at {store.resolve()}" if cache_dir else "in a temporary folder (--cache-dir keeps it)"
+        say(f"logit cache {where}: {len(cache)} rows x {cache.n_members} members "
+            f"x {cache.n_classes} classes, {cache_seconds:.1f}s")
 
         student = dict(
             hidden_layer_sizes=student_hidden,
@@ -148,7 +156,7 @@ def run_quickstart(
 def _row(
     model: str, architecture: str, predicted: np.ndarray, y_true: np.ndarray, seconds: float
 ) -> QuickstartResult:
-    wrong = int(np.sum(predicted != y_true))
+    wrong = int((predicted != y_true).sum())
     return QuickstartResult(model, architecture, 1.0 - wrong / len(y_true), wrong, seconds)
 
 
@@ -171,6 +179,8 @@ def _main(args: argparse.Namespace) -> int:
         n_members=args.members,
         temperature=args.temperature,
         alpha=args.alpha,
+        student_epochs=args.student_epochs,
+        teacher_epochs=args.teacher_epochs,
         cache_dir=args.cache_dir,
         backend=args.backend,
         verbose=not args.quiet,
@@ -187,11 +197,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="teacher ensemble -> logit cache -> distilled student, on digits",
         description=__doc__,
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split, teachers and students")
     parser.add_argument("--members", type=int, default=3, help="teachers in the ensemble")
-    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard labels")
-    parser.add_argument("--backend", choices=("zarr", "hdf5"), default="zarr")
-    parser.add_argument("--cache-dir", default=None, help="keep the cache here")
+    parser.add_argument("--backend", choices=("zarr", "hdf5"), default="zarr", help="cache format")
+    parser.add_argument("--teacher-epochs", type=int, default=30, help="training epochs of each teacher")
+    parser.add_argument("--student-epochs", type=int, default=150, help="training epochs of each student")
+    parser.add_argument("--cache-dir", default=None, help="keep the cache in this folder (default: a temporary one)")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
     parser.set_defaults(func=_main)

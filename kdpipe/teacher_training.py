@@ -6,6 +6,7 @@ jittered inputs), so this reuses the engine with hard labels.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -51,7 +52,8 @@ def train_mlp_ensemble(
     random_state: int = 0,
     device: str = "auto",
     verbose: int = 0,
-) -> list[torch.nn.Module]:
+    return_seconds: bool = False,
+) -> list[torch.nn.Module] | tuple[list[torch.nn.Module], list[float]]:
     """Train ``n_members`` MLPs that differ only in their random initialization.
 
     The paper's speech ensemble used identical architectures with different seeds
@@ -75,11 +77,17 @@ def train_mlp_ensemble(
     random_state : int, default=0
     device : str, default="auto"
     verbose : int, default=0
+    return_seconds : bool, default=False
+        Also return the wall time of each member's training.
 
     Returns
     -------
-    list of torch.nn.Module
+    members : list of torch.nn.Module
         Trained members, in eval mode.
+    seconds : list of float
+        Wall seconds of each member's training, each from its own timer (the augmented
+        copies, made once for all members, are not in any of them). Only with
+        ``return_seconds=True``.
     """
     rng = np.random.default_rng(random_state)
     X_train, y_train = X, y
@@ -95,10 +103,13 @@ def train_mlp_ensemble(
         device=device,
     )
     members: list[torch.nn.Module] = []
+    seconds: list[float] = []
     for m in range(n_members):
+        start = time.perf_counter()
         seed = int(rng.integers(2**31))
         with seeded(seed):
             member = MLP(X.shape[1], n_classes, hidden_layer_sizes, dropout=dropout)
         train_student(member, source, np.arange(len(X_train)), config, seed=seed, verbose=verbose)
         members.append(member.cpu().eval())
-    return members
+        seconds.append(time.perf_counter() - start)
+    return (members, seconds) if return_seconds else members

@@ -1,31 +1,37 @@
 """Train a small teacher ensemble on scikit-learn's digits and build its logit cache.
 
-Example::
+The cache goes to ``--out`` (default ``data/digits-cache`` under the current folder;
+``data/`` is git-ignored); its path is printed. Example::
 
-    python pipelines/digits_cache.py --output data/digits-cache --members 3
+    python pipelines/digits_cache.py --out data/digits-cache --members 3
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
 
 from kdpipe.cache import build_cache
+from kdpipe.cli import HelpFormatter
 from kdpipe.teacher_training import train_mlp_ensemble
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="data/digits-cache", help="cache directory")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("-o", "--out", "--output", dest="out", default="data/digits-cache",
+                        help="cache directory to write")
     parser.add_argument("--members", type=int, default=3, help="ensemble size")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs of each teacher")
+    parser.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"], help="cache format")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored logit dtype")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the teachers")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     parser.add_argument("--quiet", action="store_true", help="print nothing, no progress bar")
     args = parser.parse_args(argv)
     say = (lambda *a: None) if args.quiet else print
@@ -40,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(f"trained {args.members} teachers in {time.perf_counter() - start:.1f}s")
     cache = build_cache(
-        teachers, X, args.output, y=y, backend=args.backend, dtype=args.dtype, chunk_rows=512,
+        teachers, X, args.out, y=y, backend=args.backend, dtype=args.dtype, chunk_rows=512,
         batch_size=256, device="cpu", overwrite=args.overwrite, progress=not args.quiet, classes=np.arange(10),
     )
     accuracy = (np.asarray(cache.soft_targets(1.0)).argmax(1) == y).mean()
     say(f"{cache!r}; ensemble training accuracy {accuracy:.3f}")
+    say(f"wrote {Path(args.out).resolve()}")
     return 0
 
 

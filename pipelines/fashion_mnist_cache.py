@@ -2,39 +2,46 @@
 
 Reads the idx files (gzipped or not) from ``--data-dir`` (default: Debian's
 ``dataset-fashion-mnist`` at /usr/share/datasets/fashion-mnist) and builds a cache over
-the 60,000 training rows. Example::
+the 60,000 training rows. The cache goes to ``--out`` (default ``data/fashion-mnist-cache``
+under the current folder; ``data/`` is git-ignored); its path is printed. Example::
 
-    python pipelines/fashion_mnist_cache.py --output data/fashion-cache --epochs 10
+    python pipelines/fashion_mnist_cache.py --out data/fashion-cache --epochs 10
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from kdpipe.cache import build_cache
-from kdpipe.datasets import load_fashion_mnist
+from kdpipe.cli import HelpFormatter
+from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist
 from kdpipe.teacher_training import jitter_images, train_mlp_ensemble
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None, help="directory of the idx files")
-    parser.add_argument("--output", default="data/fashion-mnist-cache", help="cache directory")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("--data-dir", default=FASHION_MNIST_DIR, help="directory of the idx files")
+    parser.add_argument("-o", "--out", "--output", dest="out", default="data/fashion-mnist-cache",
+                        help="cache directory to write")
     parser.add_argument("--members", type=int, default=3, help="ensemble size")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each teacher")
+    parser.add_argument("--dropout", type=float, default=0.5, help="teacher dropout")
     parser.add_argument("--jitter-copies", type=int, default=0, help="copies of the data shifted by <= 2 pixels")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training rows (smoke runs)")
-    parser.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    parser.add_argument("--chunk-rows", type=int, default=4096)
+    parser.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"], help="cache format")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored logit dtype")
+    parser.add_argument("--chunk-rows", type=int, default=4096, help="rows per cache chunk")
     parser.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the teachers")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     parser.add_argument("--quiet", action="store_true", help="print nothing, no progress bars")
     args = parser.parse_args(argv)
     say = (lambda *a: None) if args.quiet else print
@@ -47,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     teachers = train_mlp_ensemble(
         X, y, n_classes=10, n_members=args.members, hidden_layer_sizes=(1200, 1200), dropout=args.dropout,
         epochs=args.epochs, batch_size=128, random_state=args.seed, device=args.device,
-        augment=lambda A, rng: jitter_images(A, (28, 28), 2, rng), n_augmented_copies=args.jitter_copies,
+        augment=partial(jitter_images, image_shape=(28, 28), max_shift=2), n_augmented_copies=args.jitter_copies,
         verbose=0 if args.quiet else 1,
     )
     say(f"trained {args.members} teachers in {time.perf_counter() - start:.1f}s")
     cache = build_cache(
-        teachers, X, args.output, y=y, backend=args.backend, dtype=args.dtype, chunk_rows=args.chunk_rows,
+        teachers, X, args.out, y=y, backend=args.backend, dtype=args.dtype, chunk_rows=args.chunk_rows,
         device=args.device, client=args.scheduler, overwrite=args.overwrite, progress=not args.quiet,
         classes=np.arange(10),
     )
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         logits = np.stack([t(torch.from_numpy(X_test)).numpy() for t in teachers], axis=1)
     say(f"{cache!r}; ensemble test errors: {(logits.mean(1).argmax(1) != y_test).sum()} / {len(y_test)}")
+    say(f"wrote {Path(args.out).resolve()}")
     return 0
 
 

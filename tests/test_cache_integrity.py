@@ -128,8 +128,9 @@ def test_flipped_byte_and_deleted_chunk_are_caught(tmp_path, backend, X):
 
     cache = LogitCache.open(path, chunk_cache_bytes=0)
     report = cache.verify()
-    assert not report.ok and report.n_verified == 3
+    assert not report.ok and report.n_verified == 3 and report.status == "FAILED"
     assert {(p.index, p.kind) for p in report.problems} == {(1, "corrupt"), (3, "missing")}
+    assert report.corrupt == (1, 3) and report.incomplete == ()
     np.asarray(cache[np.arange(0, 40)])  # untouched chunk 0 still reads
     with pytest.raises(CacheCorruptError, match="chunk 1"):
         np.asarray(cache[np.arange(40, 50)])
@@ -159,8 +160,10 @@ def test_unfinished_cache_is_refused_and_missing_chunks_raise(tmp_path, X):
         np.testing.assert_array_equal(np.asarray(partial[rows])[:, 0], X[rows] @ Teacher().W)
     with pytest.raises(CacheIncompleteError, match=r"chunk 3 \(rows 120-159\)"):
         np.asarray(partial[125:126])
-    report = partial.verify()
-    assert not report.ok and [p.index for p in report.problems] == [i for i in range(5) if i not in done]
+    report = partial.verify()  # unfinished is not corrupt: reported apart
+    assert not report.ok and report.status == "INCOMPLETE" and not report.problems and not report.corrupt
+    assert list(report.incomplete) == [i for i in range(5) if i not in done]
+    assert report.n_verified == len(done) and "not written yet: 2 chunks (3, 4)" in str(report)
 
 
 def test_resume_after_failure_computes_only_missing_chunks(tmp_path, backend, X):

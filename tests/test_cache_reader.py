@@ -93,16 +93,24 @@ def test_sklearn_safe_indexing(built):
     np.testing.assert_array_equal(np.asarray(_safe_indexing(cache, np.arange(N) < 4)), full[:4])
 
 
-def test_soft_targets_match_kdpipe_losses(built):
-    from kdpipe.losses import soft_targets
+def test_soft_targets_follow_the_papers_formulas(built):
+    def softmax64(z: np.ndarray) -> np.ndarray:  # the paper's q_i = exp(z_i) / sum_j exp(z_j)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
 
     cache, full = built
-    sub = cache[np.array([0, 60, 249])]
+    rows, T = [0, 60, 249], 4.0
+    v = full[rows].astype(np.float64)  # (3, M, C) raw member logits
+    expected = {
+        "arithmetic": softmax64(v / T).mean(axis=1),  # mean_m softmax(v_m / T)
+        "geometric": softmax64(v.mean(axis=1) / T),  # softmax(mean_m v_m / T)
+    }
+    sub = cache[np.array(rows)]
     for combine in ("arithmetic", "geometric"):
-        expected = soft_targets(torch.from_numpy(full[[0, 60, 249]]), 4.0, combine).numpy()
-        got = sub.soft_targets(4.0, combine=combine).compute()
+        got = sub.soft_targets(T, combine=combine).compute()
         assert got.dtype == np.float32
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got, expected[combine], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(expected["arithmetic"], expected["geometric"], atol=1e-4)
     with pytest.raises(ValueError, match="combine"):
         cache.soft_targets(2.0, combine="harmonic")
     with pytest.raises(ValueError, match="temperature"):

@@ -6,12 +6,16 @@ small-batch training tens of times slower.
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import pytest
 import torch
 from scipy.special import softmax
+from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import adjusted_rand_score
 
+import kdpipe.specialists.estimator
 from kdpipe import DistilledClassifier, SpecialistEnsembleClassifier
 from kdpipe.datasets import make_confusable_classification
 from kdpipe.engine import TrainingConfig, predict_logits
@@ -46,9 +50,14 @@ def quick(generalist, **kw) -> SpecialistEnsembleClassifier:
     return SpecialistEnsembleClassifier(generalist, **{**params, **kw})
 
 
+def quick_frozen(generalist, **kw) -> SpecialistEnsembleClassifier:
+    """``quick`` with a prefit generalist kept as it is (frozen)."""
+    return quick(FrozenEstimator(generalist), **kw)
+
+
 def test_clusters_recover_the_generator_groups(problem, generalist):
     X, y, _, _, groups = problem
-    clf = quick(generalist).fit(X, y)
+    clf = quick_frozen(generalist).fit(X, y)
     assert len(clf.clusters_) == 4
     found = np.empty(20, dtype=int)
     for k, labels in enumerate(clf.clusters_):
@@ -57,22 +66,26 @@ def test_clusters_recover_the_generator_groups(problem, generalist):
     assert adjusted_rand_score(groups, found) > 0.9
 
 
-def test_fitted_generalist_is_used_as_is(problem, generalist):
+def test_frozen_generalist_is_used_as_is(problem, generalist):
     X, y, *_ = problem
     before = {k: v.clone() for k, v in generalist.module_.state_dict().items()}
-    clf = quick(generalist).fit(X, y)
-    assert clf.generalist_ is generalist
+    frozen = FrozenEstimator(generalist)
+    clf = quick(frozen).fit(X, y)
+    assert clf.generalist_ is frozen and frozen.estimator is generalist
     for k, v in generalist.module_.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     assert all(s.module is not generalist.module_ for s in clf.specialists_)
 
 
-def test_unfitted_generalist_is_cloned_and_fitted(problem):
+def test_fitted_generalist_that_is_not_frozen_is_cloned_and_refitted(problem, generalist):
     X, y, *_ = problem
-    template = small_generalist(max_epochs=2)
-    clf = quick(template, specialist_max_epochs=1).fit(X, y)
-    assert not hasattr(template, "module_")
-    assert clf.generalist_ is not template and hasattr(clf.generalist_, "module_")
+    before = {k: v.clone() for k, v in generalist.module_.state_dict().items()}
+    clf = quick(generalist, specialist_max_epochs=1).fit(X[:600], y[:600])
+    assert clf.generalist_ is not generalist
+    refit = clf.generalist_.module_.state_dict()
+    assert any(not torch.equal(refit[k], v) for k, v in before.items())  # trained anew
+    for k, v in generalist.module_.state_dict().items():  # the user's object untouched
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
 def test_specialist_starts_as_the_collapsed_generalist(problem, generalist):
@@ -155,7 +168,7 @@ def test_teacher_logits_and_unlabeled_rows(problem):
 
 def test_full_softmax_specialists(problem, generalist):
     X, y, X_test, _, _ = problem
-    clf = quick(generalist, specialist_type="full").fit(X, y)
+    clf = quick_frozen(generalist, specialist_type="full").fit(X, y)
     assert all(s.kind == "full" for s in clf.specialists_)
     assert all(s.predict_proba(X_test[:3]).shape == (3, 20) for s in clf.specialists_)
     details = clf.inference_details(X_test)
@@ -165,7 +178,7 @@ def test_full_softmax_specialists(problem, generalist):
 
 def test_only_active_specialists_change_predictions(problem, generalist):
     X, y, X_test, _, _ = problem
-    clf = quick(generalist, class_subsets=[[0, 1, 2], [2, 3]], top_n=2).fit(X, y)
+    clf = quick_frozen(generalist, class_subsets=[[0, 1, 2], [2, 3]], top_n=2).fit(X, y)
     p_g = generalist.predict_proba(X_test)
     top = np.argsort(-p_g, axis=1, kind="stable")[:, :2]
     untouched = ~np.isin(top, [0, 1, 2, 3]).any(axis=1)
@@ -178,7 +191,7 @@ def test_only_active_specialists_change_predictions(problem, generalist):
 
 def test_coverage_report_buckets_by_covering_specialists(problem, generalist):
     X, y, X_test, y_test, _ = problem
-    clf = quick(generalist, class_subsets=[[0, 1, 2], [2, 3], [3, 4, 5]]).fit(X, y)
+    clf = quick_frozen(generalist, class_subsets=[[0, 1, 2], [2, 3], [3, 4, 5]]).fit(X, y)
     report = clf.coverage_report(X_test, y_test)
     counts = {r.n_covering: r.count for r in report.rows}
     assert counts == {
@@ -196,8 +209,8 @@ def test_coverage_report_buckets_by_covering_specialists(problem, generalist):
 
 def test_parallel_fit_equals_serial_fit(problem, generalist):
     X, y, X_test, _, _ = problem
-    serial = quick(generalist, n_jobs=1).fit(X, y)
-    parallel = quick(generalist, n_jobs=2).fit(X, y)
+    serial = quick_frozen(generalist, n_jobs=1).fit(X, y)
+    parallel = quick_frozen(generalist, n_jobs=2).fit(X, y)
     for a, b in zip(serial.specialists_, parallel.specialists_):
         np.testing.assert_array_equal(a.subset, b.subset)
         for (name, ta), tb in zip(a.module.state_dict().items(), b.module.state_dict().values()):
@@ -215,8 +228,8 @@ def test_dask_backend(problem, generalist):
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
     ) as cluster, distributed.Client(cluster), parallel_backend("dask"):
-        clf = quick(generalist, n_jobs=2).fit(X, y)
-    serial = quick(generalist, n_jobs=1).fit(X, y)
+        clf = quick_frozen(generalist, n_jobs=2).fit(X, y)
+    serial = quick_frozen(generalist, n_jobs=1).fit(X, y)
     np.testing.assert_allclose(
         clf.predict_proba(X_test), serial.predict_proba(X_test), rtol=0, atol=1e-6
     )
@@ -233,23 +246,29 @@ def test_dask_backend(problem, generalist):
         ({"classes_per_specialist": 20}, InputError, "classes_per_specialist=20 must be smaller"),
         ({"classes_per_specialist": 5, "overlap": 0.1}, InputError, "overlap=0.1 applies"),
         ({"subset_share": 1.0}, ValueError, "subset_share"),
+        ({"overlap": 1.0}, InputError, "overlap=1.0 puts every class into one subset"),
     ],
 )
 def test_bad_settings_name_the_problem(problem, generalist, params, error, match):
     X, y, *_ = problem
     with pytest.raises(error, match=match):
-        quick(generalist, **params).fit(X, y)
+        quick_frozen(generalist, **params).fit(X, y)
 
 
 def test_labels_unknown_to_a_fitted_generalist(problem, generalist):
     X, y, *_ = problem
     with pytest.raises(ClassMismatchError, match="20"):
-        quick(generalist).fit(X, np.where(y == 0, 20, y))
+        quick_frozen(generalist).fit(X, np.where(y == 0, 20, y))
 
 
 def test_overlapping_subsets(problem, generalist):
     X, y, *_ = problem
-    clf = quick(generalist, n_specialists=4, classes_per_specialist=8).fit(X, y)
+    clf = quick_frozen(generalist, n_specialists=4, classes_per_specialist=8).fit(X, y)
     assert all(len(c) == 8 for c in clf.clusters_)
-    clf = quick(generalist, n_specialists=4, overlap=1.0).fit(X, y)
+    clf = quick_frozen(generalist, n_specialists=4, overlap=0.2).fit(X, y)
     assert sum(len(c) for c in clf.clusters_) > 20  # some classes in two subsets
+
+
+def test_docstring_example():
+    result = doctest.testmod(kdpipe.specialists.estimator, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from datetime import datetime, timezone
@@ -12,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from kdpipe.cache.config import BuildConfig
+from kdpipe.cache.durable import fsync_dir, is_temp_name, remove_temps, write_step
 from kdpipe.cache.executor import Task, run_tasks
-from kdpipe.cache.fingerprint import combine_hashes
+from kdpipe.cache.fingerprint import combine_hashes, is_weak
 from kdpipe.cache.manifest import (
+    FORMAT_VERSION,
     RECORDS_DIR,
     ChunkRecord,
     Manifest,
@@ -29,7 +32,7 @@ from kdpipe.labels import encode_labels
 from kdpipe.rows import Source, as_source
 from kdpipe.cache.storage import open_store
 from kdpipe.cache.tasks import ChunkJob
-from kdpipe.cache.teachers import Member, resolve_classes, resolve_members
+from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
 from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.zarr_store import ZarrChunkStore
 from kdpipe.devices import resolve_device
@@ -57,6 +60,8 @@ def build_cache(
     progress: bool = True,
     classes: Any = None,
     num_workers: int | None = None,
+    precision: str = "model",
+    teacher_versions: Any = None,
 ) -> LogitCache:
     """Run ``teachers`` over ``X`` once and store every member's raw logits at ``path``.
 
@@ -81,13 +86,18 @@ def build_cache(
     batch_size : int
         Rows per teacher forward pass.
     device : "auto", "cpu" or "cuda[:N]"
-        ``"auto"`` uses a GPU on workers that have one (under ``torch.autocast``).
+        ``"auto"`` uses a GPU on workers that have one. The device kind (``cpu``,
+        ``cuda``) is recorded; a resume on another kind is refused.
     client : dask.distributed.Client or str, optional
         A client or scheduler address; default: Dask's threaded scheduler in-process.
     resume : bool
-        Finish an interrupted build at ``path`` (only missing chunks are computed).
+        Finish an interrupted build at ``path`` (only missing chunks are computed), or
+        reuse a finished one. Refused when anything recorded differs (teachers, data,
+        classes, settings, precision, device kind), and when a teacher's fingerprint is
+        weak (a callable kdpipe cannot hash) and no ``teacher_versions`` names it.
+        Temp files a crashed build left behind are removed.
     overwrite : bool
-        Delete an existing cache at ``path`` first.
+        Delete an existing cache (finished, unfinished or crashed) at ``path`` first.
     progress : bool
         Show a progress bar (rows/s, ETA).
     classes : array-like, optional
@@ -96,6 +106,14 @@ def build_cache(
     num_workers : int, optional
         Threads of the in-process scheduler. Default: 1 when every member is a torch model
         (torch already uses every core), else the number of CPUs.
+    precision : {"model", "float16", "bfloat16"}
+        Precision of torch teachers' forward passes: ``"model"`` runs the model in its
+        own dtype without autocast; the others run it under ``torch.autocast`` to that
+        dtype (on CUDA, or on the CPU where torch supports it). Recorded in the manifest.
+    teacher_versions : str or list of (str or None), optional
+        A version name per teacher, recorded in its fingerprint. Required to resume from
+        a callable teacher whose code kdpipe cannot hash (its fingerprint is weak);
+        change it whenever the teacher changes.
 
     Returns
     -------
@@ -104,7 +122,8 @@ def build_cache(
     Raises
     ------
     CacheMismatchError
-        ``path`` holds a cache of another teacher, other data or other settings.
+        ``path`` holds a cache of another teacher, other data or other settings, or of
+        a teacher with a weak fingerprint and no version.
     TeacherOutputError, ClassMismatchError
         A member returned NaN/inf, the wrong number of classes, or another class set.
         Chunks finished before the error are kept; rerun to resume.
@@ -112,23 +131,28 @@ def build_cache(
     config = BuildConfig(backend=backend, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     if client is None:
         resolve_device(device)  # reject a bad device name before any work
+    precision = parse_precision(precision)
     source = as_source(X)
-    members = resolve_members(teachers)
+    members = resolve_members(teachers, teacher_versions)
     order = resolve_classes(members, classes)
     root = Path(path)
+    settings = {"precision": precision, "device_kind": _device_kind(device, client)}
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
-        manifest = _new_manifest(config, source, members, order, device)
+        manifest = _new_manifest(config, source, members, order, device, settings)
         _initialize(root, manifest)
     else:
         if not resume:
             raise CacheError(f"a cache already exists at {root}; pass resume=True or overwrite=True")
-        differences = _differences(manifest, config, source, members, order)
+        differences = _differences(manifest, config, source, members, order, settings)
         if differences:
             raise CacheMismatchError(
                 f"the cache at {root} was built differently: " + "; ".join(differences)
                 + ". Pass overwrite=True to replace it."
             )
+        _refuse_weak(root, manifest)
+        for folder in (root, root / RECORDS_DIR, root / Hdf5ChunkStore.dirname):
+            remove_temps(folder)
     codes = None
     if y is not None:
         y = np.asarray(y)
@@ -139,7 +163,9 @@ def build_cache(
     client, own_client = _connect(client)
     # on a cluster the driver ships in-memory rows itself, chunk by chunk
     ship = client is not None and source.in_memory
-    job = ChunkJob(str(root), manifest, members, device, config.batch_size, None if ship else source, codes)
+    job = ChunkJob(
+        str(root), manifest, members, device, config.batch_size, None if ship else source, codes, precision
+    )
     if num_workers is None:
         num_workers = 1 if all(m.kind in ("torch", "torchscript") for m in members) else (os.cpu_count() or 1)
     run = dict(
@@ -160,6 +186,27 @@ def build_cache(
     if not manifest.complete:
         _finish(root, manifest, [records[i] for i in range(manifest.n_chunks)])
     return LogitCache.open(root)
+
+
+def _device_kind(device: Any, client: Any) -> str:
+    """``"cpu"`` or ``"cuda"``; ``"auto"`` on a cluster, whose workers choose."""
+    if client is None:
+        return resolve_device(device).type
+    return "auto" if str(device) == "auto" else str(device).split(":")[0]
+
+
+def _refuse_weak(root: Path, manifest: Manifest) -> None:
+    """Refuse to reuse logits of a teacher known only by its name: it may have changed since."""
+    weak = [(i, t.name) for i, t in enumerate(manifest.teachers) if is_weak(t.fingerprint)]
+    if weak:
+        names = ", ".join(f"teacher {i} ({name})" for i, name in weak)
+        raise CacheMismatchError(
+            f"cannot resume the cache at {root}: {names} is a callable whose code and state kdpipe "
+            "cannot hash (it uses values of types it does not know), so an edited teacher would "
+            "silently reuse old logits. Name the teacher's version with build_cache(..., "
+            "teacher_versions=['v1', ...]) (or set a kdpipe_fingerprint string attribute on it) "
+            "and change it whenever the teacher changes, or pass overwrite=True."
+        )
 
 
 def _connect(client: Any) -> tuple[Any, bool]:
@@ -205,29 +252,50 @@ def _check_complete(root: Path, job: ChunkJob, manifest: Manifest, run: dict[str
         )
     for i, verdict in zip(indices, verdicts):
         if verdict == "damaged":
-            (root / RECORDS_DIR / f"{i:06d}.json").unlink(missing_ok=True)
+            stale = root / RECORDS_DIR / f"{i:06d}.json"
+            write_step("unlink", stale)
+            stale.unlink(missing_ok=True)
             del records[i]
     return records
 
 
 def _existing_manifest(root: Path, overwrite: bool) -> Manifest | None:
+    """The manifest of the cache at ``root``, or None after clearing the way for a new one.
+
+    A folder holding only kdpipe's own names and temp files is (the rest of) a cache;
+    anything else is someone else's folder and is refused.
+    """
     if not root.exists():
         return None
     if not root.is_dir():
         raise InputError(f"{root} exists and is not a directory")
     names = {p.name for p in root.iterdir()}
-    if names - _OWN_NAMES:
-        raise InputError(f"{root} is not empty and is not a kdpipe cache; refusing to write into it")
-    manifest = read_manifest(root) if "manifest.json" in names else None
-    if manifest is None or overwrite:
-        # no manifest: an initialization that died before finishing; nothing to keep
-        for name in names:
+    foreign = {n for n in names - _OWN_NAMES if not is_temp_name(n)}
+    if foreign:
+        raise InputError(
+            f"{root} is not empty and is not a kdpipe cache (it holds {sorted(foreign)[:3]}); "
+            "refusing to write into it"
+        )
+    manifest = None if overwrite or "manifest.json" not in names else read_manifest(root)
+    if manifest is None:
+        # no manifest: an initialization that died before finishing; nothing to keep.
+        # The manifest goes first: if this is interrupted, what is left is no cache.
+        for name in sorted(names, key=lambda n: n != "manifest.json"):
             target = root / name
+            write_step("unlink", target)
             shutil.rmtree(target) if target.is_dir() else target.unlink()
+        fsync_dir(root)
         return None
+    if manifest.format_version != FORMAT_VERSION:
+        raise CacheMismatchError(
+            f"the cache at {root} has format version {manifest.format_version}; this kdpipe writes "
+            f"version {FORMAT_VERSION} (it adds row digests) and cannot finish or extend it. "
+            "Pass overwrite=True to rebuild it."
+        )
     return manifest
 
 
+@functools.cache  # installed versions do not change while a process runs; looking them up is slow
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("kdpipe", "numpy", "torch", "scikit-learn", "zarr", "h5py", "dask", "distributed"):
@@ -239,7 +307,12 @@ def _versions() -> dict[str, str]:
 
 
 def _new_manifest(
-    config: BuildConfig, source: Source, members: list[Member], order: np.ndarray | None, device: Any
+    config: BuildConfig,
+    source: Source,
+    members: list[Member],
+    order: np.ndarray | None,
+    device: Any,
+    settings: dict[str, str],
 ) -> Manifest:
     if order is None:  # nobody declares classes: range(C), C from a two-row probe on the CPU
         probe = source.read(0, min(2, source.n_rows))[0]
@@ -256,22 +329,30 @@ def _new_manifest(
         teachers=tuple(m.info() for m in members),
         data_shape=source.shape,
         data_dtype=source.dtype.str,
-        versions=_versions(),
-        build={"batch_size": config.batch_size, "device": str(device)},
+        versions=dict(_versions()),
+        build={"batch_size": config.batch_size, "device": str(device), **settings},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
 
 def _initialize(root: Path, manifest: Manifest) -> None:
     """Create the empty store, then the manifest (its presence means 'initialized')."""
+    write_step("mkdir", root)
     root.mkdir(parents=True, exist_ok=True)
+    fsync_dir(root.parent)
     open_store(root, manifest, writable=True).create()
+    write_step("mkdir", root / RECORDS_DIR)
     (root / RECORDS_DIR).mkdir(exist_ok=True)
-    write_manifest(root, manifest)
+    write_manifest(root, manifest)  # fsyncs root: the new folders' entries too
 
 
 def _differences(
-    manifest: Manifest, config: BuildConfig, source: Source, members: list[Member], order: np.ndarray | None
+    manifest: Manifest,
+    config: BuildConfig,
+    source: Source,
+    members: list[Member],
+    order: np.ndarray | None,
+    settings: dict[str, str],
 ) -> list[str]:
     wanted = {
         "backend": config.backend,
@@ -281,6 +362,8 @@ def _differences(
         "data shape": source.shape,
         "data dtype": source.dtype.str,
         "number of teachers": len(members),
+        "teacher precision": settings["precision"],
+        "device kind": settings["device_kind"],
     }
     have = {
         "backend": manifest.backend,
@@ -290,7 +373,11 @@ def _differences(
         "data shape": manifest.data_shape,
         "data dtype": manifest.data_dtype,
         "number of teachers": manifest.n_members,
+        "teacher precision": manifest.build.get("precision"),
+        "device kind": manifest.build.get("device_kind"),
     }
+    if not any(m.kind in ("torch", "torchscript") for m in members):
+        del wanted["device kind"]  # other teachers compute on the CPU wherever the build runs
     out = [f"{k}: cache has {have[k]!r}, this build has {wanted[k]!r}" for k in wanted if have[k] != wanted[k]]
     for i, (old, new) in enumerate(zip(manifest.teachers, members)):
         if (old.kind, old.fingerprint) != (new.kind, new.fingerprint):

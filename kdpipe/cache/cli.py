@@ -3,42 +3,97 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 from pathlib import Path
 from typing import Any
 
+from kdpipe.errors import InputError, UsageError
+
 __all__ = ["register"]
+
+
+_TEACHER_FORMATS = (
+    "TorchScript (.pt, .pth, .ts: torch.jit.script(model).save(path)); a joblib-pickled "
+    "scikit-learn classifier (.joblib, .pkl, .pickle); a torch.save()d whole module "
+    "(.pt, .pth) only with --trust-pickled-teachers"
+)
+_RESUME_HINT = "chunks finished so far are kept; rerun the same command to resume"
 
 
 def _open_data(path: str, dataset: str | None) -> Any:
     """A lazily read array: ``.npy`` (memory-mapped), ``.zarr`` or ``.h5``/``.hdf5`` + dataset name."""
     suffix = Path(path).suffix.lower()
+    if suffix not in (".npy", ".zarr", ".h5", ".hdf5"):
+        raise UsageError(f"--data must be a .npy, .zarr or .h5/.hdf5 file, got {path!r}")
+    if suffix != ".npy" and dataset is None:
+        raise UsageError(f"--data {path} is a {suffix} file: name the array inside it with --dataset")
+    if not Path(path).exists():
+        raise FileNotFoundError(errno.ENOENT, "no such data file", path)
     if suffix == ".npy":
         import numpy as np
 
-        return np.load(path, mmap_mode="r")
-    if suffix in (".zarr", ".h5", ".hdf5"):
-        if dataset is None:
-            raise ValueError(f"{path}: give the array's name with --dataset")
-        if suffix == ".zarr":
-            import zarr
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise InputError(f"--data {path} is not a readable .npy array ({exc})") from exc
+    if suffix == ".zarr":
+        import zarr
 
-            return zarr.open_group(path, mode="r")[dataset]
+        group: Any = zarr.open_group(path, mode="r")
+        names = sorted(group.array_keys())
+    else:
         import h5py
 
-        return h5py.File(path, "r")[dataset]
-    raise ValueError(f"data file must be .npy, .zarr or .h5, got {path!r}")
+        group = h5py.File(path, "r")
+        names = sorted(k for k, v in group.items() if isinstance(v, h5py.Dataset))
+    try:
+        array = group[dataset]
+    except KeyError:
+        array = None
+    if not hasattr(array, "shape"):  # missing, or a group
+        raise InputError(f"{path} has no array {dataset!r}; its arrays: {', '.join(names) or 'none'}")
+    return array
+
+
+def _load_labels(path: str) -> Any:
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"--labels {path} is not a readable .npy array ({exc})") from exc
+
+
+def _teacher(path: str, trust_pickled: bool) -> Any:
+    """A teacher argument: the file itself, or the module unpickled from a trusted file."""
+    from kdpipe.cache.teachers import load_pickled_module, torch_file_format
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such teacher file", path)
+    if Path(path).suffix.lower() not in (".pt", ".pth", ".ts"):
+        return path
+    found = torch_file_format(path)
+    if found == "torchscript":
+        return path
+    if found == "pickle" and trust_pickled:
+        return load_pickled_module(path)
+    if found == "pickle":
+        raise InputError(
+            f"teacher {path} is a torch.save() pickle, not TorchScript; unpickling runs code from "
+            "the file: pass --trust-pickled-teachers if you trust it, or save it as TorchScript"
+        )
+    raise InputError(f"teacher {path} is neither TorchScript nor a torch.save() file; accepted: {_TEACHER_FORMATS}")
 
 
 def _build(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from kdpipe.cache.build import build_cache
 
     X = _open_data(args.data, args.dataset)
-    y = np.load(args.labels, allow_pickle=False) if args.labels else None
+    y = _load_labels(args.labels) if args.labels else None
+    teachers = [_teacher(path, args.trust_pickled_teachers) for path in args.teachers]
     cache = build_cache(
-        args.teachers,
+        teachers,
         X,
         args.output,
         y=y,
@@ -47,12 +102,14 @@ def _build(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         client=args.scheduler,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
     if not args.quiet:
         print(f"wrote {cache!r}")
+        print(f"cache: {Path(args.output).resolve()}")
     return 0
 
 
@@ -74,27 +131,45 @@ def _verify(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``build-cache``, ``info`` and ``verify`` to the ``kdpipe`` command."""
     p = subparsers.add_parser(
-        "build-cache", help="run teachers once over a transfer set and store their logits"
+        "build-cache",
+        help="run teachers once over a transfer set and store their logits",
+        description=(
+            "Run every teacher once over the transfer set and store its raw logits in a\n"
+            "chunked, checksummed cache. An interrupted build (Ctrl-C, a crash) resumes\n"
+            "when the same command is run again.\n\n"
+            "Teacher files:\n" + "".join(f"  {line}\n" for line in _TEACHER_FORMATS.split("; "))
+        ),
     )
-    p.add_argument("teachers", nargs="+", help="teacher files: TorchScript .pt or joblib-pickled sklearn .joblib")
-    p.add_argument("--data", required=True, help="transfer set: .npy, .zarr or .h5")
-    p.add_argument("--dataset", default=None, help="array name inside a .zarr group or .h5 file")
+    p.add_argument("teachers", nargs="+", metavar="TEACHER", help="teacher files; several make an ensemble")
+    p.add_argument("--data", required=True, help="transfer set: .npy, .zarr or .h5/.hdf5")
+    p.add_argument("--dataset", default=None, help="array name inside a .zarr group or .h5 file (required for them)")
     p.add_argument("--labels", default=None, help="labels .npy (-1 marks unlabeled rows)")
     p.add_argument("-o", "--output", required=True, help="cache directory to write")
-    p.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--chunk-rows", type=int, default=4096)
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"], help="storage format")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the logits")
+    p.add_argument("--chunk-rows", type=int, default=4096, help="rows per storage chunk (one task each)")
+    p.add_argument("--batch-size", type=int, default=512, help="rows per teacher forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument(
+        "--precision",
+        default="model",
+        choices=["model", "float16", "bfloat16"],
+        help="teacher forward precision: the model's own dtype, or autocast to float16/bfloat16",
+    )
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (default: in-process)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    p.add_argument(
+        "--trust-pickled-teachers",
+        action="store_true",
+        help="load torch.save()d whole modules (unpickling runs code from the file: trusted files only)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_build)
+    p.set_defaults(func=_build, resume_hint=_RESUME_HINT)
 
     p = subparsers.add_parser("info", help="summary of a logit cache (JSON)")
-    p.add_argument("path")
+    p.add_argument("path", help="cache directory")
     p.set_defaults(func=_info)
 
     p = subparsers.add_parser("verify", help="re-read every chunk of a logit cache; exit 1 on problems")
-    p.add_argument("path")
+    p.add_argument("path", help="cache directory")
     p.set_defaults(func=_verify)

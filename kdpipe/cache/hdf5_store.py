@@ -1,21 +1,22 @@
-"""Chunk storage as one small HDF5 file per chunk: ``hdf5/000012.h5``.
+"""Chunk storage as one small HDF5 file per chunk: ``hdf5/000012.h5``, holding datasets
+``logits`` (rows, M, C), ``labels`` (rows,) and ``row_digests`` (rows,; format 2).
 
 A file per chunk makes parallel writers safe without a lock (no two tasks touch the
 same file) and makes a killed build harmless: each file is written under a temporary
 name and renamed into place, so a crash leaves either a whole chunk or none, never a
-damaged shared file. Datasets use the fletcher32 checksum filter. Files are opened for
-each read and closed again, so no handle is ever shared across a fork.
+damaged shared file (see :meth:`Hdf5ChunkStore.write_chunk`). Datasets use the
+fletcher32 checksum filter. Files are opened for each read and closed again, so no
+handle is ever shared across a fork.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from kdpipe.cache.durable import fsync_dir, fsync_file, temp_path, write_step
 from kdpipe.cache.manifest import Manifest
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 
@@ -35,29 +36,39 @@ class Hdf5ChunkStore:
 
     def create(self) -> None:
         """Create the (empty) chunk directory."""
+        write_step("create-store", self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 
     def chunk_paths(self, index: int) -> list[Path]:
         """Files that hold chunk ``index``."""
         return [self.path / f"{index:06d}.h5"]
 
-    def write_chunk(self, index: int, logits: np.ndarray, labels: np.ndarray) -> None:
-        """Write chunk ``index`` whole: logits ``(rows, M, C)`` and labels ``(rows,)``."""
+    def write_chunk(self, index: int, logits: np.ndarray, labels: np.ndarray, digests: np.ndarray) -> None:
+        """Write chunk ``index`` whole and durably: logits ``(rows, M, C)``, labels and row digests ``(rows,)``.
+
+        The file is written under a temp name beside its target, fsynced, renamed into
+        place, and the folder fsynced: a crash leaves the old file or the new one.
+        """
         import h5py
 
         final = self.chunk_paths(index)[0]
-        fd, tmp = tempfile.mkstemp(
-            dir=self.path, prefix=f".{final.name}.{threading.get_ident()}.", suffix=".tmp"
-        )
-        os.close(fd)
+        tmp = temp_path(final)
         try:
-            with h5py.File(tmp, "w") as f:
+            write_step("write", tmp)
+            # "w-": h5py creates the file (mode 0o666 & ~umask); the random name is new
+            with h5py.File(tmp, "w-") as f:
                 f.create_dataset("logits", data=logits, chunks=logits.shape, fletcher32=True)
                 f.create_dataset("labels", data=labels, chunks=labels.shape, fletcher32=True)
+                f.create_dataset("row_digests", data=digests, chunks=digests.shape, fletcher32=True)
+            write_step("fsync", tmp)
+            fsync_file(tmp)
+            write_step("rename", final)
             os.replace(tmp, final)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+        write_step("fsync-dir", self.path)
+        fsync_dir(self.path)
 
     def _read(self, name: str, index: int) -> np.ndarray:
         import h5py
@@ -78,3 +89,7 @@ class Hdf5ChunkStore:
     def read_labels(self, index: int) -> np.ndarray:
         """Chunk ``index`` of the label codes."""
         return self._read("labels", index)
+
+    def read_digests(self, index: int) -> np.ndarray:
+        """Chunk ``index`` of the row digests (uint64)."""
+        return self._read("row_digests", index)

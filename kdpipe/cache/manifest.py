@@ -14,18 +14,18 @@ copied into it, so readers of a finished cache need one small file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 
+from kdpipe.cache.durable import atomic_write_bytes
 from kdpipe.errors import CacheCorruptError
 
 __all__ = [
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "ChunkRecord",
     "TeacherInfo",
     "Manifest",
@@ -39,23 +39,10 @@ __all__ = [
     "chunk_bounds",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-row digests of X stored with every chunk
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 RECORDS_DIR = "done"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def chunk_bounds(index: int, chunk_rows: int, n_rows: int) -> tuple[int, int]:
@@ -101,6 +88,7 @@ class ChunkRecord(_FlatRecord):
     labels_crc32c: int
     data_sha256: str
     device: str = "cpu"
+    digests_crc32c: int | None = None  # None: a format-1 chunk, without row digests
 
 
 @dataclass(frozen=True)
@@ -132,6 +120,11 @@ class Manifest:
     data_fingerprint: str | None = None
     chunks: tuple[ChunkRecord, ...] = ()
     format_version: int = FORMAT_VERSION
+
+    @property
+    def has_row_digests(self) -> bool:
+        """Whether the chunks store per-row digests of X (format 2 and later)."""
+        return self.format_version >= 2
 
     @property
     def n_members(self) -> int:
@@ -180,9 +173,10 @@ def read_manifest(root: str | Path) -> Manifest | None:
         manifest = Manifest.from_dict(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         raise CacheCorruptError(f"cannot decode the manifest {path}: {exc}") from exc
-    if manifest.format_version != FORMAT_VERSION:
+    if manifest.format_version not in READABLE_VERSIONS:
         raise CacheCorruptError(
-            f"{path} has format version {manifest.format_version}; this kdpipe reads {FORMAT_VERSION}"
+            f"{path} has format version {manifest.format_version}; this kdpipe reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     return manifest
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kdpipe.cache.durable import is_temp_name
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
 from kdpipe.cache.storage import ChunkStore, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
-from kdpipe.errors import CacheIncompleteError
+from kdpipe.errors import CacheIncompleteError, CacheNotFoundError
 from kdpipe.rows import ChunkMemory, positions
 
 __all__ = ["LogitCache"]
@@ -35,6 +37,7 @@ class _Handle:
         m = manifest
         self.memory = ChunkMemory(m.chunk_rows, (m.n_members, m.n_classes), m.dtype, cache_bytes, m.n_chunks)
         self._labels: np.ndarray | None = None
+        self._digests: np.ndarray | None = None
 
     @property
     def store(self) -> ChunkStore:
@@ -55,6 +58,15 @@ class _Handle:
     def read_chunk(self, index: int) -> np.ndarray:
         """Chunk ``index`` of the logits in the storage dtype, verified against its record."""
         return read_checked(self.store, self.record(index), "logits")
+
+    def row_digests(self) -> np.ndarray | None:
+        """All row digests (uint64), read once; None in a format-1 cache."""
+        if not self.manifest.has_row_digests:
+            return None
+        if self._digests is None:
+            parts = [read_checked(self.store, self.record(i), "digests") for i in range(self.manifest.n_chunks)]
+            self._digests = np.concatenate(parts).astype(np.uint64, copy=False)
+        return self._digests
 
     def labels(self) -> np.ndarray:
         """All label codes (int64, -1 unlabeled), read once."""
@@ -115,15 +127,18 @@ class LogitCache:
 
         Raises
         ------
-        FileNotFoundError
-            There is no cache at ``path``.
+        CacheNotFoundError
+            There is no cache at ``path`` (also a ``FileNotFoundError``).
         CacheIncompleteError
             The build has not finished (unless ``allow_incomplete``).
         """
         root = Path(path)
+        if not root.is_dir():
+            what = "is a file" if root.exists() else "does not exist"
+            raise CacheNotFoundError(f"no kdpipe logit cache at {root}: it {what} (a cache is a folder)")
         manifest = read_manifest(root)
         if manifest is None:
-            raise FileNotFoundError(f"no kdpipe logit cache at {root} (no manifest.json)")
+            raise CacheNotFoundError(f"no kdpipe logit cache at {root}: the folder has no manifest.json")
         if manifest.complete:
             records = {r.index: r for r in manifest.chunks}
         else:
@@ -154,7 +169,8 @@ class LogitCache:
 
     def __dask_tokenize__(self) -> Any:
         m = self._handle.manifest
-        rows = None if self._rows is None else (len(self._rows), hash(self._rows.tobytes()))
+        # a stable hash (Python's hash of bytes is salted per process)
+        rows = None if self._rows is None else (len(self._rows), hashlib.blake2b(self._rows.tobytes()).hexdigest())
         return ("kdpipe.LogitCache", str(self._handle.root), m.created, m.data_fingerprint, rows)
 
     # -- metadata
@@ -200,6 +216,18 @@ class LogitCache:
         """Label codes, int64; -1 marks unlabeled rows."""
         labels = self._handle.labels()
         return labels.copy() if self._rows is None else labels[self._rows]
+
+    @property
+    def row_digests(self) -> np.ndarray | None:
+        """uint64 digests of the input rows of this view (see :func:`kdpipe.cache.fingerprint.row_digests`).
+
+        Computed in the dtype ``manifest.data_dtype``; read once per handle. None for a
+        cache built before kdpipe stored them (format 1).
+        """
+        digests = self._handle.row_digests()
+        if digests is None:
+            return None
+        return digests.copy() if self._rows is None else digests[self._rows]
 
     # -- row selection
     def __getitem__(self, key: Any) -> Any:
@@ -287,7 +315,7 @@ class LogitCache:
         """Summary: rows, classes, members, dtype, bytes on disk, fingerprints, chunks."""
         m = self.manifest
         records = self._handle.records if m.complete else read_records(self.path)
-        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file() and not is_temp_name(p.name))
         return {
             "path": str(self.path),
             "format_version": m.format_version,
@@ -304,7 +332,13 @@ class LogitCache:
             "bytes_on_disk": size,
             "bytes_per_row": size / m.n_rows,
             "teachers": [t.to_dict() for t in m.teachers],
-            "data": {"shape": list(m.data_shape), "dtype": m.data_dtype, "fingerprint": m.data_fingerprint},
+            "data": {
+                "shape": list(m.data_shape),
+                "dtype": m.data_dtype,
+                "fingerprint": m.data_fingerprint,
+                "row_digests": m.has_row_digests,
+            },
+            "build": m.build,
             "versions": m.versions,
             "created": m.created,
             "finished": m.finished,

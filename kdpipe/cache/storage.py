@@ -29,7 +29,10 @@ def checksum(block: np.ndarray) -> int:
 
 
 def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -> np.ndarray:
-    """Read one chunk's ``"logits"`` or ``"labels"`` and compare it with its recorded crc32c.
+    """Read one chunk's ``"logits"``, ``"labels"`` or ``"digests"`` and compare it with its recorded crc32c.
+
+    A chunk written before row digests existed (format 1) has none: its ``"digests"``
+    read is an empty array, not an error.
 
     Raises
     ------
@@ -38,8 +41,11 @@ def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -
     CacheCorruptError
         It cannot be decoded, has the wrong shape, or its checksum differs from the record.
     """
-    block = store.read_logits(record.index) if what == "logits" else store.read_labels(record.index)
-    expected = record.logits_crc32c if what == "logits" else record.labels_crc32c
+    if what == "digests" and record.digests_crc32c is None:
+        return np.zeros(0, dtype=np.uint64)
+    read = {"logits": store.read_logits, "labels": store.read_labels, "digests": store.read_digests}[what]
+    block = read(record.index)
+    expected = {"logits": record.logits_crc32c, "labels": record.labels_crc32c, "digests": record.digests_crc32c}[what]
     rows = record.stop - record.start
     if block.shape[0] != rows or checksum(block) != expected:
         raise CacheCorruptError(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kdpipe.cache.fingerprint import hash_block
+from kdpipe.cache.fingerprint import hash_block, row_digests
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, write_record
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source
@@ -56,6 +56,7 @@ class ChunkJob:
     batch_size: int
     source: Source | None = None  # None: the driver sends each chunk's rows
     codes: np.ndarray | None = None  # encoded labels of all rows, when given up front
+    precision: str = "model"  # torch teachers' forward precision (see teachers.parse_precision)
 
     def _inputs(self, index: int, x: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The chunk's input rows (read here unless the driver sent them) and label codes."""
@@ -87,7 +88,7 @@ class ChunkJob:
         for b0 in range(0, stop - start, self.batch_size):
             b1 = min(b0 + self.batch_size, stop - start)
             for j, member in enumerate(self.members):
-                out = member.predict(x[b0:b1], device)
+                out = member.predict(x[b0:b1], device, self.precision)
                 self._check(out, j, member, start + b0, start + b1)
                 logits[b0:b1, j] = out
         return StagedChunk(index, start, stop, x, codes, logits, str(device))
@@ -97,7 +98,8 @@ class ChunkJob:
 
         Only the task that computed a chunk stores it: one writer per chunk.
         """
-        self._writable_store().write_chunk(staged.index, staged.logits, staged.codes)
+        digests = row_digests(staged.x)
+        self._writable_store().write_chunk(staged.index, staged.logits, staged.codes, digests)
         record = ChunkRecord(
             index=staged.index,
             start=staged.start,
@@ -106,6 +108,7 @@ class ChunkJob:
             labels_crc32c=checksum(staged.codes),
             data_sha256=hash_block(staged.x),
             device=staged.device,
+            digests_crc32c=checksum(digests),
         )
         write_record(Path(self.root), record)
         return record
@@ -160,8 +163,8 @@ class ChunkJob:
             return "labels"
         store = open_store(self.root, self.manifest)
         try:
-            read_checked(store, record, "logits")
-            read_checked(store, record, "labels")
+            for what in ("logits", "labels", "digests"):
+                read_checked(store, record, what)
         except CacheCorruptError:
             return "damaged"
         return "ok"

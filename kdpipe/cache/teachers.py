@@ -25,7 +25,17 @@ from kdpipe.cache.manifest import TeacherInfo
 from kdpipe.errors import InputError
 from kdpipe.labels import class_columns, class_list
 
-__all__ = ["Member", "resolve_members", "resolve_classes"]
+__all__ = [
+    "PRECISIONS",
+    "Member",
+    "parse_precision",
+    "resolve_members",
+    "resolve_classes",
+    "torch_file_format",
+    "load_pickled_module",
+]
+
+PRECISIONS = ("model", "float16", "bfloat16")
 
 _TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts"}
 _JOBLIB_SUFFIXES = {".joblib", ".pkl", ".pickle"}
@@ -41,6 +51,64 @@ def _load_torchscript(path: str) -> Any:
         # torch >= 2.10 deprecates TorchScript; loading existing files is still supported
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning)
         return torch.jit.load(path, map_location="cpu")
+
+
+def parse_precision(value: Any) -> str:
+    """Return the precision of torch teachers' forward passes.
+
+    ``"model"``: the model's own dtype, no autocast (the default). ``"float16"`` or
+    ``"bfloat16"``: ``torch.autocast`` to that dtype on the build's device.
+    """
+    if value not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {value!r}")
+    return str(value)
+
+
+def torch_file_format(path: str | os.PathLike[str]) -> str:
+    """What a ``.pt``-style file holds: ``"torchscript"``, ``"pickle"`` (``torch.save``) or ``"unknown"``.
+
+    Read from the archive's table of contents, without loading (or unpickling) anything.
+    """
+    import zipfile
+
+    with open(path, "rb") as f:
+        if f.read(1) == b"\x80":  # a pickle protocol opcode: torch.save's legacy format
+            return "pickle"
+    if not zipfile.is_zipfile(path):
+        return "unknown"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(n.endswith("/constants.pkl") for n in names):  # only TorchScript archives have it
+        return "torchscript"
+    return "pickle" if any(n.endswith("/data.pkl") for n in names) else "unknown"
+
+
+def load_pickled_module(path: str | os.PathLike[str]) -> Any:
+    """Unpickle a whole ``torch.nn.Module`` saved with ``torch.save(model, path)``.
+
+    Unpickling runs code named in the file: call this only for files you trust. The
+    module's class must be importable here.
+
+    Raises
+    ------
+    InputError
+        The file holds something other than a module, or its class cannot be imported.
+    """
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (AttributeError, ImportError) as exc:
+        raise InputError(
+            f"teacher file {str(path)!r}: cannot unpickle its module ({exc}); its class must be "
+            "importable here, or save the teacher as TorchScript (torch.jit.script(model).save(path))"
+        ) from exc
+    if not isinstance(obj, torch.nn.Module):
+        raise InputError(
+            f"teacher file {str(path)!r} holds a {type(obj).__name__} object, not a torch.nn.Module "
+            "(a state_dict needs its model: load it into the model, then save the model)"
+        )
+    return obj.eval()
 
 
 def _is_sklearn(obj: Any) -> bool:
@@ -89,13 +157,16 @@ class Member:
                 _PREPARED[key] = entry
             return entry[1]
 
-    def predict(self, x: np.ndarray, device: Any) -> np.ndarray:
-        """Raw logits of ``x`` (a numpy batch) as a numpy array, in ensemble class order."""
+    def predict(self, x: np.ndarray, device: Any, precision: str = "model") -> np.ndarray:
+        """Raw logits of ``x`` (a numpy batch) as a numpy array, in ensemble class order.
+
+        ``precision`` applies to torch teachers (see :func:`parse_precision`).
+        """
         if self.kind in ("torch", "torchscript"):
             module = self._prepared(
                 str(device), lambda: _prepare_module(self.teacher(), device, owned=self.obj is None)
             )
-            out = _torch_forward(module, x, device)
+            out = _torch_forward(module, x, device, precision)
         elif self.kind == "sklearn":
             out = _sklearn_logits(self.teacher(), x)
         else:
@@ -129,7 +200,9 @@ def _prepare_module(module: Any, device: Any, owned: bool) -> Any:
     return copy.deepcopy(module).to(device).eval()
 
 
-def _torch_forward(module: Any, x: np.ndarray, device: Any) -> np.ndarray:
+def _torch_forward(module: Any, x: np.ndarray, device: Any, precision: str = "model") -> np.ndarray:
+    import contextlib
+
     import torch
 
     param = next(iter(module.parameters()), None)
@@ -143,11 +216,17 @@ def _torch_forward(module: Any, x: np.ndarray, device: Any) -> np.ndarray:
     batch = torch.from_numpy(x)
     if batch.is_floating_point():
         batch = batch.to(dtype)
+    autocast = (
+        contextlib.nullcontext()
+        if precision == "model"
+        else torch.autocast(device_type=device.type, dtype=getattr(torch, precision))
+    )
     with torch.inference_mode():
         if device.type != "cuda":
-            return module(batch).float().numpy()
+            with autocast:
+                return module(batch).float().numpy()
         pinned = batch.pin_memory()  # kept alive until the stream is synchronized below
-        with torch.autocast(device_type="cuda"):
+        with autocast:
             out = module(pinned.to(device, non_blocking=True))
         out = out.float()
         host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
@@ -182,6 +261,13 @@ def _member(teacher: Any) -> Member:
             raise InputError(f"teacher file {teacher!r} does not exist")
         if suffix in _TORCHSCRIPT_SUFFIXES:
             kind = "torchscript"
+            if torch_file_format(path) != "torchscript":
+                raise InputError(
+                    f"teacher file {teacher!r} is not TorchScript (a torch.save() pickle, or not a torch "
+                    "file); unpickling runs code from the file, so kdpipe does not do it: save the teacher "
+                    "with torch.jit.script(model).save(path), or, if you trust the file, pass "
+                    "kdpipe.cache.teachers.load_pickled_module(path)"
+                )
         elif suffix in _JOBLIB_SUFFIXES:
             kind = "sklearn"
         else:
@@ -202,12 +288,30 @@ def _member(teacher: Any) -> Member:
     raise InputError(f"cannot use a {type(teacher).__name__} as a teacher")
 
 
-def resolve_members(teachers: Any) -> list[Member]:
-    """Wrap a teacher or a list of teachers into :class:`Member` objects."""
+def resolve_members(teachers: Any, versions: Any = None) -> list[Member]:
+    """Wrap a teacher or a list of teachers into :class:`Member` objects.
+
+    ``versions``: a version string per teacher (None where not given), or one string for
+    a single teacher. A version is recorded in the member's fingerprint; it is what lets
+    a build resume from a teacher whose content kdpipe cannot hash (a weak fingerprint).
+    """
     items = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
     if not items:
         raise InputError("teachers is an empty list")
-    return [_member(t) for t in items]
+    if versions is None:
+        versions = [None] * len(items)
+    elif isinstance(versions, str):
+        versions = [versions]
+    versions = list(versions)
+    if len(versions) != len(items) or not all(v is None or isinstance(v, str) for v in versions):
+        raise InputError(
+            f"teacher_versions must give one string (or None) per teacher ({len(items)}), got {versions!r}"
+        )
+    members = [_member(t) for t in items]
+    for member, version in zip(members, versions):
+        if version is not None:
+            member.fingerprint = f"version:{version}|{member.fingerprint}"
+    return members
 
 
 def resolve_classes(members: list[Member], classes: Any = None) -> np.ndarray | None:

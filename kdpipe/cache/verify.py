@@ -1,8 +1,14 @@
-"""Re-read every chunk of a cache and check it against its completion record."""
+"""Re-read every chunk of a cache and check it against its completion record.
+
+An unfinished cache and a damaged one are different findings: chunks that were never
+written make a cache *incomplete* (rerun the build to finish it); chunks whose recorded
+data is missing or does not match its checksum make it *corrupt*.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds
 from kdpipe.cache.storage import ChunkStore, read_checked
@@ -13,16 +19,31 @@ __all__ = ["ChunkProblem", "VerifyReport", "verify_chunks"]
 
 @dataclass(frozen=True)
 class ChunkProblem:
-    """What is wrong with one chunk (``index`` -1: the cache as a whole)."""
+    """What is wrong with one recorded chunk."""
 
     index: int
-    kind: str  # "incomplete" | "missing" | "corrupt" | "unfinished"
+    kind: str  # "missing" (recorded, but its data is gone) | "corrupt"
     message: str
 
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """Result of :meth:`kdpipe.LogitCache.verify`."""
+    """Result of :meth:`kdpipe.LogitCache.verify`.
+
+    Attributes
+    ----------
+    status : {"OK", "INCOMPLETE", "FAILED"}
+        ``"FAILED"`` when any recorded chunk is corrupt or missing; else ``"INCOMPLETE"``
+        when the build has not finished; else ``"OK"``.
+    ok : bool
+        True only for a finished cache whose every chunk verified.
+    incomplete : tuple of int
+        Chunks never written (the build has not reached them yet).
+    corrupt : tuple of int
+        Recorded chunks whose data is missing or fails its checksum (see ``problems``).
+    finished : bool
+        Whether the build marked the cache finished.
+    """
 
     path: str
     ok: bool
@@ -30,46 +51,65 @@ class VerifyReport:
     n_complete: int
     n_verified: int
     problems: tuple[ChunkProblem, ...] = ()
+    incomplete: tuple[int, ...] = ()
+    corrupt: tuple[int, ...] = ()
+    finished: bool = True
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def status(self) -> str:
+        if self.corrupt:
+            return "FAILED"
+        return "OK" if self.ok else "INCOMPLETE"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status}
 
     def __str__(self) -> str:
         head = (
-            f"{self.path}: {'OK' if self.ok else 'FAILED'} - {self.n_verified}/{self.n_chunks} chunks verified, "
-            f"{self.n_complete} complete, {len(self.problems)} problems"
+            f"{self.path}: {self.status} - {self.n_verified}/{self.n_chunks} chunks verified, "
+            f"{self.n_complete} complete, {len(self.corrupt)} corrupt"
         )
-        return "\n".join([head] + [f"  chunk {p.index}: {p.kind}: {p.message}" for p in self.problems])
+        lines = [head]
+        if self.incomplete:
+            shown = ", ".join(map(str, self.incomplete[:10])) + (", ..." if len(self.incomplete) > 10 else "")
+            lines.append(
+                f"  not written yet: {len(self.incomplete)} chunks ({shown}); rerun the build to finish it"
+            )
+        elif not self.finished:
+            lines.append("  every chunk is written but the build was not finalized; rerun the build to finish it")
+        lines += [f"  chunk {p.index}: {p.kind}: {p.message}" for p in self.problems]
+        return "\n".join(lines)
 
 
 def verify_chunks(
     path: str, manifest: Manifest, records: dict[int, ChunkRecord], store: ChunkStore
 ) -> VerifyReport:
-    """Read every recorded chunk (logits and labels), compare checksums, list problems."""
+    """Read every recorded chunk (logits, labels, row digests), compare checksums, list problems."""
     problems: list[ChunkProblem] = []
+    incomplete: list[int] = []
     verified = 0
     for i in range(manifest.n_chunks):
         record = records.get(i)
         if record is None:
-            start, stop = chunk_bounds(i, manifest.chunk_rows, manifest.n_rows)
-            problems.append(ChunkProblem(i, "incomplete", f"rows {start}-{stop - 1} were never written"))
+            incomplete.append(i)
             continue
         try:
-            read_checked(store, record, "logits")
-            read_checked(store, record, "labels")
+            for what in ("logits", "labels", "digests"):
+                read_checked(store, record, what)
         except CacheChunkMissingError as exc:
             problems.append(ChunkProblem(i, "missing", str(exc)))
         except CacheCorruptError as exc:
             problems.append(ChunkProblem(i, "corrupt", str(exc)))
         else:
             verified += 1
-    if not manifest.complete and len(records) == manifest.n_chunks:
-        problems.append(ChunkProblem(-1, "unfinished", "every chunk is written but the build was not finalized"))
     return VerifyReport(
         path=path,
-        ok=not problems,
+        ok=not problems and manifest.complete and not incomplete,
         n_chunks=manifest.n_chunks,
         n_complete=len(records),
         n_verified=verified,
         problems=tuple(problems),
+        incomplete=tuple(incomplete),
+        corrupt=tuple(p.index for p in problems),
+        finished=manifest.complete,
     )

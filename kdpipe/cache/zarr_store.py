@@ -1,9 +1,15 @@
-"""Chunk storage in a zarr v3 group: arrays ``logits`` (n, M, C) and ``labels`` (n,).
+"""Chunk storage in a zarr v3 group: arrays ``logits`` (n, M, C), ``labels`` (n,) and
+``row_digests`` (n,) (uint64 digests of the input rows; absent in format-1 caches).
 
 Every chunk carries a crc32c checksum (``Crc32cCodec``). ``write_empty_chunks`` is on,
 so a chunk that happens to equal the fill value is still written: an absent chunk file
 always means "not written", which :meth:`ZarrChunkStore.read_logits` reports instead of
 letting zarr return fill values.
+
+zarr writes each chunk file under a temp name and renames it into place, but does not
+fsync; :meth:`ZarrChunkStore.write_chunk` fsyncs every chunk file and its folder before
+it returns, so a completion record written afterwards never points at data a power cut
+could still lose.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from kdpipe.cache.durable import fsync_dir, fsync_file, write_step
 from kdpipe.cache.manifest import Manifest, chunk_bounds
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 
@@ -26,6 +33,7 @@ class ZarrChunkStore:
     backend = "zarr"
     dirname = "logits.zarr"
     _config = {"write_empty_chunks": True}
+    _names = ("logits", "labels", "row_digests")
 
     def __init__(self, root: str | Path, manifest: Manifest, *, writable: bool = False) -> None:
         self.path = Path(root) / self.dirname
@@ -38,7 +46,8 @@ class ZarrChunkStore:
         return {**self.__dict__, "_arrays": None, "_pid": -1}
 
     def create(self) -> None:
-        """Create the empty arrays (metadata only)."""
+        """Create the empty arrays (metadata only), durably."""
+        write_step("create-store", self.path)
         import zarr
         from zarr.codecs import Crc32cCodec, ZstdCodec
 
@@ -63,6 +72,23 @@ class ZarrChunkStore:
             fill_value=-1,
             config=config,
         )
+        group.create_array(
+            "row_digests",
+            shape=(m.n_rows,),
+            chunks=(m.chunk_rows,),
+            dtype="uint64",
+            compressors=[Crc32cCodec()],  # hashes do not compress
+            fill_value=0,
+            config=config,
+        )
+        for folder, _, files in os.walk(self.path):  # the metadata, durable before the manifest says "initialized"
+            for name in files:
+                fsync_file(Path(folder) / name)
+            fsync_dir(Path(folder))
+        fsync_dir(self.path.parent)
+
+    def _array_names(self) -> tuple[str, ...]:
+        return self._names if self.manifest.has_row_digests else self._names[:2]
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None or self._pid != os.getpid():
@@ -71,30 +97,44 @@ class ZarrChunkStore:
             try:
                 group = zarr.open_group(self.path, mode="r+" if self.writable else "r")
                 # write_empty_chunks is a runtime setting, not stored with the array
-                self._arrays = {k: group[k].with_config(self._config) for k in ("logits", "labels")}
+                self._arrays = {k: group[k].with_config(self._config) for k in self._array_names()}
             except Exception as exc:  # zarr raises several types for a damaged group
                 raise CacheCorruptError(f"cannot open the zarr store {self.path}: {exc}") from exc
             self._pid = os.getpid()
         return self._arrays
 
     def chunk_paths(self, index: int) -> list[Path]:
-        """Files that hold chunk ``index`` (logits, labels)."""
-        arrays = self._open()
-        paths = []
-        for name, coords in (("logits", (index, 0, 0)), ("labels", (index,))):
-            key = arrays[name].metadata.encode_chunk_key(coords)
-            paths.append(self.path / name / key)
-        return paths
+        """Files that hold chunk ``index`` (logits, labels, row digests)."""
+        return [self._chunk_path(name, index) for name in self._array_names()]
 
-    def write_chunk(self, index: int, logits: np.ndarray, labels: np.ndarray) -> None:
-        """Write chunk ``index`` whole: logits ``(rows, M, C)`` and labels ``(rows,)``."""
+    def _chunk_path(self, name: str, index: int) -> Path:
+        array = self._open()[name]
+        coords = (index, 0, 0) if name == "logits" else (index,)
+        return self.path / name / array.metadata.encode_chunk_key(coords)
+
+    def write_chunk(self, index: int, logits: np.ndarray, labels: np.ndarray, digests: np.ndarray) -> None:
+        """Write chunk ``index`` whole and durably: logits ``(rows, M, C)``, labels and row digests ``(rows,)``."""
         arrays = self._open()
         start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
-        arrays["logits"][start:stop] = logits
-        arrays["labels"][start:stop] = labels
+        for name, block in zip(self._names, (logits, labels, digests)):
+            path = self._chunk_path(name, index)
+            existing = path.parent
+            while not existing.exists():  # zarr creates the missing folders of the chunk key
+                existing = existing.parent
+            write_step("write", path)
+            arrays[name][start:stop] = block
+            write_step("fsync", path)
+            fsync_file(path)
+            folder = path.parent
+            while True:  # new entries: the file, and every folder zarr created on the way
+                write_step("fsync-dir", folder)
+                fsync_dir(folder)
+                if folder == existing:
+                    break
+                folder = folder.parent
 
     def _read(self, name: str, index: int) -> np.ndarray:
-        path = self.chunk_paths(index)[0 if name == "logits" else 1]
+        path = self._chunk_path(name, index)
         if not path.exists():
             raise CacheChunkMissingError(f"chunk {index} of {name} is missing: {path} does not exist")
         start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
@@ -110,3 +150,7 @@ class ZarrChunkStore:
     def read_labels(self, index: int) -> np.ndarray:
         """Chunk ``index`` of the label codes."""
         return self._read("labels", index)
+
+    def read_digests(self, index: int) -> np.ndarray:
+        """Chunk ``index`` of the row digests (uint64)."""
+        return self._read("row_digests", index)

@@ -3,7 +3,7 @@
 A generalist plus specialists trained on confusable class subsets:
 
 - :mod:`~kdpipe.specialists.clustering`: subsets from the generalist's prediction
-  covariance (on-line K-means).
+  covariance (average-linkage clustering).
 - :mod:`~kdpipe.specialists.targets`: collapsing labels, probabilities and logits onto a
   subset plus a dustbin; the sampling correction.
 - :mod:`~kdpipe.specialists.training` and :mod:`~kdpipe.specialists.plan`: one

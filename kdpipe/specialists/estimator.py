@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from numbers import Integral, Real
 from typing import Any
@@ -10,7 +11,6 @@ import numpy as np
 import torch
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
-from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
@@ -30,53 +30,52 @@ from kdpipe.students import MLP
 __all__ = ["SpecialistEnsembleClassifier"]
 
 
-def _is_fitted(estimator: Any) -> bool:
-    try:
-        check_is_fitted(estimator)
-    except NotFittedError:
-        return False
-    return True
-
-
 class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     """A generalist plus specialists for confusable class subsets (Hinton et al. §5).
 
     ``fit`` (1) fits the generalist (distilled from ``teacher_logits`` when given),
-    (2) clusters the classes, with no labels, by an on-line K-means on the columns of
-    the covariance of the generalist's predicted probabilities, and (3) trains one
-    specialist per subset, independently and in parallel, starting from the
-    generalist's weights. ``predict_proba`` takes the generalist's ``top_n`` classes,
+    (2) clusters the classes, with no labels, by average linkage on the correlations
+    (or covariance columns) of the generalist's predicted probabilities, and (3)
+    trains one specialist per subset, independently and in parallel, starting from
+    the generalist's weights. ``predict_proba`` takes the generalist's ``top_n`` classes,
     activates the specialists whose subset contains any of them, and returns the
     ``q`` minimizing ``KL(p^g || q) + sum_m KL(p^m || q)`` (section 5.4).
 
     Parameters
     ----------
     generalist : classifier, default=None
-        ``None``: a default :class:`kdpipe.DistilledClassifier`. An unfitted estimator
-        is cloned and fitted (with ``teacher_logits`` when its ``fit`` accepts them,
-        else on the labeled rows); a fitted one (with ``predict_proba``) is used as is.
-        Its ``classes_`` become this estimator's classes. Specialists copy its
+        ``None``: a default :class:`kdpipe.DistilledClassifier`. The generalist is
+        always cloned and fitted (with ``teacher_logits`` when its ``fit`` accepts them,
+        else on the labeled rows), *also when it is already fitted*: to use a prefit
+        generalist as is, wrap it in :class:`sklearn.frozen.FrozenEstimator`, whose
+        clone is itself and whose ``fit`` does nothing. So ``clone(est).fit`` trains
+        the same model as ``est.fit``, in cross-validation too. Its ``classes_``
+        become this estimator's classes. Specialists copy its
         ``module_`` (a torch module whose last ``nn.Linear`` is the output layer); a
         generalist without one gives specialists a fresh default MLP instead.
     n_specialists : int, default=10
-        Number of K-means clusters (at most the number of classes). Empty clusters and
-        duplicate subsets are dropped. Ignored when ``class_subsets`` is given.
+        Number of clusters (at most the number of classes); duplicate subsets are
+        merged. Ignored when ``class_subsets`` is given.
     class_subsets : list of array-like of labels, default=None
         Use these class subsets instead of clustering.
     classes_per_specialist : int, default=None
-        ``None``: each class joins its nearest centroid (a partition of sizes set by
-        K-means). An int ``k``: each specialist covers the ``k`` classes nearest its
-        centroid; subsets may overlap and some classes may have no specialist.
+        ``None``: the clusters partition the classes (sizes set by the clustering).
+        An int ``k``: each specialist covers the ``k`` classes nearest its cluster
+        (mean distance to its members); subsets may overlap and some classes may
+        have no specialist.
     overlap : float >= 0, default=0.0
-        Partition mode: a class also joins every cluster within ``(1 + overlap)``
-        times the distance to its nearest centroid. Must stay 0 with
+        Partition mode: a class also joins every other cluster whose mean distance
+        to it is within ``(1 + overlap)`` times its mean distance to the other
+        members of its own cluster. Small values widen subsets a lot: on the
+        20-class problem of the tests (4 groups of 5), 0.2 gives subsets of 8-9
+        classes and 1.0 one subset of every class, an error. Must stay 0 with
         ``classes_per_specialist``.
     cluster_on : {"correlation", "covariance"}, default="correlation"
-        Cluster each class's column of the correlation matrix of the generalist's
-        predicted probabilities, or of their covariance matrix (the paper). Raw
-        covariance columns differ in length with each class's confidence and cluster
-        by scale as much as by confusion (see
-        :func:`~kdpipe.specialists.cluster_classes`).
+        Distance between two classes: one minus the correlation of the generalist's
+        predicted probabilities of the two, or the distance between their columns
+        of the covariance matrix (the paper). Raw covariance columns differ in
+        length with each class's confidence and cluster by scale as much as by
+        confusion (see :func:`~kdpipe.specialists.cluster_classes`).
     subset_share : float in (0, 1), default=0.5
         Share of a specialist's training rows from its own classes (the paper: half);
         the rest are drawn at random from the other classes.
@@ -104,10 +103,12 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     n_jobs : int, default=None
         Specialists trained in parallel by joblib (``-1``: all cores). Inside
         ``with joblib.parallel_backend("dask"):`` they run on the active Dask client.
-    device : str, default="cpu"
-        Torch device of the specialists (``"auto"``, ``"cpu"``, ``"cuda"``).
+    device : str, default="auto"
+        Torch device on which the specialists train and predict: ``"auto"`` (CUDA
+        when available), ``"cpu"``, ``"cuda"``. Fitted modules live on the CPU between
+        calls (see Notes). The generalist uses its own ``device``.
     random_state : int, RandomState instance or None, default=None
-        Seeds the generalist (when its own ``random_state`` is ``None``), K-means, the
+        Seeds the generalist (when its own ``random_state`` is ``None``), the
         sampling and every specialist; the same seed gives the same model on CPU,
         serial or parallel.
     verbose : int, default=0
@@ -116,7 +117,8 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     generalist_ : classifier
-        The fitted generalist.
+        The fitted generalist: a fitted clone of ``generalist``, or the
+        ``FrozenEstimator`` itself.
     classes_ : ndarray of shape (n_classes,)
         ``generalist_.classes_``.
     n_features_in_ : int
@@ -125,8 +127,9 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     clusters_ : list of ndarray
         Class labels of each specialist's subset.
     specialists_ : list of Specialist
-        Each with ``subset`` (class codes), ``kind``, ``module``, ``correction`` (the
-        sampling correction already in its output bias), ``n_rows`` and ``history``.
+        Each with ``subset`` (class codes), ``kind``, ``module`` (on the CPU),
+        ``correction`` (the sampling correction already in its output bias),
+        ``n_rows`` and ``history``.
 
     See Also
     --------
@@ -151,6 +154,16 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     do not depend on the batch; see :func:`~kdpipe.specialists.combine_distributions`.
     :meth:`inference_details` reports iterations and convergence.
 
+    *Devices.* Specialists train on ``device``; their fitted modules are then kept on
+    the CPU and moved to ``device`` only inside :meth:`predict_proba` (and moved back
+    before it returns), so pickling or joblib never ship CUDA tensors. The
+    generalist's network is copied to the CPU before it is sent to the specialists'
+    jobs.
+
+    *Failed fits.* Everything is computed into local variables and the fitted
+    attributes are assigned at the very end, so a ``fit`` that raises leaves a fitted
+    estimator exactly as it was.
+
     *Parallelism.* Jobs receive the shared ``X`` (memory-mapped by joblib's process
     backend), their rows and their precomputed targets. Unlabeled rows count, for
     sampling, as the teacher's most probable class.
@@ -162,6 +175,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
     Examples
     --------
+    >>> from sklearn.frozen import FrozenEstimator
     >>> from kdpipe import DistilledClassifier, SpecialistEnsembleClassifier
     >>> from kdpipe.datasets import make_confusable_classification
     >>> X, y = make_confusable_classification(
@@ -171,6 +185,14 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     ...     n_specialists=3, specialist_max_epochs=2, random_state=0).fit(X, y)
     >>> len(clf.specialists_), clf.predict_proba(X[:2]).shape
     (3, (2, 12))
+
+    A generalist fitted beforehand is kept as it is only when frozen:
+
+    >>> prefit = FrozenEstimator(clf.generalist_)
+    >>> clf2 = SpecialistEnsembleClassifier(
+    ...     prefit, n_specialists=3, specialist_max_epochs=2, random_state=0).fit(X, y)
+    >>> clf2.generalist_ is prefit
+    True
     """
 
     _parameter_constraints: dict = {
@@ -218,7 +240,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         inference_tol: float = 1e-6,
         inference_learning_rate: float = 1.0,
         n_jobs: int | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
     ):
@@ -266,24 +288,40 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : SpecialistEnsembleClassifier
         """
+        # Everything goes into locals; the fitted attributes are set together at the
+        # end, so a fit that raises leaves a fitted estimator as it was.
         has_teacher = teacher_logits is not None
-        X, y = self._check_fit_data(X, y, has_teacher)
+        X, y, data_attrs = self._check_fit_data(X, y, has_teacher)
         rng = check_random_state(self.random_state)
         unlabeled = val.unlabeled_mask(y) if has_teacher else np.zeros(len(y), dtype=bool)
         if (~unlabeled).any():
             check_classification_targets(y[~unlabeled])
+        self._check_settings()
 
-        self.generalist_ = self._fit_generalist(X, y, teacher_logits, unlabeled, rng)
-        self.classes_ = np.asarray(self.generalist_.classes_)
-        n_classes = len(self.classes_)
-        codes = val.encode_labels(y, self.classes_, unlabeled)
+        generalist = self._fit_generalist(X, y, teacher_logits, unlabeled, rng)
+        classes = np.asarray(generalist.classes_)
+        n_classes = len(classes)
+        codes = val.encode_labels(y, classes, unlabeled)
         if has_teacher:
             teacher_logits = val.check_teacher_logits(teacher_logits, len(X), n_classes)
         self._check_sizes(n_classes)
 
-        proba = self.generalist_.predict_proba(X)  # (n, C)
-        subsets = self._subsets(proba, rng)
-        self.clusters_ = [self.classes_[s] for s in subsets]
+        proba = generalist.predict_proba(X)  # (n, C)
+        if self.class_subsets is None:
+            subsets = cluster_classes(
+                proba,
+                self.n_specialists,
+                classes_per_cluster=self.classes_per_specialist,
+                overlap=float(self.overlap),
+                features=self.cluster_on,
+            )
+            if any(len(s) == n_classes for s in subsets):
+                raise InputError(
+                    f"overlap={self.overlap} puts every class into one subset, which leaves "
+                    "its specialist no dustbin: lower overlap"
+                )
+        else:
+            subsets = parse_class_subsets(self.class_subsets, classes)
 
         sampling = row_classes(codes, teacher_logits) if has_teacher else codes
         np_rng = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
@@ -302,33 +340,48 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         ]
         seeds = rng.randint(np.iinfo(np.int32).max, size=len(plans))
         config = self._specialist_config(has_teacher)
-        base = self._generalist_module(X.shape[1], n_classes, int(seeds[0]) if len(seeds) else 0)
-        self.specialists_ = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
+        base = self._generalist_module(
+            generalist, X.shape[1], n_classes, int(seeds[0]) if len(seeds) else 0
+        )
+        specialists = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
             delayed(fit_specialist)(
                 base, X, p.rows, p.y, p.targets, p.subset, self.specialist_type,
                 p.correction, config, int(seed),
             )
             for p, seed in zip(plans, seeds)
         )
+
+        if "feature_names_in_" not in data_attrs and hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        for name, value in data_attrs.items():
+            setattr(self, name, value)
+        self.generalist_ = generalist
+        self.classes_ = classes
+        self.clusters_ = [classes[s] for s in subsets]
+        self.specialists_ = specialists
         return self
 
-    def _check_fit_data(self, X: Any, y: Any, has_teacher: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _check_fit_data(
+        self, X: Any, y: Any, has_teacher: bool
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """``X``, ``y`` and the attributes ``validate_data`` would set, ``self`` untouched."""
+        probe = type(self).__new__(type(self))  # receives n_features_in_, feature_names_in_
         if y is None and has_teacher:
-            X = validate_data(self, X, dtype=np.float32)
-            return X, np.full(X.shape[0], val.UNLABELED)
-        X, y = validate_data(self, X, y, dtype=np.float32)  # raises "requires y" on None
-        return X, column_or_1d(y)
+            X = validate_data(probe, X, dtype=np.float32)
+            y = np.full(X.shape[0], val.UNLABELED)
+        else:
+            X, y = validate_data(probe, X, y, dtype=np.float32)  # raises "requires y" on None
+            y = column_or_1d(y)
+        return X, y, dict(vars(probe))
 
     def _fit_generalist(
         self, X: np.ndarray, y: np.ndarray, teacher_logits: Any, unlabeled: np.ndarray,
         rng: np.random.RandomState,
     ) -> Any:
+        """A fitted clone of the generalist (a ``FrozenEstimator`` clones to itself)."""
         from kdpipe.distilled import DistilledClassifier
 
-        generalist = DistilledClassifier() if self.generalist is None else self.generalist
-        if _is_fitted(generalist):
-            return generalist  # used as is, never refitted
-        generalist = clone(generalist)
+        generalist = clone(DistilledClassifier() if self.generalist is None else self.generalist)
         params = generalist.get_params(deep=False)
         if "random_state" in params and params["random_state"] is None:
             generalist.set_params(random_state=int(rng.randint(np.iinfo(np.int32).max)))
@@ -336,6 +389,14 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         if teacher_logits is not None and accepts_teacher:
             return generalist.fit(X, y, teacher_logits=teacher_logits)
         return generalist.fit(X[~unlabeled], y[~unlabeled])
+
+    def _check_settings(self) -> None:
+        if self.classes_per_specialist is not None and self.overlap > 0:
+            raise InputError(
+                f"overlap={self.overlap} applies to the partition mode only; with "
+                f"classes_per_specialist={self.classes_per_specialist} subsets overlap "
+                "by construction, so leave overlap=0"
+            )
 
     def _check_sizes(self, n_classes: int) -> None:
         if self.top_n > n_classes:
@@ -353,25 +414,6 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
                 f"classes_per_specialist={self.classes_per_specialist} must be smaller than "
                 f"the number of classes ({n_classes}): a specialist needs a non-empty dustbin"
             )
-        if self.classes_per_specialist is not None and self.overlap > 0:
-            raise InputError(
-                f"overlap={self.overlap} applies to the partition mode only; with "
-                f"classes_per_specialist={self.classes_per_specialist} subsets overlap "
-                "by construction, so leave overlap=0"
-            )
-
-    def _subsets(self, proba: np.ndarray, rng: np.random.RandomState) -> list[np.ndarray]:
-        """Class codes of each specialist: from ``class_subsets``, else by clustering."""
-        if self.class_subsets is None:
-            return cluster_classes(
-                proba,
-                self.n_specialists,
-                classes_per_cluster=self.classes_per_specialist,
-                overlap=float(self.overlap),
-                features=self.cluster_on,
-                random_state=int(rng.randint(np.iinfo(np.int32).max)),
-            )
-        return parse_class_subsets(self.class_subsets, self.classes_)
 
     def _specialist_config(self, has_teacher: bool) -> TrainingConfig:
         soft = has_teacher or self.specialist_type == "full"
@@ -385,11 +427,14 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
             device=self.device,
         )
 
-    def _generalist_module(self, n_features: int, n_classes: int, seed: int) -> torch.nn.Module:
-        """The generalist's network, or a fresh default MLP when it has none."""
-        module = getattr(self.generalist_, "module_", None)
+    @staticmethod
+    def _generalist_module(
+        generalist: Any, n_features: int, n_classes: int, seed: int
+    ) -> torch.nn.Module:
+        """A CPU copy of the generalist's network, or a fresh default MLP when it has none."""
+        module = getattr(generalist, "module_", None)
         if isinstance(module, torch.nn.Module):
-            return module
+            return copy.deepcopy(module).cpu()  # jobs never receive CUDA tensors
         with seeded(seed):
             return MLP(n_features, n_classes)
 

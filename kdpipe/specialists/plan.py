@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 
 from kdpipe._arrays import take_rows
 from kdpipe.specialists.targets import (
@@ -35,12 +36,6 @@ class SpecialistPlan:
     correction: float  # log(r_s / r_d)
 
 
-def _softmax(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    e = np.exp(v - v.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def row_classes(
     codes: np.ndarray, teacher_logits: Any, chunk: int = 8192
 ) -> np.ndarray:
@@ -54,7 +49,8 @@ def row_classes(
     missing = np.flatnonzero(out < 0)
     for start in range(0, len(missing), chunk):
         rows = missing[start : start + chunk]
-        p = _softmax(take_rows(teacher_logits, rows))  # (b, C) or (b, M, C)
+        v = np.asarray(take_rows(teacher_logits, rows), dtype=np.float64)  # (b, [M,] C)
+        p = softmax(v, axis=-1)
         if p.ndim == 3:
             p = p.mean(axis=1)
         out[rows] = p.argmax(axis=1)
@@ -103,7 +99,8 @@ def plan_specialist(
     else:
         y = row_codes
         if teacher_logits is not None:
-            p = _softmax(take_rows(teacher_logits, rows))  # (r, C) or (r, M, C)
+            v = np.asarray(take_rows(teacher_logits, rows), dtype=np.float64)  # (r, [M,] C)
+            p = softmax(v, axis=-1)
         else:
             p = np.asarray(generalist_proba, dtype=np.float64)[rows]  # (r, C)
         if p.ndim == 3:

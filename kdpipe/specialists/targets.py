@@ -9,6 +9,7 @@ is pure numpy and works in probability space.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import logsumexp
 
 __all__ = [
     "complement_mask",
@@ -95,9 +96,7 @@ def collapse_logits(v: np.ndarray, subset: np.ndarray) -> np.ndarray:
     """
     v = np.asarray(v, dtype=np.float64)
     outside = complement_mask(subset, v.shape[-1])
-    v_out = v[..., outside]  # (..., C - k)
-    peak = v_out.max(axis=-1, keepdims=True)
-    dustbin = peak + np.log(np.exp(v_out - peak).sum(axis=-1, keepdims=True))
+    dustbin = logsumexp(v[..., outside], axis=-1, keepdims=True)  # (..., 1)
     return np.concatenate([v[..., np.asarray(subset, dtype=np.intp)], dustbin], axis=-1)
 
 

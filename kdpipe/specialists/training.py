@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from scipy.special import logsumexp, softmax
 from torch import nn
 
 from kdpipe._arrays import take_rows
@@ -63,11 +64,16 @@ class Specialist:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def predict_proba(self, X: Any, device: str = "cpu") -> np.ndarray:
-        """Probabilities ``(n, k + 1)`` (``"dustbin"``) or ``(n, C)`` (``"full"``), float64."""
-        z = predict_logits(self.module, X, device=device).astype(np.float64)  # (n, out)
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        """Probabilities ``(n, k + 1)`` (``"dustbin"``) or ``(n, C)`` (``"full"``), float64.
+
+        The module runs on ``device`` and is back on the CPU when this returns (also
+        when it raises), where a fitted specialist lives.
+        """
+        try:
+            z = predict_logits(self.module, X, device=device)  # (n, out) float32
+        finally:
+            self.module.cpu()
+        return softmax(z.astype(np.float64), axis=1)
 
 
 class SpecialistSource:
@@ -182,8 +188,7 @@ def init_specialist_module(
         )  # (C,)
         h = _penultimate(module, layer, X_fit)  # (n, hidden)
         z_out = h @ W[outside].T + b[outside]  # (n, C - k)
-        peak = z_out.max(axis=1)
-        lse = peak + np.log(np.exp(z_out - peak[:, None]).sum(axis=1))  # (n,)
+        lse = logsumexp(z_out, axis=1)  # (n,)
         design = np.hstack([h, np.ones((len(h), 1))])  # (n, hidden + 1)
         ridge = 1e-6 * np.eye(design.shape[1])
         coef = np.linalg.solve(design.T @ design + ridge, design.T @ lse)  # (hidden + 1,)

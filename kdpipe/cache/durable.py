@@ -1,0 +1,127 @@
+"""Crash-safe file writes: a temp beside the target, fsync, replace, fsync of the folder.
+
+Every file kdpipe writes into a cache goes through here (zarr writes its chunk files
+itself; :mod:`kdpipe.cache.zarr_store` then fsyncs them with :func:`fsync_file` and
+:func:`fsync_dir`). A crash at any instant leaves the old file or the new one, plus at
+worst a stray temp file whose name :func:`is_temp_name` recognizes, so every reader and
+the "is this a cache" check can ignore it.
+
+New files are created with mode ``0o666`` filtered by the process umask (what ``open``
+does), not ``mkstemp``'s ``0o600``: a team sharing a cache sets its umask.
+
+Each step that changes the disk first calls :func:`write_step`, a no-op unless a hook is
+installed with :func:`set_write_hook`. The crash tests install one that ends the
+process at step ``k``, for every ``k``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = [
+    "TEMP_SUFFIX",
+    "is_temp_name",
+    "temp_path",
+    "create_temp",
+    "atomic_write_bytes",
+    "fsync_file",
+    "fsync_dir",
+    "remove_temps",
+    "write_step",
+    "set_write_hook",
+]
+
+TEMP_SUFFIX = ".tmp"
+WriteHook = Callable[[str, str], None]
+_hook: WriteHook | None = None
+
+
+def set_write_hook(hook: WriteHook | None) -> WriteHook | None:
+    """Install ``hook(step, path)``, called before every disk-changing step; return the previous one."""
+    global _hook
+    previous, _hook = _hook, hook
+    return previous
+
+
+def write_step(step: str, path: str | os.PathLike[str]) -> None:
+    """Announce a step (``"write"``, ``"fsync"``, ``"rename"``, ``"fsync-dir"``, ...) about to change the disk."""
+    if _hook is not None:
+        _hook(step, os.fspath(path))
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the names of kdpipe's own temp files (``.<target>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh temp name beside ``target`` (not created)."""
+    return target.with_name(f".{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
+
+
+def create_temp(target: Path) -> tuple[int, Path]:
+    """Create a new empty temp file beside ``target`` (mode 0o666 & ~umask); return its fd and path."""
+    while True:
+        tmp = temp_path(target)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - platforms that cannot open folders (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The data reaches the disk (fsync of the file, then of its folder) before this returns.
+    """
+    fd, tmp = create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_step("write", tmp)
+            f.write(data)
+            f.flush()
+            write_step("fsync", tmp)
+            os.fsync(f.fileno())
+        write_step("rename", path)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    write_step("fsync-dir", path.parent)
+    fsync_dir(path.parent)
+
+
+def remove_temps(folder: Path) -> None:
+    """Delete temp files a crashed writer left directly in ``folder``."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if is_temp_name(entry.name) and entry.is_file():
+            write_step("unlink", entry)
+            entry.unlink(missing_ok=True)

@@ -1,0 +1,168 @@
+"""Smoke tests of every script in ``pipelines/`` and ``examples/``, at tiny size.
+
+Each script runs as a user runs it (its ``main(argv)``, or ``python script.py`` in a
+subprocess) on tiny data: digits from scikit-learn, and Fashion-MNIST-shaped idx files
+written here. Each test checks what the script wrote, where it was asked to, and that
+nothing was written into the tracked tree.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from kdpipe.cache import LogitCache
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted([*ROOT.glob("pipelines/*.py"), *ROOT.glob("examples/*.py")])
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _load(relative: str) -> ModuleType:
+    """Import a script by its path, as ``python path`` would run it (minus ``__main__``)."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_idx(path: Path, array: np.ndarray, *, gzipped: bool) -> None:
+    """MNIST's idx format: 0, 0, type code 0x08 (uint8), ndim, big-endian int32 dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if gzipped:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory) -> Path:
+    """Tiny Fashion-MNIST look-alike: class c is a bright 7x7 patch at its own place, plus noise."""
+    directory = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for prefix, n, gzipped in (("train", 240, True), ("t10k", 120, False)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, c in enumerate(labels):
+            r, col = 3 + 7 * (c // 4), 3 + 6 * (c % 4)
+            images[i, r : r + 7, col : col + 7] += 180
+        _write_idx(directory / f"{prefix}-images-idx3-ubyte", images, gzipped=gzipped)
+        _write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels, gzipped=gzipped)
+    return directory
+
+
+@pytest.fixture
+def tracked_tree_unchanged():
+    """Fails the test if a script changed a file under examples/ or pipelines/."""
+
+    def snapshot() -> dict[str, str]:
+        files = [p for d in ("examples", "pipelines") for p in (ROOT / d).rglob("*") if p.is_file()]
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+                if "__pycache__" not in p.parts}
+
+    before = snapshot()
+    yield
+    assert snapshot() == before
+
+
+def _wrote(stdout: str) -> list[Path]:
+    return [Path(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("wrote /")]
+
+
+def test_every_script_has_a_smoke_test():
+    tested = {"pipelines/digits_cache.py", "pipelines/fashion_mnist_cache.py",
+              "examples/digits_sweeps.py", "examples/fashion_mnist_distill.py"}
+    assert {str(p.relative_to(ROOT)) for p in SCRIPTS} == tested
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_digits_cache_pipeline_builds_a_verified_cache(tmp_path, capsys, backend, tracked_tree_unchanged):
+    out = tmp_path / "digits-cache"
+    argv = ["--out", str(out), "--members", "2", "--epochs", "1", "--backend", backend]
+    assert _load("pipelines/digits_cache.py").main(argv) == 0
+    cache = LogitCache.open(out)
+    assert (len(cache), cache.n_members, cache.n_classes) == (1797, 2, 10)
+    assert cache.verify().ok
+    assert _wrote(capsys.readouterr().out) == [out.resolve()]
+
+
+def test_fashion_cache_pipeline_with_jitter_as_a_user_runs_it(tmp_path, fashion_dir, tracked_tree_unchanged):
+    out = tmp_path / "fashion-cache"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's kdpipe, not an installed one
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines/fashion_mnist_cache.py"), "--data-dir", str(fashion_dir),
+         "--out", str(out), "--members", "2", "--epochs", "1", "--jitter-copies", "1",
+         "--chunk-rows", "100", "--device", "cpu"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    cache = LogitCache.open(out)
+    assert (len(cache), cache.n_members, cache.n_classes) == (240, 2, 10)
+    assert cache.verify().ok
+    assert _wrote(done.stdout) == [out.resolve()]
+    errors = int(done.stdout.split("ensemble test errors: ")[1].split(" / ")[0])
+    assert 0 <= errors <= 120
+
+
+def test_digits_sweeps_example_writes_into_its_default_folder(tmp_path, monkeypatch, capsys, tracked_tree_unchanged):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--members", "2", "--teacher-epochs", "1", "--epochs", "2", "--temperatures", "1", "4",
+            "--cv", "2", "--n-jobs", "1"]
+    assert _load("examples/digits_sweeps.py").main(argv) == 0
+    folder = tmp_path / "kdpipe-results" / "digits_sweeps"
+    names = ["digits_sweeps.json", "digits_temperature_sweep.png", "digits_accuracy_vs_members.png"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    assert _wrote(capsys.readouterr().out) == [folder.resolve() / n for n in names]
+    results = json.loads((folder / "digits_sweeps.json").read_text())
+    assert set(results["temperature_cv_accuracy"]) == {"1.0", "4.0"}
+    assert results["best_temperature"] in (1.0, 4.0)
+    assert list(results["accuracy_by_members"]) == ["1", "2"]
+    scores = [results["hard_label_accuracy"], results["distilled_test_accuracy"],
+              *results["temperature_cv_accuracy"].values(), *results["accuracy_by_members"].values()]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    for name in names[1:]:
+        assert (folder / name).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_fashion_distill_example_writes_where_asked(tmp_path, fashion_dir, capsys, tracked_tree_unchanged):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "results"
+    argv = ["--data-dir", str(fashion_dir), "--out", str(out), "--train-rows", "200", "--test-rows", "100",
+            "--teacher-epochs", "1", "--epochs", "1", "--members", "2", "--temperatures", "2", "8",
+            "--device", "cpu", "--tag", "smoke"]
+    assert _load("examples/fashion_mnist_distill.py").main(argv) == 0
+    json_path, png_path = out / "fashion_mnist_distill_smoke.json", out / "fashion_mnist_distill_smoke.png"
+    assert sorted(out.iterdir()) == sorted([json_path, png_path])
+    assert _wrote(capsys.readouterr().out) == [json_path.resolve(), png_path.resolve()]
+    results = json.loads(json_path.read_text())
+    assert (results["settings"]["train_rows"], results["settings"]["test_rows"]) == (200, 100)
+    assert len(results["teacher_members"]) == 2
+    assert set(results["students"]) == {"2x800", "2x30"}
+    for entry in results["students"].values():
+        assert set(entry["distilled"]) == {"2.0", "8.0"}
+        assert all(0.0 <= a <= 1.0 for a in [entry["hard_labels"], *entry["distilled"].values()])
+    assert all(0.0 <= a <= 1.0 for a in [results["ensemble"], *results["teacher_members"]])
+    assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_every_install_command_in_the_readme_pins_torch_first():
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if "pip install" in line]
+    assert len(commands) >= 3
+    for line in commands:
+        after = line.split("pip install", 1)[1].split()
+        assert after[0] == "torch==2.13.0", line
