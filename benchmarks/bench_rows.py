@@ -148,21 +148,24 @@ def kdpipe_fit(X, y, teacher_logits, hidden: tuple, epochs: int, engine: dict) -
     strategies under test); a checkout without them is measured as it is.
     """
     import kdpipe.engine
+    import kdpipe.rows
     from kdpipe import DistilledClassifier
 
     clf = DistilledClassifier(hidden_layer_sizes=hidden, max_epochs=epochs, batch_size=BATCH,
                               temperature=TEMPERATURE, alpha=ALPHA, classes=np.arange(10), random_state=0,
                               device="cpu")
-    saved = {k: getattr(kdpipe.engine, k) for k in engine if hasattr(kdpipe.engine, k)}
+    modules = {"rows": kdpipe.rows, "engine": kdpipe.engine}
+    where = {k: (modules[k.split(".")[0]], k.split(".")[-1]) if "." in k else (kdpipe.engine, k) for k in engine}
+    saved = {k: getattr(*where[k]) for k in engine if hasattr(*where[k])}
     for k in saved:
-        setattr(kdpipe.engine, k, engine[k])
+        setattr(*where[k], engine[k])
     try:
         start, cpu = time.perf_counter(), time.process_time()
         clf.fit(X, y, teacher_logits=teacher_logits)
         total, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         for k, v in saved.items():
-            setattr(kdpipe.engine, k, v)
+            setattr(*where[k], v)
     per_epoch = [r["seconds"] for r in clf.history_]
     return per_epoch, total - sum(per_epoch), cpu
 
@@ -175,11 +178,13 @@ STRATEGIES = {
     # skips the variant. Kept: 4 minibatches per read (the default). Dropped: torch one
     # thread fewer while a fit reads from disk ({"SPARE_A_THREAD_FOR_DISK_READS": True}).
     "fit from cache, 1 minibatch per read": ("cache", {"BATCHES_PER_READ": 1}),
+    "fit from arrays, read in a thread": ("arrays", {"rows.INLINE_IN_MEMORY": False}),
 }
 
 
 def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
     import kdpipe.engine
+    import kdpipe.rows
     from kdpipe import LogitCache
 
     out = {}
@@ -203,7 +208,8 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
             epoch_s["plain torch loop"] += [w for w, _ in plain]
             cpu_s["plain torch loop"] += [c for _, c in plain]
             for key, (source, engine) in STRATEGIES.items():
-                if any(not hasattr(kdpipe.engine, k) for k in engine):
+                if any(not hasattr(kdpipe.rows if k.startswith("rows.") else kdpipe.engine, k.split(".")[-1])
+                       for k in engine):
                     continue  # a checkout without this strategy
                 per_epoch, setup, cpu = kdpipe_fit(X, y, inputs[source], hidden, epochs, engine)
                 _, _, cpu_one = kdpipe_fit(X, y, inputs[source], hidden, 1, engine)
