@@ -23,10 +23,12 @@ from kdpipe import losses
 from kdpipe.rows import Batch, RowSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
 
-# Minibatches per reader call. Measured in benchmarks/bench_rows.py
-# (results/rows_strategies.md): 4 beat 1 per call; giving the reader thread a core of its
-# own (torch one thread fewer) lost on 2 cores, 1.13-1.58 of a plain loop, and was dropped.
-BATCHES_PER_READ = 4
+# Minibatches per reader call. Measured in benchmarks/bench_rows.py on a shared 2-core
+# machine: 4 per call against 1 won half of eight comparisons, by less than the run-to-run
+# noise, so the simpler 1 stays. Also tried and dropped: torch one thread fewer while a
+# fit reads from disk (1.13-1.58 of a plain loop, results/rows_strategies.md), and
+# reading in-memory arrays inline instead of in the prefetch thread (no gain).
+BATCHES_PER_READ = 1
 
 __all__ = [
     "TrainingConfig",

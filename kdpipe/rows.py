@@ -508,13 +508,6 @@ class MinibatchSource:
     def __len__(self) -> int:
         return self._n
 
-    @property
-    def in_memory(self) -> bool:
-        """Whether every array is numpy: reads are plain indexing, nothing to overlap."""
-        return isinstance(self.X, np.ndarray) and (
-            self.teacher_logits is None or isinstance(self.teacher_logits, np.ndarray)
-        )
-
     def fetch(self, rows: np.ndarray) -> Batch:
         """Read the given rows of every array."""
         X = take_rows(self.X, rows).astype(np.float32, copy=False)
@@ -541,7 +534,6 @@ def _reader(array: Any) -> Any:
 
 
 _DONE = object()
-INLINE_IN_MEMORY = True  # measured in benchmarks/bench_rows.py
 
 
 def prefetched(
@@ -552,12 +544,8 @@ def prefetched(
     Reading (disk, decompression, numpy copies) releases the GIL, so it overlaps with
     the training step on the current batch. ``group`` minibatches are read with one
     ``fetch`` (fewer, larger reads), then handed out one by one. An exception in the
-    reader is raised here, in order. A source whose ``in_memory`` is true is read
-    inline: a thread would only compete with torch for the cores.
+    reader is raised here, in order.
     """
-    if INLINE_IN_MEMORY and getattr(source, "in_memory", False):
-        yield from (source.fetch(rows) for rows in row_batches)
-        return
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
