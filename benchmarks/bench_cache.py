@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdpipe._arrays import take_rows
+from kdpipe.rows import take_rows
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.engine import seeded
 from kdpipe.students import MLP

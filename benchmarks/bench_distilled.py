@@ -115,10 +115,10 @@ def overhead_one(args: argparse.Namespace, tmp: Path, n: int, d: int, hidden: tu
 def read_cost(X, X_zarr, y, logits, cache, batch_size: int) -> dict[str, float]:
     """Seconds to read one shuffled epoch of minibatches, alone (no training): robust to
     the noise that the fit times suffer, and an upper bound on what reading can add."""
-    from kdpipe._validation import CheckedSource
+    from kdpipe.rows import MinibatchSource
 
-    sources = {"arrays": CheckedSource(X, y, logits), "cache": CheckedSource(X, y, cache),
-               "zarr_X+cache": CheckedSource(X_zarr, y, cache)}
+    sources = {"arrays": MinibatchSource(X, y, logits), "cache": MinibatchSource(X, y, cache),
+               "zarr_X+cache": MinibatchSource(X_zarr, y, cache)}
     order = np.random.default_rng(0).permutation(len(y))
     out = {}
     for name, source in sources.items():

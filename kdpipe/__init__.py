@@ -24,9 +24,10 @@ _PUBLIC = {
     "build_cache": "kdpipe.cache",
     "LogitCache": "kdpipe.cache",
     "DistilledClassifier": "kdpipe.distilled",
+    "LazyRows": "kdpipe.rows",
     "SpecialistEnsembleClassifier": "kdpipe.specialists",
 }
-_SUBMODULES = {"datasets", "errors", "losses", "cache", "engine"}
+_SUBMODULES = {"datasets", "errors", "losses", "cache", "engine", "labels", "rows"}
 
 __all__ = sorted(_PUBLIC) + sorted(_SUBMODULES) + ["__version__"]
 

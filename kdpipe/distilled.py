@@ -25,9 +25,15 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from kdpipe import _validation as val
-from kdpipe._params import ModuleParamsMixin, build_module
-from kdpipe._tags import torch_classifier_tags
+from kdpipe._estimator import (
+    ModuleParamsMixin,
+    build_module,
+    check_lazy_X,
+    check_teacher_logits,
+    fitted_state,
+    restore_state,
+    torch_classifier_tags,
+)
 from kdpipe.bias import fit_offsets
 from kdpipe.engine import (
     TrainingConfig,
@@ -37,8 +43,12 @@ from kdpipe.engine import (
     train_student,
 )
 from kdpipe.errors import InputError
+from kdpipe.labels import UNLABELED, encode_labels, resolve_classes, unlabeled_mask
+from kdpipe.rows import CheckedReads, MinibatchSource, is_lazy_array
 
 __all__ = ["DistilledClassifier"]
+
+_D = TrainingConfig()  # the training defaults, held once, there
 
 class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     """Distill a teacher (or an ensemble) into a small PyTorch student.
@@ -140,9 +150,15 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     ``(n, C)`` or ``(n, M, C)``, a :class:`kdpipe.LogitCache` or a lazy subset of one.
     Cross-validation splits it with ``X`` (request it with
     ``set_fit_request(teacher_logits=True)`` under metadata routing); cache subsets are
-    read one minibatch at a time, as are zarr, h5py and dask ``X``, which never go
-    through ``validate_data`` (it would load them). On-disk inputs are checked for
-    NaN/inf per minibatch, in-memory ones up front.
+    read one minibatch at a time, as are zarr, h5py and dask ``X`` and
+    :class:`kdpipe.LazyRows` views, which never go through ``validate_data`` (it would
+    load them). On-disk inputs are checked for NaN/inf per minibatch, in-memory ones up
+    front. For cross-validation and ``Pipeline``, pass on-disk ``X`` as
+    ``kdpipe.LazyRows(X)``: folds then stay lazy views that pickle as references (the
+    zarr store, or the HDF5 file and dataset name), so ``n_jobs > 1`` works too.
+
+    The fitted student (``module_``) lives on the CPU; ``device`` is where it runs
+    during a call (``fit``, ``predict``...), after which it goes back.
 
     With teacher logits, a label ``-1`` (or ``"-1"`` in string labels) marks an
     unlabeled row, which contributes the soft term only, and ``-1`` cannot be a class;
@@ -209,25 +225,25 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         hidden_layer_sizes: Any = (100,),
         activation: str = "relu",
         dropout: float = 0.0,
-        loss: str = "distillation",
-        temperature: float = 4.0,
-        alpha: float = 0.1,
-        combine: str = "arithmetic",
-        optimizer: str = "adam",
-        learning_rate: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        batch_size: int = 128,
-        max_epochs: int = 50,
-        shuffle_window: int | None = None,
-        early_stopping: bool = False,
+        loss: str = _D.loss,
+        temperature: float = _D.temperature,
+        alpha: float = _D.alpha,
+        combine: str = _D.combine,
+        optimizer: str = _D.optimizer,
+        learning_rate: float = _D.learning_rate,
+        momentum: float = _D.momentum,
+        weight_decay: float = _D.weight_decay,
+        batch_size: int = _D.batch_size,
+        max_epochs: int = _D.max_epochs,
+        shuffle_window: int | None = _D.shuffle_window,
+        early_stopping: bool = _D.early_stopping,
         validation_fraction: float = 0.1,
-        n_iter_no_change: int = 5,
-        tol: float = 1e-4,
+        n_iter_no_change: int = _D.n_iter_no_change,
+        tol: float = _D.tol,
         classes: Any = None,
         class_offsets: dict | None = None,
         random_state: Any = None,
-        device: str = "auto",
+        device: str = _D.device,
         verbose: int = 0,
         warm_start: bool = False,
     ):
@@ -264,8 +280,12 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), or a zarr, h5py or dask array
-            The transfer set. On-disk arrays are streamed, never loaded whole.
+        X : array-like of shape (n_samples, n_features), a zarr, h5py or dask array, \
+                or a :class:`kdpipe.LazyRows` view of one
+            The transfer set. On-disk arrays are streamed, never loaded whole. Inside
+            ``GridSearchCV``, ``cross_validate`` or a ``Pipeline``, wrap zarr and h5py
+            arrays in ``kdpipe.LazyRows(X)``: scikit-learn indexes ``X[rows, ...]``,
+            which zarr rejects, and pickles it for ``n_jobs > 1``, which h5py cannot.
         y : array-like of shape (n_samples,), default=None
             Labels; ``-1`` marks unlabeled rows when ``teacher_logits`` is given.
             ``None`` (with ``teacher_logits``) means no row is labeled.
@@ -278,30 +298,39 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         -------
         self : DistilledClassifier
         """
-        has_teacher = teacher_logits is not None
-        previous_features = getattr(self, "n_features_in_", None)
-        X, y = self._check_fit_data(X, y, has_teacher)
-        n = X.shape[0]
-        unlabeled = val.unlabeled_mask(y) if has_teacher else np.zeros(n, dtype=bool)
-        cache_classes = getattr(teacher_logits, "classes", None)
-        classes = val.resolve_classes(
-            y[~unlabeled], self.classes, cache_classes, has_teacher=has_teacher
-        )
-        codes = val.encode_labels(y, classes, unlabeled)
-        if has_teacher:
-            teacher_logits = val.check_teacher_logits(teacher_logits, n, len(classes))
+        state = fitted_state(self)
+        try:  # a failed fit leaves the estimator as it was
+            fitted = self._fit(X, y, teacher_logits)
+        except BaseException:
+            restore_state(self, state)
+            raise
+        module = fitted.pop("module_")
+        if self.warm_start and hasattr(self, "module_"):
+            self.module_.load_state_dict(module.state_dict())  # the same student, trained on
+        else:
+            self.module_ = module
+        vars(self).update(fitted)
+        return self
 
+    def _fit(self, X: Any, y: Any, teacher_logits: Any) -> dict[str, Any]:
+        """Validate, train, and return the new fitted attributes (only ``validate_data``
+        writes to ``self``; :meth:`fit` undoes that on failure)."""
+        has_teacher = teacher_logits is not None
         warm = self.warm_start and hasattr(self, "module_")
-        if warm and (
-            not np.array_equal(classes, self.classes_) or previous_features != self.n_features_in_
-        ):
+        X, y, n_features = self._check_fit_data(X, y, has_teacher, warm)
+        n = X.shape[0]
+        unlabeled = unlabeled_mask(y) if has_teacher else np.zeros(n, dtype=bool)
+        cache_classes = getattr(teacher_logits, "classes", None)
+        classes = resolve_classes(y[~unlabeled], self.classes, cache_classes, has_teacher=has_teacher)
+        codes = encode_labels(y, classes, unlabeled=unlabeled)
+        if has_teacher:
+            teacher_logits = check_teacher_logits(teacher_logits, n, len(classes))
+        if warm and not np.array_equal(classes, self.classes_):
             raise InputError(
-                "warm_start needs the classes and the number of features of the previous fit "
-                f"({self.classes_.tolist()!r}, {previous_features}), got {classes.tolist()!r} "
-                f"and {self.n_features_in_}"
+                "warm_start needs the classes of the previous fit "
+                f"({self.classes_.tolist()!r}), got {classes.tolist()!r}"
             )
-        self.classes_ = classes
-        self.class_offsets_ = self._offsets_from_param()
+        offsets = self._offsets_from_param(classes)
 
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         rows, val_rows = np.arange(n), None
@@ -309,46 +338,58 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
             rows, val_rows = split_validation(
                 rows, self.validation_fraction, np.random.default_rng(seed), y=codes
             )
-        if not warm:
+        if warm:  # train a copy: the fitted student stays as it is until training succeeds
+            module, history = copy.deepcopy(self.module_), list(self.history_)
+        else:
             with seeded(seed):
-                self.module_ = build_module(self, self.n_features_in_, len(classes))
-            self.history_ = []
-        source = val.CheckedSource(X, codes, teacher_logits)
-        history = train_student(
-            self.module_,
-            source,
+                module = build_module(self, n_features, len(classes))
+            history = []
+        epochs = train_student(
+            module,
+            MinibatchSource(X, codes, teacher_logits),
             rows,
             self._training_config(has_teacher),
             seed=seed,
             validation_rows=val_rows,
             verbose=self.verbose,
         )
-        self.module_.to("cpu")
-        done = len(self.history_)
-        self.history_ = self.history_ + [{**r, "epoch": r["epoch"] + done} for r in history]
-        self.n_iter_ = len(history)
-        return self
+        done = len(history)
+        return {
+            "classes_": classes,
+            "class_offsets_": offsets,
+            "n_features_in_": n_features,
+            "module_": module.to("cpu"),  # fitted students live on the CPU
+            "history_": history + [{**r, "epoch": r["epoch"] + done} for r in epochs],
+            "n_iter_": len(epochs),
+        }
 
-    def _check_fit_data(self, X: Any, y: Any, has_teacher: bool) -> tuple[Any, np.ndarray]:
-        """Validate ``X`` and ``y``; on-disk ``X`` by shape and dtype only."""
-        if val.is_lazy_array(X):
-            self.n_features_in_ = val.check_lazy_X(X)
-            if hasattr(self, "feature_names_in_"):
+    def _check_fit_data(
+        self, X: Any, y: Any, has_teacher: bool, warm: bool
+    ) -> tuple[Any, np.ndarray, int]:
+        """Validate ``X`` and ``y`` (on-disk ``X`` by shape and dtype only); return the width.
+
+        A warm start checks the features against the previous fit (``reset=False``).
+        """
+        if is_lazy_array(X):
+            n_features = check_lazy_X(X, self.n_features_in_ if warm else None)
+            if not warm and hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             if y is None and not has_teacher:
                 raise ValueError(
                     f"This {type(self).__name__} estimator requires y to be passed, "
                     "but the target y is None."
                 )
-        elif y is None and has_teacher:
-            X = validate_data(self, X, dtype=np.float32)
         else:
-            X, y = validate_data(self, X, y, dtype=np.float32)
+            if y is None and has_teacher:
+                X = validate_data(self, X, dtype=np.float32, reset=not warm)
+            else:
+                X, y = validate_data(self, X, y, dtype=np.float32, reset=not warm)
+            n_features = int(X.shape[1])
         if y is None:
-            return X, np.full(X.shape[0], val.UNLABELED)
+            return X, np.full(X.shape[0], UNLABELED), n_features
         y = column_or_1d(y, warn=True)
         check_consistent_length(X, y)
-        return X, y
+        return X, y, n_features
 
     def _training_config(self, has_teacher: bool) -> TrainingConfig:
         return TrainingConfig(
@@ -369,20 +410,20 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
             device=str(self.device),
         )
 
-    def _offsets_from_param(self) -> np.ndarray:
-        offsets = np.zeros(len(self.classes_))
+    def _offsets_from_param(self, classes: np.ndarray) -> np.ndarray:
+        offsets = np.zeros(len(classes))
         if self.class_offsets:
             labels = np.array(list(self.class_offsets), dtype=object)
-            codes = val.encode_labels(labels, self.classes_, np.zeros(len(labels), dtype=bool))
+            codes = encode_labels(labels, classes, unlabeled=np.zeros(len(labels), dtype=bool))
             offsets[codes] = [float(v) for v in self.class_offsets.values()]
         return offsets
 
     def _raw_logits(self, X: Any) -> np.ndarray:
         """Student logits ``(n, n_classes)`` without offsets, float32."""
         check_is_fitted(self)
-        if val.is_lazy_array(X):
-            val.check_lazy_X(X, self.n_features_in_)
-            X = val.CheckedRows(X)
+        if is_lazy_array(X):
+            check_lazy_X(X, self.n_features_in_)
+            X = CheckedReads(X, "X")
         else:
             X = validate_data(self, X, dtype=np.float32, reset=False)
         return predict_logits(self.module_, X, device=self.device)
@@ -426,9 +467,9 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
     def _unlabeled(self, y: np.ndarray) -> np.ndarray:
         """Rows marked unlabeled, unless ``-1`` is one of the classes."""
-        if val.unlabeled_mask(np.asarray(self.classes_)).any():
+        if unlabeled_mask(np.asarray(self.classes_)).any():
             return np.zeros(len(y), dtype=bool)
-        return val.unlabeled_mask(y)
+        return unlabeled_mask(y)
 
     def fit_class_offsets(
         self,
@@ -475,9 +516,9 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         logits = self._raw_logits(X)
         check_consistent_length(logits, y)
         keep = ~self._unlabeled(y)
-        codes = val.encode_labels(y[keep], self.classes_, np.zeros(int(keep.sum()), dtype=bool))
+        codes = encode_labels(y[keep], self.classes_, unlabeled=np.zeros(int(keep.sum()), dtype=bool))
         chosen = self.classes_ if classes is None else np.asarray(classes, dtype=object).ravel()
-        chosen_codes = val.encode_labels(chosen, self.classes_, np.zeros(len(chosen), dtype=bool))
+        chosen_codes = encode_labels(chosen, self.classes_, unlabeled=np.zeros(len(chosen), dtype=bool))
         if len(codes) == 0:
             raise InputError("fit_class_offsets needs labeled rows")
         self.class_offsets_ = fit_offsets(
@@ -502,3 +543,4 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self) -> Any:
         return torch_classifier_tags(super().__sklearn_tags__())
+

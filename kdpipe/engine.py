@@ -1,7 +1,7 @@
 """The student training engine: minibatches in, a trained ``torch.nn.Module`` out.
 
-Estimators build the module and the :class:`~kdpipe.batches.RowSource`; this module
-runs the epochs: seeded shuffling, the loss (from :mod:`kdpipe.losses`, called in one
+Estimators build the module and the :class:`~kdpipe.rows.RowSource` (usually a
+:class:`~kdpipe.rows.MinibatchSource`); this module runs the epochs: seeded shuffling, the loss (from :mod:`kdpipe.losses`, called in one
 place, :func:`batch_loss`), the optimizer, early stopping on a validation split, a
 per-epoch history and an optional progress bar.
 """
@@ -9,9 +9,10 @@ per-epoch history and an optional progress bar.
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -19,9 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from kdpipe import losses
-from kdpipe._arrays import take_rows
-from kdpipe.batches import Batch, RowSource, prefetched
+from kdpipe.rows import Batch, RowSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
+
+# Minibatches per reader call. Measured in benchmarks/bench_rows.py on a shared 2-core
+# machine: 4 per call against 1 won half of eight comparisons, by less than the run-to-run
+# noise, so the simpler 1 stays. Also tried and dropped: torch one thread fewer while a
+# fit reads from disk (1.13-1.58 of a plain loop, results/rows_strategies.md), and
+# reading in-memory arrays inline instead of in the prefetch thread (no gain).
+BATCHES_PER_READ = 1
 
 __all__ = [
     "TrainingConfig",
@@ -35,7 +42,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """How a student is trained. Every field has the estimators' default."""
+    """How a student is trained.
+
+    The field defaults are the only copy of the training defaults: the estimators'
+    ``__init__`` signatures read theirs from here.
+    """
 
     loss: Literal["distillation", "logit_matching", "hard"] = "distillation"
     temperature: float = 4.0  # distillation temperature T
@@ -56,28 +67,24 @@ class TrainingConfig:
     # chunks are read once per epoch instead of once per minibatch)
     shuffle_window: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as a plain dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
-        """Build from a dict, ignoring keys that are not fields."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
 
 def batch_loss(
     student_logits: torch.Tensor,
     y: torch.Tensor | None,
     teacher_logits: torch.Tensor | None,
     config: TrainingConfig,
+    *,
+    labels_checked: bool = False,
 ) -> torch.Tensor:
-    """The training objective of one minibatch; the only place losses are called."""
+    """The training objective of one minibatch; the only place losses are called.
+
+    ``labels_checked``: the codes in ``y`` were checked on the CPU (see
+    :func:`check_codes`), so the losses skip their check, which would sync a GPU.
+    """
     if config.loss == "hard" or teacher_logits is None:
         if y is None:
             raise ValueError("training without teacher logits needs labels")
-        return losses.hard_label_loss(student_logits, y)
+        return losses.hard_label_loss(student_logits, y, labels_checked=labels_checked)
     if config.loss == "distillation":
         return losses.distillation_loss(
             student_logits,
@@ -86,11 +93,14 @@ def batch_loss(
             temperature=config.temperature,
             alpha=config.alpha,
             combine=config.combine,
+            labels_checked=labels_checked,
         )
     if config.loss == "logit_matching":
         loss = (1.0 - config.alpha) * losses.logit_matching_loss(student_logits, teacher_logits)
         if y is not None and config.alpha > 0.0:
-            loss = loss + config.alpha * losses.hard_label_loss(student_logits, y)
+            loss = loss + config.alpha * losses.hard_label_loss(
+                student_logits, y, labels_checked=labels_checked
+            )
         return loss
     raise ValueError(
         f"loss must be 'distillation', 'logit_matching' or 'hard', got {config.loss!r}"
@@ -163,6 +173,13 @@ def _row_batches(
         yield order[start : start + batch_size]
 
 
+def check_codes(y: np.ndarray | None, n_classes: int) -> None:
+    """Raise unless the label codes ``y`` (on the CPU) lie in ``[-1, n_classes)``."""
+    if y is not None and len(y) and (y.min() < -1 or y.max() >= n_classes):
+        bad = np.unique(y[(y < -1) | (y >= n_classes)]).tolist()
+        raise ValueError(f"labels must be class codes in [-1, {n_classes}) (-1 = unlabeled), got {bad}")
+
+
 def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
     pin = device.type == "cuda"
 
@@ -170,6 +187,8 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
         if a is None:
             return None
         t = torch.from_numpy(np.ascontiguousarray(a))
+        if device.type == "cpu":
+            return t  # .to() of a CPU tensor still costs a dispatch per call
         return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
 
     return move(batch.X), move(batch.y), move(batch.teacher_logits)
@@ -198,19 +217,21 @@ def _evaluate(
 ) -> tuple[float, float]:
     """Mean loss and accuracy on labeled rows (nan when there are none) of ``rows``."""
     module.eval()
-    total_loss, total_rows, correct, labeled = 0.0, 0, 0, 0
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    total_rows, labeled = 0, 0
     with torch.no_grad():
         for batch in prefetched(source, _row_batches(rows, config.batch_size, None)):
             X, y, v = _to_device(batch, device)
             z = module(X)
-            total_loss += float(batch_loss(z, y, v, config)) * len(batch.X)
+            check_codes(batch.y, z.shape[1])
+            total_loss += batch_loss(z, y, v, config, labels_checked=True) * len(batch.X)
             total_rows += len(batch.X)
             if y is not None:
-                mask = y >= 0
-                correct += int((z.argmax(dim=1)[mask] == y[mask]).sum())
-                labeled += int(mask.sum())
-    accuracy = correct / labeled if labeled else float("nan")
-    return total_loss / max(total_rows, 1), accuracy
+                correct += ((z.argmax(dim=1) == y) & (y >= 0)).sum()
+                labeled += int(np.count_nonzero(batch.y >= 0))
+    accuracy = int(correct) / labeled if labeled else float("nan")  # one sync per evaluation
+    return float(total_loss) / max(total_rows, 1), accuracy
 
 
 def train_student(
@@ -267,25 +288,28 @@ def train_student(
         for epoch in range(1, config.max_epochs + 1):
             start = time.perf_counter()
             module.train()
-            epoch_loss = 0.0
+            # summed on the device: reading a loss back each step would sync a GPU
+            epoch_loss = torch.zeros((), device=device)
             batches = _row_batches(rows, config.batch_size, rng, config.shuffle_window)
-            for batch in prefetched(source, batches):
+            for batch in prefetched(source, batches, group=BATCHES_PER_READ):
                 X, y, v = _to_device(batch, device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = batch_loss(module(X), y, v, config)
-                loss_value = float(loss.detach())
-                if not np.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"training loss became {loss_value} in epoch {epoch}: lower "
-                        "learning_rate or check the inputs and teacher logits"
-                    )
+                z = module(X)  # (batch, classes)
+                check_codes(batch.y, z.shape[1])  # numpy, on the CPU: no sync
+                loss = batch_loss(z, y, v, config, labels_checked=True)
                 loss.backward()
                 optimizer.step()
-                epoch_loss += loss_value * len(batch.X)
+                epoch_loss += loss.detach() * len(batch.X)
+            train_loss = float(epoch_loss) / len(rows)  # the one sync of the epoch
+            if not np.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"training loss became {train_loss} in epoch {epoch}: lower "
+                    "learning_rate or check the inputs and teacher logits"
+                )
             seconds = time.perf_counter() - start
             record = {
                 "epoch": float(epoch),
-                "train_loss": epoch_loss / len(rows),
+                "train_loss": train_loss,
                 "val_loss": float("nan"),
                 "val_accuracy": float("nan"),
                 "rows_per_s": len(rows) / seconds if seconds > 0 else float("inf"),
@@ -326,17 +350,25 @@ def predict_logits(
     batch_size: int = 1024,
     device: str | torch.device = "auto",
 ) -> np.ndarray:
-    """Student logits ``(n, C)`` for every row of ``X`` (numpy or on-disk), streamed."""
+    """Student logits ``(n, C)`` for every row of ``X`` (numpy or on-disk), streamed.
+
+    The module runs on ``device`` for this call only: it goes back where it was.
+    """
     device = resolve_device(device)
-    module.to(device)
-    module.eval()
+    home = next(itertools.chain(module.parameters(), module.buffers()), torch.empty(0)).device
     n = X.shape[0]
     out: list[np.ndarray] = []
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            rows = np.arange(start, min(start + batch_size, n))
-            block = take_rows(X, rows).astype(np.float32, copy=False)
-            out.append(module(torch.from_numpy(np.ascontiguousarray(block)).to(device)).cpu().numpy())
+    try:
+        module.to(device)
+        module.eval()
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                rows = np.arange(start, min(start + batch_size, n))
+                block = take_rows(X, rows).astype(np.float32, copy=False)
+                x = torch.from_numpy(np.ascontiguousarray(block)).to(device)
+                out.append(module(x).cpu().numpy())
+    finally:
+        module.to(home)
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)

@@ -9,7 +9,7 @@ the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and work
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,8 @@ __all__ = [
     "distillation_loss",
     "hard_label_loss",
     "logit_matching_loss",
+    "parse_temperature",
+    "parse_combine",
 ]
 
 Combine = Literal["arithmetic", "geometric"]
@@ -31,11 +33,22 @@ def _as_float32(x: torch.Tensor | object, name: str) -> torch.Tensor:
     return t.float()
 
 
-def _check_temperature(temperature: float) -> float:
-    value = float(temperature)
+def parse_temperature(temperature: Any) -> float:
+    """``temperature`` as a float; a ``ValueError`` unless it is finite and > 0."""
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}") from None
     if not (value > 0.0 and math.isfinite(value)):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     return value
+
+
+def parse_combine(combine: Any) -> Combine:
+    """``combine`` checked: ``"arithmetic"`` or ``"geometric"``."""
+    if combine not in ("arithmetic", "geometric"):
+        raise ValueError(f"combine must be 'arithmetic' or 'geometric', got {combine!r}")
+    return combine
 
 
 def _member_logits(teacher_logits: torch.Tensor | object) -> torch.Tensor:
@@ -49,6 +62,10 @@ def _member_logits(teacher_logits: torch.Tensor | object) -> torch.Tensor:
             f"got shape {tuple(v.shape)}"
         )
     return v
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device else t.to(device)
 
 
 def _check_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -84,18 +101,22 @@ def soft_targets(
     Tensor of shape (n, C), float32
         Rows are probability distributions.
     """
-    temperature = _check_temperature(temperature)
+    temperature = parse_temperature(temperature)
     v = _member_logits(teacher_logits)  # (n, M, C)
-    if combine == "arithmetic":
+    if parse_combine(combine) == "arithmetic":
         return F.softmax(v / temperature, dim=-1).mean(dim=1)
-    if combine == "geometric":
-        return F.softmax(v.mean(dim=1) / temperature, dim=-1)
-    raise ValueError(f"combine must be 'arithmetic' or 'geometric', got {combine!r}")
+    return F.softmax(v.mean(dim=1) / temperature, dim=-1)
 
 
-def _label_codes(y: torch.Tensor | object, z: torch.Tensor) -> torch.Tensor:
-    """Validate labels against student logits ``z`` of shape (n, C); return int64 codes."""
+def _label_codes(y: torch.Tensor | object, z: torch.Tensor, checked: bool = False) -> torch.Tensor:
+    """Labels as int64 codes on ``z``'s device, validated against ``z`` of shape (n, C).
+
+    ``checked=True`` skips the range check, which reads the labels back from a GPU (a
+    device sync): for callers that checked the codes once, up front.
+    """
     y = torch.as_tensor(y, device=z.device)
+    if checked:
+        return y.long()
     n, n_classes = z.shape
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},), got shape {tuple(y.shape)}")
@@ -110,7 +131,9 @@ def _label_codes(y: torch.Tensor | object, z: torch.Tensor) -> torch.Tensor:
     return y.long()
 
 
-def hard_label_loss(student_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def hard_label_loss(
+    student_logits: torch.Tensor, y: torch.Tensor, *, labels_checked: bool = False
+) -> torch.Tensor:
     """Cross-entropy with the true labels at ``T = 1``, averaged over labeled rows.
 
     Rows labeled ``-1`` are unlabeled and contribute nothing; with no labeled row the
@@ -121,6 +144,9 @@ def hard_label_loss(student_logits: torch.Tensor, y: torch.Tensor) -> torch.Tens
     student_logits : Tensor of shape (n, C)
     y : Tensor of shape (n,)
         Integer class codes in ``[-1, C)``.
+    labels_checked : bool, default=False
+        The caller has checked that ``y`` holds codes in ``[-1, C)``: skip the check
+        (it syncs a GPU; the training engine checks every label once per fit).
 
     Returns
     -------
@@ -129,11 +155,10 @@ def hard_label_loss(student_logits: torch.Tensor, y: torch.Tensor) -> torch.Tens
     z = _as_float32(student_logits, "student_logits")
     if z.ndim != 2:
         raise ValueError(f"student_logits must have shape (n, C), got shape {tuple(z.shape)}")
-    codes = _label_codes(y, z)
-    labeled = codes >= 0
-    if not bool(labeled.any()):
-        return z.sum() * 0.0
-    return F.cross_entropy(z[labeled], codes[labeled])
+    codes = _label_codes(y, z, labels_checked)
+    # mean over labeled rows without asking the device how many there are
+    total = F.cross_entropy(z, codes, ignore_index=-1, reduction="sum")
+    return total / (codes >= 0).sum().clamp(min=1)
 
 
 def distillation_loss(
@@ -144,6 +169,7 @@ def distillation_loss(
     temperature: float,
     alpha: float,
     combine: Combine = "arithmetic",
+    labels_checked: bool = False,
 ) -> torch.Tensor:
     """The objective of section 2: soft-target KL at ``T`` plus hard-label CE at 1.
 
@@ -164,6 +190,8 @@ def distillation_loss(
         Weight of the hard-label term (the paper found a small one works best).
     combine : {"arithmetic", "geometric"}, default="arithmetic"
         Ensemble combination, see :func:`soft_targets`.
+    labels_checked : bool, default=False
+        Skip the range check of ``y`` (see :func:`hard_label_loss`).
 
     Returns
     -------
@@ -185,9 +213,9 @@ def distillation_loss(
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    temperature = _check_temperature(temperature)
+    temperature = parse_temperature(temperature)
     z = _as_float32(student_logits, "student_logits")
-    v = _member_logits(teacher_logits).to(z.device)
+    v = _on(_member_logits(teacher_logits), z.device)
     _check_pair(z, v)
 
     p = soft_targets(v, temperature, combine)  # (n, C)
@@ -195,9 +223,9 @@ def distillation_loss(
     kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
     loss = (1.0 - alpha) * temperature**2 * kl
     if y is not None:
-        codes = _label_codes(y, z)
+        codes = _label_codes(y, z, labels_checked)
         if alpha > 0.0:
-            loss = loss + alpha * hard_label_loss(z, codes)
+            loss = loss + alpha * hard_label_loss(z, codes, labels_checked=True)
     return loss
 
 
@@ -220,7 +248,7 @@ def logit_matching_loss(
     Tensor, scalar float32
     """
     z = _as_float32(student_logits, "student_logits")
-    v = _member_logits(teacher_logits).to(z.device)
+    v = _on(_member_logits(teacher_logits), z.device)
     _check_pair(z, v)
     v = v.mean(dim=1)  # (n, C)
     z = z - z.mean(dim=-1, keepdim=True)

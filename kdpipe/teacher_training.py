@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from kdpipe.batches import ArraySource
+from kdpipe.rows import MinibatchSource
 from kdpipe.engine import TrainingConfig, seeded, train_student
 from kdpipe.students import MLP
 
@@ -94,7 +94,7 @@ def train_mlp_ensemble(
     if augment is not None and n_augmented_copies > 0:
         X_train = np.concatenate([X] + [augment(X, rng) for _ in range(n_augmented_copies)])
         y_train = np.tile(y, n_augmented_copies + 1)
-    source = ArraySource(X_train.astype(np.float32, copy=False), y_train)
+    source = MinibatchSource(X_train.astype(np.float32, copy=False), y_train)
     config = TrainingConfig(
         loss="hard",
         max_epochs=epochs,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdpipe._arrays import take_rows
+from kdpipe.rows import take_rows
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache.zarr_store import ZarrChunkStore
 

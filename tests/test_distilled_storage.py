@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import sklearn
@@ -75,16 +77,38 @@ def test_streaming_X_equals_in_memory_fit(data, tmp_path, storage):
         handle.close()
 
 
-def test_nan_in_on_disk_X_or_logits_names_the_rows(data, tmp_path):
+def _named_rows(message: str) -> set[int]:
+    return set(map(int, re.search(r"rows \[([\d, ]+)\]", message).group(1).split(", ")))
+
+
+def test_nan_in_on_disk_X_or_logits_names_the_rows(data, tmp_path, monkeypatch):
     X, y, _, logits = data
     bad_X = X.copy()
     bad_X[123, 2] = np.inf
-    with pytest.raises(InputError, match=r"rows \[123\]"):
+    with pytest.raises(InputError) as error:
         DistilledClassifier(**FAST).fit(_zarr(tmp_path / "X.zarr", bad_X), y, teacher_logits=logits)
+    assert _named_rows(str(error.value)) == {123}
+    # two bad rows: the message names exactly the bad rows of the minibatch that was read
+    from kdpipe.rows import MinibatchSource
+
+    batches: list[np.ndarray] = []
+    fetch = MinibatchSource.fetch
+
+    def spy(self, rows):
+        batches.append(np.array(rows))
+        return fetch(self, rows)
+
+    monkeypatch.setattr(MinibatchSource, "fetch", spy)
     bad_logits = logits.copy()
     bad_logits[[7, 450], 1, 0] = np.nan
-    with pytest.raises(TeacherOutputError, match=r"rows \[(7|450)\]"):
-        DistilledClassifier(**FAST).fit(X, y, teacher_logits=_zarr(tmp_path / "v.zarr", bad_logits))
+    for seed in range(4):  # some seeds put 7 and 450 in one minibatch, some do not
+        batches.clear()
+        with pytest.raises(TeacherOutputError) as error:
+            DistilledClassifier(random_state=seed, **FAST).fit(
+                X, y, teacher_logits=_zarr(tmp_path / f"v{seed}.zarr", bad_logits)
+            )
+        failed = next(b for b in batches if np.isin([7, 450], b).any())
+        assert _named_rows(str(error.value)) == set(np.intersect1d(failed, [7, 450]).tolist())
 
 
 def test_fit_from_cache_equals_fit_from_arrays(data, cache):
@@ -137,7 +161,10 @@ def test_grid_search_pipeline_reads_only_fold_rows_from_the_cache(data, cache, m
     monkeypatch.setattr(type(cache), "_read", spy)
     with sklearn.config_context(enable_metadata_routing=True):
         search = _search(n_jobs=1).fit(X, y, teacher_logits=cache)
-    assert reads and -1 not in reads and max(reads) <= FAST["batch_size"]
+    # whole reads never; minibatches, read a few per call (engine.BATCHES_PER_READ)
+    from kdpipe.engine import BATCHES_PER_READ
+
+    assert reads and -1 not in reads and max(reads) <= BATCHES_PER_READ * FAST["batch_size"]
     assert search.best_score_ > 0.6
     monkeypatch.undo()
 
@@ -149,16 +176,16 @@ def test_grid_search_pipeline_reads_only_fold_rows_from_the_cache(data, cache, m
     assert parallel.best_params_ == search.best_params_
 
 
-def test_block_reader_reads_rows_in_any_order_within_its_memory(data, tmp_path):
-    from kdpipe._blocks import BlockReader
+def test_chunked_reader_reads_rows_in_any_order_within_its_memory(data, tmp_path):
+    from kdpipe.rows import ChunkedReader
 
     X = data[0]
-    reader = BlockReader(_zarr(tmp_path / "X.zarr", X, chunk_rows=64), cache_bytes=3 * 64 * 6 * 4)
-    assert reader.block_rows == 64
+    reader = ChunkedReader(_zarr(tmp_path / "X.zarr", X, chunk_rows=64), memory_bytes=3 * 64 * 6 * 4)
+    assert reader.chunk_rows == 64
     rows = np.array([599, 3, 3, 130, 64, 0, 598])
-    np.testing.assert_array_equal(reader[rows], X[rows])
-    np.testing.assert_array_equal(reader[np.arange(600)], X)
-    assert reader._memory.nbytes <= reader.cache_bytes and len(reader._memory) == 3
+    np.testing.assert_array_equal(reader.read_rows(rows), X[rows])
+    np.testing.assert_array_equal(reader.read_rows(np.arange(600)), X)
+    assert reader.memory.nbytes <= reader.memory_bytes and len(reader.memory) == 3
 
 
 def test_shuffle_window_visits_every_row_once_window_by_window(data, cache):

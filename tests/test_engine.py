@@ -9,8 +9,7 @@ import torch
 import zarr
 
 from kdpipe import losses
-from kdpipe._arrays import take_rows
-from kdpipe.batches import ArraySource, Batch, prefetched
+from kdpipe.rows import Batch, MinibatchSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
 from kdpipe.engine import (
     TrainingConfig,
@@ -38,7 +37,7 @@ def _train(X, y, seed, teacher_logits=None, **config) -> tuple[MLP, list]:
         module = MLP(X.shape[1], 4, (16,), dropout=0.1)
     settings = dict(loss="hard", max_epochs=5, batch_size=32, device="cpu") | config
     history = train_student(
-        module, ArraySource(X, y, teacher_logits), np.arange(X.shape[0]),
+        module, MinibatchSource(X, y, teacher_logits), np.arange(X.shape[0]),
         TrainingConfig(**settings), seed=seed,
     )
     return module, history
@@ -87,12 +86,12 @@ def test_early_stopping_stops_and_restores_the_best_epoch(blobs):
         early_stopping=True, n_iter_no_change=3, device="cpu",
     )
     history = train_student(
-        module, ArraySource(X, y), train, config, seed=0, validation_rows=val
+        module, MinibatchSource(X, y), train, config, seed=0, validation_rows=val
     )
     assert len(history) < 200
     best = min(h["val_loss"] for h in history)
     restored = _evaluate(
-        module, ArraySource(X, y), val, config, torch.device("cpu")
+        module, MinibatchSource(X, y), val, config, torch.device("cpu")
     )[0]
     assert restored == pytest.approx(best, rel=1e-5)
 
@@ -183,9 +182,9 @@ def test_training_from_zarr_equals_training_from_memory(tmp_path, blobs):
     assert all(torch.equal(p, q) for p, q in zip(_weights(a), _weights(b)))
 
 
-def test_array_source_rejects_misaligned_arrays():
+def test_minibatch_source_rejects_misaligned_arrays():
     with pytest.raises(ValueError, match="aligned"):
-        ArraySource(np.zeros((5, 2)), np.zeros(4, dtype=int))
+        MinibatchSource(np.zeros((5, 2)), np.zeros(4, dtype=int))
 
 
 class _Recorder:
@@ -243,3 +242,17 @@ def test_training_on_cuda_matches_cpu_accuracy(blobs):
     assert next(module.parameters()).device.type == "cuda"
     accuracy = np.mean(predict_logits(module, X, device="cuda").argmax(1) == y)
     assert accuracy > 0.9
+
+
+def test_prefetched_in_groups_yields_the_same_batches_in_order():
+    X = np.arange(200, dtype=np.float32).reshape(100, 2)
+    source = MinibatchSource(X, np.arange(100) % 3)
+    batches = [np.arange(i, min(i + 7, 100))[::-1] for i in range(0, 100, 7)]  # last one short
+    one = list(prefetched(source, iter(batches)))
+    for group in (2, 4, 20):
+        grouped = list(prefetched(source, iter(batches), group=group))
+        assert len(grouped) == len(one) == len(batches)
+        for a, b, rows in zip(grouped, one, batches):
+            np.testing.assert_array_equal(a.X, X[rows])
+            np.testing.assert_array_equal(a.X, b.X)
+            np.testing.assert_array_equal(a.y, b.y)

@@ -28,7 +28,8 @@ from kdpipe.cache.manifest import (
     write_manifest,
 )
 from kdpipe.cache.reader import LogitCache
-from kdpipe.cache.sources import Source, as_source, encode_labels
+from kdpipe.labels import encode_labels
+from kdpipe.rows import Source, as_source
 from kdpipe.cache.storage import open_store
 from kdpipe.cache.tasks import ChunkJob
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members

@@ -1,8 +1,12 @@
-"""Settings of a cache build, and the ``parse_*`` helpers that check them."""
+"""Settings of a cache build, and the ``parse_*`` helpers that check them (once, here).
+
+The distillation settings of a cache read (temperature, combine) are checked by
+:mod:`kdpipe.losses`, where they are used.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,8 +18,6 @@ __all__ = [
     "parse_backend",
     "parse_dtype",
     "parse_positive_int",
-    "parse_combine",
-    "parse_temperature",
 ]
 
 BACKENDS = ("zarr", "hdf5")
@@ -49,24 +51,6 @@ def parse_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def parse_combine(value: Any) -> str:
-    """Return ``"arithmetic"`` or ``"geometric"`` (how ensemble members are averaged)."""
-    if value not in ("arithmetic", "geometric"):
-        raise ValueError(f"combine must be 'arithmetic' or 'geometric', got {value!r}")
-    return str(value)
-
-
-def parse_temperature(value: Any) -> float:
-    """Return a finite temperature > 0 as a float."""
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a positive number, got {value!r}") from None
-    if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a positive number, got {value!r}")
-    return t
-
-
 @dataclass(frozen=True)
 class BuildConfig:
     """What a build stores and how it is laid out.
@@ -94,10 +78,3 @@ class BuildConfig:
         object.__setattr__(self, "dtype", parse_dtype(self.dtype))
         object.__setattr__(self, "chunk_rows", parse_positive_int(self.chunk_rows, "chunk_rows"))
         object.__setattr__(self, "batch_size", parse_positive_int(self.batch_size, "batch_size"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
-        return cls(**{k: data[k] for k in ("backend", "dtype", "chunk_rows", "batch_size")})

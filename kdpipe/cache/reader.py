@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from kdpipe._block_memory import BlockMemory, gather_rows
-from kdpipe.cache.config import parse_combine, parse_temperature
 from kdpipe.cache.durable import is_temp_name
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
 from kdpipe.cache.storage import ChunkStore, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
 from kdpipe.errors import CacheIncompleteError, CacheNotFoundError
+from kdpipe.rows import ChunkMemory, positions
 
 __all__ = ["LogitCache"]
 
@@ -23,7 +22,7 @@ DEFAULT_CHUNK_CACHE_BYTES = 64 * 2**20
 
 
 class _Handle:
-    """One process's access to one cache: lazily opened store, verified chunk reads, LRU.
+    """One process's access to one cache: lazily opened store, verified chunk reads.
 
     Every chunk read is checked against its completion record (crc32c), so a missing,
     unfinished or corrupt chunk raises instead of returning fill values.
@@ -35,7 +34,8 @@ class _Handle:
         self.records = records
         self.cache_bytes = cache_bytes
         self._store: ChunkStore | None = None
-        self._memory = BlockMemory(cache_bytes)
+        m = manifest
+        self.memory = ChunkMemory(m.chunk_rows, (m.n_members, m.n_classes), m.dtype, cache_bytes, m.n_chunks)
         self._labels: np.ndarray | None = None
         self._digests: np.ndarray | None = None
 
@@ -55,11 +55,8 @@ class _Handle:
             )
         return record
 
-    def logits_chunk(self, index: int) -> np.ndarray:
-        """Chunk ``index`` of the logits in the storage dtype, verified."""
-        return self._memory.get(index, self._read_chunk)
-
-    def _read_chunk(self, index: int) -> np.ndarray:
+    def read_chunk(self, index: int) -> np.ndarray:
+        """Chunk ``index`` of the logits in the storage dtype, verified against its record."""
         return read_checked(self.store, self.record(index), "logits")
 
     def row_digests(self) -> np.ndarray | None:
@@ -77,25 +74,6 @@ class _Handle:
             parts = [read_checked(self.store, self.record(i), "labels") for i in range(self.manifest.n_chunks)]
             self._labels = np.concatenate(parts).astype(np.int64, copy=False)
         return self._labels
-
-
-def _positions(key: Any, n: int) -> np.ndarray:
-    """Row positions (int64) selected by a slice, an int array/list, or a boolean mask."""
-    if isinstance(key, slice):
-        return np.arange(n, dtype=np.int64)[key]
-    idx = np.asarray(key)
-    if idx.dtype == bool:
-        if idx.shape != (n,):
-            raise IndexError(f"boolean index of shape {idx.shape} does not match {n} rows")
-        return np.flatnonzero(idx).astype(np.int64)
-    if idx.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if idx.dtype.kind not in "iu" or idx.ndim != 1:
-        raise IndexError(f"rows must be a slice, a 1-d integer array or a boolean mask, got {key!r:.80}")
-    idx = idx.astype(np.int64)
-    if idx.min() < -n or idx.max() >= n:
-        raise IndexError(f"row index out of range for {n} rows: {idx[(idx < -n) | (idx >= n)][:5].tolist()}")
-    return np.where(idx < 0, idx + n, idx)
 
 
 def _is_full(part: Any) -> bool:
@@ -124,6 +102,9 @@ class LogitCache:
 
     ndim = 3
     dtype = np.dtype(np.float32)
+    # build_cache refuses NaN/inf (and float16 overflow) before a chunk is written, and
+    # every read is crc-checked: readers need not check the values again
+    finite = True
 
     def __init__(self, handle: _Handle, rows: np.ndarray | None = None) -> None:
         self._handle = handle
@@ -263,8 +244,8 @@ class LogitCache:
 
     def take(self, indices: Any) -> LogitCache:
         """Lazy subset of the rows at ``indices`` (positions in this view)."""
-        positions = _positions(indices, len(self))
-        rows = positions if self._rows is None else self._rows[positions]
+        at = positions(indices, len(self))
+        rows = at if self._rows is None else self._rows[at]
         return LogitCache(self._handle, rows)
 
     # -- reading
@@ -272,20 +253,21 @@ class LogitCache:
         out = self._read(self._rows)
         return out if dtype is None else out.astype(dtype, copy=False)
 
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 logits of the rows at positions ``rows`` of this view."""
+        return self._read(rows if self._rows is None else self._rows[rows])
+
     def _read(self, rows: np.ndarray | None) -> np.ndarray:
-        """float32 logits of ``rows`` (None: all), reading each touched chunk once."""
-        m = self.manifest
-        h = self._handle
+        """float32 logits of cache rows ``rows`` (None: all), each touched chunk read once."""
+        m, memory = self.manifest, self._handle.memory
         if rows is None:
             out = np.empty((m.n_rows, m.n_members, m.n_classes), dtype=np.float32)
             for i in range(m.n_chunks):
                 start, stop = chunk_bounds(i, m.chunk_rows, m.n_rows)
-                out[start:stop] = h.logits_chunk(i)
+                memory.gather(np.arange(start, stop), self._handle.read_chunk, out[start:stop])
             return out
         out = np.empty((len(rows), m.n_members, m.n_classes), dtype=np.float32)
-        if len(rows) == 0:
-            return out
-        return gather_rows(rows, m.chunk_rows, h.logits_chunk, out)
+        return memory.gather(rows, self._handle.read_chunk, out)
 
     @property
     def logits(self) -> Any:
@@ -315,8 +297,9 @@ class LogitCache:
         ``"arithmetic"``: mean over members of ``softmax(v_m / T)``; ``"geometric"``:
         ``softmax(mean_m(v_m) / T)`` (Hinton et al. 2015, section 2).
         """
-        t = parse_temperature(temperature)
-        combine = parse_combine(combine)
+        from kdpipe.losses import parse_combine, parse_temperature  # torch: only when asked
+
+        t, combine = parse_temperature(temperature), parse_combine(combine)
         return self.logits.map_blocks(
             _soft_targets_block, t, combine, drop_axis=1, dtype=np.float32, meta=np.empty((0, 0), np.float32)
         )

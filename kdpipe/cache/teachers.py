@@ -22,7 +22,8 @@ import numpy as np
 
 from kdpipe.cache import fingerprint as fp
 from kdpipe.cache.manifest import TeacherInfo
-from kdpipe.errors import ClassMismatchError, InputError
+from kdpipe.errors import InputError
+from kdpipe.labels import class_columns, class_list
 
 __all__ = [
     "PRECISIONS",
@@ -327,20 +328,11 @@ def resolve_classes(members: list[Member], classes: Any = None) -> np.ndarray | 
         A member's class set differs from the ensemble's.
     """
     declared = [m.own_classes() for m in members]
-    order = np.asarray(classes) if classes is not None else next((c for c in declared if c is not None), None)
+    order = classes if classes is not None else next((c for c in declared if c is not None), None)
     if order is None:
         return None
-    if len(set(order.tolist())) != len(order):
-        raise ClassMismatchError(f"classes contain duplicates: {order.tolist()}")
+    order = class_list(order, "classes")
     for i, (member, own) in enumerate(zip(members, declared)):
-        if own is None:
-            continue
-        if sorted(map(str, own.tolist())) != sorted(map(str, order.tolist())) or len(own) != len(order):
-            raise ClassMismatchError(
-                f"member {i} ({member.name}) has classes {own.tolist()} but the ensemble uses "
-                f"{order.tolist()}; all rows are affected, nothing was computed"
-            )
-        position = {str(c): j for j, c in enumerate(own.tolist())}
-        columns = np.asarray([position[str(c)] for c in order.tolist()])
-        member.columns = None if np.array_equal(columns, np.arange(len(order))) else columns
+        if own is not None:
+            member.columns = class_columns(own, order, f"member {i} ({member.name})")
     return order
