@@ -35,6 +35,7 @@ from kdpipe._estimator import (
     torch_classifier_tags,
 )
 from kdpipe.bias import fit_offsets
+from kdpipe.cache.alignment import check_fit_alignment
 from kdpipe.engine import (
     TrainingConfig,
     predict_logits,
@@ -317,6 +318,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         writes to ``self``; :meth:`fit` undoes that on failure)."""
         has_teacher = teacher_logits is not None
         warm = self.warm_start and hasattr(self, "module_")
+        given = X  # the rows as given, before validate_data may change their dtype
         X, y, n_features = self._check_fit_data(X, y, has_teacher, warm)
         n = X.shape[0]
         unlabeled = unlabeled_mask(y) if has_teacher else np.zeros(n, dtype=bool)
@@ -333,6 +335,9 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         offsets = self._offsets_from_param(classes)
 
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        if has_teacher:
+            raw = given if isinstance(given, np.ndarray) or is_lazy_array(given) else X
+            check_fit_alignment(raw, codes, teacher_logits, seed=seed)
         rows, val_rows = np.arange(n), None
         if self.early_stopping:
             rows, val_rows = split_validation(

@@ -16,8 +16,9 @@ import numpy as np
 from kdpipe.cache.fingerprint import row_digests
 from kdpipe.cache.reader import LogitCache
 from kdpipe.errors import RowMismatchError
+from kdpipe.rows import take_rows
 
-__all__ = ["check_alignment"]
+__all__ = ["check_alignment", "check_fit_alignment"]
 
 _SHOWN = 5  # rows named in an error message
 
@@ -69,8 +70,12 @@ def check_alignment(
     digests (8 bytes a row) are read once per cache handle.
     """
     n = len(cache_view)
+    _check_rows(cache_view, read_rows, n, sample, rng)  # first: it names rows of X and of the cache
     if y_codes is not None:
         _check_labels(cache_view, np.asarray(y_codes), n)
+
+
+def _check_rows(cache_view: Any, read_rows: Callable[[np.ndarray], np.ndarray], n: int, sample: int, rng: Any) -> None:
     digests = cache_view.row_digests
     if digests is None or n == 0:
         return
@@ -82,14 +87,28 @@ def check_alignment(
     if rows.ndim == 0 or len(rows) != len(positions):
         raise ValueError(f"read_rows returned {np.shape(rows)[:1]} rows for {len(positions)} positions")
     try:
-        rows = rows.astype(np.dtype(cache_view.manifest.data_dtype), copy=False)
+        cast = rows.astype(np.dtype(cache_view.manifest.data_dtype), copy=False)
     except (TypeError, ValueError):  # another kind of data altogether: nothing to compare
         return
+    if cast.dtype != rows.dtype and not np.array_equal(cast.astype(rows.dtype), rows):
+        return  # values the build's dtype cannot hold (e.g. uint8 images scaled to [0, 1])
+    rows = cast
     got = row_digests(rows)
     wrong = got != digests[positions]
     if not wrong.any():
         return
     _explain(cache_view, positions, got, wrong)
+
+
+def check_fit_alignment(X: Any, y_codes: np.ndarray | None, teacher_logits: Any, *, seed: int) -> None:
+    """The check an estimator's ``fit`` runs: are ``X`` and ``y`` the rows of its cache?
+
+    Does nothing unless ``teacher_logits`` is a :class:`~kdpipe.LogitCache` (or a row
+    subset of one, as cross-validation passes); arrays of logits carry no record of
+    their rows. ``X`` is numpy or anything :func:`kdpipe.rows.take_rows` reads.
+    """
+    if isinstance(teacher_logits, LogitCache):
+        check_alignment(teacher_logits, lambda positions: take_rows(X, positions), y_codes, rng=seed)
 
 
 def _check_labels(cache_view: Any, y: np.ndarray, n: int) -> None:
