@@ -27,11 +27,6 @@ from kdpipe.errors import (
 N, D, C, ROWS = 200, 5, 3, 40  # 5 chunks of 40 rows
 
 
-@pytest.fixture(params=["zarr", "hdf5"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
 def X() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(N, D)).astype(np.float32)
