@@ -40,6 +40,7 @@ __all__ = [
     "ChunkMemory",
     "ChunkedReader",
     "LazyRows",
+    "index_rows",
     "check_finite_rows",
     "CheckedReads",
     "Batch",
@@ -312,6 +313,24 @@ def _is_full(part: Any) -> bool:
     return part is Ellipsis or (isinstance(part, slice) and part == slice(None))
 
 
+def index_rows(view: Any, key: Any) -> Any:
+    """``view[key]`` for a lazy row view (one with ``len``, ``take`` and ``read_rows``).
+
+    A key that picks whole rows gives another lazy view (``view.take``); one row, or a
+    key that also indexes within rows, gives numpy.
+    """
+    rest: tuple[Any, ...] = ()
+    if isinstance(key, tuple):
+        key, rest = (key[0], key[1:]) if key else (slice(None), ())
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        row = view.read_rows(positions([key], len(view)))[0]
+        return row[rest] if rest else row
+    subset = view.take(key)
+    if all(_is_full(part) for part in rest):
+        return subset
+    return np.asarray(subset)[(slice(None), *rest)]
+
+
 class LazyRows:
     """A lazy row view of an on-disk ``X``, for scikit-learn's model selection.
 
@@ -383,16 +402,7 @@ class LazyRows:
         return LazyRows._view(self._reader, at if self._rows is None else self._rows[at])
 
     def __getitem__(self, key: Any) -> Any:
-        rest: tuple[Any, ...] = ()
-        if isinstance(key, tuple):
-            key, rest = (key[0], key[1:]) if key else (slice(None), ())
-        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-            row = self.read_rows(positions([key], len(self)))[0]
-            return row[rest] if rest else row
-        subset = self.take(key)
-        if all(_is_full(part) for part in rest):
-            return subset
-        return np.asarray(subset)[(slice(None), *rest)]
+        return index_rows(self, key)
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Rows at positions ``rows`` of this view, as numpy."""

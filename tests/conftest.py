@@ -1,9 +1,15 @@
-"""Shared test configuration: GPU tests run only where CUDA is present."""
+"""Shared test configuration: GPU tests run only where CUDA is present; ``backend``
+parametrizes a test over the cache's storage formats."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+
+@pytest.fixture(params=["zarr", "hdf5"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

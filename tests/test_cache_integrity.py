@@ -27,11 +27,6 @@ from kdpipe.errors import (
 N, D, C, ROWS = 200, 5, 3, 40  # 5 chunks of 40 rows
 
 
-@pytest.fixture(params=["zarr", "hdf5"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
 def X() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(N, D)).astype(np.float32)
@@ -267,20 +262,20 @@ def test_resume_after_sigkill_equals_uninterrupted_build(tmp_path, backend, X):
     calls = []
     import kdpipe.cache.tasks as tasks
 
-    forward = tasks.ChunkJob.forward  # the teachers' forward passes over one chunk
+    compute = tasks.ChunkJob.compute  # the teachers' forward passes over one chunk, and its write
 
     def counted(self, index, x=None):
         calls.append(index)
-        return forward(self, index, x)
+        return compute(self, index, x)
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
-        tasks.ChunkJob.forward = counted
+        tasks.ChunkJob.compute = counted
         try:
             resumed = build_cache(str(script_path), X, path, backend=backend, chunk_rows=8, batch_size=4,
                                   progress=False)
         finally:
-            tasks.ChunkJob.forward = forward
+            tasks.ChunkJob.compute = compute
         assert len(calls) == N // 8 - done
         reference = build_cache(str(script_path), X, tmp_path / "ref", backend=backend, chunk_rows=8,
                                 batch_size=4, progress=False)

@@ -29,15 +29,16 @@ def built(tmp_path_factory) -> tuple[LogitCache, np.ndarray]:
 
 @pytest.fixture
 def reads(monkeypatch) -> list[int]:
-    """Chunk indices read from the store, in order."""
+    """Chunk indices of the logits read from the store, in order."""
     seen: list[int] = []
-    original = ZarrChunkStore.read_logits
+    original = ZarrChunkStore.read
 
-    def counting(self, index):
-        seen.append(index)
-        return original(self, index)
+    def counting(self, name, index):
+        if name == "logits":
+            seen.append(index)
+        return original(self, name, index)
 
-    monkeypatch.setattr(ZarrChunkStore, "read_logits", counting)
+    monkeypatch.setattr(ZarrChunkStore, "read", counting)
     return seen
 
 

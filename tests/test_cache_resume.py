@@ -22,11 +22,6 @@ from kdpipe.errors import CacheMismatchError, CacheNotFoundError, InputError
 N, D, C, ROWS = 60, 4, 3, 20
 
 
-@pytest.fixture(params=["zarr", "hdf5"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
 def X() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(N, D)).astype(np.float32)

@@ -15,11 +15,6 @@ from kdpipe.cache import LogitCache, build_cache
 N, D, C = 300, 6, 4
 
 
-@pytest.fixture(params=["zarr", "hdf5"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
 def data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ __all__ = [
     "TEMP_SUFFIX",
     "is_temp_name",
     "temp_path",
-    "create_temp",
+    "atomic_write",
     "atomic_write_bytes",
     "fsync_file",
     "fsync_dir",
@@ -62,16 +62,6 @@ def temp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
 
 
-def create_temp(target: Path) -> tuple[int, Path]:
-    """Create a new empty temp file beside ``target`` (mode 0o666 & ~umask); return its fd and path."""
-    while True:
-        tmp = temp_path(target)
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:  # pragma: no cover - 64 random bits
-            continue
-
-
 def fsync_file(path: Path) -> None:
     """Flush a written file's data to the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -95,19 +85,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` so that readers see the old file or the new one, never half.
 
-    The data reaches the disk (fsync of the file, then of its folder) before this returns.
+    ``write(tmp)`` creates and fills a new file at the temp name ``tmp`` (exclusively:
+    the name is fresh). Its data reaches the disk (fsync of the file, then of its folder)
+    before this returns; on any error the temp file is removed.
     """
-    fd, tmp = create_temp(path)
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write_step("write", tmp)
-            f.write(data)
-            f.flush()
-            write_step("fsync", tmp)
-            os.fsync(f.fileno())
+        write_step("write", tmp)
+        write(tmp)
+        write_step("fsync", tmp)
+        fsync_file(tmp)
         write_step("rename", path)
         os.replace(tmp, path)
     except BaseException:
@@ -115,6 +105,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
     write_step("fsync-dir", path.parent)
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """:func:`atomic_write` of ``data``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as f:  # "x": mode 0o666 & ~umask, and never an existing file
+            f.write(data)
+
+    atomic_write(path, write)
 
 
 def remove_temps(folder: Path) -> None:

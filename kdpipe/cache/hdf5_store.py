@@ -11,12 +11,11 @@ handle is ever shared across a fork.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from kdpipe.cache.durable import fsync_dir, fsync_file, temp_path, write_step
+from kdpipe.cache.durable import atomic_write, write_step
 from kdpipe.cache.manifest import Manifest
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 
@@ -26,13 +25,13 @@ __all__ = ["Hdf5ChunkStore"]
 class Hdf5ChunkStore:
     """Whole-chunk reads and writes of one cache's per-chunk HDF5 files."""
 
-    backend = "hdf5"
     dirname = "hdf5"
 
     def __init__(self, root: str | Path, manifest: Manifest, *, writable: bool = False) -> None:
+        # ``writable`` is accepted so both stores open alike; each HDF5 read or write opens
+        # its own file in its own mode, so there is nothing to remember
         self.path = Path(root) / self.dirname
         self.manifest = manifest
-        self.writable = writable
 
     def create(self) -> None:
         """Create the (empty) chunk directory."""
@@ -51,26 +50,17 @@ class Hdf5ChunkStore:
         """
         import h5py
 
-        final = self.chunk_paths(index)[0]
-        tmp = temp_path(final)
-        try:
-            write_step("write", tmp)
+        def write(tmp: Path) -> None:
             # "w-": h5py creates the file (mode 0o666 & ~umask); the random name is new
             with h5py.File(tmp, "w-") as f:
                 f.create_dataset("logits", data=logits, chunks=logits.shape, fletcher32=True)
                 f.create_dataset("labels", data=labels, chunks=labels.shape, fletcher32=True)
                 f.create_dataset("row_digests", data=digests, chunks=digests.shape, fletcher32=True)
-            write_step("fsync", tmp)
-            fsync_file(tmp)
-            write_step("rename", final)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        write_step("fsync-dir", self.path)
-        fsync_dir(self.path)
 
-    def _read(self, name: str, index: int) -> np.ndarray:
+        atomic_write(self.chunk_paths(index)[0], write)
+
+    def read(self, name: str, index: int) -> np.ndarray:
+        """Chunk ``index`` of array ``name`` (``"logits"``, ``"labels"`` or ``"row_digests"``), as stored."""
         import h5py
 
         path = self.chunk_paths(index)[0]
@@ -81,15 +71,3 @@ class Hdf5ChunkStore:
                 return f[name][...]
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CacheCorruptError(f"chunk {index} ({path}) cannot be read: {exc}") from exc
-
-    def read_logits(self, index: int) -> np.ndarray:
-        """Chunk ``index`` of the logits, in the storage dtype."""
-        return self._read("logits", index)
-
-    def read_labels(self, index: int) -> np.ndarray:
-        """Chunk ``index`` of the label codes."""
-        return self._read("labels", index)
-
-    def read_digests(self, index: int) -> np.ndarray:
-        """Chunk ``index`` of the row digests (uint64)."""
-        return self._read("row_digests", index)

@@ -14,7 +14,7 @@ from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_mani
 from kdpipe.cache.storage import ChunkStore, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
 from kdpipe.errors import CacheIncompleteError, CacheNotFoundError
-from kdpipe.rows import ChunkMemory, positions
+from kdpipe.rows import ChunkMemory, index_rows, positions
 
 __all__ = ["LogitCache"]
 
@@ -74,10 +74,6 @@ class _Handle:
             parts = [read_checked(self.store, self.record(i), "labels") for i in range(self.manifest.n_chunks)]
             self._labels = np.concatenate(parts).astype(np.int64, copy=False)
         return self._labels
-
-
-def _is_full(part: Any) -> bool:
-    return part is Ellipsis or (isinstance(part, slice) and part == slice(None))
 
 
 def _soft_targets_block(logits: np.ndarray, temperature: float, combine: str) -> np.ndarray:
@@ -231,16 +227,7 @@ class LogitCache:
 
     # -- row selection
     def __getitem__(self, key: Any) -> Any:
-        rest: tuple[Any, ...] = ()
-        if isinstance(key, tuple):
-            key, rest = (key[0], key[1:]) if key else (slice(None), ())
-        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-            block = np.asarray(self.take([key]))[0]
-            return block[rest] if rest else block
-        subset = self.take(key)
-        if all(_is_full(part) for part in rest):
-            return subset
-        return np.asarray(subset)[(slice(None), *rest)]
+        return index_rows(self, key)
 
     def take(self, indices: Any) -> LogitCache:
         """Lazy subset of the rows at ``indices`` (positions in this view)."""

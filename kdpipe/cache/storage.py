@@ -43,8 +43,7 @@ def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -
     """
     if what == "digests" and record.digests_crc32c is None:
         return np.zeros(0, dtype=np.uint64)
-    read = {"logits": store.read_logits, "labels": store.read_labels, "digests": store.read_digests}[what]
-    block = read(record.index)
+    block = store.read({"logits": "logits", "labels": "labels", "digests": "row_digests"}[what], record.index)
     expected = {"logits": record.logits_crc32c, "labels": record.labels_crc32c, "digests": record.digests_crc32c}[what]
     rows = record.stop - record.start
     if block.shape[0] != rows or checksum(block) != expected:

@@ -24,25 +24,12 @@ from kdpipe.cache.teachers import Member
 from kdpipe.devices import resolve_device
 from kdpipe.errors import CacheCorruptError, InputError, TeacherOutputError
 
-__all__ = ["ChunkJob", "StagedChunk"]
+__all__ = ["ChunkJob"]
 
 
 def _rows_text(rows: np.ndarray) -> str:
     shown = ", ".join(str(r) for r in rows[:10])
     return f"{shown}{', ...' if len(rows) > 10 else ''} ({len(rows)} rows)"
-
-
-@dataclass
-class StagedChunk:
-    """A computed chunk not yet written: its input rows, label codes and logits."""
-
-    index: int
-    start: int
-    stop: int
-    x: np.ndarray
-    codes: np.ndarray
-    logits: np.ndarray
-    device: str
 
 
 @dataclass
@@ -75,11 +62,10 @@ class ChunkJob:
         return x, np.ascontiguousarray(codes, dtype=np.int64)
 
     def compute(self, index: int, x: np.ndarray | None = None) -> ChunkRecord:
-        """Run every member over chunk ``index``, write the chunk, then its record."""
-        return self.store(self.forward(index, x))
+        """Run every member over chunk ``index``, write the chunk, then (last) its record.
 
-    def forward(self, index: int, x: np.ndarray | None = None) -> StagedChunk:
-        """Run every member over chunk ``index``; nothing is written yet (see :meth:`store`)."""
+        Only the task that computes a chunk writes it: one writer per chunk.
+        """
         m = self.manifest
         start, stop = chunk_bounds(index, m.chunk_rows, m.n_rows)
         x, codes = self._inputs(index, x)
@@ -91,23 +77,16 @@ class ChunkJob:
                 out = member.predict(x[b0:b1], device, self.precision)
                 self._check(out, j, member, start + b0, start + b1)
                 logits[b0:b1, j] = out
-        return StagedChunk(index, start, stop, x, codes, logits, str(device))
-
-    def store(self, staged: StagedChunk) -> ChunkRecord:
-        """Hash the inputs, write the chunk's data, then (last) its completion record.
-
-        Only the task that computed a chunk stores it: one writer per chunk.
-        """
-        digests = row_digests(staged.x)
-        self._writable_store().write_chunk(staged.index, staged.logits, staged.codes, digests)
+        digests = row_digests(x)
+        self._writable_store().write_chunk(index, logits, codes, digests)
         record = ChunkRecord(
-            index=staged.index,
-            start=staged.start,
-            stop=staged.stop,
-            logits_crc32c=checksum(staged.logits),
-            labels_crc32c=checksum(staged.codes),
-            data_sha256=hash_block(staged.x),
-            device=staged.device,
+            index=index,
+            start=start,
+            stop=stop,
+            logits_crc32c=checksum(logits),
+            labels_crc32c=checksum(codes),
+            data_sha256=hash_block(x),
+            device=str(device),
             digests_crc32c=checksum(digests),
         )
         write_record(Path(self.root), record)

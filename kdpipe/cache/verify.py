@@ -7,8 +7,7 @@ data is missing or does not match its checksum make it *corrupt*.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds
 from kdpipe.cache.storage import ChunkStore, read_checked
@@ -60,9 +59,6 @@ class VerifyReport:
         if self.corrupt:
             return "FAILED"
         return "OK" if self.ok else "INCOMPLETE"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status}
 
     def __str__(self) -> str:
         head = (

@@ -3,7 +3,7 @@
 
 Every chunk carries a crc32c checksum (``Crc32cCodec``). ``write_empty_chunks`` is on,
 so a chunk that happens to equal the fill value is still written: an absent chunk file
-always means "not written", which :meth:`ZarrChunkStore.read_logits` reports instead of
+always means "not written", which :meth:`ZarrChunkStore.read` reports instead of
 letting zarr return fill values.
 
 zarr writes each chunk file under a temp name and renames it into place, but does not
@@ -30,7 +30,6 @@ __all__ = ["ZarrChunkStore"]
 class ZarrChunkStore:
     """Whole-chunk reads and writes of one cache's zarr group."""
 
-    backend = "zarr"
     dirname = "logits.zarr"
     _config = {"write_empty_chunks": True}
     _names = ("logits", "labels", "row_digests")
@@ -133,7 +132,8 @@ class ZarrChunkStore:
                     break
                 folder = folder.parent
 
-    def _read(self, name: str, index: int) -> np.ndarray:
+    def read(self, name: str, index: int) -> np.ndarray:
+        """Chunk ``index`` of array ``name`` (``"logits"``, ``"labels"`` or ``"row_digests"``), as stored."""
         path = self._chunk_path(name, index)
         if not path.exists():
             raise CacheChunkMissingError(f"chunk {index} of {name} is missing: {path} does not exist")
@@ -142,15 +142,3 @@ class ZarrChunkStore:
             return np.asarray(self._open()[name][start:stop])
         except Exception as exc:  # checksum or decode failure inside zarr's codec pipeline
             raise CacheCorruptError(f"chunk {index} of {name} ({path}) cannot be read: {exc}") from exc
-
-    def read_logits(self, index: int) -> np.ndarray:
-        """Chunk ``index`` of the logits, in the storage dtype."""
-        return self._read("logits", index)
-
-    def read_labels(self, index: int) -> np.ndarray:
-        """Chunk ``index`` of the label codes."""
-        return self._read("labels", index)
-
-    def read_digests(self, index: int) -> np.ndarray:
-        """Chunk ``index`` of the row digests (uint64)."""
-        return self._read("row_digests", index)

@@ -16,10 +16,10 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from kdpipe import _validation as val
-from kdpipe._tags import torch_classifier_tags
+from kdpipe._estimator import check_teacher_logits, torch_classifier_tags
 from kdpipe.engine import TrainingConfig, seeded
 from kdpipe.errors import InputError
+from kdpipe.labels import UNLABELED, encode_labels, unlabeled_mask
 from kdpipe.specialists.clustering import cluster_classes, parse_class_subsets
 from kdpipe.specialists.inference import InferenceResult, combine_distributions
 from kdpipe.specialists.plan import plan_specialist, row_classes
@@ -293,7 +293,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         has_teacher = teacher_logits is not None
         X, y, data_attrs = self._check_fit_data(X, y, has_teacher)
         rng = check_random_state(self.random_state)
-        unlabeled = val.unlabeled_mask(y) if has_teacher else np.zeros(len(y), dtype=bool)
+        unlabeled = unlabeled_mask(y) if has_teacher else np.zeros(len(y), dtype=bool)
         if (~unlabeled).any():
             check_classification_targets(y[~unlabeled])
         self._check_settings()
@@ -301,9 +301,9 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         generalist = self._fit_generalist(X, y, teacher_logits, unlabeled, rng)
         classes = np.asarray(generalist.classes_)
         n_classes = len(classes)
-        codes = val.encode_labels(y, classes, unlabeled)
+        codes = encode_labels(y, classes, unlabeled=unlabeled)
         if has_teacher:
-            teacher_logits = val.check_teacher_logits(teacher_logits, len(X), n_classes)
+            teacher_logits = check_teacher_logits(teacher_logits, len(X), n_classes)
         self._check_sizes(n_classes)
 
         proba = generalist.predict_proba(X)  # (n, C)
@@ -368,7 +368,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         probe = type(self).__new__(type(self))  # receives n_features_in_, feature_names_in_
         if y is None and has_teacher:
             X = validate_data(probe, X, dtype=np.float32)
-            y = np.full(X.shape[0], val.UNLABELED)
+            y = np.full(X.shape[0], UNLABELED)
         else:
             X, y = validate_data(probe, X, y, dtype=np.float32)  # raises "requires y" on None
             y = column_or_1d(y)
@@ -506,8 +506,8 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         y = column_or_1d(y)
-        unlabeled = val.unlabeled_mask(y) & ~val.unlabeled_mask(self.classes_).any()
-        codes = val.encode_labels(y, self.classes_, unlabeled)
+        unlabeled = unlabeled_mask(y) & ~unlabeled_mask(self.classes_).any()
+        codes = encode_labels(y, self.classes_, unlabeled=unlabeled)
         keep = codes >= 0
         X = validate_data(self, X, dtype=np.float32, reset=False)[keep]
         gen = np.asarray(self.generalist_.predict_proba(X)).argmax(axis=1)

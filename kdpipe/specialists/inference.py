@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["InferenceResult", "combine_distributions", "kl_objective"]
+__all__ = ["InferenceResult", "combine_distributions"]
 
 _TINY = 1e-300
 
@@ -83,35 +83,6 @@ def _gradient(
     q_out = (q @ outside.T).clamp_min(_TINY)  # (b, M): q(outside S_m)
     u = w + q * ((dust / q_out) @ outside)  # (b, C)
     return total[:, None] * q - u, u
-
-
-def kl_objective(
-    q: np.ndarray,
-    p_g: np.ndarray,
-    p_m: list[np.ndarray],
-    subsets: list[np.ndarray],
-    full: list[bool],
-    active: np.ndarray,
-) -> np.ndarray:
-    """``F(q)`` per example ``(n,)``: the sum of the KL divergences (for tests, reports)."""
-    q = np.asarray(q, dtype=np.float64)
-
-    def kl(p: np.ndarray, r: np.ndarray) -> np.ndarray:
-        p = np.asarray(p, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(p > 0, p * (np.log(p) - np.log(np.clip(r, _TINY, None))), 0.0)
-        return terms.sum(axis=1)
-
-    total = kl(p_g, q)
-    for m, (pm, subset) in enumerate(zip(p_m, subsets)):
-        if full[m]:
-            collapsed = q
-        else:
-            outside = np.ones(q.shape[1], dtype=bool)
-            outside[subset] = False
-            collapsed = np.concatenate([q[:, subset], q[:, outside].sum(1, keepdims=True)], 1)
-        total = total + np.where(active[:, m], kl(pm, collapsed), 0.0)
-    return total
 
 
 def combine_distributions(

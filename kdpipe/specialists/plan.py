@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy.special import softmax
 
-from kdpipe._arrays import take_rows
+from kdpipe.rows import take_rows
 from kdpipe.specialists.targets import (
     collapse_labels,
     collapse_logits,

@@ -18,10 +18,9 @@ import torch
 from scipy.special import logsumexp, softmax
 from torch import nn
 
-from kdpipe._arrays import take_rows
-from kdpipe.batches import Batch
 from kdpipe.engine import TrainingConfig, predict_logits, seeded, train_student
 from kdpipe.errors import InputError
+from kdpipe.rows import Batch, take_rows
 
 __all__ = [
     "Specialist",
@@ -77,7 +76,7 @@ class Specialist:
 
 
 class SpecialistSource:
-    """A :class:`~kdpipe.batches.RowSource` over a specialist's rows of a shared ``X``.
+    """A :class:`~kdpipe.rows.RowSource` over a specialist's rows of a shared ``X``.
 
     ``X`` is the whole transfer set (memory-mapped by joblib's process backend rather
     than copied per specialist); ``rows`` picks the specialist's sample; labels and
