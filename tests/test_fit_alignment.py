@@ -133,3 +133,21 @@ def test_X_rescaled_from_uint8_is_another_representation_not_a_match(tmp_path):
     y = np.argmax(images[:, :3], axis=1)
     cache = build_cache(teacher, images, tmp_path / "c.zarr", y=y, progress=False)
     DistilledClassifier(**FAST).fit(images / 255.0, y, teacher_logits=cache)
+
+
+def test_specialists_refuse_rows_out_of_order_even_with_a_frozen_generalist(built):
+    """A frozen generalist is not refitted, so the ensemble's own fit must check."""
+    from sklearn.frozen import FrozenEstimator
+
+    from kdpipe import SpecialistEnsembleClassifier
+
+    X, y, cache = built
+    generalist = DistilledClassifier(**FAST).fit(X, y, teacher_logits=cache)
+    ensemble = SpecialistEnsembleClassifier(
+        generalist=FrozenEstimator(generalist), class_subsets=[[0, 1]], specialist_max_epochs=1,
+        random_state=0, device="cpu",
+    )
+    ensemble.fit(X, y, teacher_logits=cache)
+    order = np.random.default_rng(6).permutation(len(X))
+    with pytest.raises(RowMismatchError, match="out of place"):
+        ensemble.fit(X[order], y[order], teacher_logits=cache)

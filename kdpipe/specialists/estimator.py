@@ -17,6 +17,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from kdpipe._estimator import check_teacher_logits, torch_classifier_tags
+from kdpipe.cache.alignment import check_fit_alignment
 from kdpipe.engine import TrainingConfig, seeded
 from kdpipe.errors import InputError
 from kdpipe.labels import UNLABELED, encode_labels, unlabeled_mask
@@ -291,12 +292,18 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         # Everything goes into locals; the fitted attributes are set together at the
         # end, so a fit that raises leaves a fitted estimator as it was.
         has_teacher = teacher_logits is not None
+        given = X  # the rows as given, before validate_data may change their dtype
         X, y, data_attrs = self._check_fit_data(X, y, has_teacher)
         rng = check_random_state(self.random_state)
         unlabeled = unlabeled_mask(y) if has_teacher else np.zeros(len(y), dtype=bool)
         if (~unlabeled).any():
             check_classification_targets(y[~unlabeled])
         self._check_settings()
+        cache_classes = getattr(teacher_logits, "classes", None)
+        if cache_classes is not None:  # a LogitCache: are these the rows that made it?
+            raw = given if isinstance(given, np.ndarray) else X
+            codes = encode_labels(y, np.asarray(cache_classes), unlabeled=unlabeled)
+            check_fit_alignment(raw, codes, teacher_logits, seed=0)
 
         generalist = self._fit_generalist(X, y, teacher_logits, unlabeled, rng)
         classes = np.asarray(generalist.classes_)
