@@ -21,9 +21,7 @@ Run ``python benchmarks/bench_alignment.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -31,23 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import fashion_or_random, load_line, machine, write_results
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache.alignment import check_alignment
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def load_data(rows: int) -> tuple[np.ndarray, np.ndarray, str]:
-    try:
-        from kdpipe.datasets import load_fashion_mnist
-
-        X, y = load_fashion_mnist()
-        source = "fashion-mnist train"
-    except FileNotFoundError:
-        rng = np.random.default_rng(0)
-        X, y = rng.random((60000, 784), dtype=np.float32), rng.integers(0, 10, 60000)
-        source = "random (fashion-mnist not installed)"
-    return np.ascontiguousarray(X[:rows], dtype=np.float32), y[:rows], source
 
 
 def one_epoch(X: np.ndarray, y: np.ndarray, batch: int = 128, seed: int = 0) -> float:
@@ -87,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     import zarr
 
     rows, repeats = (6000, 1) if args.quick else (60000, args.repeats)
-    X, y, data_source = load_data(rows)
+    X, y, data_source = fashion_or_random(rows)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kdpipe-bench-") as tmp:
         zx = zarr.create_array(Path(tmp) / "x.zarr", shape=X.shape, chunks=(4096, X.shape[1]), dtype="float32")
@@ -119,13 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_all_rows_to_epoch": min(all_s) / min(epoch_s),
         "cache_build_s": build_s,
         "load_average_1_5_15": {"before": load_before, "after": load_after},
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    name = "alignment_quick" if args.quick else "alignment"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"{name}.md").write_text(_markdown(result))
-    print(_markdown(result))
+    write_results("alignment_quick" if args.quick else "alignment", result, _markdown(result))
     return result
 
 
@@ -141,8 +122,7 @@ def _markdown(r: dict) -> str:
         f"= **{r['ratio_all_rows_to_epoch']:.3f}** of one epoch",
         f"- baseline, one epoch ({r['epoch']}): best {min(r['epoch_s']):.2f} s of {len(r['epoch_s'])} "
         f"(all: {', '.join(f'{t:.2f}' for t in r['epoch_s'])})",
-        f"- load average (1/5/15 min) before {'/'.join(f'{v:.2f}' for v in r['load_average_1_5_15']['before'])}, "
-        f"after {'/'.join(f'{v:.2f}' for v in r['load_average_1_5_15']['after'])}",
+        load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]),
         f"- machine: {r['machine']['cpus']} torch threads, {r['machine']['platform']}, torch {r['machine']['torch']}",
         "",
     ])

@@ -14,9 +14,7 @@ Run ``python benchmarks/bench_cache.py`` (``--quick`` for a small smoke run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,30 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import fashion_or_random, load_line, machine, write_results
 from kdpipe.rows import take_rows
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.engine import seeded
 from kdpipe.students import MLP
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def mlp(seed: int) -> torch.nn.Module:
     with seeded(seed):
         return MLP(784, 10, (1200, 1200), dropout=0.5).eval()
-
-
-def load_data(rows: int) -> tuple[np.ndarray, np.ndarray, str]:
-    try:
-        from kdpipe.datasets import load_fashion_mnist
-
-        X, y = load_fashion_mnist()
-        source = "fashion-mnist train"
-    except FileNotFoundError:
-        rng = np.random.default_rng(0)
-        X, y = rng.random((60000, 784), dtype=np.float32), rng.integers(0, 10, 60000)
-        source = "random (fashion-mnist not installed)"
-    return X[:rows], y[:rows], source
 
 
 def forward_only(teachers: list[torch.nn.Module], X: np.ndarray, batch_size: int) -> float:
@@ -84,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backend", default="zarr")
     args = parser.parse_args(argv)
     rows, repeats = (6000, 1) if args.quick else (60000, args.repeats)
-    X, y, data_source = load_data(rows)
+    X, y, data_source = fashion_or_random(rows)
     teachers = [mlp(seed) for seed in range(args.members)]
     kw = dict(batch_size=args.batch_size, chunk_rows=args.chunk_rows, backend=args.backend, device="cpu")
     forward_only(teachers, X[:2048], args.batch_size)  # warm up
@@ -124,13 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_1_5_15": {"before": load_before, "after": load_after},
         "bytes_per_row": {"float32": bytes_f32, "float16": bytes_f16},
         "read_rows_per_s_batch128": rates,
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    name = "cache_quick" if args.quick else "cache"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"{name}.md").write_text(_markdown(result))
-    print(_markdown(result))
+    write_results("cache_quick" if args.quick else "cache", result, _markdown(result))
     return result
 
 
@@ -144,8 +125,7 @@ def _markdown(r: dict) -> str:
         f"{r['backend']}, batch {r['batch_size']}, chunk {r['chunk_rows']} rows); "
         f"per repeat (build / the forward passes just before it): median {r['overhead_ratio_median']:.3f}, "
         f"min {r['overhead_ratio_min_pair']:.3f}",
-        f"- load average (1/5/15 min) before {'/'.join(f'{v:.2f}' for v in r['load_average_1_5_15']['before'])}, "
-        f"after the timed repeats {'/'.join(f'{v:.2f}' for v in r['load_average_1_5_15']['after'])}",
+        load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"], ' the timed repeats'),
         f"- bytes per row on disk: float32 {r['bytes_per_row']['float32']:.1f}, "
         f"float16 {r['bytes_per_row']['float16']:.1f}",
         f"- random minibatch reads (128 rows): in-memory numpy {rates['memory']:,.0f} rows/s; "

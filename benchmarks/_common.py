@@ -1,0 +1,46 @@
+"""What the benchmarks share: their data, the machine's description, the results files."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def fashion_or_random(rows: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """``rows`` Fashion-MNIST training images (float32 in [0, 1]) and labels, or random data
+    of that shape when Debian's ``dataset-fashion-mnist`` is not installed; and which it is."""
+    try:
+        from kdpipe.datasets import load_fashion_mnist
+
+        X, y = load_fashion_mnist()
+        source = "fashion-mnist train"
+    except FileNotFoundError:
+        rng = np.random.default_rng(0)
+        X, y = rng.random((60000, 784), dtype=np.float32), rng.integers(0, 10, 60000)
+        source = "random (fashion-mnist not installed)"
+    return np.ascontiguousarray(X[:rows], dtype=np.float32), y[:rows], source
+
+
+def machine() -> dict[str, object]:
+    """Torch threads, platform and torch version, as every results file records them."""
+    return {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}
+
+
+def load_line(before: tuple[float, ...], after: tuple[float, ...], when: str = "") -> str:
+    """The markdown line of the load average around the timed part (a busy machine shows)."""
+    fmt = lambda values: "/".join(f"{v:.2f}" for v in values)  # noqa: E731
+    return f"- load average (1/5/15 min) before {fmt(before)}, after{when} {fmt(after)}"
+
+
+def write_results(name: str, result: dict, markdown: str) -> None:
+    """``results/NAME.json`` and ``results/NAME.md``; the markdown is printed too."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
