@@ -66,8 +66,8 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
     record = json.loads((out / "results.json").read_text())
     report = (out / "REPORT.md").read_text()
     assert set(record["experiments"]) == {str(n) for n in EXPERIMENTS}
-    # two teachers (the big one, the ensemble): each run over the transfer set once
-    assert len(builds) == 2
+    # three teachers (the big one, the ensemble, the confusable one): each run once
+    assert len(builds) == 3
     timings = record["timings"]
     assert timings["teacher_passes_s"] > 0 and timings["students_s"] > 0
     assert timings["student_fits"] > len(builds)
@@ -94,6 +94,7 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
         "accuracy_vs_ensemble_size.png",
         "accuracy_vs_temperature.png",
         "left_out_class.png",
+        "table4_specialists.png",
     ]
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_MAGIC
@@ -102,10 +103,10 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
     assert str((out / "REPORT.md").resolve()) in printed
 
 
-def test_unknown_or_unimplemented_experiment_is_a_usage_error(tmp_path, capsys):
-    assert main(["reproduce", "--experiments", "6", "--out", str(tmp_path)]) == 2
-    assert "experiment 6" in capsys.readouterr().err
+def test_unknown_experiment_is_a_usage_error_and_writes_nothing(tmp_path, capsys):
     assert main(["reproduce", "--experiments", "9", "--out", str(tmp_path)]) == 2
+    assert "9" in capsys.readouterr().err
+    assert main(["reproduce", "--experiments", "one", "--out", str(tmp_path)]) == 2
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Splits", "load_splits", "FASHION_MNIST_CLASSES"]
+__all__ = ["Splits", "load_splits", "confusable_splits", "FASHION_MNIST_CLASSES"]
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -31,7 +31,7 @@ class Splits:
     y_val: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, int] | None  # None: not images (no jitter)
     class_names: tuple[str, ...]
 
     @property
@@ -97,3 +97,22 @@ def load_splits(
     train = np.sort(train)  # the cache rows keep the data's order
     return Splits(dataset, X_pool[train], y_pool[train], X_pool[val], y_pool[val],
                   X_test, y_test, shape, names)
+
+
+def confusable_splits(n_samples: int, n_classes: int, group_size: int, *, seed: int = 0) -> Splits:
+    """:func:`kdpipe.datasets.make_confusable_classification`, split 25% test, 15% validation.
+
+    Class names are ``g<group>/c<class>``, so the report can show which classes a
+    specialist covers, as the paper lists its JFT clusters.
+    """
+    from kdpipe.datasets import make_confusable_classification
+
+    X, y, groups = make_confusable_classification(
+        n_samples, n_classes, group_size=group_size, random_state=seed, return_groups=True
+    )
+    X, y = X.astype(np.float32), y.astype(np.int64)
+    order = _stratified_order(y, np.random.default_rng(seed))
+    n_test, n_val = int(round(0.25 * len(y))), int(round(0.15 * len(y)))
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], np.sort(order[n_test + n_val :])
+    names = tuple(f"g{int(groups[c])}/c{c}" for c in range(n_classes))
+    return Splits("confusable", X[train], y[train], X[val], y[val], X[test], y[test], None, names)

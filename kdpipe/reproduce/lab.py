@@ -55,21 +55,25 @@ class Lab:
     # teacher key -> rows x epochs that distilled students read from its cache
     distilled_row_epochs: dict[str, int] = field(default_factory=dict)
 
-    def _train(self, key: str, *, n_members: int, hidden: tuple[int, ...], dropout: float,
-               epochs: int, jitter_copies: int) -> Teacher:
+    def train_teacher(self, key: str, *, n_members: int, hidden: tuple[int, ...], dropout: float,
+                      epochs: int, jitter_copies: int, splits: Splits | None = None) -> Teacher:
+        """Train ``n_members`` MLPs on ``splits`` (the run's by default), run them once over
+        its training rows into the cache ``key``, and keep them under :attr:`teachers`."""
         import torch
 
         from kdpipe.cache import build_cache
         from kdpipe.teacher_training import jitter_images, train_mlp_ensemble
 
-        p, s = self.profile, self.splits
+        p, s = self.profile, splits or self.splits
+        augment = None
+        if jitter_copies and s.image_shape is not None:
+            augment = partial(jitter_images, image_shape=s.image_shape, max_shift=p.jitter_pixels)
         start = time.perf_counter()
         members = train_mlp_ensemble(
             s.X_train, s.y_train, n_classes=s.n_classes, n_members=n_members,
             hidden_layer_sizes=hidden, dropout=dropout, epochs=epochs, batch_size=p.batch_size,
             learning_rate=p.learning_rate,
-            augment=partial(jitter_images, image_shape=s.image_shape, max_shift=p.jitter_pixels),
-            n_augmented_copies=jitter_copies, random_state=1000 + len(self.teachers),
+            augment=augment, n_augmented_copies=jitter_copies if augment else 0, random_state=1000 + len(self.teachers),
             device=self.device,
         )
         train_seconds = time.perf_counter() - start
@@ -89,13 +93,14 @@ class Lab:
         )
         self.say(f"teacher {key!r}: {n_members} x {hidden}, trained in {train_seconds:.1f}s, "
                  f"cache built in {pass_seconds:.1f}s, test accuracy {teacher.test_accuracy:.4f}")
+        self.teachers[key] = teacher
         return teacher
 
     def big_teacher(self) -> Teacher:
         """The paper's MNIST teacher: one wide MLP with dropout, trained on jittered copies."""
         if "big" not in self.teachers:
             p = self.profile
-            self.teachers["big"] = self._train(
+            self.train_teacher(
                 "big", n_members=1, hidden=p.teacher_hidden, dropout=p.teacher_dropout,
                 epochs=p.teacher_epochs, jitter_copies=p.jitter_copies,
             )
@@ -105,7 +110,7 @@ class Lab:
         """``profile.members`` MLPs that differ only in their seed (section 4's ensemble)."""
         if "ensemble" not in self.teachers:
             p = self.profile
-            self.teachers["ensemble"] = self._train(
+            self.train_teacher(
                 "ensemble", n_members=p.members, hidden=p.member_hidden, dropout=p.member_dropout,
                 epochs=p.member_epochs, jitter_copies=0,
             )
@@ -150,9 +155,8 @@ class Lab:
         epoch of every distilled student; each row costs what it cost in the cache build
         (which also wrote to disk, so the estimate is slightly high).
         """
-        n_train = len(self.splits.y_train)
         online = sum(
-            self.teachers[key].pass_seconds / n_train * row_epochs
+            self.teachers[key].pass_seconds / len(self.teachers[key].cache) * row_epochs
             for key, row_epochs in self.distilled_row_epochs.items()
         )
         return {

@@ -22,13 +22,13 @@ def _errorbars(ax: Any, x: list[float], summaries: list[dict[str, Any]], label: 
 def _temperature(plt: Any, results: dict[int, dict[str, Any]]) -> Any:
     fig, ax = plt.subplots(figsize=(6, 4))
     r2 = results[2]["results"]
-    _errorbars(ax, r2["temperatures"], r2["test_accuracy"], "2x30-size student, distilled")
-    ax.axhline(r2["hard_test_accuracy"]["mean"], color="C0", ls="--", label="2x30-size student, hard labels")
+    _errorbars(ax, r2["temperatures"], r2["test_accuracy"], "small student, distilled")
+    ax.axhline(r2["hard_test_accuracy"]["mean"], color="C0", ls="--", label="small student, hard labels")
     ax.axhline(r2["teacher_test_accuracy"], color="k", ls=":", label="teacher")
     if 1 in results:
         r1, t1 = results[1]["results"], results[1]["settings"]["temperature"]
-        _errorbars(ax, [t1], [r1["distilled_test_accuracy"]], "2x800-size student, distilled", color="C1")
-        ax.axhline(r1["hard_test_accuracy"]["mean"], color="C1", ls="--", label="2x800-size student, hard labels")
+        _errorbars(ax, [t1], [r1["distilled_test_accuracy"]], "big student, distilled (T of exp. 1)", color="C1")
+        ax.axhline(r1["hard_test_accuracy"]["mean"], color="C1", ls="--", label="big student, hard labels")
     ax.set_xscale("log")
     ax.set_xlabel("temperature T")
     ax.set_ylabel("test accuracy (mean, bars 2 SE)")
@@ -78,12 +78,31 @@ def _fractions(plt: Any, results: dict[int, dict[str, Any]]) -> Any:
     return fig
 
 
+def _table4(plt: Any, results: dict[int, dict[str, Any]]) -> Any:
+    rows = results[6]["results"]["table4"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = list(range(len(rows)))
+    ax.bar([i - 0.2 for i in x], [r["generalist_accuracy"] for r in rows], width=0.4, label="generalist")
+    ax.bar([i + 0.2 for i in x], [r["ensemble_accuracy"] for r in rows], width=0.4,
+           label="generalist + specialists")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{100 * r['relative_improvement']:+.1f}%", (i + 0.2, r["ensemble_accuracy"]),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [f"{r['n_covering']}\n({r['test_rows_mean']:.0f} rows)" for r in rows])
+    ax.set_xlabel("specialists covering the true class")
+    ax.set_ylabel("test accuracy (mean over seeds)")
+    ax.set_title("Table 4: accuracy by specialist coverage")
+    ax.legend(fontsize=7)
+    return fig
+
+
 # file name -> (experiments it needs, drawing function)
 FIGURES: dict[str, tuple[tuple[int, ...], Callable[[Any, dict[int, dict[str, Any]]], Any]]] = {
     "accuracy_vs_temperature.png": ((2,), _temperature),
     "left_out_class.png": ((3,), _left_out),
     "accuracy_vs_ensemble_size.png": ((4,), _ensemble),
     "accuracy_vs_data_fraction.png": ((5,), _fractions),
+    "table4_specialists.png": ((6,), _table4),
 }
 
 

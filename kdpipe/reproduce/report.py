@@ -53,7 +53,17 @@ def _section(number: int, exp: dict[str, Any], figures: list[Path], verdicts: bo
     lines += [f"**Criterion for \"reproduced\"** (fixed before the run): {exp['criterion']}", ""]
     lines += ["**Settings**", ""] + [f"- {k}: {_fmt(v)}" for k, v in exp["settings"].items()] + [""]
     lines += ["**Numbers** (test accuracy unless named otherwise; mean ± standard error over seeds)", ""]
-    lines += [f"- {k}: {_fmt(v)}" for k, v in exp["results"].items()] + [""]
+    for key, value in exp["results"].items():
+        if isinstance(value, list) and value and isinstance(value[0], dict) and not _is_summary(value[0]):
+            lines += ["", f"{key}:", "", "| " + " | ".join(value[0]) + " |",
+                      "|" + "---|" * len(value[0])]
+            lines += ["| " + " | ".join(_fmt(v) for v in row.values()) + " |" for row in value]
+            lines.append("")
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            lines += [f"- {key}:"] + [f"  - {v}" for v in value]
+        else:
+            lines.append(f"- {key}: {_fmt(value)}")
+    lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in figures] + ([""] if figures else [])
     if verdicts:
         lines += [f"**Verdict: {exp['verdict']}**", ""]

@@ -19,8 +19,9 @@ EXPERIMENTS = {
     3: "a class left out of the transfer set, then its bias shifted",
     4: "an ensemble distilled into one model",
     5: "soft targets from 3% of the data",
+    6: "a generalist plus specialists on confusable classes (table 4)",
 }
-NOT_IMPLEMENTED = {6: "generalist + specialists (table 4)"}
+NOT_IMPLEMENTED: dict[int, str] = {}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,16 @@ class Profile:
     fractions: tuple[float, ...]
     fraction_epochs: int
     early_stopping_patience: int
+    # experiment 6 (kdpipe.datasets.make_confusable_classification)
+    confusable_rows: int
+    confusable_classes: int
+    confusable_group_size: int
+    confusable_teacher_hidden: tuple[int, ...]
+    confusable_teacher_epochs: int
+    generalist_hidden: tuple[int, ...]
+    generalist_epochs: int
+    specialist_counts: tuple[int, ...]  # numbers of specialists tried on validation
+    specialist_epochs: int
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as plain JSON-able values."""
@@ -83,6 +94,9 @@ PROFILES: dict[str, Profile] = {
         members=2, member_hidden=(16,), member_dropout=0.0, member_epochs=3,
         ensemble_temperatures=(1.0, 2.0), ensemble_alpha=0.5,
         fractions=(0.1, 1.0), fraction_epochs=4, early_stopping_patience=2,
+        confusable_rows=800, confusable_classes=12, confusable_group_size=4,
+        confusable_teacher_hidden=(64,), confusable_teacher_epochs=8, generalist_hidden=(16,),
+        generalist_epochs=10, specialist_counts=(3,), specialist_epochs=3,
     ),
     "cpu": Profile(
         name="cpu", dataset="fashion-mnist", verdicts=True, seeds=3,
@@ -96,6 +110,9 @@ PROFILES: dict[str, Profile] = {
         members=10, member_hidden=(100, 100), member_dropout=0.2, member_epochs=10,
         ensemble_temperatures=(1.0, 2.0, 5.0, 10.0), ensemble_alpha=0.5,
         fractions=(0.03, 0.1, 0.3, 1.0), fraction_epochs=30, early_stopping_patience=5,
+        confusable_rows=30_000, confusable_classes=100, confusable_group_size=10,
+        confusable_teacher_hidden=(512, 512), confusable_teacher_epochs=20, generalist_hidden=(64,),
+        generalist_epochs=20, specialist_counts=(5, 10, 20), specialist_epochs=10,
     ),
     "paper": Profile(
         name="paper", dataset="fashion-mnist", verdicts=True, seeds=5,
@@ -110,6 +127,10 @@ PROFILES: dict[str, Profile] = {
         members=10, member_hidden=(800, 800), member_dropout=0.3, member_epochs=30,
         ensemble_temperatures=(1.0, 2.0, 5.0, 10.0), ensemble_alpha=0.5,
         fractions=(0.03, 0.1, 0.3, 1.0), fraction_epochs=100, early_stopping_patience=10,
+        confusable_rows=100_000, confusable_classes=200, confusable_group_size=10,
+        confusable_teacher_hidden=(1024, 1024), confusable_teacher_epochs=40,
+        generalist_hidden=(128,), generalist_epochs=40, specialist_counts=(10, 20, 40),
+        specialist_epochs=20,
     ),
 }
 
