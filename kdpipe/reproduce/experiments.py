@@ -222,7 +222,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
             "test_accuracy_before": _summary(before),
             "test_accuracy_after": _summary(after),
             "shift": _summary(shift),
-            "class_accuracy_recovered": ratio,
+            "class_recovery_ratio": ratio,  # after the shift / with the class in the transfer set
         },
         "headline": f"class {name}: {np.mean(before_c):.1%} -> {np.mean(after_c):.1%} after a shift of "
                     f"{np.mean(shift):+.2f} (with the class in the transfer set: {np.mean(ref_c):.1%})",

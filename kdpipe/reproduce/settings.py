@@ -85,8 +85,8 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", dataset="digits", verdicts=False, seeds=2,
-        n_train=None, n_val=300, n_test=None, batch_size=64, learning_rate=3e-3,
-        teacher_hidden=(64, 64), teacher_dropout=0.2, teacher_epochs=4, jitter_copies=1,
+        n_train=None, n_val=300, n_test=None, batch_size=128, learning_rate=3e-3,
+        teacher_hidden=(64, 64), teacher_dropout=0.2, teacher_epochs=3, jitter_copies=1,
         jitter_pixels=1,
         student_hidden=(32, 32), student_epochs=4, exp1_temperature=20.0, alphas=(0.1,),
         small_hidden=(8, 8), small_epochs=4, temperatures=(1.0, 3.0, 10.0), small_alpha=0.1,
