@@ -374,7 +374,8 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
             batch_size=p.batch_size, learning_rate=p.learning_rate, temperature=2.0, alpha=alpha,
             random_state=seed, device=lab.device)
         model = SpecialistEnsembleClassifier(
-            generalist, n_specialists=n_specialists, specialist_max_epochs=p.specialist_epochs,
+            generalist, n_specialists=n_specialists, classes_per_specialist=p.classes_per_specialist,
+            specialist_max_epochs=p.specialist_epochs,
             specialist_learning_rate=p.learning_rate, specialist_batch_size=p.batch_size,
             specialist_temperature=2.0, specialist_alpha=alpha, device=lab.device, random_state=seed)
         start = time.perf_counter()
@@ -433,8 +434,9 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
                        f"test accuracy {teacher.test_accuracy:.4f}",
             "generalist": f"MLP{p.generalist_hidden} distilled at T=2, alpha={alpha}, "
                           f"{p.generalist_epochs} epochs",
-            "specialists": f"dustbin, {p.specialist_epochs} epochs, T=2, alpha={alpha}, "
-                           f"clusters from the generalist's predictions",
+            "specialists": f"dustbin, {p.classes_per_specialist} classes each (overlapping), "
+                           f"{p.specialist_epochs} epochs, T=2, alpha={alpha}, clusters from the "
+                           f"generalist's predictions",
             "n_specialists_val_accuracy": {str(n): v for n, v in scores.items()},
             "n_specialists": k,
         },

@@ -76,6 +76,7 @@ class Profile:
     generalist_epochs: int
     specialist_counts: tuple[int, ...]  # numbers of specialists tried on validation
     specialist_epochs: int
+    classes_per_specialist: int  # > group size: specialists overlap, as the paper's did
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as plain JSON-able values."""
@@ -96,7 +97,7 @@ PROFILES: dict[str, Profile] = {
         fractions=(0.1, 1.0), fraction_epochs=4, early_stopping_patience=2,
         confusable_rows=800, confusable_classes=12, confusable_group_size=4,
         confusable_teacher_hidden=(64,), confusable_teacher_epochs=8, generalist_hidden=(16,),
-        generalist_epochs=10, specialist_counts=(3,), specialist_epochs=3,
+        generalist_epochs=10, specialist_counts=(3,), specialist_epochs=3, classes_per_specialist=6,
     ),
     "cpu": Profile(
         name="cpu", dataset="fashion-mnist", verdicts=True, seeds=3,
@@ -112,7 +113,8 @@ PROFILES: dict[str, Profile] = {
         fractions=(0.03, 0.1, 0.3, 1.0), fraction_epochs=30, early_stopping_patience=5,
         confusable_rows=30_000, confusable_classes=100, confusable_group_size=10,
         confusable_teacher_hidden=(512, 512), confusable_teacher_epochs=20, generalist_hidden=(64,),
-        generalist_epochs=20, specialist_counts=(5, 10, 20), specialist_epochs=10,
+        generalist_epochs=20, specialist_counts=(10, 20), specialist_epochs=10,
+        classes_per_specialist=15,
     ),
     "paper": Profile(
         name="paper", dataset="fashion-mnist", verdicts=True, seeds=5,
@@ -129,8 +131,8 @@ PROFILES: dict[str, Profile] = {
         fractions=(0.03, 0.1, 0.3, 1.0), fraction_epochs=100, early_stopping_patience=10,
         confusable_rows=100_000, confusable_classes=200, confusable_group_size=10,
         confusable_teacher_hidden=(1024, 1024), confusable_teacher_epochs=40,
-        generalist_hidden=(128,), generalist_epochs=40, specialist_counts=(10, 20, 40),
-        specialist_epochs=20,
+        generalist_hidden=(128,), generalist_epochs=40, specialist_counts=(20, 40),
+        specialist_epochs=20, classes_per_specialist=15,
     ),
 }
 
