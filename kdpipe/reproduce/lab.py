@@ -22,6 +22,9 @@ from kdpipe.reproduce.settings import Profile
 
 __all__ = ["Lab", "Teacher"]
 
+# each teacher's seed, fixed by its name: running fewer experiments gives the same teachers
+_TEACHER_SEEDS = {"big": 1000, "ensemble": 2000, "confusable": 3000}
+
 
 @dataclass
 class Teacher:
@@ -73,7 +76,7 @@ class Lab:
             s.X_train, s.y_train, n_classes=s.n_classes, n_members=n_members,
             hidden_layer_sizes=hidden, dropout=dropout, epochs=epochs, batch_size=p.batch_size,
             learning_rate=p.learning_rate,
-            augment=augment, n_augmented_copies=jitter_copies if augment else 0, random_state=1000 + len(self.teachers),
+            augment=augment, n_augmented_copies=jitter_copies if augment else 0, random_state=_TEACHER_SEEDS.get(key, 0),
             device=self.device,
         )
         train_seconds = time.perf_counter() - start
