@@ -15,7 +15,15 @@ import numpy as np
 
 from kdpipe.reproduce.data import _stratified_order
 from kdpipe.reproduce.lab import Lab
-from kdpipe.reproduce.stats import NOT, PARTLY, REPRODUCED, UNDETERMINED, beats_verdict, mean_se, share_verdict
+from kdpipe.reproduce.stats import (
+    NOT,
+    PARTLY,
+    REPRODUCED,
+    UNDETERMINED,
+    beats_verdict,
+    mean_se,
+    share_verdict,
+)
 
 __all__ = ["RUNNERS", "distilled_student", "choose_alpha"]
 

@@ -76,7 +76,8 @@ class Lab:
             s.X_train, s.y_train, n_classes=s.n_classes, n_members=n_members,
             hidden_layer_sizes=hidden, dropout=dropout, epochs=epochs, batch_size=p.batch_size,
             learning_rate=p.learning_rate,
-            augment=augment, n_augmented_copies=jitter_copies if augment else 0, random_state=_TEACHER_SEEDS.get(key, 0),
+            augment=augment, n_augmented_copies=jitter_copies if augment else 0,
+            random_state=_TEACHER_SEEDS.get(key, 0),
             device=self.device,
         )
         train_seconds = time.perf_counter() - start
