@@ -36,6 +36,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 _COMMAND_MODULES = (
     "kdpipe.quickstart",
     "kdpipe.cache.cli",
+    "kdpipe.reproduce.cli",
 )
 
 

@@ -1,0 +1,114 @@
+"""``kdpipe.reproduce.run``: the experiments of one profile, then the report."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kdpipe.reproduce.settings import NOT_IMPLEMENTED, get_profile, parse_experiments
+
+__all__ = ["run", "DEFAULT_OUT"]
+
+DEFAULT_OUT = Path("kdpipe-results") / "reproduce"
+
+
+def run(
+    profile: str = "smoke",
+    *,
+    experiments: Sequence[int | str] | None = None,
+    seeds: int | None = None,
+    device: str = "cpu",
+    out: str | os.PathLike[str] = DEFAULT_OUT,
+    data_dir: str | os.PathLike[str] | None = None,
+    verbose: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run the paper's experiments and write ``REPORT.md``, ``results.json`` and plots.
+
+    Parameters
+    ----------
+    profile : {"smoke", "cpu", "paper"}, default="smoke"
+        Sizes and training lengths (see :data:`kdpipe.reproduce.settings.PROFILES`).
+        ``smoke`` runs on scikit-learn's digits in seconds and gives no verdicts.
+    experiments : sequence of int, optional
+        Experiment numbers; every implemented one by default.
+    seeds : int, optional
+        Student seeds per number; the profile's by default.
+    device : str, default="cpu"
+        Where teachers and students run (``"cuda"`` for the paper profile).
+    out : path, default="kdpipe-results/reproduce"
+        Folder the report, JSON and plots are written to (created if needed).
+    data_dir : path, optional
+        Folder of the Fashion-MNIST idx files; Debian's location by default.
+    verbose : bool, default=True
+        Print progress.
+    command : str, optional
+        The command line to print in the report.
+
+    Returns
+    -------
+    dict
+        Everything written to the JSON file, plus ``paths``: the files written.
+    """
+    import torch
+
+    from kdpipe import __version__
+    from kdpipe.reproduce.data import load_splits
+    from kdpipe.reproduce.experiments import RUNNERS
+    from kdpipe.reproduce.lab import Lab
+    from kdpipe.reproduce.plots import draw
+    from kdpipe.reproduce.report import write_json, write_markdown
+
+    chosen = parse_experiments(experiments)
+    settings = get_profile(profile, seeds=seeds)
+    say = print if verbose else (lambda message: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    splits = load_splits(settings.dataset, n_train=settings.n_train, n_val=settings.n_val,
+                         n_test=settings.n_test, data_dir=data_dir)
+    say(f"{settings.dataset}: {splits.sizes()}")
+    results: dict[int, dict[str, Any]] = {}
+    cache_root = Path(tempfile.mkdtemp(prefix="kdpipe-reproduce-"))
+    try:
+        with torch.random.fork_rng(devices=[]):  # a run leaves the caller's torch RNG as it was
+            lab = Lab(settings, splits, cache_root, device=device, say=say)
+            for number in chosen:
+                began = time.perf_counter()
+                say(f"experiment {number} ...")
+                results[number] = RUNNERS[number](lab)
+                results[number]["seconds"] = time.perf_counter() - began
+                say(f"experiment {number}: {results[number]['headline']} "
+                    f"({results[number]['seconds']:.1f}s)")
+            timings = lab.timings()
+    finally:
+        shutil.rmtree(cache_root, ignore_errors=True)
+    record: dict[str, Any] = {
+        "command": command or f"kdpipe.reproduce.run(profile={profile!r}, experiments={list(chosen)})",
+        "kdpipe_version": __version__,
+        "torch_version": torch.__version__,
+        "device": device,
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_seconds": time.perf_counter() - start,
+        "profile": settings.to_dict(),
+        "data": {"name": splits.name, "sizes": splits.sizes(), "classes": list(splits.class_names)},
+        "timings": timings,
+        "experiments": {str(n): r for n, r in results.items()},
+        "not_implemented": {str(n): name for n, name in NOT_IMPLEMENTED.items()},
+    }
+    figures = draw(results, out)
+    paths = [write_json(record, out / "results.json"), write_markdown(record, figures, out / "REPORT.md")]
+    if figures is None:
+        say("matplotlib is not installed: the report has no plots (pip install kdpipe[plots])")
+    else:
+        paths += sorted({p for group in figures.values() for p in group})
+    for path in paths:
+        say(f"wrote {path.resolve()}")
+    record["paths"] = paths
+    return record

@@ -1,0 +1,148 @@
+"""``kdpipe reproduce``: the smoke profile end to end, and the verdict rule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import kdpipe.cache
+from kdpipe.cli import main
+from kdpipe.reproduce.settings import EXPERIMENTS
+from kdpipe.reproduce.stats import (
+    NOT,
+    PARTLY,
+    REPRODUCED,
+    UNDETERMINED,
+    beats_verdict,
+    mean_se,
+    share_verdict,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _accuracies(node):
+    """Every number under a key that names an accuracy, however deeply nested."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if "accuracy" in key:
+                yield from _numbers(value)
+            else:
+                yield from _accuracies(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _accuracies(value)
+
+
+def _numbers(node):
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _numbers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _numbers(value)
+
+
+def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cache_per_teacher(
+    tmp_path, monkeypatch, capsys
+):
+    builds = []
+    real_build = kdpipe.cache.build_cache
+
+    def counting_build(*args, **kwargs):
+        builds.append(args[2])
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(kdpipe.cache, "build_cache", counting_build)
+    out = tmp_path / "nested" / "out"
+    assert main(["reproduce", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+
+    record = json.loads((out / "results.json").read_text())
+    report = (out / "REPORT.md").read_text()
+    assert set(record["experiments"]) == {str(n) for n in EXPERIMENTS}
+    # three teachers (the big one, the ensemble, the confusable one): each run once
+    assert len(builds) == 3
+    timings = record["timings"]
+    assert timings["teacher_passes_s"] > 0 and timings["students_s"] > 0
+    assert timings["student_fits"] > len(builds)
+    assert timings["online_teacher_passes_estimate_s"] > 0
+    for number, exp in record["experiments"].items():
+        assert exp["verdict"] is None
+        assert {"title", "paper", "criterion", "settings", "results", "headline"} <= set(exp)
+        values = list(_accuracies(exp["results"]))
+        assert values, f"experiment {number} reports no accuracy"
+        assert all(0.0 <= v <= 1.0 for v in values)
+        # the section states its criterion before its numbers
+        section = report.split(f"## {number}. ")[1]
+        assert section.index("Criterion") < section.index("**Numbers**")
+    assert "no verdicts" in report
+    for verdict in (REPRODUCED, PARTLY, NOT):
+        assert f"Verdict: {verdict}" not in report
+    assert record["experiments"]["2"]["results"]["temperatures"] == [1.0, 3.0, 10.0]
+    assert len(record["experiments"]["4"]["results"]["ensemble_accuracy_by_size"]) == 2
+
+    pytest.importorskip("matplotlib")
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == [
+        "accuracy_vs_data_fraction.png",
+        "accuracy_vs_ensemble_size.png",
+        "accuracy_vs_temperature.png",
+        "left_out_class.png",
+        "table4_specialists.png",
+    ]
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        assert f"]({png.name})" in report
+        assert str(png.resolve()) in printed
+    assert str((out / "REPORT.md").resolve()) in printed
+
+
+def test_unknown_experiment_is_a_usage_error_and_writes_nothing(tmp_path, capsys):
+    assert main(["reproduce", "--experiments", "9", "--out", str(tmp_path)]) == 2
+    assert "9" in capsys.readouterr().err
+    assert main(["reproduce", "--experiments", "one", "--out", str(tmp_path)]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mean_se_is_the_sample_standard_error():
+    values = [0.90, 0.92, 0.97]
+    mean, se = mean_se(values)
+    centered = np.array(values) - np.mean(values)
+    assert mean == pytest.approx(sum(values) / 3)
+    assert se == pytest.approx(math.sqrt((centered**2).sum() / 2) / math.sqrt(3))
+    assert math.isnan(mean_se([0.5])[1])
+
+
+@pytest.mark.parametrize(
+    ("mean", "se", "expected"),
+    [
+        (0.91, 0.02, REPRODUCED),  # 0.87 >= 0.8 two SE below the mean
+        (0.80, 0.00, REPRODUCED),  # exactly the bar
+        (0.85, 0.04, PARTLY),  # 0.77: short of the bar, still above zero
+        (0.30, 0.10, PARTLY),
+        (0.10, 0.06, NOT),  # -0.02: not beyond 2 SE of zero
+        (-0.5, 0.01, NOT),
+        (0.95, math.nan, UNDETERMINED),
+    ],
+)
+def test_share_verdict_against_hand_made_numbers(mean, se, expected):
+    assert share_verdict(mean, se, 0.8) == expected
+
+
+@pytest.mark.parametrize(
+    ("differences", "expected"),
+    [
+        ([(0.02, 0.005), (0.03, 0.01)], REPRODUCED),
+        ([(0.02, 0.005), (0.01, 0.01)], PARTLY),  # the second is within 2 SE of zero
+        ([(0.01, 0.01), (-0.03, 0.01)], NOT),
+        ([(0.02, math.nan), (0.03, 0.01)], UNDETERMINED),
+    ],
+)
+def test_beats_verdict_against_hand_made_numbers(differences, expected):
+    assert beats_verdict(differences) == expected
