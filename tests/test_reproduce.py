@@ -86,6 +86,19 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
         assert f"Verdict: {verdict}" not in report
     assert record["experiments"]["2"]["results"]["temperatures"] == [1.0, 3.0, 10.0]
     assert len(record["experiments"]["4"]["results"]["ensemble_accuracy_by_size"]) == 2
+    # experiment 2 says how soft the teacher's targets are: softer as T rises
+    top = record["experiments"]["2"]["results"]["teacher_top_probability"]
+    assert len(top) == 3 and top[0] > top[1] > top[2] > 0.1
+    # experiment 3's variant: a transfer set of two classes, then their two offsets
+    r3 = record["experiments"]["3"]["results"]
+    assert len(r3["two_classes_shifts"]) == 2 and r3["two_classes_verdict"] is None
+    assert len(r3["two_classes_test_accuracy_after"]["per_seed"]) == 2
+    # experiment 6 also runs specialists on the image data and names their classes
+    r6 = record["experiments"]["6"]["results"]
+    digits = {str(d) for d in range(10)}
+    assert len(r6["image_clusters_seed0"]) == 2
+    for cluster in r6["image_clusters_seed0"]:
+        assert 1 < len(cluster.split(", ")) <= 4 and set(cluster.split(", ")) <= digits
 
     pytest.importorskip("matplotlib")
     pngs = sorted(out.glob("*.png"))

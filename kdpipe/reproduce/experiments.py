@@ -142,8 +142,11 @@ def experiment_2(lab: Lab) -> dict[str, Any]:
                                         temperature=T, alpha=p.small_alpha), teacher="big")
             val[seed, j] = _acc(model, s.X_val, s.y_val)
             test[seed, j] = _acc(model, s.X_test, s.y_test)
+    softness = _teacher_softness(teacher.test_logits, temps)
     results: dict[str, Any] = {
         "teacher_test_accuracy": teacher.test_accuracy,
+        "teacher_top_probability": softness["top_probability"],
+        "teacher_entropy_nats": softness["entropy"],
         "hard_test_accuracy": _summary(hard),
         "temperatures": temps,
         "val_accuracy": [_summary(list(val[:, j])) for j in range(len(temps))],
@@ -173,9 +176,31 @@ def experiment_2(lab: Lab) -> dict[str, Any]:
             "temperatures": temps,
         },
         "results": results,
+        "notes": [
+            f"How soft the targets are: at T={temps[0]:g} the teacher's mean top probability on "
+            f"test rows is {softness['top_probability'][0]:.3f} (entropy "
+            f"{softness['entropy'][0]:.3f} nats); at T={temps[-1]:g} it is "
+            f"{softness['top_probability'][-1]:.3f}. The paper's MNIST teacher made 67 errors in "
+            "10,000, so its T=1 targets were close to one-hot and a higher T was needed to show the "
+            "small logits; a teacher that is already unsure at T=1 gives dark knowledge at T=1, and "
+            "the best T moves down.",
+        ],
         "headline": headline,
         "verdict": _judge(lab, verdict),
     }
+
+
+def _teacher_softness(logits: np.ndarray, temperatures: list[float]) -> dict[str, list[float]]:
+    """Mean top probability and entropy of the combined teacher at each temperature."""
+    from scipy.special import log_softmax
+
+    top, entropy = [], []
+    for T in temperatures:
+        log_p = log_softmax(logits.astype(np.float64) / T, axis=-1)  # (n, members, classes)
+        proba = np.exp(log_p).mean(axis=1)
+        top.append(float(proba.max(axis=1).mean()))
+        entropy.append(float(-(proba * np.log(np.clip(proba, 1e-300, None))).sum(axis=1).mean()))
+    return {"top_probability": top, "entropy": entropy}
 
 
 def experiment_3(lab: Lab) -> dict[str, Any]:
@@ -199,6 +224,18 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
         after_c.append(_acc(model, s.X_test[in_class], s.y_test[in_class]))
         after.append(_acc(model, s.X_test, s.y_test))
         recovered.append(after_c[-1] / ref_c[-1] if ref_c[-1] > 0 else math.nan)
+    pair = [int(k) for k in p.kept_classes]
+    only_pair = np.flatnonzero(np.isin(s.y_train, pair))
+    pair_before, pair_after, pair_shifts = [], [], []
+    for seed in range(p.seeds):
+        model = lab.fit(lab.student(p.student_hidden, p.student_epochs, seed,
+                                    temperature=p.exp1_temperature, alpha=alpha), only_pair, teacher="big")
+        pair_before.append(_acc(model, s.X_test, s.y_test))
+        model.fit_class_offsets(s.X_val, s.y_val, classes=pair)
+        pair_shifts.append([float(model.class_offsets_[k]) for k in pair])
+        pair_after.append(_acc(model, s.X_test, s.y_test))
+    pair_gain = _summary([a - b for a, b in zip(pair_after, pair_before)])
+    pair_names = [s.class_names[k] for k in pair]
     ratio = _summary(recovered)
     gain = _summary([a - b for a, b in zip(after_c, before_c)])
     verdict = share_verdict(ratio["mean"], ratio["se"], 0.9)
@@ -231,9 +268,25 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
             "test_accuracy_after": _summary(after),
             "shift": _summary(shift),
             "class_recovery_ratio": ratio,  # after the shift / with the class in the transfer set
+            "two_classes_only": f"transfer set of classes {pair} ({', '.join(pair_names)}) only, "
+                                f"{len(only_pair)} rows",
+            "two_classes_test_accuracy_before": _summary(pair_before),
+            "two_classes_test_accuracy_after": _summary(pair_after),
+            "two_classes_gain": pair_gain,
+            "two_classes_shifts": [float(np.mean([sh[i] for sh in pair_shifts])) for i in range(len(pair))],
+            "two_classes_verdict": _judge(lab, beats_verdict([(pair_gain["mean"], pair_gain["se"])])),
         },
+        "notes": [
+            f"The paper's second variant kept only 7s and 8s in the transfer set (47.3% test errors), "
+            f"then lowered the biases of 7 and 8 by 7.6, chosen on test (13.2% errors). Here the "
+            f"two shifts are fitted on validation rows; that variant is judged apart (reproduced when "
+            f"the shift raises test accuracy beyond 2 SE): "
+            f"{_judge(lab, beats_verdict([(pair_gain['mean'], pair_gain['se'])])) or 'no verdict'}.",
+        ],
         "headline": f"class {name}: {np.mean(before_c):.1%} -> {np.mean(after_c):.1%} after a shift of "
-                    f"{np.mean(shift):+.2f} (with the class in the transfer set: {np.mean(ref_c):.1%})",
+                    f"{np.mean(shift):+.2f} (with the class in the transfer set: {np.mean(ref_c):.1%}); "
+                    f"only {pair_names[0]}/{pair_names[1]}: {1 - np.mean(pair_before):.1%} -> "
+                    f"{1 - np.mean(pair_after):.1%} errors (paper 47.3% -> 13.2%)",
         "verdict": _judge(lab, verdict),
     }
 
@@ -360,11 +413,60 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
     }
 
 
-def experiment_6(lab: Lab) -> dict[str, Any]:
-    """A generalist plus specialists on many confusable classes, with table 4."""
+def _specialists(lab: Lab, splits: Any, teacher: str, n_specialists: int, classes_per_specialist: int,
+                 seed: int) -> Any:
+    """A generalist plus specialists fitted from the cache of ``teacher``; charges the student clock."""
     import time
 
-    from kdpipe import SpecialistEnsembleClassifier
+    from kdpipe import DistilledClassifier, SpecialistEnsembleClassifier
+
+    p = lab.profile
+    generalist = DistilledClassifier(
+        hidden_layer_sizes=p.generalist_hidden, max_epochs=p.generalist_epochs,
+        batch_size=p.batch_size, learning_rate=p.learning_rate, temperature=2.0, alpha=_SPECIALIST_ALPHA,
+        random_state=seed, device=lab.device)
+    model = SpecialistEnsembleClassifier(
+        generalist, n_specialists=n_specialists, classes_per_specialist=classes_per_specialist,
+        specialist_max_epochs=p.specialist_epochs,
+        specialist_learning_rate=p.learning_rate, specialist_batch_size=p.batch_size,
+        specialist_temperature=2.0, specialist_alpha=_SPECIALIST_ALPHA, device=lab.device,
+        random_state=seed)
+    start = time.perf_counter()
+    model.fit(splits.X_train, splits.y_train, teacher_logits=lab.teachers[teacher].cache)
+    lab.student_seconds += time.perf_counter() - start
+    lab.student_fits += 1 + len(model.specialists_)
+    row_epochs = model.generalist_.n_iter_ * len(splits.y_train)
+    row_epochs += sum(len(sp.history) * sp.n_rows for sp in model.specialists_)
+    lab.distilled_row_epochs[teacher] = lab.distilled_row_epochs.get(teacher, 0) + row_epochs
+    return model
+
+
+_SPECIALIST_ALPHA = 0.1
+
+
+def _image_specialists(lab: Lab) -> dict[str, Any]:
+    """Specialists on the run's image data, from the big teacher's cache: which classes they take."""
+    p, s = lab.profile, lab.splits
+    lab.big_teacher()
+    general, ensemble, clusters = [], [], []
+    for seed in range(p.seeds):
+        model = _specialists(lab, s, "big", p.image_specialists, p.image_classes_per_specialist, seed)
+        general.append(_acc(model.generalist_, s.X_test, s.y_test))
+        ensemble.append(_acc(model, s.X_test, s.y_test))
+        if seed == 0:
+            clusters = [", ".join(s.class_names[int(c)] for c in cluster) for cluster in model.clusters_]
+    return {
+        "image_specialists": f"{p.image_specialists} specialists of {p.image_classes_per_specialist} "
+                             f"classes on {s.name}, from the big teacher's cache",
+        "image_clusters_seed0": clusters,
+        "image_generalist_test_accuracy": _summary(general),
+        "image_ensemble_test_accuracy": _summary(ensemble),
+        "image_gain": _summary([e - g for e, g in zip(ensemble, general)]),
+    }
+
+
+def experiment_6(lab: Lab) -> dict[str, Any]:
+    """A generalist plus specialists on many confusable classes, with table 4."""
     from kdpipe.reproduce.data import confusable_splits
 
     p = lab.profile
@@ -372,28 +474,10 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
     teacher = lab.train_teacher("confusable", n_members=1, hidden=p.confusable_teacher_hidden,
                                 dropout=0.0, epochs=p.confusable_teacher_epochs, jitter_copies=0,
                                 splits=s)
-    alpha = 0.1
+    alpha = _SPECIALIST_ALPHA
 
     def fit(n_specialists: int, seed: int) -> Any:
-        from kdpipe import DistilledClassifier
-
-        generalist = DistilledClassifier(
-            hidden_layer_sizes=p.generalist_hidden, max_epochs=p.generalist_epochs,
-            batch_size=p.batch_size, learning_rate=p.learning_rate, temperature=2.0, alpha=alpha,
-            random_state=seed, device=lab.device)
-        model = SpecialistEnsembleClassifier(
-            generalist, n_specialists=n_specialists, classes_per_specialist=p.classes_per_specialist,
-            specialist_max_epochs=p.specialist_epochs,
-            specialist_learning_rate=p.learning_rate, specialist_batch_size=p.batch_size,
-            specialist_temperature=2.0, specialist_alpha=alpha, device=lab.device, random_state=seed)
-        start = time.perf_counter()
-        model.fit(s.X_train, s.y_train, teacher_logits=teacher.cache)
-        lab.student_seconds += time.perf_counter() - start
-        lab.student_fits += 1 + len(model.specialists_)
-        row_epochs = model.generalist_.n_iter_ * len(s.y_train)
-        row_epochs += sum(len(sp.history) * sp.n_rows for sp in model.specialists_)
-        lab.distilled_row_epochs["confusable"] = lab.distilled_row_epochs.get("confusable", 0) + row_epochs
-        return model
+        return _specialists(lab, s, "confusable", n_specialists, p.classes_per_specialist, seed)
 
     scores, fitted = {}, {}
     for k in p.specialist_counts:  # chosen on validation, seed 0
@@ -427,6 +511,7 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
     ]
     delta = _summary(gain)
     relative = delta["mean"] / float(np.mean(general))
+    image = _image_specialists(lab)
     return {
         "title": "A generalist plus specialists on confusable classes (section 5, table 4)",
         "paper": "JFT (15,000 classes): 61 specialists raised test accuracy from 25.0% to 26.1% "
@@ -456,9 +541,12 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
             "relative_gain": relative,
             "table4": table4,
             "clusters_seed0": [", ".join(c) for c in clusters],
+            **image,
         },
         "headline": f"{k} specialists: {np.mean(general):.4f} -> {np.mean(ensemble):.4f} "
-                    f"({relative:+.1%} relative; paper +4.4%)",
+                    f"({relative:+.1%} relative; paper +4.4%); on {lab.splits.name}: "
+                    f"{image['image_generalist_test_accuracy']['mean']:.4f} -> "
+                    f"{image['image_ensemble_test_accuracy']['mean']:.4f}",
         "verdict": _judge(lab, beats_verdict([(delta["mean"], delta["se"])])),
     }
 

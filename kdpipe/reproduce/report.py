@@ -64,6 +64,8 @@ def _section(number: int, exp: dict[str, Any], figures: list[Path], verdicts: bo
         else:
             lines.append(f"- {key}: {_fmt(value)}")
     lines.append("")
+    if exp.get("notes"):
+        lines += ["**Notes**", ""] + [f"- {note}" for note in exp["notes"]] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in figures] + ([""] if figures else [])
     if verdicts:
         lines += [f"**Verdict: {exp['verdict']}**", ""]

@@ -55,6 +55,7 @@ class Profile:
     small_alpha: float
     # experiment 3
     left_out_class: int
+    kept_classes: tuple[int, int]  # the variant whose transfer set has only these two classes
     # experiment 4
     members: int
     member_hidden: tuple[int, ...]
@@ -77,6 +78,9 @@ class Profile:
     specialist_counts: tuple[int, ...]  # numbers of specialists tried on validation
     specialist_epochs: int
     classes_per_specialist: int  # > group size: specialists overlap, as the paper's did
+    # experiment 6 on the run's own image data (the big teacher's cache)
+    image_specialists: int
+    image_classes_per_specialist: int
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as plain JSON-able values."""
@@ -91,13 +95,14 @@ PROFILES: dict[str, Profile] = {
         jitter_pixels=1,
         student_hidden=(32, 32), student_epochs=4, exp1_temperature=20.0, alphas=(0.1,),
         small_hidden=(8, 8), small_epochs=4, temperatures=(1.0, 3.0, 10.0), small_alpha=0.1,
-        left_out_class=3,
+        left_out_class=3, kept_classes=(7, 8),
         members=2, member_hidden=(16,), member_dropout=0.0, member_epochs=3,
         ensemble_temperatures=(1.0, 2.0), ensemble_alpha=0.5,
         fractions=(0.1, 1.0), fraction_epochs=4, early_stopping_patience=2,
         confusable_rows=800, confusable_classes=12, confusable_group_size=4,
         confusable_teacher_hidden=(64,), confusable_teacher_epochs=8, generalist_hidden=(16,),
         generalist_epochs=10, specialist_counts=(3,), specialist_epochs=3, classes_per_specialist=6,
+        image_specialists=2, image_classes_per_specialist=4,
     ),
     "cpu": Profile(
         name="cpu", dataset="fashion-mnist", verdicts=True, seeds=3,
@@ -107,14 +112,14 @@ PROFILES: dict[str, Profile] = {
         student_hidden=(800, 800), student_epochs=20, exp1_temperature=20.0, alphas=(0.05, 0.3),
         small_hidden=(30, 30), small_epochs=30,
         temperatures=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0, 20.0), small_alpha=0.1,
-        left_out_class=3,
+        left_out_class=3, kept_classes=(7, 8),
         members=10, member_hidden=(100, 100), member_dropout=0.2, member_epochs=10,
         ensemble_temperatures=(1.0, 2.0, 5.0, 10.0), ensemble_alpha=0.5,
         fractions=(0.03, 0.1, 0.3, 1.0), fraction_epochs=30, early_stopping_patience=5,
         confusable_rows=30_000, confusable_classes=100, confusable_group_size=10,
         confusable_teacher_hidden=(512, 512), confusable_teacher_epochs=20, generalist_hidden=(64,),
         generalist_epochs=20, specialist_counts=(10, 20), specialist_epochs=10,
-        classes_per_specialist=15,
+        classes_per_specialist=15, image_specialists=3, image_classes_per_specialist=4,
     ),
     "paper": Profile(
         name="paper", dataset="fashion-mnist", verdicts=True, seeds=5,
@@ -125,14 +130,15 @@ PROFILES: dict[str, Profile] = {
         alphas=(0.0, 0.05, 0.1, 0.3),
         small_hidden=(30, 30), small_epochs=100,
         temperatures=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0), small_alpha=0.1,
-        left_out_class=3,
+        left_out_class=3, kept_classes=(7, 8),
         members=10, member_hidden=(800, 800), member_dropout=0.3, member_epochs=30,
         ensemble_temperatures=(1.0, 2.0, 5.0, 10.0), ensemble_alpha=0.5,
         fractions=(0.03, 0.1, 0.3, 1.0), fraction_epochs=100, early_stopping_patience=10,
         confusable_rows=100_000, confusable_classes=200, confusable_group_size=10,
         confusable_teacher_hidden=(1024, 1024), confusable_teacher_epochs=40,
         generalist_hidden=(128,), generalist_epochs=40, specialist_counts=(20, 40),
-        specialist_epochs=20, classes_per_specialist=15,
+        specialist_epochs=20, classes_per_specialist=15, image_specialists=3,
+        image_classes_per_specialist=4,
     ),
 }
 
