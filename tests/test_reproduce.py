@@ -116,6 +116,22 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
     assert str((out / "REPORT.md").resolve()) in printed
 
 
+def test_a_run_stopped_part_way_leaves_the_report_of_the_experiments_it_finished(tmp_path, monkeypatch):
+    from kdpipe.reproduce import experiments, run
+
+    def interrupted(lab):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(experiments.RUNNERS, 4, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(profile="smoke", experiments=[4, 1], out=tmp_path, verbose=False)
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert list(record["experiments"]) == ["1"] and record["pending"] == [4]
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "## 1. " in report and "## 4. " not in report
+    assert "| 4 | " in report and "not finished" in report
+
+
 def test_unknown_experiment_is_a_usage_error_and_writes_nothing(tmp_path, capsys):
     assert main(["reproduce", "--experiments", "9", "--out", str(tmp_path)]) == 2
     assert "9" in capsys.readouterr().err

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--experiments", nargs="+", default=None, metavar="N",
                         help="experiment numbers (default: every implemented one)")
     parser.add_argument("--seeds", type=int, default=None, help="student seeds (default: the profile's)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder for REPORT.md, results.json, plots")
     parser.add_argument("--data-dir", default=None,
                         help="Fashion-MNIST idx files (default: /usr/share/datasets/fashion-mnist)")

@@ -433,8 +433,11 @@ def _specialists(lab: Lab, splits: Any, teacher: str, n_specialists: int, classe
         random_state=seed)
     start = time.perf_counter()
     model.fit(splits.X_train, splits.y_train, teacher_logits=lab.teachers[teacher].cache)
-    lab.student_seconds += time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    lab.student_seconds += seconds
     lab.student_fits += 1 + len(model.specialists_)
+    lab.say(f"  generalist + {len(model.specialists_)} specialists on {splits.name}, seed {seed}: "
+            f"{seconds:.1f}s")
     row_epochs = model.generalist_.n_iter_ * len(splits.y_train)
     row_epochs += sum(len(sp.history) * sp.n_rows for sp in model.specialists_)
     lab.distilled_row_epochs[teacher] = lab.distilled_row_epochs.get(teacher, 0) + row_epochs

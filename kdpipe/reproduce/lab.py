@@ -46,7 +46,7 @@ class Lab:
     profile: Profile
     splits: Splits
     cache_dir: Path
-    device: str = "cpu"
+    device: str = "auto"
     say: Callable[[str], None] = print
     teachers: dict[str, Teacher] = field(default_factory=dict)
     # choices made on validation rows that several experiments share (e.g. "alpha")
@@ -145,8 +145,13 @@ class Lab:
             logits = cache if everything else cache.take(rows)
         start = time.perf_counter()
         model.fit(s.X_train[rows], s.y_train[rows], teacher_logits=logits)
-        self.student_seconds += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.student_seconds += seconds
         self.student_fits += 1
+        self.say(f"  student {self.student_fits}: MLP{model.hidden_layer_sizes}, {len(rows)} rows, "
+                 + (f"T={model.temperature:g}, alpha={model.alpha:g} from {teacher!r}" if teacher
+                    else "hard labels")
+                 + f", {model.n_iter_} epochs, {seconds:.1f}s")
         if teacher is not None:
             self.distilled_row_epochs[teacher] = (
                 self.distilled_row_epochs.get(teacher, 0) + int(model.n_iter_) * len(rows)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kdpipe.reproduce.settings import EXPERIMENTS
+
 __all__ = ["write_json", "write_markdown"]
 
 
@@ -103,6 +105,8 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
         lines.append(f"| {n} | {exp['title']} | {exp['headline']} | {exp['verdict'] or '-'} |")
     for n, name in run["not_implemented"].items():
         lines.append(f"| {n} | {name} | not implemented yet | - |")
+    for n in run.get("pending", []):
+        lines.append(f"| {n} | {EXPERIMENTS[n]} | not finished: the run is still going or was stopped | - |")
     lines += [
         "",
         "## Time: teachers once, students many times",

@@ -23,7 +23,7 @@ def run(
     *,
     experiments: Sequence[int | str] | None = None,
     seeds: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     out: str | os.PathLike[str] = DEFAULT_OUT,
     data_dir: str | os.PathLike[str] | None = None,
     verbose: bool = True,
@@ -40,8 +40,8 @@ def run(
         Experiment numbers; every implemented one by default.
     seeds : int, optional
         Student seeds per number; the profile's by default.
-    device : str, default="cpu"
-        Where teachers and students run (``"cuda"`` for the paper profile).
+    device : str, default="auto"
+        Where teachers and students run: CUDA when available by default.
     out : path, default="kdpipe-results/reproduce"
         Folder the report, JSON and plots are written to (created if needed).
     data_dir : path, optional
@@ -59,6 +59,7 @@ def run(
     import torch
 
     from kdpipe import __version__
+    from kdpipe.devices import resolve_device
     from kdpipe.reproduce.data import load_splits
     from kdpipe.reproduce.experiments import RUNNERS
     from kdpipe.reproduce.lab import Lab
@@ -75,6 +76,27 @@ def run(
                          n_test=settings.n_test, data_dir=data_dir)
     say(f"{settings.dataset}: {splits.sizes()}")
     results: dict[int, dict[str, Any]] = {}
+
+    def write(lab: Lab) -> tuple[dict[str, Any], dict[int, list[Path]] | None, list[Path]]:
+        """The record so far, written out: a run stopped part-way leaves the experiments it finished."""
+        record: dict[str, Any] = {
+            "command": command or f"kdpipe.reproduce.run(profile={profile!r}, experiments={list(chosen)})",
+            "kdpipe_version": __version__,
+            "torch_version": torch.__version__,
+            "device": str(resolve_device(device)),
+            "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "wall_seconds": time.perf_counter() - start,
+            "profile": settings.to_dict(),
+            "data": {"name": splits.name, "sizes": splits.sizes(), "classes": list(splits.class_names)},
+            "timings": lab.timings(),
+            "experiments": {str(n): r for n, r in results.items()},
+            "not_implemented": {str(n): name for n, name in NOT_IMPLEMENTED.items()},
+            "pending": [n for n in chosen if n not in results],
+        }
+        figures = draw(results, out)
+        paths = [write_json(record, out / "results.json"), write_markdown(record, figures, out / "REPORT.md")]
+        return record, figures, paths
+
     cache_root = Path(tempfile.mkdtemp(prefix="kdpipe-reproduce-"))
     try:
         with torch.random.fork_rng(devices=[]):  # a run leaves the caller's torch RNG as it was
@@ -86,24 +108,9 @@ def run(
                 results[number]["seconds"] = time.perf_counter() - began
                 say(f"experiment {number}: {results[number]['headline']} "
                     f"({results[number]['seconds']:.1f}s)")
-            timings = lab.timings()
+                record, figures, paths = write(lab)
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
-    record: dict[str, Any] = {
-        "command": command or f"kdpipe.reproduce.run(profile={profile!r}, experiments={list(chosen)})",
-        "kdpipe_version": __version__,
-        "torch_version": torch.__version__,
-        "device": device,
-        "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_seconds": time.perf_counter() - start,
-        "profile": settings.to_dict(),
-        "data": {"name": splits.name, "sizes": splits.sizes(), "classes": list(splits.class_names)},
-        "timings": timings,
-        "experiments": {str(n): r for n, r in results.items()},
-        "not_implemented": {str(n): name for n, name in NOT_IMPLEMENTED.items()},
-    }
-    figures = draw(results, out)
-    paths = [write_json(record, out / "results.json"), write_markdown(record, figures, out / "REPORT.md")]
     if figures is None:
         say("matplotlib is not installed: the report has no plots (pip install kdpipe[plots])")
     else:
