@@ -124,7 +124,7 @@ def test_a_run_stopped_part_way_leaves_the_report_of_the_experiments_it_finished
 
     monkeypatch.setitem(experiments.RUNNERS, 4, interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run(profile="smoke", experiments=[4, 1], out=tmp_path, verbose=False)
+        run(profile="smoke", experiments=[1, 4], out=tmp_path, verbose=False)
     record = json.loads((tmp_path / "results.json").read_text())
     assert list(record["experiments"]) == ["1"] and record["pending"] == [4]
     report = (tmp_path / "REPORT.md").read_text()

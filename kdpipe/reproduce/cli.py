@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="sizes: smoke (seconds, digits, no verdicts), cpu (Fashion-MNIST on a "
                              "CPU), paper (the paper's sizes, for a GPU)")
     parser.add_argument("--experiments", nargs="+", default=None, metavar="N",
-                        help="experiment numbers (default: every implemented one)")
+                        help="experiment numbers, run in the order given (default: all, 1 to 6)")
     parser.add_argument("--seeds", type=int, default=None, help="student seeds (default: the profile's)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder for REPORT.md, results.json, plots")

@@ -89,11 +89,11 @@ def run(
             "profile": settings.to_dict(),
             "data": {"name": splits.name, "sizes": splits.sizes(), "classes": list(splits.class_names)},
             "timings": lab.timings(),
-            "experiments": {str(n): r for n, r in results.items()},
+            "experiments": {str(n): results[n] for n in sorted(results)},  # the paper's order
             "not_implemented": {str(n): name for n, name in NOT_IMPLEMENTED.items()},
             "pending": [n for n in chosen if n not in results],
         }
-        figures = draw(results, out)
+        figures = draw(dict(sorted(results.items())), out)
         paths = [write_json(record, out / "results.json"), write_markdown(record, figures, out / "REPORT.md")]
         return record, figures, paths
 

@@ -156,10 +156,10 @@ def get_profile(name: str, *, seeds: int | None = None) -> Profile:
 
 
 def parse_experiments(values: Sequence[int | str] | None) -> tuple[int, ...]:
-    """Experiment numbers, sorted and unique; ``None`` means every implemented one."""
+    """Experiment numbers, unique, in the order given (the order they run); ``None``: all, in order."""
     if values is None:
         return tuple(EXPERIMENTS)
-    chosen = set()
+    chosen: dict[int, None] = {}  # ordered
     for value in values:
         for part in str(value).split(","):
             part = part.strip()
@@ -173,7 +173,7 @@ def parse_experiments(values: Sequence[int | str] | None) -> tuple[int, ...]:
                 raise ValueError(f"experiment {number} ({NOT_IMPLEMENTED[number]}) is not implemented yet")
             if number not in EXPERIMENTS:
                 raise ValueError(f"experiments are numbers 1-6, got {number!r}")
-            chosen.add(number)
+            chosen.setdefault(number)
     if not chosen:
         raise ValueError("no experiment chosen")
-    return tuple(sorted(chosen))
+    return tuple(chosen)
