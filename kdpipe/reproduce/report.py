@@ -85,7 +85,8 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
         f"# kdpipe reproduce: Hinton, Vinyals & Dean (2015), profile `{p['name']}`",
         "",
         f"Command: `{run['command']}`  ",
-        f"Data: {run['data']['name']} ({run['data']['sizes']}), device {run['device']}, "
+        f"Data: {run['data']['name']} ({run['data']['sizes']}), device {run['device']} "
+        f"({run.get('torch_threads', '?')} torch threads), "
         f"kdpipe {run['kdpipe_version']}, {run['finished_utc']}, wall time {run['wall_seconds']:.1f}s.",
         "",
         "Method: every choice (temperature, hard-label weight, bias shift) is made on validation "

@@ -83,6 +83,7 @@ def run(
             "command": command or f"kdpipe.reproduce.run(profile={profile!r}, experiments={list(chosen)})",
             "kdpipe_version": __version__,
             "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
             "device": str(resolve_device(device)),
             "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_seconds": time.perf_counter() - start,
