@@ -190,7 +190,7 @@ _KILLED_BUILD = textwrap.dedent(
     X, y, W = (np.load(f"{folder}/{name}.npy") for name in ("X", "y", "W"))
 
     def teacher(batch):
-        time.sleep(0.25)  # slow enough to be killed between chunks
+        time.sleep(0.1)  # slow enough to be killed between chunks
         return batch @ W
 
     teacher.kdpipe_fingerprint = "s3-test-linear"
