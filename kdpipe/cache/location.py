@@ -192,7 +192,12 @@ class RemotePath:
         from zarr.storage import FsspecStore
 
         _filesystem_class(self.protocol)  # the clear error, before zarr's
-        return FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+        options = self.storage_options
+        if self.protocol in ("s3", "s3a"):
+            # s3fs sends a HEAD before each whole-object GET to decide on concurrent ranged
+            # reads (objects > its block size); cache chunks are far smaller: one GET each
+            options = {"max_concurrency": 1, **options}
+        return FsspecStore.from_url(self.url, storage_options=options, read_only=read_only)
 
 
 Location = Path | RemotePath
