@@ -296,3 +296,16 @@ def test_command_line_builds_reads_and_verifies_a_bucket(data, tmp_path, s3_buck
     assert main(["verify", path, "--storage-option", "secret=abc"]) == 2
     assert "credential" in capsys.readouterr().err
     assert main(["info", path, "--storage-option", "no-equals-sign"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+    import zarr  # a .zarr transfer set in the bucket: the workers of a cluster could read it too
+
+    group = zarr.open_group(parse_location(f"{url}/data.zarr", options).zarr_store(read_only=False), mode="w")
+    group.create_array("x", shape=X.shape, chunks=(16, D), dtype=X.dtype)[...] = X
+    assert main(["build-cache", str(teacher), "--data", f"{url}/data.zarr", "--dataset", "x", "-o", f"{url}/z.zarr",
+                 *endpoint, "--quiet"]) == 0
+    remote_x = LogitCache.open(f"{url}/z.zarr", storage_options=options)
+    np.testing.assert_array_equal(np.asarray(remote_x), np.asarray(LogitCache.open(path, storage_options=options)))
+    assert main(["build-cache", str(teacher), "--data", str(tmp_path / "X.npy"), "-o", f"{url}/h", "--backend", "hdf5",
+                 *endpoint, "--quiet"]) == 1
+    assert "Use backend='zarr'" in capsys.readouterr().err
