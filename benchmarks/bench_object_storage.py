@@ -42,6 +42,7 @@ import torch
 
 from _common import fashion_or_random, load_line, machine, write_results
 from kdpipe.cache import LogitCache, build_cache
+from kdpipe.cache.location import parse_location
 from kdpipe.engine import seeded
 from kdpipe.rows import LazyRows
 from kdpipe.students import MLP
@@ -170,12 +171,12 @@ def bench_cache_reads(server: S3Server, options: dict, tmp: Path, batch: int) ->
 def bench_chunk_sizes(server: S3Server, options: dict, X: np.ndarray, tmp: Path, batch: int,
                       sizes: list[int], memory: int) -> list[dict]:
     import zarr
-    from zarr.storage import FsspecStore
 
     rows = []
     for chunk_rows in sizes:
-        url = f"s3://bench/X-{chunk_rows}.zarr"
-        remote = zarr.create_array(store=FsspecStore.from_url(url, storage_options=options), shape=X.shape,
+        # kdpipe's own zarr store at a URL (one GET per chunk: s3fs's HEAD is skipped)
+        url = parse_location(f"s3://bench/X-{chunk_rows}.zarr", options)
+        remote = zarr.create_array(store=url.zarr_store(read_only=False), shape=X.shape,
                                    chunks=(chunk_rows, X.shape[1]), dtype=X.dtype)
         remote[...] = X
         local = zarr.create_array(store=str(tmp / f"X-{chunk_rows}.zarr"), shape=X.shape,
@@ -230,12 +231,22 @@ def bench_obstore(server: S3Server, X: np.ndarray, sizes: list[int]) -> dict | N
             for _ in range(3):
                 _, wall, _ = timed(lambda: [array[i * chunk_rows : (i + 1) * chunk_rows] for i in range(n_chunks)])
                 walls.append(wall)
+            requests = sum(delta(server.requests(), before).values())
             assert np.array_equal(array[:], X)
             out[f"{name}, {chunk_rows} rows"] = {
                 "chunks_per_s": round(n_chunks / min(walls), 1),
-                "requests_per_chunk": round(sum(delta(server.requests(), before).values()) / (3 * n_chunks), 2),
+                "requests_per_chunk": round(requests / (3 * n_chunks), 2),
             }
     return out
+
+
+def _warm(teacher: torch.nn.Module, x: np.ndarray) -> None:
+    import kdpipe.cache.tasks  # noqa: F401
+    import s3fs  # noqa: F401
+    import zarr  # noqa: F401
+
+    with torch.inference_mode():
+        teacher(torch.from_numpy(x))
 
 
 def bench_distributed(server: S3Server, options: dict, X: np.ndarray, y: np.ndarray, hidden: tuple[int, ...],
@@ -255,17 +266,23 @@ def bench_distributed(server: S3Server, options: dict, X: np.ndarray, y: np.ndar
     for n_workers in (1, 2, 1, 2):  # twice each, alternating
         with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                       dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-            warm = build_cache(teacher, X_remote[:chunk_rows], f"s3://bench/warm-{n_workers}.zarr", client=client,
-                               storage_options=options, chunk_rows=chunk_rows, progress=False, overwrite=True)
-            del warm  # workers have imported torch and run the model once: not timed
+            # not timed: every worker imports what a task needs and runs the teacher once
+            client.run(_warm, teacher, X[:256])
+            build_cache(teacher, X_remote[: 4 * chunk_rows], f"s3://bench/warm-{n_workers}.zarr", client=client,
+                        storage_options=options, chunk_rows=chunk_rows // 2, progress=False, overwrite=True)
             load = os.getloadavg()
+            cpu_before = sum(client.run(time.process_time).values())
             cache, wall, cpu = timed(lambda: build_cache(
                 teacher, X_remote, "s3://bench/distributed.zarr", y=y, client=client, storage_options=options,
                 chunk_rows=chunk_rows, batch_size=256, progress=False, overwrite=True, device="cpu",
             ))
-            worker_cpu = sum(client.run(lambda: time.process_time()).values())
-            results.setdefault(n_workers, []).append({"wall_s": round(wall, 3), "worker_cpu_s": round(worker_cpu, 3),
-                                                      "load_before": [round(v, 2) for v in load]})
+            worker_cpu = sum(client.run(time.process_time).values()) - cpu_before
+            threads = sorted(client.run(torch.get_num_threads).values())
+            results.setdefault(n_workers, []).append({
+                "wall_s": round(wall, 3), "worker_cpu_s": round(worker_cpu, 3),
+                "cores_used": round(worker_cpu / wall, 2), "torch_threads": threads,
+                "load_before": [round(v, 2) for v in load],
+            })
             assert cache.verify().ok
     out["runs"] = {str(k): v for k, v in results.items()}
     best = {k: min(r["wall_s"] for r in v) for k, v in results.items()}
@@ -309,10 +326,12 @@ def markdown(result: dict) -> str:
     d = result["distributed"]
     lines += ["", "## Distributed build: 2 worker processes against 1 (one thread each; X and cache in the bucket)", "",
               f"{d['rows']} rows, {d['teacher']}, chunk_rows {d['chunk_rows']}", "",
-              "| workers | wall s | CPU s of the workers (whole life) | load before |", "|---|---|---|---|"]
+              "| workers | wall s | CPU s of the workers during the build | cores used (CPU / wall) | torch threads |"
+              " load before |", "|---|---|---|---|---|---|"]
     for k, runs in d["runs"].items():
         for r in runs:
-            lines.append(f"| {k} | {r['wall_s']} | {r['worker_cpu_s']} | {r['load_before']} |")
+            lines.append(f"| {k} | {r['wall_s']} | {r['worker_cpu_s']} | {r['cores_used']} | {r['torch_threads']} |"
+                         f" {r['load_before']} |")
     lines += ["", f"- speedup 2 workers over 1 (best of each): **{d['speedup_2_over_1']}**", ""]
     return "\n".join(lines)
 
@@ -347,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             result["chunk_sizes"] = bench_chunk_sizes(server, options, X, tmp, batch, sizes, memory)
             result["obstore"] = bench_obstore(server, X, sizes)
             hidden = (256, 256) if args.quick else (2048, 2048)
-            result["distributed"] = bench_distributed(server, options, X, y, hidden, 256 if args.quick else 512)
+            X_big, y_big, _ = fashion_or_random(rows if args.quick else 2 * rows)
+            result["distributed"] = bench_distributed(server, options, X_big, y_big, hidden, 256 if args.quick else 512)
             result["load_before"], result["load_after"] = list(load_before), list(os.getloadavg())
         finally:
             server.stop()
