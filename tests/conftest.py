@@ -73,3 +73,17 @@ def s3_bucket(s3_endpoint: str):
     name = f"kdpipe-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(**options).mkdir(name)
     return f"s3://{name}", options
+
+
+@pytest.fixture(scope="session")
+def s3_cluster(s3_endpoint: str):
+    """A dask.distributed client of two worker processes (one thread each) on 127.0.0.1.
+
+    Started after the S3 server's environment is set, so the workers inherit its dummy
+    credentials; shared by the tests that need worker processes (each start costs seconds).
+    """
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        yield client

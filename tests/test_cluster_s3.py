@@ -26,13 +26,9 @@ NAMES = np.array(["ant", "bee", "cat"])
 FAST = dict(hidden_layer_sizes=(8,), learning_rate=1e-2, max_epochs=2, batch_size=32, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def client(s3_endpoint):
-    """Two worker processes, one thread each, on 127.0.0.1 (they inherit the dummy credentials)."""
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
-        yield client
+@pytest.fixture
+def client(s3_cluster):
+    return s3_cluster
 
 
 @pytest.fixture(scope="module")

@@ -169,14 +169,14 @@ def test_every_install_command_in_the_readme_pins_torch_first():
 
 
 def test_cluster_sweep_example_reads_and_writes_only_the_bucket(tmp_path, monkeypatch, capsys, s3_bucket,
-                                                               tracked_tree_unchanged):
-    """A LocalCluster of one worker process; X, the cache and every read go through the bucket."""
+                                                               s3_cluster, tracked_tree_unchanged):
+    """On a running cluster (worker processes); X, the cache and every read go through the bucket."""
     import s3fs
 
     url, options = s3_bucket
     monkeypatch.chdir(tmp_path)
     argv = ["--url", f"{url}/demo", "--storage-option", f"endpoint_url={options['endpoint_url']}",
-            "--workers", "1", "--members", "2", "--teacher-epochs", "1", "--epochs", "1",
+            "--scheduler", s3_cluster.scheduler.address, "--members", "2", "--teacher-epochs", "1", "--epochs", "1",
             "--temperatures", "1", "4", "--alphas", "0.5", "--cv", "2"]
     assert _load("examples/cluster_sweep.py").main(argv) == 0
     written = tmp_path / "kdpipe-results" / "cluster_sweep" / "cluster_sweep.json"
