@@ -25,8 +25,10 @@ import pytest
 
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache import durable
-from kdpipe.cache.location import MissingDependencyError, RemotePath, parse_location, redact
-from kdpipe.errors import CacheChunkMissingError, CacheCorruptError, CacheMismatchError, CacheNotFoundError, InputError
+from kdpipe.cache.location import RemotePath, parse_location, redact
+from kdpipe.errors import (
+    CacheChunkMissingError, CacheCorruptError, CacheMismatchError, CacheNotFoundError, InputError, MissingDependencyError,
+)
 
 s3fs = pytest.importorskip("s3fs")
 

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kdpipe.errors import InputError, KdpipeError
+from kdpipe.errors import InputError, MissingDependencyError
 
 __all__ = [
     "MissingDependencyError",
@@ -43,10 +43,6 @@ _SECRET = re.compile(r"key|secret|token|password|passwd|credential|signature|sas
 # the pip package and kdpipe extra that give fsspec a protocol
 _PACKAGES = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", None), "gcs": ("gcsfs", None),
              "az": ("adlfs", None), "abfs": ("adlfs", None), "abfss": ("adlfs", None)}
-
-
-class MissingDependencyError(KdpipeError, ImportError):
-    """An optional package that a URL needs is not installed."""
 
 
 def looks_like_url(path: str | os.PathLike[str]) -> bool:
