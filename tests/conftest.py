@@ -83,7 +83,9 @@ def s3_cluster(s3_endpoint: str):
     credentials; shared by the tests that need worker processes (each start costs seconds).
     """
     distributed = pytest.importorskip("distributed")
+    # the scheduler's HTTP server on a free port, not dask's default 8787: this cluster lives
+    # for the session, and a later LocalCluster finding 8787 taken warns (an error here)
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
     ) as cluster, distributed.Client(cluster) as client:
         yield client
