@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "KdpipeError",
+    "MissingDependencyError",
     "InputError",
     "TeacherOutputError",
     "ClassMismatchError",
@@ -69,3 +70,7 @@ class CacheNotFoundError(CacheError, FileNotFoundError):
 
 class UsageError(InputError):
     """The command line is wrong (an option missing or not usable); ``kdpipe`` exits with 2."""
+
+
+class MissingDependencyError(KdpipeError, ImportError):
+    """An optional package that the request needs (``s3fs`` for an ``s3://`` URL) is not installed."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from kdpipe.cache import build_cache
+from kdpipe.cache.cli import add_storage_option, parse_storage_options
+from kdpipe.cache.location import is_remote, parse_location
 from kdpipe.cli import HelpFormatter
 from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist
 from kdpipe.teacher_training import jitter_images, train_mlp_ensemble
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", default=FASHION_MNIST_DIR, help="directory of the idx files")
     parser.add_argument("-o", "--out", "--output", dest="out", default="data/fashion-mnist-cache",
-                        help="cache directory to write")
+                        help="cache directory, or a URL (s3://bucket/prefix/run.zarr)")
     parser.add_argument("--members", type=int, default=3, help="ensemble size")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of each teacher")
     parser.add_argument("--dropout", type=float, default=0.5, help="teacher dropout")
@@ -42,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0, help="seeds the teachers")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
+    add_storage_option(parser)
     parser.add_argument("--quiet", action="store_true", help="print nothing, no progress bars")
     args = parser.parse_args(argv)
+    out = parse_location(args.out, parse_storage_options(args.storage_option))  # a bad URL fails before training
+    if is_remote(out) and args.backend != "zarr":
+        parser.error("a cache at a URL must use --backend zarr")
     say = (lambda *a: None) if args.quiet else print
 
     X, y = load_fashion_mnist(args.data_dir, kind="train")
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(f"trained {args.members} teachers in {time.perf_counter() - start:.1f}s")
     cache = build_cache(
-        teachers, X, args.out, y=y, backend=args.backend, dtype=args.dtype, chunk_rows=args.chunk_rows,
+        teachers, X, out, y=y, backend=args.backend, dtype=args.dtype, chunk_rows=args.chunk_rows,
         device=args.device, client=args.scheduler, overwrite=args.overwrite, progress=not args.quiet,
         classes=np.arange(10),
     )
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         logits = np.stack([t(torch.from_numpy(X_test)).numpy() for t in teachers], axis=1)
     say(f"{cache!r}; ensemble test errors: {(logits.mean(1).argmax(1) != y_test).sum()} / {len(y_test)}")
-    say(f"wrote {Path(args.out).resolve()}")
+    say(f"wrote {cache.path.resolve()}")
     return 0
 
 

@@ -84,7 +84,7 @@ def _wrote(stdout: str) -> list[Path]:
 
 def test_every_script_has_a_smoke_test():
     tested = {"pipelines/digits_cache.py", "pipelines/fashion_mnist_cache.py",
-              "examples/digits_sweeps.py", "examples/fashion_mnist_distill.py"}
+              "examples/digits_sweeps.py", "examples/fashion_mnist_distill.py", "examples/cluster_sweep.py"}
     assert {str(p.relative_to(ROOT)) for p in SCRIPTS} == tested
 
 
@@ -166,3 +166,26 @@ def test_every_install_command_in_the_readme_pins_torch_first():
     for line in commands:
         after = line.split("pip install", 1)[1].split()
         assert after[0] == "torch==2.13.0", line
+
+
+def test_cluster_sweep_example_reads_and_writes_only_the_bucket(tmp_path, monkeypatch, capsys, s3_bucket,
+                                                               s3_cluster, tracked_tree_unchanged):
+    """On a running cluster (worker processes); X, the cache and every read go through the bucket."""
+    import s3fs
+
+    url, options = s3_bucket
+    monkeypatch.chdir(tmp_path)
+    argv = ["--url", f"{url}/demo", "--storage-option", f"endpoint_url={options['endpoint_url']}",
+            "--scheduler", s3_cluster.scheduler.address, "--members", "2", "--teacher-epochs", "1", "--epochs", "1",
+            "--temperatures", "1", "4", "--alphas", "0.5", "--cv", "2"]
+    assert _load("examples/cluster_sweep.py").main(argv) == 0
+    written = tmp_path / "kdpipe-results" / "cluster_sweep" / "cluster_sweep.json"
+    assert _wrote(capsys.readouterr().out) == [written.resolve()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kdpipe-results"]  # no local X, no local cache
+    results = json.loads(written.read_text())
+    assert set(results["cv_accuracy"]) == {"T=1, alpha=0.5", "T=4, alpha=0.5"}
+    assert results["best_params"]["temperature"] in (1.0, 4.0)
+    assert all(0.0 <= v <= 1.0 for v in [*results["cv_accuracy"].values(), results["test_accuracy"]])
+    cache = LogitCache.open(f"{url}/demo/logits.zarr", storage_options=options)
+    assert (cache.n_members, cache.n_classes) == (2, 10) and cache.verify().ok
+    assert s3fs.S3FileSystem(**options).exists(f"{url}/demo/X.zarr/zarr.json")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +14,7 @@ from kdpipe.cache.config import BuildConfig
 from kdpipe.cache.durable import fsync_dir, is_temp_name, remove_temps, write_step
 from kdpipe.cache.executor import Task, run_tasks
 from kdpipe.cache.fingerprint import combine_hashes, is_weak
+from kdpipe.cache.location import Location, is_remote, parse_location, remove_tree
 from kdpipe.cache.manifest import (
     FORMAT_VERSION,
     RECORDS_DIR,
@@ -30,7 +29,7 @@ from kdpipe.cache.manifest import (
 from kdpipe.cache.reader import LogitCache
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source, as_source
-from kdpipe.cache.storage import open_store
+from kdpipe.cache.storage import hdf5_url_message, open_store
 from kdpipe.cache.tasks import ChunkJob
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
 from kdpipe.cache.hdf5_store import Hdf5ChunkStore
@@ -62,6 +61,7 @@ def build_cache(
     num_workers: int | None = None,
     precision: str = "model",
     teacher_versions: Any = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> LogitCache:
     """Run ``teachers`` over ``X`` once and store every member's raw logits at ``path``.
 
@@ -73,8 +73,10 @@ def build_cache(
     X : array-like or torch Dataset
         The transfer set: numpy, zarr, h5py or dask array, or a Dataset whose items are
         tensors or ``(x, y)`` tuples. Read one chunk at a time.
-    path : path
-        Cache directory.
+    path : path or URL
+        Cache directory, or a URL in object storage (``"s3://bucket/prefix/run.zarr"``,
+        zarr backend only; ``s3://`` needs the ``s3fs`` package: ``pip install
+        'kdpipe[s3]'``).
     y : array-like, optional
         Labels (values from ``classes``); ``-1`` marks unlabeled rows. Default: the labels
         of a ``(x, y)`` Dataset, else all rows unlabeled.
@@ -114,6 +116,10 @@ def build_cache(
         A version name per teacher, recorded in its fingerprint. Required to resume from
         a callable teacher whose code kdpipe cannot hash (its fingerprint is weak);
         change it whenever the teacher changes.
+    storage_options : dict, optional
+        Options of the URL's fsspec file system (``endpoint_url``, ``profile``,
+        ``client_kwargs``...). They travel with every task to the workers, and are never
+        written into the cache. Leave credentials to the environment or a profile.
 
     Returns
     -------
@@ -129,13 +135,15 @@ def build_cache(
         Chunks finished before the error are kept; rerun to resume.
     """
     config = BuildConfig(backend=backend, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
+    root = parse_location(path, storage_options)  # before any work: a URL may need a missing package
+    if is_remote(root) and config.backend != "zarr":
+        raise InputError(hdf5_url_message(root))
     if client is None:
         resolve_device(device)  # reject a bad device name before any work
     precision = parse_precision(precision)
     source = as_source(X)
     members = resolve_members(teachers, teacher_versions)
     order = resolve_classes(members, classes)
-    root = Path(path)
     settings = {"precision": precision, "device_kind": _device_kind(device, client)}
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
@@ -164,7 +172,7 @@ def build_cache(
     # on a cluster the driver ships in-memory rows itself, chunk by chunk
     ship = client is not None and source.in_memory
     job = ChunkJob(
-        str(root), manifest, members, device, config.batch_size, None if ship else source, codes, precision
+        root if is_remote(root) else str(root), manifest, members, device, config.batch_size, None if ship else source, codes, precision
     )
     if num_workers is None:
         num_workers = 1 if all(m.kind in ("torch", "torchscript") for m in members) else (os.cpu_count() or 1)
@@ -195,7 +203,7 @@ def _device_kind(device: Any, client: Any) -> str:
     return "auto" if str(device) == "auto" else str(device).split(":")[0]
 
 
-def _refuse_weak(root: Path, manifest: Manifest) -> None:
+def _refuse_weak(root: Location, manifest: Manifest) -> None:
     """Refuse to reuse logits of a teacher known only by its name: it may have changed since."""
     weak = [(i, t.name) for i, t in enumerate(manifest.teachers) if is_weak(t.fingerprint)]
     if weak:
@@ -229,7 +237,7 @@ def _block_reader(source: Source) -> Any:
     return read_block
 
 
-def _check_complete(root: Path, job: ChunkJob, manifest: Manifest, run: dict[str, Any]) -> dict[int, ChunkRecord]:
+def _check_complete(root: Location, job: ChunkJob, manifest: Manifest, run: dict[str, Any]) -> dict[int, ChunkRecord]:
     """Records of complete chunks that still match this build's inputs.
 
     Chunks whose stored data is missing or corrupt are dropped (and recomputed later);
@@ -259,7 +267,7 @@ def _check_complete(root: Path, job: ChunkJob, manifest: Manifest, run: dict[str
     return records
 
 
-def _existing_manifest(root: Path, overwrite: bool) -> Manifest | None:
+def _existing_manifest(root: Location, overwrite: bool) -> Manifest | None:
     """The manifest of the cache at ``root``, or None after clearing the way for a new one.
 
     A folder holding only kdpipe's own names and temp files is (the rest of) a cache;
@@ -283,7 +291,7 @@ def _existing_manifest(root: Path, overwrite: bool) -> Manifest | None:
         for name in sorted(names, key=lambda n: n != "manifest.json"):
             target = root / name
             write_step("unlink", target)
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+            remove_tree(target)
         fsync_dir(root)
         return None
     if manifest.format_version != FORMAT_VERSION:
@@ -335,7 +343,7 @@ def _new_manifest(
     )
 
 
-def _initialize(root: Path, manifest: Manifest) -> None:
+def _initialize(root: Location, manifest: Manifest) -> None:
     """Create the empty store, then the manifest (its presence means 'initialized')."""
     write_step("mkdir", root)
     root.mkdir(parents=True, exist_ok=True)
@@ -390,7 +398,7 @@ def _differences(
     return out
 
 
-def _finish(root: Path, manifest: Manifest, records: list[ChunkRecord]) -> None:
+def _finish(root: Location, manifest: Manifest, records: list[ChunkRecord]) -> None:
     """Mark the cache finished, once, after every chunk is complete."""
     parts = [manifest.data_dtype, str(manifest.data_shape)]
     parts += [f"{r.data_sha256}:{r.labels_crc32c}" for r in records]

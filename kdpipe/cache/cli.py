@@ -10,7 +10,7 @@ from typing import Any
 
 from kdpipe.errors import InputError, UsageError
 
-__all__ = ["register"]
+__all__ = ["register", "parse_storage_options", "add_storage_option"]
 
 
 _TEACHER_FORMATS = (
@@ -19,16 +19,65 @@ _TEACHER_FORMATS = (
     "(.pt, .pth) only with --trust-pickled-teachers"
 )
 _RESUME_HINT = "chunks finished so far are kept; rerun the same command to resume"
+_STORAGE_HELP = (
+    "KEY=VALUE option of a URL's file system (e.g. endpoint_url=http://host:9000, profile=NAME, "
+    "anon=true); repeatable. Not for credentials: those come from the environment or a profile "
+    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_ENDPOINT_URL for s3://)"
+)
 
 
-def _open_data(path: str, dataset: str | None) -> Any:
-    """A lazily read array: ``.npy`` (memory-mapped), ``.zarr`` or ``.h5``/``.hdf5`` + dataset name."""
-    suffix = Path(path).suffix.lower()
+def parse_storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``--storage-option KEY=VALUE`` pairs as a dict; values parse as JSON where they can.
+
+    Secret-like keys are refused: a command line lands in shell history and process lists.
+    """
+    from kdpipe.cache.location import redact
+
+    if not pairs:
+        return None
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option takes KEY=VALUE, got {pair!r}")
+        if redact({key: None})[key] is not None:
+            raise UsageError(
+                f"--storage-option {key}=... looks like a credential; a command line lands in shell "
+                "history. Set it in the environment or a profile instead (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE for s3://)"
+            )
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    return options
+
+
+def add_storage_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--storage-option KEY=VALUE`` (read it with :func:`parse_storage_options`)."""
+    parser.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help=_STORAGE_HELP)
+
+
+def _shown(location: Any) -> str:
+    """A cache location as printed: a local path resolved, a URL as it is."""
+    return str(location.resolve())
+
+
+def _open_data(path: str, dataset: str | None, storage_options: dict[str, Any] | None = None) -> Any:
+    """A lazily read array: ``.npy`` (memory-mapped), ``.zarr`` (a folder or a URL) or ``.h5``/``.hdf5`` + dataset name."""
+    from kdpipe.cache.location import is_remote, looks_like_url, parse_location
+
+    location = parse_location(path, storage_options if looks_like_url(path) else None)
+    suffix = Path(location.name).suffix.lower()
     if suffix not in (".npy", ".zarr", ".h5", ".hdf5"):
         raise UsageError(f"--data must be a .npy, .zarr or .h5/.hdf5 file, got {path!r}")
     if suffix != ".npy" and dataset is None:
         raise UsageError(f"--data {path} is a {suffix} file: name the array inside it with --dataset")
-    if not Path(path).exists():
+    if is_remote(location) and suffix != ".zarr":
+        raise UsageError(f"--data {path}: only a .zarr group can be read from a URL")
+    if is_remote(location) and not location.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such data in object storage", path)
+    if not is_remote(location) and not Path(path).exists():
         raise FileNotFoundError(errno.ENOENT, "no such data file", path)
     if suffix == ".npy":
         import numpy as np
@@ -40,7 +89,7 @@ def _open_data(path: str, dataset: str | None) -> Any:
     if suffix == ".zarr":
         import zarr
 
-        group: Any = zarr.open_group(path, mode="r")
+        group: Any = zarr.open_group(location.zarr_store(read_only=True) if is_remote(location) else path, mode="r")
         names = sorted(group.array_keys())
     else:
         import h5py
@@ -89,7 +138,8 @@ def _teacher(path: str, trust_pickled: bool) -> Any:
 def _build(args: argparse.Namespace) -> int:
     from kdpipe.cache.build import build_cache
 
-    X = _open_data(args.data, args.dataset)
+    options = parse_storage_options(args.storage_option)
+    X = _open_data(args.data, args.dataset, options)
     y = _load_labels(args.labels) if args.labels else None
     teachers = [_teacher(path, args.trust_pickled_teachers) for path in args.teachers]
     cache = build_cache(
@@ -106,24 +156,29 @@ def _build(args: argparse.Namespace) -> int:
         client=args.scheduler,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        storage_options=options,
     )
     if not args.quiet:
         print(f"wrote {cache!r}")
-        print(f"cache: {Path(args.output).resolve()}")
+        print(f"cache: {_shown(cache.path)}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     from kdpipe.cache.reader import LogitCache
 
-    print(json.dumps(LogitCache.open(args.path, allow_incomplete=True).info(), indent=1))
+    options = parse_storage_options(args.storage_option)
+    cache = LogitCache.open(args.path, allow_incomplete=True, storage_options=options)
+    print(json.dumps(cache.info(), indent=1))
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     from kdpipe.cache.reader import LogitCache
 
-    report = LogitCache.open(args.path, allow_incomplete=True).verify()
+    options = parse_storage_options(args.storage_option)
+    cache = LogitCache.open(args.path, allow_incomplete=True, storage_options=options)
+    report = cache.verify()
     print(report)
     return 0 if report.ok else 1
 
@@ -137,14 +192,17 @@ def register(subparsers: Any) -> None:
             "Run every teacher once over the transfer set and store its raw logits in a\n"
             "chunked, checksummed cache. An interrupted build (Ctrl-C, a crash) resumes\n"
             "when the same command is run again.\n\n"
+            "The cache (and a .zarr transfer set) may be a URL in object storage\n"
+            "(s3://bucket/prefix/run.zarr; pip install 'kdpipe[s3]'). Credentials come from\n"
+            "the environment or a profile, never from the command line.\n\n"
             "Teacher files:\n" + "".join(f"  {line}\n" for line in _TEACHER_FORMATS.split("; "))
         ),
     )
     p.add_argument("teachers", nargs="+", metavar="TEACHER", help="teacher files; several make an ensemble")
-    p.add_argument("--data", required=True, help="transfer set: .npy, .zarr or .h5/.hdf5")
+    p.add_argument("--data", required=True, help="transfer set: .npy, .zarr (a folder or URL) or .h5/.hdf5")
     p.add_argument("--dataset", default=None, help="array name inside a .zarr group or .h5 file (required for them)")
     p.add_argument("--labels", default=None, help="labels .npy (-1 marks unlabeled rows)")
-    p.add_argument("-o", "--output", required=True, help="cache directory to write")
+    p.add_argument("-o", "--output", required=True, help="cache directory or URL (s3://bucket/prefix) to write")
     p.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"], help="storage format")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the logits")
     p.add_argument("--chunk-rows", type=int, default=4096, help="rows per storage chunk (one task each)")
@@ -164,12 +222,15 @@ def register(subparsers: Any) -> None:
         help="load torch.save()d whole modules (unpickling runs code from the file: trusted files only)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_storage_option(p)
     p.set_defaults(func=_build, resume_hint=_RESUME_HINT)
 
     p = subparsers.add_parser("info", help="summary of a logit cache (JSON)")
-    p.add_argument("path", help="cache directory")
+    p.add_argument("path", help="cache directory or URL")
+    add_storage_option(p)
     p.set_defaults(func=_info)
 
     p = subparsers.add_parser("verify", help="re-read every chunk of a logit cache; exit 1 on problems")
-    p.add_argument("path", help="cache directory")
+    p.add_argument("path", help="cache directory or URL")
+    add_storage_option(p)
     p.set_defaults(func=_verify)

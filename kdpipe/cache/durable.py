@@ -20,6 +20,9 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from kdpipe.cache.location import is_remote
 
 __all__ = [
     "TEMP_SUFFIX",
@@ -46,10 +49,10 @@ def set_write_hook(hook: WriteHook | None) -> WriteHook | None:
     return previous
 
 
-def write_step(step: str, path: str | os.PathLike[str]) -> None:
-    """Announce a step (``"write"``, ``"fsync"``, ``"rename"``, ``"fsync-dir"``, ...) about to change the disk."""
+def write_step(step: str, path: Any) -> None:
+    """Announce a step (``"write"``, ``"fsync"``, ``"rename"``, ``"fsync-dir"``, ``"put"``...) about to change the disk."""
     if _hook is not None:
-        _hook(step, os.fspath(path))
+        _hook(step, str(path) if is_remote(path) else os.fspath(path))
 
 
 def is_temp_name(name: str) -> bool:
@@ -62,8 +65,10 @@ def temp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a written file's data to the disk."""
+def fsync_file(path: Any) -> None:
+    """Flush a written file's data to the disk (nothing to do in object storage)."""
+    if is_remote(path):
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -71,8 +76,10 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename or a new file in it) to the disk."""
+def fsync_dir(path: Any) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to the disk (nothing to do in object storage)."""
+    if is_remote(path):
+        return
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # pragma: no cover - platforms that cannot open folders (Windows)
@@ -107,8 +114,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """:func:`atomic_write` of ``data``."""
+def atomic_write_bytes(path: Any, data: bytes) -> None:
+    """:func:`atomic_write` of ``data``; in object storage, one PUT (atomic there, no rename needed)."""
+    if is_remote(path):
+        write_step("put", path)
+        path.write_bytes(data)
+        return
 
     def write(tmp: Path) -> None:
         with open(tmp, "xb") as f:  # "x": mode 0o666 & ~umask, and never an existing file
@@ -117,9 +128,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, write)
 
 
-def remove_temps(folder: Path) -> None:
-    """Delete temp files a crashed writer left directly in ``folder``."""
-    if not folder.is_dir():
+def remove_temps(folder: Any) -> None:
+    """Delete temp files a crashed writer left directly in ``folder`` (object storage has none)."""
+    if is_remote(folder) or not folder.is_dir():
         return
     for entry in folder.iterdir():
         if is_temp_name(entry.name) and entry.is_file():

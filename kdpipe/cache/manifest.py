@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 
 from kdpipe.cache.durable import atomic_write_bytes
+from kdpipe.cache.location import as_location
 from kdpipe.errors import CacheCorruptError
 
 __all__ = [
@@ -162,9 +162,9 @@ class Manifest:
         )
 
 
-def read_manifest(root: str | Path) -> Manifest | None:
-    """The manifest of the cache at ``root``, or None when there is none."""
-    path = Path(root) / MANIFEST_NAME
+def read_manifest(root: Any) -> Manifest | None:
+    """The manifest of the cache at ``root`` (a path or a URL's ``RemotePath``), or None when there is none."""
+    path = as_location(root) / MANIFEST_NAME
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -181,22 +181,22 @@ def read_manifest(root: str | Path) -> Manifest | None:
     return manifest
 
 
-def write_manifest(root: str | Path, manifest: Manifest) -> None:
+def write_manifest(root: Any, manifest: Manifest) -> None:
     """Write the manifest atomically."""
     text = json.dumps(manifest.to_dict(), indent=1, sort_keys=True)
-    atomic_write_bytes(Path(root) / MANIFEST_NAME, text.encode())
+    atomic_write_bytes(as_location(root) / MANIFEST_NAME, text.encode())
 
 
-def write_record(root: str | Path, record: ChunkRecord) -> None:
+def write_record(root: Any, record: ChunkRecord) -> None:
     """Mark a chunk complete. Call only after its data is written."""
-    directory = Path(root) / RECORDS_DIR
+    directory = as_location(root) / RECORDS_DIR
     directory.mkdir(exist_ok=True)
     atomic_write_bytes(directory / f"{record.index:06d}.json", json.dumps(record.to_dict()).encode())
 
 
-def read_records(root: str | Path) -> dict[int, ChunkRecord]:
+def read_records(root: Any) -> dict[int, ChunkRecord]:
     """Completion records written so far, by chunk index."""
-    directory = Path(root) / RECORDS_DIR
+    directory = as_location(root) / RECORDS_DIR
     records: dict[int, ChunkRecord] = {}
     if not directory.is_dir():
         return records

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kdpipe.cache.durable import is_temp_name
+from kdpipe.cache.location import Location, is_remote, parse_location
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
 from kdpipe.cache.storage import ChunkStore, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
@@ -28,7 +28,7 @@ class _Handle:
     unfinished or corrupt chunk raises instead of returning fill values.
     """
 
-    def __init__(self, root: Path, manifest: Manifest, records: dict[int, ChunkRecord], cache_bytes: int) -> None:
+    def __init__(self, root: Location, manifest: Manifest, records: dict[int, ChunkRecord], cache_bytes: int) -> None:
         self.root = root
         self.manifest = manifest
         self.records = records
@@ -109,17 +109,23 @@ class LogitCache:
     @classmethod
     def open(
         cls, path: str | os.PathLike[str], *, allow_incomplete: bool = False,
-        chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES,
+        chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES, storage_options: dict[str, Any] | None = None,
     ) -> LogitCache:
         """Open the cache at ``path``.
 
         Parameters
         ----------
-        path : path
+        path : path or URL
+            A cache folder, or a URL in object storage (``"s3://bucket/run.zarr"``).
         allow_incomplete : bool
             Open an unfinished cache (reading a missing chunk still raises).
         chunk_cache_bytes : int
-            Memory for recently read chunks (per process); 0 disables it.
+            Memory for recently read chunks (per process); 0 disables it. In object
+            storage every chunk read is a request: chunk memory saves most of them.
+        storage_options : dict, optional
+            Options of the URL's fsspec file system (``endpoint_url``, ``profile``...).
+            A pickled cache carries them (a worker reaches the same store); nothing
+            kdpipe prints or writes shows their secrets.
 
         Raises
         ------
@@ -128,13 +134,14 @@ class LogitCache:
         CacheIncompleteError
             The build has not finished (unless ``allow_incomplete``).
         """
-        root = Path(path)
-        if not root.is_dir():
+        root = parse_location(path, storage_options)
+        if not is_remote(root) and not root.is_dir():  # in object storage, the manifest read tells
             what = "is a file" if root.exists() else "does not exist"
             raise CacheNotFoundError(f"no kdpipe logit cache at {root}: it {what} (a cache is a folder)")
         manifest = read_manifest(root)
         if manifest is None:
-            raise CacheNotFoundError(f"no kdpipe logit cache at {root}: the folder has no manifest.json")
+            where = "there is no manifest.json under it" if is_remote(root) else "the folder has no manifest.json"
+            raise CacheNotFoundError(f"no kdpipe logit cache at {root}: {where}")
         if manifest.complete:
             records = {r.index: r for r in manifest.chunks}
         else:
@@ -146,11 +153,12 @@ class LogitCache:
                 )
         return cls(_Handle(root, manifest, records, int(chunk_cache_bytes)))
 
-    # -- pickling: the path and the rows only; the store reopens in the new process
+    # -- pickling: the path (or URL and storage options) and the rows only; the store
+    # reopens in the new process
     def __getstate__(self) -> dict[str, Any]:
         h = self._handle
         return {
-            "path": str(h.root),
+            "path": h.root if is_remote(h.root) else str(h.root),
             "rows": self._rows,
             "allow_incomplete": not h.manifest.complete,
             "chunk_cache_bytes": h.cache_bytes,
@@ -171,7 +179,7 @@ class LogitCache:
 
     # -- metadata
     @property
-    def path(self) -> Path:
+    def path(self) -> Location:
         return self._handle.root
 
     @property
@@ -302,7 +310,10 @@ class LogitCache:
         """Summary: rows, classes, members, dtype, bytes on disk, fingerprints, chunks."""
         m = self.manifest
         records = self._handle.records if m.complete else read_records(self.path)
-        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file() and not is_temp_name(p.name))
+        if is_remote(self.path):
+            size = sum(self.path.sizes().values())
+        else:
+            size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file() and not is_temp_name(p.name))
         return {
             "path": str(self.path),
             "format_version": m.format_version,

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import google_crc32c
 import numpy as np
 
 from kdpipe.cache.hdf5_store import Hdf5ChunkStore
+from kdpipe.cache.location import is_remote
 from kdpipe.cache.manifest import ChunkRecord, Manifest
 from kdpipe.cache.zarr_store import ZarrChunkStore
-from kdpipe.errors import CacheCorruptError
+from kdpipe.errors import CacheCorruptError, InputError
 
-__all__ = ["ChunkStore", "open_store", "checksum", "read_checked"]
+__all__ = ["ChunkStore", "open_store", "hdf5_url_message", "checksum", "read_checked"]
 
 ChunkStore = ZarrChunkStore | Hdf5ChunkStore
 _STORES = {"zarr": ZarrChunkStore, "hdf5": Hdf5ChunkStore}
 
 
-def open_store(root: str | Path, manifest: Manifest, *, writable: bool = False) -> ChunkStore:
-    """The chunk store of the cache at ``root``."""
+def open_store(root: Any, manifest: Manifest, *, writable: bool = False) -> ChunkStore:
+    """The chunk store of the cache at ``root`` (a path, or a URL's ``RemotePath``)."""
+    if is_remote(root) and manifest.backend != "zarr":
+        raise InputError(hdf5_url_message(root))
     return _STORES[manifest.backend](root, manifest, writable=writable)
+
+
+def hdf5_url_message(root: Any) -> str:
+    """Why an HDF5 cache cannot live at the URL ``root``."""
+    return (
+        f"an HDF5 cache cannot live in object storage ({root}): HDF5 needs a local file system. "
+        "Use backend='zarr' (--backend zarr) for a cache at a URL"
+    )
 
 
 def checksum(block: np.ndarray) -> int:

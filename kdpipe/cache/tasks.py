@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ def _rows_text(rows: np.ndarray) -> str:
 class ChunkJob:
     """Everything a worker needs to compute any chunk of one cache."""
 
-    root: str
+    root: Any  # str, or a RemotePath (a URL and its storage options)
     manifest: Manifest
     members: list[Member]
     device: Any
@@ -89,7 +88,7 @@ class ChunkJob:
             device=str(device),
             digests_crc32c=checksum(digests),
         )
-        write_record(Path(self.root), record)
+        write_record(self.root, record)
         return record
 
     def _writable_store(self) -> Any:

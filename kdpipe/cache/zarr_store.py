@@ -10,6 +10,12 @@ zarr writes each chunk file under a temp name and renames it into place, but doe
 fsync; :meth:`ZarrChunkStore.write_chunk` fsyncs every chunk file and its folder before
 it returns, so a completion record written afterwards never points at data a power cut
 could still lose.
+
+In object storage (a :class:`~kdpipe.cache.location.RemotePath` root) the group is
+opened through zarr's own ``FsspecStore``; each chunk is one object written by one PUT,
+which is atomic and durable when it returns, so there is nothing to fsync. Chunks are
+never sharded: a partial write into a shard is a read-modify-write that concurrent
+writers would lose (zarr issue 3682), and here one task owns one whole chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kdpipe.cache.durable import fsync_dir, fsync_file, write_step
+from kdpipe.cache.location import Location, as_location, is_remote
 from kdpipe.cache.manifest import Manifest, chunk_bounds
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 
@@ -34,8 +41,8 @@ class ZarrChunkStore:
     _config = {"write_empty_chunks": True}
     _names = ("logits", "labels", "row_digests")
 
-    def __init__(self, root: str | Path, manifest: Manifest, *, writable: bool = False) -> None:
-        self.path = Path(root) / self.dirname
+    def __init__(self, root: str | Path | Location, manifest: Manifest, *, writable: bool = False) -> None:
+        self.path = as_location(root) / self.dirname
         self.manifest = manifest
         self.writable = writable
         self._arrays: dict[str, Any] | None = None
@@ -51,7 +58,7 @@ class ZarrChunkStore:
         from zarr.codecs import Crc32cCodec, ZstdCodec
 
         m = self.manifest
-        group = zarr.open_group(self.path, mode="w")
+        group = zarr.open_group(self._zarr_store(read_only=False), mode="w")
         config = self._config
         group.create_array(
             "logits",
@@ -80,11 +87,17 @@ class ZarrChunkStore:
             fill_value=0,
             config=config,
         )
+        if is_remote(self.path):
+            return
         for folder, _, files in os.walk(self.path):  # the metadata, durable before the manifest says "initialized"
             for name in files:
                 fsync_file(Path(folder) / name)
             fsync_dir(Path(folder))
         fsync_dir(self.path.parent)
+
+    def _zarr_store(self, *, read_only: bool) -> Any:
+        path = self.path
+        return path.zarr_store(read_only=read_only) if is_remote(path) else path
 
     def _array_names(self) -> tuple[str, ...]:
         return self._names if self.manifest.has_row_digests else self._names[:2]
@@ -94,7 +107,8 @@ class ZarrChunkStore:
             import zarr
 
             try:
-                group = zarr.open_group(self.path, mode="r+" if self.writable else "r")
+                store = self._zarr_store(read_only=not self.writable)
+                group = zarr.open_group(store, mode="r+" if self.writable else "r")
                 # write_empty_chunks is a runtime setting, not stored with the array
                 self._arrays = {k: group[k].with_config(self._config) for k in self._array_names()}
             except Exception as exc:  # zarr raises several types for a damaged group
@@ -102,11 +116,11 @@ class ZarrChunkStore:
             self._pid = os.getpid()
         return self._arrays
 
-    def chunk_paths(self, index: int) -> list[Path]:
+    def chunk_paths(self, index: int) -> list[Location]:
         """Files that hold chunk ``index`` (logits, labels, row digests)."""
         return [self._chunk_path(name, index) for name in self._array_names()]
 
-    def _chunk_path(self, name: str, index: int) -> Path:
+    def _chunk_path(self, name: str, index: int) -> Location:
         array = self._open()[name]
         coords = (index, 0, 0) if name == "logits" else (index,)
         return self.path / name / array.metadata.encode_chunk_key(coords)
@@ -117,6 +131,10 @@ class ZarrChunkStore:
         start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
         for name, block in zip(self._names, (logits, labels, digests)):
             path = self._chunk_path(name, index)
+            if is_remote(path):  # one PUT per chunk object: atomic, durable once it returns
+                write_step("put", path)
+                arrays[name][start:stop] = block
+                continue
             existing = path.parent
             while not existing.exists():  # zarr creates the missing folders of the chunk key
                 existing = existing.parent
