@@ -132,6 +132,31 @@ def test_a_run_stopped_part_way_leaves_the_report_of_the_experiments_it_finished
     assert "| 4 | " in report and "not finished" in report
 
 
+def test_a_profile_of_ones_own_adds_unlabeled_rows_to_the_ensembles_transfer_set(tmp_path, monkeypatch):
+    import dataclasses
+
+    from kdpipe.reproduce import run
+    from kdpipe.reproduce.settings import get_profile
+
+    labels_built = []
+    real_build = kdpipe.cache.build_cache
+
+    def recording_build(*args, **kwargs):
+        labels_built.append(np.asarray(kwargs["y"]))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(kdpipe.cache, "build_cache", recording_build)
+    profile = dataclasses.replace(get_profile("smoke"), n_train=700, ensemble_unlabeled_rows=250)
+    record = run(profile=profile, experiments=[4], out=tmp_path, verbose=False)
+    (y,) = labels_built
+    assert len(y) == 950 and np.count_nonzero(y == -1) == 250 and np.all(y[:700] >= 0)
+    assert record["profile"]["ensemble_unlabeled_rows"] == 250
+    assert "with the fields below" in record["command"]
+    with pytest.raises(ValueError, match="unlabeled rows"):
+        run(profile=dataclasses.replace(profile, ensemble_unlabeled_rows=10_000), experiments=[4],
+            out=tmp_path / "too-many", verbose=False)
+
+
 def test_unknown_experiment_is_a_usage_error_and_writes_nothing(tmp_path, capsys):
     assert main(["reproduce", "--experiments", "9", "--out", str(tmp_path)]) == 2
     assert "9" in capsys.readouterr().err

@@ -33,6 +33,8 @@ class Splits:
     y_test: np.ndarray
     image_shape: tuple[int, int] | None  # None: not images (no jitter)
     class_names: tuple[str, ...]
+    # rows of the data that are in no split: an unlabeled addition to a transfer set
+    X_unlabeled: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
@@ -92,11 +94,12 @@ def load_splits(
     if n_val >= len(order):
         raise ValueError(f"n_val={n_val} leaves no training rows out of {len(order)}")
     val, train = order[:n_val], order[n_val:]
+    unused = np.sort(train[n_train:]) if n_train is not None else train[:0]
     if n_train is not None:
         train = train[:n_train]
     train = np.sort(train)  # the cache rows keep the data's order
     return Splits(dataset, X_pool[train], y_pool[train], X_pool[val], y_pool[val],
-                  X_test, y_test, shape, names)
+                  X_test, y_test, shape, names, X_pool[unused])
 
 
 def confusable_splits(n_samples: int, n_classes: int, group_size: int, *, seed: int = 0) -> Splits:

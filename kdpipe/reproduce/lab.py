@@ -37,6 +37,9 @@ class Teacher:
     test_logits: np.ndarray  # (n_test, members, classes), for accuracy against ensemble size
     train_seconds: float
     pass_seconds: float  # one pass of every member over the transfer set (the cache build)
+    # the transfer set the cache was built over: the training rows, then any unlabeled ones
+    X_transfer: np.ndarray
+    y_transfer: np.ndarray  # -1 on unlabeled rows
 
 
 @dataclass
@@ -59,9 +62,11 @@ class Lab:
     distilled_row_epochs: dict[str, int] = field(default_factory=dict)
 
     def train_teacher(self, key: str, *, n_members: int, hidden: tuple[int, ...], dropout: float,
-                      epochs: int, jitter_copies: int, splits: Splits | None = None) -> Teacher:
+                      epochs: int, jitter_copies: int, splits: Splits | None = None,
+                      unlabeled_rows: int = 0) -> Teacher:
         """Train ``n_members`` MLPs on ``splits`` (the run's by default), run them once over
-        its training rows into the cache ``key``, and keep them under :attr:`teachers`."""
+        its training rows and ``unlabeled_rows`` of its unlabeled ones into the cache ``key``,
+        and keep them under :attr:`teachers`."""
         import torch
 
         from kdpipe.cache import build_cache
@@ -81,9 +86,16 @@ class Lab:
             device=self.device,
         )
         train_seconds = time.perf_counter() - start
+        X_transfer, y_transfer = s.X_train, s.y_train
+        if unlabeled_rows:
+            extra = s.X_unlabeled[:unlabeled_rows] if s.X_unlabeled is not None else s.X_train[:0]
+            if len(extra) < unlabeled_rows:
+                raise ValueError(f"{unlabeled_rows} unlabeled rows asked for, the data has {len(extra)} left")
+            X_transfer = np.concatenate([s.X_train, extra])
+            y_transfer = np.concatenate([s.y_train, np.full(len(extra), -1, dtype=s.y_train.dtype)])
         start = time.perf_counter()
         cache = build_cache(
-            members, s.X_train, self.cache_dir / f"{key}.zarr", y=s.y_train, overwrite=True,
+            members, X_transfer, self.cache_dir / f"{key}.zarr", y=y_transfer, overwrite=True,
             progress=False, device=self.device, classes=np.arange(s.n_classes),
         )
         pass_seconds = time.perf_counter() - start
@@ -93,7 +105,7 @@ class Lab:
         teacher = Teacher(
             members, cache, float(np.mean(proba.argmax(1) == s.y_test)),
             [float(np.mean(logits[:, m].argmax(1) == s.y_test)) for m in range(n_members)],
-            logits, train_seconds, pass_seconds,
+            logits, train_seconds, pass_seconds, X_transfer, y_transfer,
         )
         self.say(f"teacher {key!r}: {n_members} x {hidden}, trained in {train_seconds:.1f}s, "
                  f"cache built in {pass_seconds:.1f}s, test accuracy {teacher.test_accuracy:.4f}")
@@ -116,7 +128,7 @@ class Lab:
             p = self.profile
             self.train_teacher(
                 "ensemble", n_members=p.members, hidden=p.member_hidden, dropout=p.member_dropout,
-                epochs=p.member_epochs, jitter_copies=0,
+                epochs=p.member_epochs, jitter_copies=0, unlabeled_rows=p.ensemble_unlabeled_rows,
             )
         return self.teachers["ensemble"]
 
@@ -134,17 +146,20 @@ class Lab:
         """Fit ``model`` on training ``rows`` (all by default) and charge the student clock.
 
         With ``teacher`` (a key of :attr:`teachers`), the student reads that teacher's
-        cache, restricted to ``rows``; without it, the hard labels alone.
+        cache, restricted to ``rows`` of its transfer set (all of it by default, unlabeled
+        rows included); without it, the hard labels of the training rows alone.
         """
-        s = self.splits
-        rows = np.arange(len(s.y_train)) if rows is None else np.asarray(rows)
-        logits = None
+        X, y, logits = self.splits.X_train, self.splits.y_train, None
+        if teacher is not None:
+            t = self.teachers[teacher]
+            X, y = t.X_transfer, t.y_transfer
+        rows = np.arange(len(y)) if rows is None else np.asarray(rows)
         if teacher is not None:
             cache = self.teachers[teacher].cache
             everything = len(rows) == len(cache) and np.array_equal(rows, np.arange(len(cache)))
             logits = cache if everything else cache.take(rows)
         start = time.perf_counter()
-        model.fit(s.X_train[rows], s.y_train[rows], teacher_logits=logits)
+        model.fit(X[rows], y[rows], teacher_logits=logits)
         seconds = time.perf_counter() - start
         self.student_seconds += seconds
         self.student_fits += 1

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdpipe.reproduce.settings import NOT_IMPLEMENTED, get_profile, parse_experiments
+from kdpipe.reproduce.settings import NOT_IMPLEMENTED, Profile, get_profile, parse_experiments
 
 __all__ = ["run", "DEFAULT_OUT"]
 
@@ -19,7 +19,7 @@ DEFAULT_OUT = Path("kdpipe-results") / "reproduce"
 
 
 def run(
-    profile: str = "smoke",
+    profile: str | Profile = "smoke",
     *,
     experiments: Sequence[int | str] | None = None,
     seeds: int | None = None,
@@ -33,8 +33,10 @@ def run(
 
     Parameters
     ----------
-    profile : {"smoke", "cpu", "paper"}, default="smoke"
-        Sizes and training lengths (see :data:`kdpipe.reproduce.settings.PROFILES`).
+    profile : {"smoke", "cpu", "paper"} or Profile, default="smoke"
+        Sizes and training lengths (see :data:`kdpipe.reproduce.settings.PROFILES`); a
+        :class:`~kdpipe.reproduce.settings.Profile` of your own, e.g. one of those with
+        fields replaced (``dataclasses.replace``), to try other recipes.
         ``smoke`` runs on scikit-learn's digits in seconds and gives no verdicts.
     experiments : sequence of int, optional
         Experiment numbers; every implemented one by default.
@@ -80,7 +82,9 @@ def run(
     def write(lab: Lab) -> tuple[dict[str, Any], dict[int, list[Path]] | None, list[Path]]:
         """The record so far, written out: a run stopped part-way leaves the experiments it finished."""
         record: dict[str, Any] = {
-            "command": command or f"kdpipe.reproduce.run(profile={profile!r}, experiments={list(chosen)})",
+            "command": command or f"kdpipe.reproduce.run(profile={settings.name!r}"
+                                  f"{'' if isinstance(profile, str) else ' with the fields below'}, "
+                                  f"experiments={list(chosen)})",
             "kdpipe_version": __version__,
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),

@@ -63,6 +63,7 @@ class Profile:
     member_epochs: int
     ensemble_temperatures: tuple[float, ...]
     ensemble_alpha: float
+    ensemble_unlabeled_rows: int  # unused training images added, unlabeled, to the transfer set
     # experiment 5
     fractions: tuple[float, ...]
     fraction_epochs: int
@@ -97,7 +98,7 @@ PROFILES: dict[str, Profile] = {
         small_hidden=(8, 8), small_epochs=4, temperatures=(1.0, 3.0, 10.0), small_alpha=0.1,
         left_out_class=3, kept_classes=(7, 8),
         members=2, member_hidden=(16,), member_dropout=0.0, member_epochs=3,
-        ensemble_temperatures=(1.0, 2.0), ensemble_alpha=0.5,
+        ensemble_temperatures=(1.0, 2.0), ensemble_alpha=0.5, ensemble_unlabeled_rows=0,
         fractions=(0.1, 1.0), fraction_epochs=4, early_stopping_patience=2,
         confusable_rows=800, confusable_classes=12, confusable_group_size=4,
         confusable_teacher_hidden=(64,), confusable_teacher_epochs=8, generalist_hidden=(16,),
@@ -114,7 +115,7 @@ PROFILES: dict[str, Profile] = {
         temperatures=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0, 20.0), small_alpha=0.1,
         left_out_class=3, kept_classes=(7, 8),
         members=10, member_hidden=(100, 100), member_dropout=0.2, member_epochs=10,
-        ensemble_temperatures=(1.0, 2.0, 5.0, 10.0), ensemble_alpha=0.5,
+        ensemble_temperatures=(1.0, 2.0, 5.0, 10.0), ensemble_alpha=0.5, ensemble_unlabeled_rows=0,
         fractions=(0.03, 0.1, 0.3, 1.0), fraction_epochs=30, early_stopping_patience=5,
         confusable_rows=30_000, confusable_classes=100, confusable_group_size=10,
         confusable_teacher_hidden=(512, 512), confusable_teacher_epochs=20, generalist_hidden=(64,),
@@ -132,7 +133,7 @@ PROFILES: dict[str, Profile] = {
         temperatures=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0), small_alpha=0.1,
         left_out_class=3, kept_classes=(7, 8),
         members=10, member_hidden=(800, 800), member_dropout=0.3, member_epochs=30,
-        ensemble_temperatures=(1.0, 2.0, 5.0, 10.0), ensemble_alpha=0.5,
+        ensemble_temperatures=(1.0, 2.0, 5.0, 10.0), ensemble_alpha=0.5, ensemble_unlabeled_rows=0,
         fractions=(0.03, 0.1, 0.3, 1.0), fraction_epochs=100, early_stopping_patience=10,
         confusable_rows=100_000, confusable_classes=200, confusable_group_size=10,
         confusable_teacher_hidden=(1024, 1024), confusable_teacher_epochs=40,
@@ -143,11 +144,15 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str, *, seeds: int | None = None) -> Profile:
-    """The named profile, with ``seeds`` replaced when given."""
-    if name not in PROFILES:
-        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
-    profile = PROFILES[name]
+def get_profile(name: str | Profile, *, seeds: int | None = None) -> Profile:
+    """The named profile (or ``name`` itself when it is a :class:`Profile`), with ``seeds``
+    replaced when given."""
+    if isinstance(name, Profile):
+        profile = name
+    elif name in PROFILES:
+        profile = PROFILES[name]
+    else:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)} or a Profile, got {name!r}")
     if seeds is not None:
         if int(seeds) < 1:
             raise ValueError(f"seeds must be at least 1, got {seeds!r}")
