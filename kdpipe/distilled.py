@@ -327,6 +327,9 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         codes = encode_labels(y, classes, unlabeled=unlabeled)
         if has_teacher:
             teacher_logits = check_teacher_logits(teacher_logits, n, len(classes))
+            sparse = getattr(teacher_logits, "sparse", None)  # a sparse cache: can it train so?
+            if sparse is not None:
+                sparse.check_request(temperature=self.temperature, combine=self.combine, loss=self.loss)
         if warm and not np.array_equal(classes, self.classes_):
             raise InputError(
                 "warm_start needs the classes of the previous fit "

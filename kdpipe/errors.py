@@ -20,6 +20,7 @@ __all__ = [
     "CacheNotFoundError",
     "RowMismatchError",
     "UsageError",
+    "SparseFormatError",
 ]
 
 
@@ -69,3 +70,8 @@ class CacheNotFoundError(CacheError, FileNotFoundError):
 
 class UsageError(InputError):
     """The command line is wrong (an option missing or not usable); ``kdpipe`` exits with 2."""
+
+
+class SparseFormatError(InputError):
+    """A sparse logit cache was asked for what its format cannot give (dense logits,
+    another temperature than a sampled cache was drawn at, logit matching)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,7 @@ from kdpipe.cache.manifest import (
     write_manifest,
 )
 from kdpipe.cache.reader import LogitCache
+from kdpipe.cache.sparse import parse_sparse
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source, as_source
 from kdpipe.cache.storage import open_store
@@ -62,6 +64,7 @@ def build_cache(
     num_workers: int | None = None,
     precision: str = "model",
     teacher_versions: Any = None,
+    sparse: Any = None,
 ) -> LogitCache:
     """Run ``teachers`` over ``X`` once and store every member's raw logits at ``path``.
 
@@ -114,6 +117,14 @@ def build_cache(
         A version name per teacher, recorded in its fingerprint. Required to resume from
         a callable teacher whose code kdpipe cannot hash (its fingerprint is weak);
         change it whenever the teacher changes.
+    sparse : TopK, Sampled or dict, optional
+        Store a compact record per row and member instead of every logit (see
+        :mod:`kdpipe.cache.sparse`): ``TopK(k)`` keeps the ``k`` largest logits and a
+        tail summary (any temperature and either ensemble combination at fit time);
+        ``Sampled(draws, temperature)`` keeps classes drawn from the teacher's softmax
+        at that temperature (an unbiased gradient there only). Recorded in the
+        manifest: a dense cache and a sparse one, or two sparse settings, are different
+        caches and a resume refuses the other. ``None`` (default): dense logits.
 
     Returns
     -------
@@ -132,6 +143,7 @@ def build_cache(
     if client is None:
         resolve_device(device)  # reject a bad device name before any work
     precision = parse_precision(precision)
+    spec = parse_sparse(sparse)
     source = as_source(X)
     members = resolve_members(teachers, teacher_versions)
     order = resolve_classes(members, classes)
@@ -140,11 +152,19 @@ def build_cache(
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
         manifest = _new_manifest(config, source, members, order, device, settings)
+        if spec is not None:
+            manifest = replace(manifest, sparse=spec.to_dict())
+            manifest.sparse_layout()  # refuse settings this cache cannot hold before writing anything
         _initialize(root, manifest)
     else:
         if not resume:
             raise CacheError(f"a cache already exists at {root}; pass resume=True or overwrite=True")
         differences = _differences(manifest, config, source, members, order, settings)
+        if manifest.sparse != (None if spec is None else spec.to_dict()):
+            differences.append(
+                f"sparse format: cache has {manifest.sparse or 'dense'}, this build has "
+                f"{'dense' if spec is None else spec.to_dict()}"
+            )
         if differences:
             raise CacheMismatchError(
                 f"the cache at {root} was built differently: " + "; ".join(differences)

@@ -120,6 +120,7 @@ class Manifest:
     data_fingerprint: str | None = None
     chunks: tuple[ChunkRecord, ...] = ()
     format_version: int = FORMAT_VERSION
+    sparse: dict[str, Any] | None = None  # None: dense logits; else the settings of kdpipe.cache.sparse
 
     @property
     def has_row_digests(self) -> bool:
@@ -137,6 +138,25 @@ class Manifest:
     @property
     def n_chunks(self) -> int:
         return -(-self.n_rows // self.chunk_rows)
+
+    def sparse_layout(self) -> Any:
+        """The :class:`~kdpipe.cache.sparse.SparseLayout` of a sparse cache; None when dense."""
+        if self.sparse is None:
+            return None
+        from kdpipe.cache.sparse import SparseLayout, parse_sparse
+
+        return SparseLayout(parse_sparse(self.sparse), self.dtype, self.n_classes, self.n_members)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one stored row: ``(M, C)`` logits, or ``(entries, record bytes)`` when sparse."""
+        layout = self.sparse_layout()
+        return (self.n_members, self.n_classes) if layout is None else layout.row_shape
+
+    @property
+    def stored_dtype(self) -> str:
+        """dtype of the stored ``logits`` array: the logits' own, or ``uint8`` records."""
+        return self.dtype if self.sparse is None else "uint8"
 
     def class_array(self) -> np.ndarray:
         return decode_classes(self.classes)
