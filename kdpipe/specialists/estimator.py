@@ -283,7 +283,9 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
                 or LogitCache, default=None
             Raw teacher (or ensemble) logits aligned with ``X``, in the order of the
             generalist's ``classes_``. They distill the generalist (when it is fitted
-            here) and give the specialists their soft targets.
+            here) and give the specialists their soft targets. A sparse cache is refused
+            (:class:`~kdpipe.errors.SparseFormatError`): fit the generalist from it with
+            :class:`~kdpipe.DistilledClassifier` and pass it frozen.
 
         Returns
         -------
