@@ -151,6 +151,7 @@ def test_info_shows_the_format_and_its_bytes_per_row(tmp_path, data):
     assert dense["format"] == "dense" and dense["logit_bytes_per_row"] == 2 * C * 2
     record = 5 * (2 + 2) + 4 + 4 + 2 * 4  # values f2, indices i2, tail max/mean, lse/slope at 1 T
     assert info["format"] == "topk" and info["sparse"]["entries"] == 3
+    assert info["format_version"] == 3 and dense["format_version"] == 2  # older kdpipe refuses it by its version
     assert info["logit_bytes_per_row"] == 3 * record == info["sparse"]["record_bytes"] * 3
     assert info["bytes_per_row"] < dense["bytes_per_row"]
 

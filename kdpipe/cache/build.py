@@ -20,6 +20,7 @@ from kdpipe.cache.fingerprint import combine_hashes, is_weak
 from kdpipe.cache.manifest import (
     FORMAT_VERSION,
     RECORDS_DIR,
+    SPARSE_FORMAT_VERSION,
     ChunkRecord,
     Manifest,
     chunk_bounds,
@@ -153,7 +154,7 @@ def build_cache(
     if manifest is None:
         manifest = _new_manifest(config, source, members, order, device, settings)
         if spec is not None:
-            manifest = replace(manifest, sparse=spec.to_dict())
+            manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
             manifest.sparse_layout()  # refuse settings this cache cannot hold before writing anything
         _initialize(root, manifest)
     else:
@@ -306,7 +307,7 @@ def _existing_manifest(root: Path, overwrite: bool) -> Manifest | None:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         fsync_dir(root)
         return None
-    if manifest.format_version != FORMAT_VERSION:
+    if manifest.format_version not in (FORMAT_VERSION, SPARSE_FORMAT_VERSION):
         raise CacheMismatchError(
             f"the cache at {root} has format version {manifest.format_version}; this kdpipe writes "
             f"version {FORMAT_VERSION} (it adds row digests) and cannot finish or extend it. "

@@ -25,6 +25,7 @@ from kdpipe.errors import CacheCorruptError
 
 __all__ = [
     "FORMAT_VERSION",
+    "SPARSE_FORMAT_VERSION",
     "READABLE_VERSIONS",
     "ChunkRecord",
     "TeacherInfo",
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2  # 2: per-row digests of X stored with every chunk
-READABLE_VERSIONS = (1, 2)
+SPARSE_FORMAT_VERSION = 3  # 3: format 2 plus sparse records (Manifest.sparse); older kdpipe refuses it
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 RECORDS_DIR = "done"
 
@@ -197,6 +199,11 @@ def read_manifest(root: str | Path) -> Manifest | None:
         raise CacheCorruptError(
             f"{path} has format version {manifest.format_version}; this kdpipe reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}"
+        )
+    if (manifest.sparse is not None) != (manifest.format_version == SPARSE_FORMAT_VERSION):
+        raise CacheCorruptError(
+            f"{path} has format version {manifest.format_version} and sparse={manifest.sparse!r}: "
+            f"sparse caches, and only they, have version {SPARSE_FORMAT_VERSION}"
         )
     return manifest
 
