@@ -158,6 +158,12 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     ``kdpipe.LazyRows(X)``: folds then stay lazy views that pickle as references (the
     zarr store, or the HDF5 file and dataset name), so ``n_jobs > 1`` works too.
 
+    A sparse cache (``build_cache(..., sparse=...)``) is read as sparse targets per
+    minibatch and trained with :func:`kdpipe.losses.sparse_distillation_loss`, never
+    as dense rows; a temperature, combination or loss its format cannot give is a
+    :class:`~kdpipe.errors.SparseFormatError` before training (see
+    :mod:`kdpipe.cache.sparse`).
+
     The fitted student (``module_``) lives on the CPU; ``device`` is where it runs
     during a call (``fit``, ``predict``...), after which it goes back.
 

@@ -205,6 +205,10 @@ def read_manifest(root: str | Path) -> Manifest | None:
             f"{path} has format version {manifest.format_version} and sparse={manifest.sparse!r}: "
             f"sparse caches, and only they, have version {SPARSE_FORMAT_VERSION}"
         )
+    try:
+        manifest.sparse_layout()
+    except ValueError as exc:
+        raise CacheCorruptError(f"{path} records sparse settings this kdpipe cannot read: {exc}") from exc
     return manifest
 
 

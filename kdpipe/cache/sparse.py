@@ -19,6 +19,25 @@ logits for an ensemble; see :mod:`kdpipe.sparse_targets`):
   (uint16), ``4 s`` bytes (``6 s`` above 32,767 classes). Their empirical
   distribution is an unbiased estimate of the soft targets at that ``T`` only.
 
+What each format can do at fit time (anything else raises
+:class:`~kdpipe.errors.SparseFormatError` before training starts):
+
+=====================  ==========================  ================================
+                       TopK                        Sampled
+=====================  ==========================  ================================
+temperature            any (error stated in        the build temperature only
+                       ``sparse_distillation_loss``)
+combine="arithmetic"   yes: mean of the members'   yes: mean of the members'
+                       soft terms                  unbiased estimates
+combine="geometric"    yes: the mean-logit entry   yes: draws from the mean-logit
+                                                   softmax
+loss="logit_matching"  no (needs every logit)      no
+specialists            no (their subset targets    no
+                       need every subset logit)
+dense reads            no (``np.asarray(cache)``   no
+                       raises)
+=====================  ==========================  ================================
+
 On disk a chunk of records is a ``uint8`` array ``(rows, E, record bytes)`` in the same
 chunk stores, with the same checksums, as dense logits (``Manifest.row_shape``); the
 settings are recorded in the manifest (``Manifest.sparse``) and are part of what a
@@ -40,6 +59,7 @@ from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 __all__ = ["TopK", "Sampled", "SparseSpec", "SparseLayout", "parse_sparse", "reduce_logits"]
 
 DEFAULT_GRID = (16.0, 8.0, 4.0, 2.0, 1.0)  # temperatures of the tail summary
+_BLOCK_VALUES = 2**21  # logits reduced at once (rows x classes)
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -244,13 +264,16 @@ class SparseLayout:
         if v.ndim != 3 or v.shape[1:] != (self.n_members, self.n_classes):
             raise ValueError(f"logits must have shape (b, {self.n_members}, {self.n_classes}), got {v.shape}")
         out = np.zeros((v.shape[0], self.n_entries), dtype=self.record)
-        for e in range(self.n_entries):
-            ve = v[:, e] if e < self.n_members else v.mean(axis=1)  # (b, C)
-            if isinstance(self.spec, TopK):
-                self._encode_topk(ve, out[:, e])
-            else:
-                assert uniforms is not None
-                self._encode_sampled(ve, uniforms[:, e], out[:, e])
+        step = max(1, _BLOCK_VALUES // self.n_classes)  # float64 temporaries of ~16 MB, not (b, C) ones
+        for r0 in range(0, v.shape[0], step):
+            rows = slice(r0, r0 + step)
+            for e in range(self.n_entries):
+                ve = v[rows, e] if e < self.n_members else v[rows].mean(axis=1)  # (rows, C)
+                if isinstance(self.spec, TopK):
+                    self._encode_topk(ve, out[rows, e])
+                else:
+                    assert uniforms is not None
+                    self._encode_sampled(ve, uniforms[rows, e], out[rows, e])
         return out.view(np.uint8).reshape(v.shape[0], self.n_entries, self.record.itemsize)
 
     def _encode_topk(self, v: np.ndarray, out: np.ndarray) -> None:
