@@ -156,6 +156,15 @@ def test_info_shows_the_format_and_its_bytes_per_row(tmp_path, data):
     assert info["bytes_per_row"] < dense["bytes_per_row"]
 
 
+def test_examples_in_the_docstrings_run():
+    import doctest
+
+    import kdpipe.cache.sparse
+
+    result = doctest.testmod(kdpipe.cache.sparse)
+    assert result.attempted >= 5 and result.failed == 0
+
+
 def test_settings_the_cache_cannot_hold_are_refused_before_anything_is_written(tmp_path, data):
     with pytest.raises(InputError, match="keeps every one of the 40 classes"):
         _build(tmp_path / "c", data, TopK(40))

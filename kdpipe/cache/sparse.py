@@ -373,6 +373,21 @@ def reduce_logits(
     Returns
     -------
     TopKTargets or SampledTargets
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kdpipe.cache import Sampled, TopK
+    >>> from kdpipe.cache.sparse import reduce_logits
+    >>> logits = np.array([[4.0, 1.0, 0.5, -2.0, 3.0]])  # one row, five classes
+    >>> top = reduce_logits(logits, TopK(k=2, temperatures=(1.0,)))
+    >>> top.indices.tolist(), top.values.tolist()
+    ([[[0, 4]]], [[[4.0, 3.0]]])
+    >>> round(float(top.tail_lse[0, 0, 0]), 4)  # log(e**1 + e**0.5 + e**-2)
+    1.5046
+    >>> drawn = reduce_logits(logits, Sampled(draws=100, temperature=2.0))
+    >>> int(drawn.counts.sum())
+    100
     """
     v = np.asarray(logits, dtype=np.float32)
     if v.ndim == 2:
