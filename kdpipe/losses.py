@@ -325,6 +325,35 @@ def tail_logsumexp(
     return (estimate, lower, upper) if bounds else estimate
 
 
+# Below this student tail mass, log(1 - head mass) loses digits even in float64: the
+# tail is summed over its classes instead.
+_SMALL_TAIL = 1e-6
+
+
+def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``log sum_{j not in S} softmax(zt)_j`` per row and entry, ``(n, E)``, without an
+    ``(n, E, C)`` tensor.
+
+    The tail's mass is one minus the head's, in float64 from the student's logits
+    gathered at the kept classes ``idx`` ``(n, E, k)``. Where the
+    tail holds less than ``_SMALL_TAIL`` of the mass that subtraction cancels, and the
+    tail is summed over its own classes instead (those rows only; asking which rows
+    they are reads one flag back from a GPU).
+    """
+    z = zt.double()  # (n, C): float64, or the subtraction would inherit float32's 1e-7
+    log_q_head = z.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - z.logsumexp(dim=-1)[:, None, None]
+    log_head = torch.logsumexp(log_q_head, dim=-1)  # (n, E), <= 0 up to rounding
+    small = log_head > math.log1p(-_SMALL_TAIL)
+    safe = torch.where(small, torch.full_like(log_head, -1.0), log_head)  # no inf/nan in the unused branch
+    out = torch.log(-torch.expm1(safe))
+    if bool(small.any()):
+        rows, entries = small.nonzero(as_tuple=True)
+        zr = z[rows]  # (r, C)
+        summed = zr.scatter(1, idx[rows, entries], float("-inf")).logsumexp(dim=-1) - zr.logsumexp(dim=-1)
+        out = out.index_put((rows, entries), summed)
+    return out.float()
+
+
 def _entries(targets: SparseTargets, combine: Combine) -> slice:
     """The entries a combination reads: the members (arithmetic), or their mean logits."""
     m = targets.n_members
@@ -371,8 +400,9 @@ def sparse_distillation_loss(
     **Top-k plus tail.** Per row and entry the classes are the kept set ``S`` (``k``
     classes) plus one bucket for the tail ``S^c``. Teacher side: ``p_i = softmax(v/T)_i``
     on ``S`` and ``p_tail = exp(L_T) / Z`` with ``L_T`` from :func:`tail_logsumexp`.
-    Student side: ``q_i`` on ``S`` and ``q_tail = sum_{j not in S} q_j``, from the
-    log-sum-exp of the student's logits outside ``S``. The soft term is the KL between
+    Student side: ``q_i`` on ``S`` (the student's logits gathered at ``S``, no
+    ``(n, E, C)`` tensor) and ``q_tail = sum_{j not in S} q_j = 1 - sum_S q_i`` in
+    float64, summed over the tail's own classes where it is below ``1e-6``. The soft term is the KL between
     these ``k + 1``-bucket distributions, times ``T**2``. Its gradient with respect to
     a student logit is exact on ``S`` and on the tail is
     ``(1/T)(q_j - p_tail q_j / q_tail)``: the teacher's tail mass spread like the
@@ -423,9 +453,8 @@ def sparse_distillation_loss(
         log_p = F.log_softmax(
             torch.cat([targets.values[:, entries] / temperature, tail.unsqueeze(-1)], dim=-1), dim=-1
         )  # (n, E, k + 1)
-        zz = zt.unsqueeze(1).expand(-1, idx.shape[1], -1)  # (n, E, C), a view
-        rest = zz.scatter(-1, idx, float("-inf")).logsumexp(dim=-1, keepdim=True)  # (n, E, 1)
-        log_q = torch.cat([zz.gather(-1, idx), rest], dim=-1) - log_norm  # (n, E, k + 1)
+        log_q_head = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm  # (n, E, k)
+        log_q = torch.cat([log_q_head, _log_tail_mass(zt, idx).unsqueeze(-1)], dim=-1)
         kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (n, E)
     elif isinstance(targets, SampledTargets):
         if not math.isclose(temperature, targets.temperature, rel_tol=1e-9):

@@ -105,6 +105,25 @@ def test_dense_minus_sparse_loss_is_the_tail_share_of_the_kl(teacher):
     assert dense > sparse
 
 
+def test_topk_gradient_is_the_bucket_gradient_also_where_the_students_tail_is_tiny(teacher):
+    v, t, k = teacher[:, 0].astype(np.float64), 8.0, 10
+    rng = np.random.default_rng(5)
+    z0 = rng.normal(scale=2.0, size=v.shape)
+    tail = _tail_mask(v, k)
+    z0[: len(v) // 2] += np.where(tail, 0.0, 30.0 * t)[: len(v) // 2]  # half the rows: tail mass ~e**-30 at t
+    q = softmax(z0 / t, axis=1)
+    q_tail = (q * tail).sum(axis=1)
+    assert (q_tail < 1e-9).any() and (q_tail > 1e-4).any()  # both ways of computing the tail run
+    z = torch.tensor(z0, dtype=torch.float32, requires_grad=True)
+    targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+    got = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
+
+    p = softmax(v / t, axis=1)
+    p_tail = (p * tail).sum(axis=1, keepdims=True)
+    expected = t * np.where(tail, q - p_tail * q / q_tail[:, None], q - p)  # the bucket gradient
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * t)  # float32 rounding, times T
+
+
 @pytest.mark.parametrize("t", [1.0, 3.0, 4.0, 12.0])
 def test_topk_gradient_error_within_the_stated_bound_and_shrinking_with_k(teacher, t):
     v = teacher[:, 0]
