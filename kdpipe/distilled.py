@@ -158,6 +158,12 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     ``kdpipe.LazyRows(X)``: folds then stay lazy views that pickle as references (the
     zarr store, or the HDF5 file and dataset name), so ``n_jobs > 1`` works too.
 
+    A sparse cache (``build_cache(..., sparse=...)``) is read as sparse targets per
+    minibatch and trained with :func:`kdpipe.losses.sparse_distillation_loss`, never
+    as dense rows; a temperature, combination or loss its format cannot give is a
+    :class:`~kdpipe.errors.SparseFormatError` before training (see
+    :mod:`kdpipe.cache.sparse`).
+
     The fitted student (``module_``) lives on the CPU; ``device`` is where it runs
     during a call (``fit``, ``predict``...), after which it goes back.
 
@@ -327,6 +333,9 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         codes = encode_labels(y, classes, unlabeled=unlabeled)
         if has_teacher:
             teacher_logits = check_teacher_logits(teacher_logits, n, len(classes))
+            sparse = getattr(teacher_logits, "sparse", None)  # a sparse cache: can it train so?
+            if sparse is not None:
+                sparse.check_request(temperature=self.temperature, combine=self.combine, loss=self.loss)
         if warm and not np.array_equal(classes, self.classes_):
             raise InputError(
                 "warm_start needs the classes of the previous fit "

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from kdpipe import losses
 from kdpipe.rows import Batch, RowSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
+from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
 # Minibatches per reader call. Measured in benchmarks/bench_rows.py on a shared 2-core
 # machine: 4 per call against 1 won half of eight comparisons, by less than the run-to-run
@@ -71,7 +72,7 @@ class TrainingConfig:
 def batch_loss(
     student_logits: torch.Tensor,
     y: torch.Tensor | None,
-    teacher_logits: torch.Tensor | None,
+    teacher_logits: torch.Tensor | SparseTargets | None,
     config: TrainingConfig,
     *,
     labels_checked: bool = False,
@@ -85,6 +86,18 @@ def batch_loss(
         if y is None:
             raise ValueError("training without teacher logits needs labels")
         return losses.hard_label_loss(student_logits, y, labels_checked=labels_checked)
+    if isinstance(teacher_logits, (TopKTargets, SampledTargets)):
+        if config.loss != "distillation":
+            raise ValueError(f"sparse teacher targets support loss='distillation' only, not {config.loss!r}")
+        return losses.sparse_distillation_loss(
+            student_logits,
+            teacher_logits,
+            y,
+            temperature=config.temperature,
+            alpha=config.alpha,
+            combine=config.combine,
+            labels_checked=labels_checked,
+        )
     if config.loss == "distillation":
         return losses.distillation_loss(
             student_logits,
@@ -191,6 +204,8 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
             return t  # .to() of a CPU tensor still costs a dispatch per call
         return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
 
+    if isinstance(batch.teacher_logits, (TopKTargets, SampledTargets)):
+        return move(batch.X), move(batch.y), batch.teacher_logits.to_torch(device)
     return move(batch.X), move(batch.y), move(batch.teacher_logits)
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "CacheNotFoundError",
     "RowMismatchError",
     "UsageError",
+    "SparseFormatError",
 ]
 
 
@@ -74,3 +75,8 @@ class UsageError(InputError):
 
 class MissingDependencyError(KdpipeError, ImportError):
     """An optional package that the request needs (``s3fs`` for an ``s3://`` URL) is not installed."""
+
+
+class SparseFormatError(InputError):
+    """A sparse logit cache was asked for what its format cannot give (dense logits,
+    another temperature than a sampled cache was drawn at, logit matching)."""

@@ -1,5 +1,9 @@
 """The distillation math of Hinton, Vinyals & Dean (2015), section 2. Nothing else.
 
+Dense teacher logits go to :func:`distillation_loss`; the sparse targets of a sparse
+logit cache (top-k plus tail, or sampled classes; :mod:`kdpipe.sparse_targets`) go to
+:func:`sparse_distillation_loss`, whose approximation error is stated there.
+
 Shapes: ``n`` rows, ``M`` ensemble members, ``C`` classes. Teacher logits are ``(n, C)``
 (one teacher) or ``(n, M, C)`` (an ensemble). Every function computes in float32 whatever
 the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and works through
@@ -14,6 +18,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
+
 __all__ = [
     "soft_targets",
     "distillation_loss",
@@ -21,6 +27,8 @@ __all__ = [
     "logit_matching_loss",
     "parse_temperature",
     "parse_combine",
+    "sparse_distillation_loss",
+    "tail_logsumexp",
 ]
 
 Combine = Literal["arithmetic", "geometric"]
@@ -254,3 +262,215 @@ def logit_matching_loss(
     z = z - z.mean(dim=-1, keepdim=True)
     v = v - v.mean(dim=-1, keepdim=True)
     return 0.5 * (z - v).pow(2).sum(dim=-1).mean()
+
+
+# -- sparse teacher targets ------------------------------------------------------------
+
+
+def tail_logsumexp(
+    targets: TopKTargets, temperature: float, *, bounds: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tail's log-mass ``log sum_{j not in top k} exp(v_j / T)`` of top-k targets.
+
+    With ``beta = 1/T``, ``f(beta) = log sum_tail exp(beta v_j)`` is convex, with
+    ``f(0) = log(C - k)``, ``f'(0)`` the tail's mean logit, and ``f, f'`` stored at each
+    grid temperature. At a grid point (and as ``T -> inf``) the value is exact. Between
+    two grid points it is the cubic Hermite interpolant in ``beta``, clipped to the
+    exact bounds convexity gives: above both tangents, below the chord. Below the
+    smallest grid temperature it is the tangent at that point (a lower bound); the upper
+    bound there is ``min(chord to slope tail_max, log(C - k) + tail_max / T)``, as
+    ``f' <= tail_max``.
+
+    Parameters
+    ----------
+    targets : TopKTargets
+        Torch tensors (see :meth:`TopKTargets.to_torch`).
+    temperature : float
+    bounds : bool, default=False
+        Also return the exact lower and upper bounds.
+
+    Returns
+    -------
+    Tensor of shape (b, E), float32, or a tuple (estimate, lower, upper)
+    """
+    beta = 1.0 / parse_temperature(temperature)
+    count = targets.n_classes - targets.k
+    f = torch.cat(
+        [torch.full_like(targets.tail_mean, math.log(count)).unsqueeze(-1), targets.tail_lse], dim=-1
+    ).double()  # (b, E, G + 1)
+    d = torch.cat([targets.tail_mean.unsqueeze(-1), targets.tail_slope], dim=-1).double()
+    grid = [0.0] + [1.0 / t for t in targets.temperatures]  # ascending beta
+    if beta in grid:
+        exact = f[..., grid.index(beta)]
+        out = (exact, exact, exact)
+    elif beta > grid[-1]:
+        step = beta - grid[-1]
+        top = targets.tail_max.double()
+        lower = f[..., -1] + d[..., -1] * step
+        upper = torch.minimum(f[..., -1] + top * step, math.log(count) + beta * top)
+        out = (lower, lower, upper)
+    else:
+        i = next(j for j in range(len(grid) - 1) if grid[j] < beta < grid[j + 1])
+        a, b = grid[i], grid[i + 1]
+        h, s = b - a, (beta - a) / (b - a)
+        fa, fb, da, db = f[..., i], f[..., i + 1], d[..., i], d[..., i + 1]
+        hermite = (
+            (2 * s**3 - 3 * s**2 + 1) * fa + (s**3 - 2 * s**2 + s) * h * da
+            + (-2 * s**3 + 3 * s**2) * fb + (s**3 - s**2) * h * db
+        )
+        lower = torch.maximum(fa + da * (beta - a), fb + db * (beta - b))
+        upper = fa + (fb - fa) * s
+        out = (torch.minimum(torch.maximum(hermite, lower), upper), lower, upper)
+    estimate, lower, upper = (t.float() for t in out)
+    return (estimate, lower, upper) if bounds else estimate
+
+
+# Below this student tail mass, log(1 - head mass) loses digits even in float64: the
+# tail is summed over its classes instead.
+_SMALL_TAIL = 1e-6
+
+
+def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``log sum_{j not in S} softmax(zt)_j`` per row and entry, ``(n, E)``, without an
+    ``(n, E, C)`` tensor.
+
+    The tail's mass is one minus the head's, in float64 from the student's logits
+    gathered at the kept classes ``idx`` ``(n, E, k)``. Where the
+    tail holds less than ``_SMALL_TAIL`` of the mass that subtraction cancels, and the
+    tail is summed over its own classes instead (those rows only; asking which rows
+    they are reads one flag back from a GPU).
+    """
+    z = zt.double()  # (n, C): float64, or the subtraction would inherit float32's 1e-7
+    log_q_head = z.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - z.logsumexp(dim=-1)[:, None, None]
+    log_head = torch.logsumexp(log_q_head, dim=-1)  # (n, E), <= 0 up to rounding
+    small = log_head > math.log1p(-_SMALL_TAIL)
+    safe = torch.where(small, torch.full_like(log_head, -1.0), log_head)  # no inf/nan in the unused branch
+    out = torch.log(-torch.expm1(safe))
+    if bool(small.any()):
+        rows, entries = small.nonzero(as_tuple=True)
+        zr = z[rows]  # (r, C)
+        summed = zr.scatter(1, idx[rows, entries], float("-inf")).logsumexp(dim=-1) - zr.logsumexp(dim=-1)
+        out = out.index_put((rows, entries), summed)
+    return out.float()
+
+
+def _entries(targets: SparseTargets, combine: Combine) -> slice:
+    """The entries a combination reads: the members (arithmetic), or their mean logits."""
+    m = targets.n_members
+    if m == 1:
+        return slice(0, 1)
+    return slice(0, m) if combine == "arithmetic" else slice(m, m + 1)
+
+
+def sparse_distillation_loss(
+    student_logits: torch.Tensor,
+    targets: SparseTargets,
+    y: torch.Tensor | None = None,
+    *,
+    temperature: float,
+    alpha: float,
+    combine: Combine = "arithmetic",
+    labels_checked: bool = False,
+) -> torch.Tensor:
+    """:func:`distillation_loss` from sparse teacher targets, without dense teacher rows.
+
+    Parameters
+    ----------
+    student_logits : Tensor of shape (n, C)
+    targets : TopKTargets or SampledTargets
+        Torch tensors on the student's device, ``n`` rows of ``C`` classes.
+    y : Tensor of shape (n,), optional
+        As in :func:`distillation_loss`.
+    temperature : float
+        For sampled targets, the temperature they were drawn at (else a ``ValueError``).
+    alpha : float in [0, 1]
+    combine : {"arithmetic", "geometric"}, default="arithmetic"
+        Arithmetic: the mean over members of each member's soft term (cross-entropy is
+        linear in the target, so its gradient is the gradient with the mean of the
+        members' probabilities). Geometric: the soft term with the targets' extra entry,
+        made from the members' mean logits at build time.
+    labels_checked : bool, default=False
+
+    Returns
+    -------
+    Tensor, scalar float32
+
+    Notes
+    -----
+    **Top-k plus tail.** Per row and entry the classes are the kept set ``S`` (``k``
+    classes) plus one bucket for the tail ``S^c``. Teacher side: ``p_i = softmax(v/T)_i``
+    on ``S`` and ``p_tail = exp(L_T) / Z`` with ``L_T`` from :func:`tail_logsumexp`.
+    Student side: ``q_i`` on ``S`` (the student's logits gathered at ``S``, no
+    ``(n, E, C)`` tensor) and ``q_tail = sum_{j not in S} q_j = 1 - sum_S q_i`` in
+    float64, summed over the tail's own classes where it is below ``1e-6``. The soft term is the KL between
+    these ``k + 1``-bucket distributions, times ``T**2``. Its gradient with respect to
+    a student logit is exact on ``S`` and on the tail is
+    ``(1/T)(q_j - p_tail q_j / q_tail)``: the teacher's tail mass spread like the
+    student's. With the ``T**2`` factor the per-row error of the gradient is therefore
+
+        ``|| g_sparse - g_dense ||_1 <= 2 T p_tail(T, k)``,
+
+    where ``p_tail(T, k)`` is the teacher's mass outside its top ``k`` at ``T``: it
+    falls as ``k`` grows, rises with ``T`` and tends to ``(C - k)/C`` as
+    ``T -> inf`` (high temperatures need larger ``k``). The loss itself is a lower
+    bound of the dense one: ``dense - sparse = T**2 p_tail KL(p | tail || q | tail)``.
+    An error ``delta`` in ``L_T`` (zero at grid temperatures) moves ``p_tail`` by at
+    most ``p_tail (e**|delta| - 1)``, which adds at most twice that, times ``T``, to
+    the bound. For an arithmetic ensemble the bound holds with the members' mean
+    ``p_tail``, and the value differs from the dense KL by a constant (the entropy of
+    the mean target against the members' mean entropy); gradients are what count.
+
+    **Sampled.** ``p_hat = counts / s`` of classes drawn from ``softmax(v/T)``; the
+    soft term is ``T**2 KL(p_hat || q_T)`` with the student's full softmax, whose
+    gradient ``T (q - p_hat)`` is an unbiased estimate of the dense gradient
+    ``T (q - p)`` at that temperature only: ``E[p_hat] = p``. Its variance per class is
+    ``T**2 p_j (1 - p_j) / s``. Arithmetic ensembles average the members' estimates
+    (each unbiased for its member); geometric uses draws from
+    ``softmax(mean_m(v_m) / T)``.
+
+    References
+    ----------
+    G. Hinton, O. Vinyals, J. Dean. Distilling the Knowledge in a Neural Network.
+    arXiv:1503.02531, 2015.
+    """
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    temperature = parse_temperature(temperature)
+    combine = parse_combine(combine)
+    z = _as_float32(student_logits, "student_logits")
+    if z.ndim != 2 or z.shape[1] != targets.n_classes or z.shape[0] != len(targets):
+        raise ValueError(
+            f"student logits of shape {tuple(z.shape)} do not match sparse targets of "
+            f"{len(targets)} rows and {targets.n_classes} classes"
+        )
+    entries = _entries(targets, combine)
+    zt = z / temperature  # (n, C)
+    log_norm = torch.logsumexp(zt, dim=-1)[:, None, None]  # (n, 1, 1)
+    if isinstance(targets, TopKTargets):
+        idx = targets.indices[:, entries]  # (n, E, k)
+        tail = tail_logsumexp(targets, temperature)[:, entries]  # (n, E)
+        log_p = F.log_softmax(
+            torch.cat([targets.values[:, entries] / temperature, tail.unsqueeze(-1)], dim=-1), dim=-1
+        )  # (n, E, k + 1)
+        log_q_head = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm  # (n, E, k)
+        log_q = torch.cat([log_q_head, _log_tail_mass(zt, idx).unsqueeze(-1)], dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (n, E)
+    elif isinstance(targets, SampledTargets):
+        if not math.isclose(temperature, targets.temperature, rel_tol=1e-9):
+            raise ValueError(
+                f"sampled targets were drawn at temperature {targets.temperature:g}; they "
+                f"give an unbiased gradient only there, not at {temperature:g}"
+            )
+        idx = targets.indices[:, entries]  # (n, E, s)
+        w = targets.counts[:, entries] / targets.draws  # (n, E, s), rows sum to 1
+        log_q = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm
+        kl = (torch.xlogy(w, w) - w * log_q).sum(dim=-1)  # (n, E)
+    else:
+        raise TypeError(f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}")
+    loss = (1.0 - alpha) * temperature**2 * kl.mean()
+    if y is not None:
+        codes = _label_codes(y, z, labels_checked)
+        if alpha > 0.0:
+            loss = loss + alpha * hard_label_loss(z, codes, labels_checked=True)
+    return loss

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kdpipe.errors import InputError, TeacherOutputError
+from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
 __all__ = [
     "positions",
@@ -445,13 +446,15 @@ class Batch:
         Student inputs.
     y : ndarray of shape (b,), int64, or None
         Class codes, ``-1`` for unlabeled rows.
-    teacher_logits : ndarray of shape (b, C) or (b, M, C), or None
-        Raw teacher logits, when distilling.
+    teacher_logits : ndarray of shape (b, C) or (b, M, C), sparse targets, or None
+        Raw teacher logits, when distilling; the rows of a sparse cache are
+        :class:`~kdpipe.sparse_targets.TopKTargets` or
+        :class:`~kdpipe.sparse_targets.SampledTargets`.
     """
 
     X: np.ndarray
     y: np.ndarray | None
-    teacher_logits: np.ndarray | None
+    teacher_logits: np.ndarray | SparseTargets | None
 
 
 class RowSource(Protocol):
@@ -523,7 +526,9 @@ class MinibatchSource:
         X = take_rows(self.X, rows).astype(np.float32, copy=False)
         logits = None
         if self.teacher_logits is not None:
-            logits = take_rows(self.teacher_logits, rows).astype(np.float32, copy=False)
+            logits = take_rows(self.teacher_logits, rows)
+            if not isinstance(logits, (TopKTargets, SampledTargets)):  # a sparse cache's rows stay sparse
+                logits = logits.astype(np.float32, copy=False)
         return Batch(X=X, y=None if self.y is None else self.y[rows], teacher_logits=logits)
 
 

@@ -45,7 +45,7 @@ _CRASHER = textwrap.dedent(
 
     os.fsync = lambda fd: None  # see the module docstring
     X, y, W = (np.load(os.path.join(sys.argv[1], f"{name}.npy")) for name in ("X", "y", "W"))
-    backend, out = sys.argv[2], sys.argv[3]
+    backend, out, sparse = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 
     def teacher(batch):
         return batch @ W
@@ -57,7 +57,7 @@ _CRASHER = textwrap.dedent(
         if pid == 0:
             durable.set_write_hook(hook)
             build_cache(teacher, X, path, y=y, backend=backend, chunk_rows=%(rows)d, batch_size=4,
-                        progress=False, num_workers=1)
+                        progress=False, num_workers=1, sparse=sparse)
             os._exit(0)
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
@@ -100,16 +100,23 @@ def snapshot(cache: LogitCache) -> dict:
     manifest = cache.manifest.to_dict()
     for key in ("created", "finished"):
         manifest.pop(key)
+    if cache.manifest.sparse is None:
+        logits = np.asarray(cache).tolist()
+    else:  # a sparse cache holds records, not logits
+        targets = cache.read_rows(np.arange(len(cache)))
+        logits = [getattr(targets, name).tolist() for name in targets._arrays]
     return {
-        "logits": np.asarray(cache).tolist(),
+        "logits": logits,
         "labels": cache.labels.tolist(),
         "digests": cache.row_digests.tolist(),
         "manifest": manifest,
     }
 
 
-@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, backend, monkeypatch):
+@pytest.mark.parametrize(
+    "backend, sparse", [("zarr", None), ("hdf5", None), ("zarr", {"kind": "topk", "k": 2, "temperatures": [2.0]})]
+)
+def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, backend, sparse, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # see the module docstring
     rng = np.random.default_rng(0)
     X = rng.normal(size=(N, D)).astype(np.float32)
@@ -120,7 +127,7 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", _CRASHER, str(tmp_path), backend, str(out)],
+        [sys.executable, "-c", _CRASHER, str(tmp_path), backend, str(out), json.dumps(sparse)],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONWARNINGS": "error", "PYTHONPATH": os.path.dirname(os.path.dirname(kdpipe.__file__))},
     )
@@ -144,7 +151,7 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
     print(f"{backend}: {len(steps)} crash points: {dict(kinds)}")
 
     teacher = teacher_like_the_crasher(W)
-    kw = dict(y=y, backend=backend, chunk_rows=ROWS, batch_size=4, progress=False, num_workers=1)
+    kw = dict(y=y, backend=backend, chunk_rows=ROWS, batch_size=4, progress=False, num_workers=1, sparse=sparse)
     expected = snapshot(build_cache(teacher, X, tmp_path / "reference", **kw))
     for k in range(1, len(steps) + 1):
         crashed = out / f"crash{k}"

@@ -17,6 +17,9 @@ _PUBLIC = {
     "LogitCache": "kdpipe.cache.reader",
     "VerifyReport": "kdpipe.cache.verify",
     "BuildConfig": "kdpipe.cache.config",
+    "SparseLogitCache": "kdpipe.cache.sparse_reader",
+    "TopK": "kdpipe.cache.sparse",
+    "Sampled": "kdpipe.cache.sparse",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
@@ -18,6 +19,7 @@ from kdpipe.cache.location import Location, is_remote, parse_location, remove_tr
 from kdpipe.cache.manifest import (
     FORMAT_VERSION,
     RECORDS_DIR,
+    SPARSE_FORMAT_VERSION,
     ChunkRecord,
     Manifest,
     chunk_bounds,
@@ -27,6 +29,7 @@ from kdpipe.cache.manifest import (
     write_manifest,
 )
 from kdpipe.cache.reader import LogitCache
+from kdpipe.cache.sparse import parse_sparse
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source, as_source
 from kdpipe.cache.storage import hdf5_url_message, open_store
@@ -62,6 +65,7 @@ def build_cache(
     precision: str = "model",
     teacher_versions: Any = None,
     storage_options: dict[str, Any] | None = None,
+    sparse: Any = None,
 ) -> LogitCache:
     """Run ``teachers`` over ``X`` once and store every member's raw logits at ``path``.
 
@@ -120,6 +124,14 @@ def build_cache(
         Options of the URL's fsspec file system (``endpoint_url``, ``profile``,
         ``client_kwargs``...). They travel with every task to the workers, and are never
         written into the cache. Leave credentials to the environment or a profile.
+    sparse : TopK, Sampled or dict, optional
+        Store a compact record per row and member instead of every logit (see
+        :mod:`kdpipe.cache.sparse`): ``TopK(k)`` keeps the ``k`` largest logits and a
+        tail summary (any temperature and either ensemble combination at fit time);
+        ``Sampled(draws, temperature)`` keeps classes drawn from the teacher's softmax
+        at that temperature (an unbiased gradient there only). Recorded in the
+        manifest: a dense cache and a sparse one, or two sparse settings, are different
+        caches and a resume refuses the other. ``None`` (default): dense logits.
 
     Returns
     -------
@@ -141,6 +153,7 @@ def build_cache(
     if client is None:
         resolve_device(device)  # reject a bad device name before any work
     precision = parse_precision(precision)
+    spec = parse_sparse(sparse)
     source = as_source(X)
     members = resolve_members(teachers, teacher_versions)
     order = resolve_classes(members, classes)
@@ -148,11 +161,19 @@ def build_cache(
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
         manifest = _new_manifest(config, source, members, order, device, settings)
+        if spec is not None:
+            manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
+            manifest.sparse_layout()  # refuse settings this cache cannot hold before writing anything
         _initialize(root, manifest)
     else:
         if not resume:
             raise CacheError(f"a cache already exists at {root}; pass resume=True or overwrite=True")
         differences = _differences(manifest, config, source, members, order, settings)
+        if manifest.sparse != (None if spec is None else spec.to_dict()):
+            differences.append(
+                f"sparse format: cache has {manifest.sparse or 'dense'}, this build has "
+                f"{'dense' if spec is None else spec.to_dict()}"
+            )
         if differences:
             raise CacheMismatchError(
                 f"the cache at {root} was built differently: " + "; ".join(differences)
@@ -294,7 +315,7 @@ def _existing_manifest(root: Location, overwrite: bool) -> Manifest | None:
             remove_tree(target)
         fsync_dir(root)
         return None
-    if manifest.format_version != FORMAT_VERSION:
+    if manifest.format_version not in (FORMAT_VERSION, SPARSE_FORMAT_VERSION):
         raise CacheMismatchError(
             f"the cache at {root} has format version {manifest.format_version}; this kdpipe writes "
             f"version {FORMAT_VERSION} (it adds row digests) and cannot finish or extend it. "

@@ -25,6 +25,7 @@ from kdpipe.errors import CacheCorruptError
 
 __all__ = [
     "FORMAT_VERSION",
+    "SPARSE_FORMAT_VERSION",
     "READABLE_VERSIONS",
     "ChunkRecord",
     "TeacherInfo",
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2  # 2: per-row digests of X stored with every chunk
-READABLE_VERSIONS = (1, 2)
+SPARSE_FORMAT_VERSION = 3  # 3: format 2 plus sparse records (Manifest.sparse); older kdpipe refuses it
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 RECORDS_DIR = "done"
 
@@ -120,6 +122,7 @@ class Manifest:
     data_fingerprint: str | None = None
     chunks: tuple[ChunkRecord, ...] = ()
     format_version: int = FORMAT_VERSION
+    sparse: dict[str, Any] | None = None  # None: dense logits; else the settings of kdpipe.cache.sparse
 
     @property
     def has_row_digests(self) -> bool:
@@ -137,6 +140,25 @@ class Manifest:
     @property
     def n_chunks(self) -> int:
         return -(-self.n_rows // self.chunk_rows)
+
+    def sparse_layout(self) -> Any:
+        """The :class:`~kdpipe.cache.sparse.SparseLayout` of a sparse cache; None when dense."""
+        if self.sparse is None:
+            return None
+        from kdpipe.cache.sparse import SparseLayout, parse_sparse
+
+        return SparseLayout(parse_sparse(self.sparse), self.dtype, self.n_classes, self.n_members)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one stored row: ``(M, C)`` logits, or ``(entries, record bytes)`` when sparse."""
+        layout = self.sparse_layout()
+        return (self.n_members, self.n_classes) if layout is None else layout.row_shape
+
+    @property
+    def stored_dtype(self) -> str:
+        """dtype of the stored ``logits`` array: the logits' own, or ``uint8`` records."""
+        return self.dtype if self.sparse is None else "uint8"
 
     def class_array(self) -> np.ndarray:
         return decode_classes(self.classes)
@@ -178,6 +200,15 @@ def read_manifest(root: Any) -> Manifest | None:
             f"{path} has format version {manifest.format_version}; this kdpipe reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
+    if (manifest.sparse is not None) != (manifest.format_version == SPARSE_FORMAT_VERSION):
+        raise CacheCorruptError(
+            f"{path} has format version {manifest.format_version} and sparse={manifest.sparse!r}: "
+            f"sparse caches, and only they, have version {SPARSE_FORMAT_VERSION}"
+        )
+    try:
+        manifest.sparse_layout()
+    except ValueError as exc:
+        raise CacheCorruptError(f"{path} records sparse settings this kdpipe cannot read: {exc}") from exc
     return manifest
 
 

@@ -35,7 +35,7 @@ class _Handle:
         self.cache_bytes = cache_bytes
         self._store: ChunkStore | None = None
         m = manifest
-        self.memory = ChunkMemory(m.chunk_rows, (m.n_members, m.n_classes), m.dtype, cache_bytes, m.n_chunks)
+        self.memory = ChunkMemory(m.chunk_rows, m.row_shape, m.stored_dtype, cache_bytes, m.n_chunks)
         self._labels: np.ndarray | None = None
         self._digests: np.ndarray | None = None
 
@@ -151,6 +151,10 @@ class LogitCache:
                     f"the cache at {root} is not finished: {len(records)} of {manifest.n_chunks} chunks "
                     "complete; rerun build_cache with the same arguments to finish it"
                 )
+        if manifest.sparse is not None and cls is LogitCache:
+            from kdpipe.cache.sparse_reader import SparseLogitCache
+
+            cls = SparseLogitCache
         return cls(_Handle(root, manifest, records, int(chunk_cache_bytes)))
 
     # -- pickling: the path (or URL and storage options) and the rows only; the store
@@ -241,7 +245,7 @@ class LogitCache:
         """Lazy subset of the rows at ``indices`` (positions in this view)."""
         at = positions(indices, len(self))
         rows = at if self._rows is None else self._rows[at]
-        return LogitCache(self._handle, rows)
+        return type(self)(self._handle, rows)
 
     # -- reading
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -329,6 +333,8 @@ class LogitCache:
             "complete": m.complete,
             "bytes_on_disk": size,
             "bytes_per_row": size / m.n_rows,
+            "format": "dense" if m.sparse is None else m.sparse["kind"],
+            "logit_bytes_per_row": int(np.prod(m.row_shape)) * np.dtype(m.stored_dtype).itemsize,
             "teachers": [t.to_dict() for t in m.teachers],
             "data": {
                 "shape": list(m.data_shape),

@@ -69,13 +69,20 @@ class ChunkJob:
         start, stop = chunk_bounds(index, m.chunk_rows, m.n_rows)
         x, codes = self._inputs(index, x)
         device = resolve_device(self.device)
-        logits = np.empty((stop - start, m.n_members, m.n_classes), dtype=m.dtype)  # (rows, members, classes)
+        # (rows, members, classes), or (rows, entries, record bytes) of a sparse cache
+        logits = np.empty((stop - start, *m.row_shape), dtype=m.stored_dtype)
+        sparse = m.sparse_layout()
+        uniforms = None if sparse is None else sparse.uniforms(index, stop - start)
         for b0 in range(0, stop - start, self.batch_size):
             b1 = min(b0 + self.batch_size, stop - start)
+            # a sparse cache never holds a dense chunk: one batch at a time is reduced
+            dense = logits[b0:b1] if sparse is None else np.empty((b1 - b0, m.n_members, m.n_classes), m.dtype)
             for j, member in enumerate(self.members):
                 out = member.predict(x[b0:b1], device, self.precision)
                 self._check(out, j, member, start + b0, start + b1)
-                logits[b0:b1, j] = out
+                dense[:, j] = out
+            if sparse is not None:
+                logits[b0:b1] = sparse.encode(dense, None if uniforms is None else uniforms[b0:b1])
         digests = row_digests(x)
         self._writable_store().write_chunk(index, logits, codes, digests)
         record = ChunkRecord(

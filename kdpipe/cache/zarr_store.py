@@ -62,11 +62,11 @@ class ZarrChunkStore:
         config = self._config
         group.create_array(
             "logits",
-            shape=(m.n_rows, m.n_members, m.n_classes),
-            chunks=(m.chunk_rows, m.n_members, m.n_classes),
-            dtype=m.dtype,
+            shape=(m.n_rows, *m.row_shape),
+            chunks=(m.chunk_rows, *m.row_shape),
+            dtype=m.stored_dtype,
             compressors=[Crc32cCodec()],  # logits hardly compress; checksum only
-            fill_value=np.nan,
+            fill_value=np.nan if m.sparse is None else 0,  # sparse: uint8 records
             config=config,
         )
         group.create_array(

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from kdpipe._estimator import check_teacher_logits, torch_classifier_tags
 from kdpipe.cache.alignment import check_fit_alignment
 from kdpipe.engine import TrainingConfig, seeded
-from kdpipe.errors import InputError
+from kdpipe.errors import InputError, SparseFormatError
 from kdpipe.labels import UNLABELED, encode_labels, unlabeled_mask
 from kdpipe.specialists.clustering import cluster_classes, parse_class_subsets
 from kdpipe.specialists.inference import InferenceResult, combine_distributions
@@ -283,7 +283,9 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
                 or LogitCache, default=None
             Raw teacher (or ensemble) logits aligned with ``X``, in the order of the
             generalist's ``classes_``. They distill the generalist (when it is fitted
-            here) and give the specialists their soft targets.
+            here) and give the specialists their soft targets. A sparse cache is refused
+            (:class:`~kdpipe.errors.SparseFormatError`): fit the generalist from it with
+            :class:`~kdpipe.DistilledClassifier` and pass it frozen.
 
         Returns
         -------
@@ -292,6 +294,14 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         # Everything goes into locals; the fitted attributes are set together at the
         # end, so a fit that raises leaves a fitted estimator as it was.
         has_teacher = teacher_logits is not None
+        if getattr(teacher_logits, "sparse", None) is not None:
+            raise SparseFormatError(
+                "specialists cannot train from a sparse logit cache: their soft targets need the "
+                "logit of every class of their subset, which a sparse cache does not hold. Fit the "
+                "generalist from it (DistilledClassifier().fit(X, y, teacher_logits=cache)), pass "
+                "it as generalist=FrozenEstimator(generalist) and fit this ensemble without "
+                "teacher_logits, or from a dense cache"
+            )
         given = X  # the rows as given, before validate_data may change their dtype
         X, y, data_attrs = self._check_fit_data(X, y, has_teacher)
         rng = check_random_state(self.random_state)

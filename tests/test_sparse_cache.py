@@ -1,0 +1,173 @@
+"""Sparse logit caches on disk: what they store, fingerprints, resume, verify, subsets, info."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp, softmax
+from scipy.stats import binom
+
+from kdpipe.cache import LogitCache, Sampled, SparseLogitCache, TopK, build_cache
+from kdpipe.cache.storage import open_store
+from kdpipe.errors import CacheMismatchError, InputError, SparseFormatError
+from kdpipe.sparse_targets import SampledTargets, TopKTargets
+
+N, D, C, ROWS = 60, 5, 40, 16  # 4 chunks
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, D)).astype(np.float32)
+    W = (3 * rng.normal(size=(D, C))).astype(np.float32)
+    return X, rng.integers(0, C, N), W
+
+
+def _teachers(W: np.ndarray) -> list:
+    def first(batch: np.ndarray) -> np.ndarray:
+        return batch @ W
+
+    def second(batch: np.ndarray) -> np.ndarray:
+        return np.tanh(batch) @ W
+
+    first.kdpipe_fingerprint, second.kdpipe_fingerprint = "first", "second"
+    return [first, second]
+
+
+def _build(path, data, sparse, **kw):
+    X, y, W = data
+    return build_cache(_teachers(W), X, path, y=y, sparse=sparse, chunk_rows=ROWS, progress=False, **kw)
+
+
+def test_topk_cache_stores_the_k_largest_logits_and_the_tail_of_the_dense_cache(tmp_path, data, backend):
+    dense = np.asarray(_build(tmp_path / "dense", data, None, backend=backend, dtype="float16"))
+    cache = _build(tmp_path / "topk", data, TopK(6, temperatures=(4.0, 1.0)), backend=backend, dtype="float16")
+    assert isinstance(cache, SparseLogitCache) and cache.shape == (N, 2, C)
+    rows = np.array([59, 0, 17, 17, 33])
+    got = cache.read_rows(rows)
+    assert isinstance(got, TopKTargets) and got.values.shape == (5, 3, 6)
+    entries = np.concatenate([dense, dense.astype(np.float64).mean(axis=1, keepdims=True)], axis=1)[rows]
+    order = np.argsort(-entries, axis=-1, kind="stable")
+    np.testing.assert_array_equal(got.indices, order[..., :6])
+    np.testing.assert_array_equal(got.values, np.take_along_axis(entries, order[..., :6], -1).astype(np.float16))
+    tail = np.take_along_axis(entries, order[..., 6:], -1)  # (5, 3, C - 6)
+    np.testing.assert_allclose(got.tail_max, tail.max(-1), rtol=1e-6)
+    np.testing.assert_allclose(got.tail_mean, tail.mean(-1), rtol=1e-5, atol=1e-5)
+    for g, t in enumerate((4.0, 1.0)):
+        np.testing.assert_allclose(got.tail_lse[..., g], logsumexp(tail / t, axis=-1), rtol=1e-6)
+        np.testing.assert_allclose(
+            got.tail_slope[..., g], (softmax(tail / t, axis=-1) * tail).sum(-1), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_sampled_cache_draws_from_the_teachers_softmax(tmp_path, data):
+    X, y, W = data
+    cache = _build(tmp_path / "s", data, Sampled(draws=400, temperature=3.0, seed=1))
+    got = cache.read_rows(np.arange(N))
+    assert isinstance(got, SampledTargets)
+    assert (got.counts.sum(-1) == 400).all()
+    dense = np.stack([t(X) for t in _teachers(W)], axis=1).astype(np.float64)
+    p = softmax(np.concatenate([dense, dense.mean(axis=1, keepdims=True)], axis=1) / 3.0, axis=-1)
+    frequency = np.zeros(p.shape)
+    rows, entries = np.indices(got.indices.shape)[:2]
+    np.add.at(frequency, (rows, entries, got.indices), got.counts / 400)  # padding adds 0 to class 0
+    count = np.rint(frequency * 400)
+    # every count against its Binomial(400, p): two-sided tail, Bonferroni over 7,200 counts
+    tails = np.minimum(binom.cdf(count, 400, p), binom.sf(count - 1, 400, p))
+    assert (2 * tails).min() > 1e-6
+    # distinct classes per row, padding only after them
+    filled = got.counts > 0
+    for r, e in np.ndindex(*got.counts.shape[:2]):
+        drawn = got.indices[r, e][filled[r, e]]
+        assert len(np.unique(drawn)) == len(drawn) and filled[r, e][: len(drawn)].all()
+
+
+def test_sampled_draws_repeat_on_resume_and_do_not_depend_on_batch_size(tmp_path, data):
+    a = _build(tmp_path / "a", data, Sampled(32, 2.0), batch_size=7)
+    b = _build(tmp_path / "b", data, Sampled(32, 2.0), batch_size=64)
+    np.testing.assert_array_equal(a.read_rows(np.arange(N)).indices, b.read_rows(np.arange(N)).indices)
+    c = _build(tmp_path / "c", data, Sampled(32, 2.0, seed=5))
+    assert not np.array_equal(a.read_rows(np.arange(N)).indices, c.read_rows(np.arange(N)).indices)
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [(None, TopK(4)), (TopK(4), None), (TopK(4), TopK(8)), (TopK(4), Sampled(8, 2.0)), (Sampled(8, 2.0), Sampled(8, 3.0))],
+)
+def test_a_build_with_other_sparse_settings_is_refused_with_the_reason(tmp_path, data, first, second):
+    _build(tmp_path / "c", data, first)
+    with pytest.raises(CacheMismatchError, match="sparse format"):
+        _build(tmp_path / "c", data, second)
+
+
+def test_a_resumed_sparse_build_recomputes_a_lost_chunk_to_the_same_records(tmp_path, data, backend):
+    full = _build(tmp_path / "full", data, TopK(5), backend=backend)
+    part = _build(tmp_path / "part", data, TopK(5), backend=backend)
+    for path in open_store(part.path, part.manifest).chunk_paths(2):  # lost: the resume recomputes it
+        path.unlink()
+    assert not part.verify().ok
+    resumed = _build(tmp_path / "part", data, TopK(5), backend=backend)
+    assert resumed.verify().ok
+    for name in ("values", "indices", "tail_lse"):
+        np.testing.assert_array_equal(
+            getattr(resumed.read_rows(np.arange(N)), name), getattr(full.read_rows(np.arange(N)), name)
+        )
+
+
+def test_verify_finds_a_corrupt_sparse_chunk(tmp_path, data, backend):
+    cache = _build(tmp_path / "c", data, TopK(5), backend=backend)
+    assert cache.verify().ok
+    path = open_store(cache.path, cache.manifest).chunk_paths(1)[0]
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    report = LogitCache.open(cache.path).verify()
+    assert report.status == "FAILED" and report.corrupt == (1,)
+
+
+def test_row_subsets_stay_lazy_sparse_views_and_pickle_small(tmp_path, data):
+    cache = _build(tmp_path / "c", data, TopK(5))
+    rows = np.array([40, 3, 3, 22, 59])
+    view = cache[rows]
+    assert isinstance(view, SparseLogitCache) and view.shape == (5, 2, C)
+    np.testing.assert_array_equal(view.labels, cache.labels[rows])
+    again = pickle.loads(pickle.dumps(view.take([4, 0])))
+    assert len(pickle.dumps(view)) < 2000
+    np.testing.assert_array_equal(again.read_rows(np.arange(2)).values, cache.read_rows(rows[[4, 0]]).values)
+
+
+def test_a_sparse_cache_refuses_dense_reads(tmp_path, data):
+    cache = _build(tmp_path / "c", data, TopK(5))
+    for read in (np.asarray, lambda c: c.logits, lambda c: c.soft_targets(2.0)):
+        with pytest.raises(SparseFormatError, match="holds no dense logits"):
+            read(cache)
+
+
+def test_info_shows_the_format_and_its_bytes_per_row(tmp_path, data):
+    dense = _build(tmp_path / "d", data, None, dtype="float16").info()
+    info = _build(tmp_path / "s", data, TopK(5, temperatures=(2.0,)), dtype="float16").info()
+    assert dense["format"] == "dense" and dense["logit_bytes_per_row"] == 2 * C * 2
+    record = 5 * (2 + 2) + 4 + 4 + 2 * 4  # values f2, indices i2, tail max/mean, lse/slope at 1 T
+    assert info["format"] == "topk" and info["sparse"]["entries"] == 3
+    assert info["format_version"] == 3 and dense["format_version"] == 2  # older kdpipe refuses it by its version
+    assert info["logit_bytes_per_row"] == 3 * record == info["sparse"]["record_bytes"] * 3
+    assert info["bytes_per_row"] < dense["bytes_per_row"]
+
+
+def test_examples_in_the_docstrings_run():
+    import doctest
+
+    import kdpipe.cache.sparse
+
+    result = doctest.testmod(kdpipe.cache.sparse)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def test_settings_the_cache_cannot_hold_are_refused_before_anything_is_written(tmp_path, data):
+    with pytest.raises(InputError, match="keeps every one of the 40 classes"):
+        _build(tmp_path / "c", data, TopK(40))
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(ValueError, match="sparse kind"):
+        _build(tmp_path / "d", data, {"kind": "topp", "k": 3})
