@@ -311,3 +311,26 @@ def test_command_line_builds_reads_and_verifies_a_bucket(data, tmp_path, s3_buck
     assert main(["build-cache", str(teacher), "--data", str(tmp_path / "X.npy"), "-o", f"{url}/h", "--backend", "hdf5",
                  *endpoint, "--quiet"]) == 1
     assert "Use backend='zarr'" in capsys.readouterr().err
+
+
+def test_a_sparse_cache_in_a_bucket_reads_and_trains_as_the_local_one(tmp_path, data, s3_bucket):
+    from kdpipe import DistilledClassifier, TopK
+
+    X, y, W = data
+    url, options = s3_bucket
+    kw = dict(y=y, chunk_rows=ROWS, batch_size=4, progress=False, sparse=TopK(k=2))
+    local = build_cache(counting_teacher(W, []), X, tmp_path / "sparse", **kw)
+    remote = build_cache(counting_teacher(W, []), X, f"{url}/sparse.zarr", storage_options=options, **kw)
+    reopened = LogitCache.open(f"{url}/sparse.zarr", storage_options=options)
+    assert type(reopened) is type(local) and reopened.info()["format"] == local.info()["format"]
+    rows = np.array([59, 0, 31, 31])
+    a, b = local.read_rows(rows), reopened.read_rows(rows)
+    for field in ("values", "indices", "tail_max", "tail_mean", "tail_lse", "tail_slope"):
+        np.testing.assert_array_equal(np.asarray(getattr(b, field)), np.asarray(getattr(a, field)))
+    assert remote.verify().ok
+    fitted = [
+        DistilledClassifier(hidden_layer_sizes=(8,), max_epochs=2, random_state=0, device="cpu")
+        .fit(X, y, teacher_logits=cache).predict_proba(X)
+        for cache in (local, pickle.loads(pickle.dumps(reopened)))
+    ]
+    np.testing.assert_array_equal(fitted[1], fitted[0])
