@@ -12,6 +12,7 @@ import kdpipe.cache
 from kdpipe.cli import main
 from kdpipe.reproduce.settings import EXPERIMENTS
 from kdpipe.reproduce.stats import (
+    NO_GAP,
     NOT,
     PARTLY,
     REPRODUCED,
@@ -183,6 +184,7 @@ def test_mean_se_is_the_sample_standard_error():
         (0.10, 0.06, NOT),  # -0.02: not beyond 2 SE of zero
         (-0.5, 0.01, NOT),
         (0.95, math.nan, UNDETERMINED),
+        (math.nan, math.nan, NO_GAP),  # nothing to close: the teacher was no better
     ],
 )
 def test_share_verdict_against_hand_made_numbers(mean, se, expected):

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["REPRODUCED", "PARTLY", "NOT", "UNDETERMINED", "mean_se", "share_verdict", "beats_verdict"]
+__all__ = ["REPRODUCED", "PARTLY", "NOT", "NO_GAP", "UNDETERMINED", "mean_se", "share_verdict", "beats_verdict"]
 
 REPRODUCED = "reproduced"
 PARTLY = "partly"
 NOT = "not reproduced"
 UNDETERMINED = "undetermined (one seed: no standard error)"
+NO_GAP = "not reproduced (no gap: the model to catch up with is no better than the baseline)"
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -34,8 +35,11 @@ def share_verdict(mean: float, se: float, bar: float) -> str:
 
     Reproduced when the share is at least ``bar`` even two standard errors below its
     mean; partly when it is positive beyond two standard errors but may fall short of
-    ``bar``; not reproduced otherwise.
+    ``bar``; not reproduced otherwise. A nan share means there was no gap to close
+    (e.g. the teacher no better than the hard-label student): not reproduced, saying so.
     """
+    if math.isnan(mean):
+        return NO_GAP
     if math.isnan(se):
         return UNDETERMINED
     low = mean - 2.0 * se
