@@ -26,6 +26,7 @@ run, ``object_storage_quick.*``). Run ``python benchmarks/bench_object_storage.p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating build runs of each kind")
+    parser.add_argument("--only-distributed", action="store_true",
+                        help="only the 2-vs-1 worker build, into object_storage_distributed.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the same single thread for every measurement, as each worker gets
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -359,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
             options = {"endpoint_url": server.endpoint}
             s3fs.S3FileSystem(**options).mkdir("bench")
             load_before = os.getloadavg()
+            if args.only_distributed:
+                X_big, y_big, _ = fashion_or_random(2 * rows)
+                result = {"machine": machine(), "load_before": list(load_before),
+                          "distributed": bench_distributed(server, options, X_big, y_big, (2048, 2048), 512),
+                          "load_after": list(os.getloadavg())}
+                write_results("object_storage_distributed", result, "```json\n" + json.dumps(result, indent=1) + "\n```\n")
+                return 0
             result: dict[str, Any] = {"machine": machine(), "data": f"{source}, {rows} rows", "batch": batch,
                                       "memory_MiB": memory // MiB, "X_MiB": round(X.nbytes / MiB, 1)}
             result["build"] = bench_build(server, options, X, y, tmp, 1 if args.quick else args.repeats)

@@ -153,7 +153,13 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
     teacher = teacher_like_the_crasher(W)
     kw = dict(y=y, backend=backend, chunk_rows=ROWS, batch_size=4, progress=False, num_workers=1, sparse=sparse)
     expected = snapshot(build_cache(teacher, X, tmp_path / "reference", **kw))
-    for k in range(1, len(steps) + 1):
+    checked = range(1, len(steps) + 1)
+    if sparse is not None:
+        # a sparse build writes its records through the same steps (asserted above) as a dense
+        # one, whose resumes are checked at every step: here every third, and the last, keep
+        # the suite within its time
+        checked = sorted({*range(1, len(steps) + 1, 3), len(steps)})
+    for k in checked:
         crashed = out / f"crash{k}"
         where = f"crash before step {k} ({steps[k - 1]})"
         try:  # what a crash leaves is never corrupt: unfinished, or finished
