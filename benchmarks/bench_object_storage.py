@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="alternating build runs of each kind")
     parser.add_argument("--only-distributed", action="store_true",
                         help="only the 2-vs-1 worker build, into object_storage_distributed.json")
+    parser.add_argument("--teacher-width", type=int, default=2048,
+                        help="hidden units of the distributed build's 2-layer teacher")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the same single thread for every measurement, as each worker gets
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only_distributed:
                 X_big, y_big, _ = fashion_or_random(2 * rows)
                 result = {"machine": machine(), "load_before": list(load_before),
-                          "distributed": bench_distributed(server, options, X_big, y_big, (2048, 2048), 512),
+                          "distributed": bench_distributed(server, options, X_big, y_big, (args.teacher_width,) * 2, 512),
                           "load_after": list(os.getloadavg())}
                 write_results("object_storage_distributed", result, "```json\n" + json.dumps(result, indent=1) + "\n```\n")
                 return 0
@@ -375,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             result["cache_reads"] = bench_cache_reads(server, options, tmp, batch)
             result["chunk_sizes"] = bench_chunk_sizes(server, options, X, tmp, batch, sizes, memory)
             result["obstore"] = bench_obstore(server, X, sizes)
-            hidden = (256, 256) if args.quick else (2048, 2048)
+            hidden = (256, 256) if args.quick else (args.teacher_width,) * 2
             X_big, y_big, _ = fashion_or_random(rows if args.quick else 2 * rows)
             result["distributed"] = bench_distributed(server, options, X_big, y_big, hidden, 256 if args.quick else 512)
             result["load_before"], result["load_after"] = list(load_before), list(os.getloadavg())
