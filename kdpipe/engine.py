@@ -86,20 +86,12 @@ def batch_loss(
         if y is None:
             raise ValueError("training without teacher logits needs labels")
         return losses.hard_label_loss(student_logits, y, labels_checked=labels_checked)
-    if isinstance(teacher_logits, (TopKTargets, SampledTargets)):
-        if config.loss != "distillation":
-            raise ValueError(f"sparse teacher targets support loss='distillation' only, not {config.loss!r}")
-        return losses.sparse_distillation_loss(
-            student_logits,
-            teacher_logits,
-            y,
-            temperature=config.temperature,
-            alpha=config.alpha,
-            combine=config.combine,
-            labels_checked=labels_checked,
-        )
+    sparse = isinstance(teacher_logits, (TopKTargets, SampledTargets))
+    if sparse and config.loss != "distillation":
+        raise ValueError(f"sparse teacher targets support loss='distillation' only, not {config.loss!r}")
     if config.loss == "distillation":
-        return losses.distillation_loss(
+        loss = losses.sparse_distillation_loss if sparse else losses.distillation_loss
+        return loss(
             student_logits,
             teacher_logits,
             y,

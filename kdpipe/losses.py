@@ -41,15 +41,22 @@ def _as_float32(x: torch.Tensor | object, name: str) -> torch.Tensor:
     return t.float()
 
 
-def parse_temperature(temperature: Any) -> float:
-    """``temperature`` as a float; a ``ValueError`` unless it is finite and > 0."""
+def parse_temperature(temperature: Any, name: str = "temperature") -> float:
+    """``temperature`` as a float; a ``ValueError`` (naming ``name``) unless it is finite and > 0."""
     try:
         value = float(temperature)
     except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}") from None
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}") from None
     if not (value > 0.0 and math.isfinite(value)):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}")
     return value
+
+
+def _parse_alpha(alpha: Any) -> float:
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    return alpha
 
 
 def parse_combine(combine: Any) -> Combine:
@@ -218,9 +225,7 @@ def distillation_loss(
     G. Hinton, O. Vinyals, J. Dean. Distilling the Knowledge in a Neural Network.
     arXiv:1503.02531, 2015.
     """
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    alpha = _parse_alpha(alpha)
     temperature = parse_temperature(temperature)
     z = _as_float32(student_logits, "student_logits")
     v = _on(_member_logits(teacher_logits), z.device)
@@ -433,9 +438,7 @@ def sparse_distillation_loss(
     G. Hinton, O. Vinyals, J. Dean. Distilling the Knowledge in a Neural Network.
     arXiv:1503.02531, 2015.
     """
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    alpha = _parse_alpha(alpha)
     temperature = parse_temperature(temperature)
     combine = parse_combine(combine)
     z = _as_float32(student_logits, "student_logits")

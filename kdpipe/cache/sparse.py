@@ -54,6 +54,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kdpipe.errors import InputError, SparseFormatError
+from kdpipe.losses import parse_temperature
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
 __all__ = ["TopK", "Sampled", "SparseSpec", "SparseLayout", "parse_sparse", "reduce_logits"]
@@ -66,16 +67,6 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _temperature(value: Any, name: str) -> float:
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}") from None
-    if not (t > 0 and math.isfinite(t)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return t
 
 
 @dataclass(frozen=True)
@@ -102,7 +93,7 @@ class TopK:
         grid = np.atleast_1d(np.asarray(self.temperatures, dtype=object))
         if grid.ndim != 1 or len(grid) == 0:
             raise ValueError(f"temperatures must be a non-empty sequence, got {self.temperatures!r}")
-        values = sorted({_temperature(t, "each of temperatures") for t in grid}, reverse=True)
+        values = sorted({parse_temperature(t, "each of temperatures") for t in grid}, reverse=True)
         object.__setattr__(self, "temperatures", tuple(values))
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,7 +132,7 @@ class Sampled:
         object.__setattr__(self, "draws", _positive_int(self.draws, "draws"))
         if self.draws > np.iinfo(np.uint16).max:
             raise ValueError(f"draws must be at most 65535, got {self.draws}")
-        object.__setattr__(self, "temperature", _temperature(self.temperature, "temperature"))
+        object.__setattr__(self, "temperature", parse_temperature(self.temperature))
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
