@@ -12,11 +12,14 @@
    per-epoch shuffling). Figure: median epoch seconds / the plain loop's (target <= 1.05),
    in wall time and in CPU time of the process (every thread, the reader's included; CPU
    time of a fit = a fit of 3 epochs minus one of 1, so setup and the first epoch drop
-   out). On a shared machine the CPU figure is the steadier one. Also measured: four
-   minibatches per reader call against the default one.
+   out). On a shared machine the CPU figure is the steadier one. Each ratio comes with
+   a 95% bootstrap interval, and the plain loop runs twice per repeat: the second copy's
+   ratio is what the machine's noise alone gives. Also measured: the reading strategy the
+   default replaced (every minibatch read in the prefetch thread, even from memory).
 
 Variants alternate and every figure is a median over repeats (the machine is shared).
-Only the public API is used, so the same script measures an older checkout:
+Only the public API is used (the strategy variant sets a class attribute an older
+checkout ignores), so the same script measures an older checkout:
 ``PYTHONPATH=/tmp/old python benchmarks/bench_rows.py --label before``.
 
 Writes ``benchmarks/results/rows[_LABEL].json`` and ``.md`` (``--quick``: small sizes,
@@ -141,48 +144,56 @@ def plain_loop(X: np.ndarray, y: np.ndarray, logits: np.ndarray, hidden: tuple, 
     return seconds
 
 
-def kdpipe_fit(X, y, teacher_logits, hidden: tuple, epochs: int, engine: dict) -> tuple[list[float], float, float]:
+def kdpipe_fit(X, y, teacher_logits, hidden: tuple, epochs: int, patches: dict) -> tuple[list[float], float, float]:
     """Per-epoch seconds (from ``history_``), one-off setup seconds, and CPU seconds of one fit.
 
-    ``engine``: module constants of ``kdpipe.engine`` set during the fit (the reading
-    strategies under test); a checkout without them is measured as it is.
+    ``patches``: ``{(object, attribute): value}`` set during the fit (the reading
+    strategies under test), then put back.
     """
-    import kdpipe.engine
-    import kdpipe.rows
     from kdpipe import DistilledClassifier
 
     clf = DistilledClassifier(hidden_layer_sizes=hidden, max_epochs=epochs, batch_size=BATCH,
                               temperature=TEMPERATURE, alpha=ALPHA, classes=np.arange(10), random_state=0,
                               device="cpu")
-    modules = {"rows": kdpipe.rows, "engine": kdpipe.engine}
-    where = {k: (modules[k.split(".")[0]], k.split(".")[-1]) if "." in k else (kdpipe.engine, k) for k in engine}
-    saved = {k: getattr(*where[k]) for k in engine if hasattr(*where[k])}
-    for k in saved:
-        setattr(*where[k], engine[k])
+    missing = object()
+    saved = {key: vars(key[0]).get(key[1], missing) for key in patches}
+    for (owner, name), value in patches.items():
+        setattr(owner, name, value)
     try:
         start, cpu = time.perf_counter(), time.process_time()
         clf.fit(X, y, teacher_logits=teacher_logits)
         total, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
-        for k, v in saved.items():
-            setattr(*where[k], v)
+        for (owner, name), value in saved.items():
+            if value is missing:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
     per_epoch = [r["seconds"] for r in clf.history_]
     return per_epoch, total - sum(per_epoch), cpu
 
 
-STRATEGIES = {
-    # variant name: (teacher logits from, kdpipe.engine settings)
-    "fit from arrays": ("arrays", {}),
-    "fit from cache": ("cache", {}),
-    # a strategy tried (see kdpipe.engine.BATCHES_PER_READ); a checkout without the
-    # setting skips the variant
-    "fit from cache, 4 minibatches per read": ("cache", {"BATCHES_PER_READ": 4}),
-}
+def strategies() -> dict[str, tuple[str, dict]]:
+    """Variant name: (teacher logits from, patches of kdpipe during the fit)."""
+    from kdpipe.rows import MinibatchSource
+
+    return {
+        "fit from arrays": ("arrays", {}),
+        "fit from cache": ("cache", {}),
+        # the strategy the default replaced: every minibatch read in the prefetch thread,
+        # even when the rows are all in memory (an older checkout always does this)
+        "fit from cache, every read in a thread": ("cache", {(MinibatchSource, "resident"): False}),
+    }
+
+
+def ratio_interval(values: list[float], base: list[float], rng: np.random.Generator) -> tuple[float, float]:
+    """95% bootstrap interval of median(values) / median(base), runs resampled."""
+    a, b = np.asarray(values), np.asarray(base)
+    boots = [np.median(rng.choice(a, len(a))) / np.median(rng.choice(b, len(b))) for _ in range(2000)]
+    return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
 def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
-    import kdpipe.engine
-    import kdpipe.rows
     from kdpipe import LogitCache
 
     out = {}
@@ -196,30 +207,29 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
         y = np.argmax(logits.mean(axis=1), axis=1)
         assert cache.classes.tolist() == list(range(10))
         plain_loop(X, y, logits, hidden, 1)  # warm-up: first-call costs excluded
-        epoch_s: dict[str, list[float]] = {"plain torch loop": [], **{k: [] for k in STRATEGIES}}
+        # the same loop twice: the spread between the two is the machine's noise
+        loops = ["plain torch loop", "plain torch loop, again"]
+        variants = strategies()
+        epoch_s: dict[str, list[float]] = {k: [] for k in [*loops, *variants]}
         cpu_s: dict[str, list[float]] = {k: [] for k in epoch_s}
-        setup_s: dict[str, list[float]] = {k: [] for k in STRATEGIES}
+        setup_s: dict[str, list[float]] = {k: [] for k in variants}
         inputs = {"arrays": logits, "cache": cache}
         for _ in range(repeats):
             # the first epoch of each run also warms caches: the later ones are the cost
-            plain = plain_loop(X, y, logits, hidden, epochs)[1:]
-            epoch_s["plain torch loop"] += [w for w, _ in plain]
-            cpu_s["plain torch loop"] += [c for _, c in plain]
-            for key, (source, engine) in STRATEGIES.items():
-                if any(not hasattr(kdpipe.rows if k.startswith("rows.") else kdpipe.engine, k.split(".")[-1])
-                       for k in engine):
-                    continue  # a checkout without this strategy
-                per_epoch, setup, cpu = kdpipe_fit(X, y, inputs[source], hidden, epochs, engine)
-                _, _, cpu_one = kdpipe_fit(X, y, inputs[source], hidden, 1, engine)
+            for loop in loops:
+                plain = plain_loop(X, y, logits, hidden, epochs)[1:]
+                epoch_s[loop] += [w for w, _ in plain]
+                cpu_s[loop].append(float(np.mean([c for _, c in plain])))
+            for key, (source, patches) in variants.items():
+                per_epoch, setup, cpu = kdpipe_fit(X, y, inputs[source], hidden, epochs, patches)
+                _, _, cpu_one = kdpipe_fit(X, y, inputs[source], hidden, 1, patches)
                 epoch_s[key] += per_epoch[1:]
                 cpu_s[key].append((cpu - cpu_one) / (epochs - 1))  # epochs 2.. without setup
                 setup_s[key].append(setup)
-        epoch_s = {k: v for k, v in epoch_s.items() if v}
-        cpu_s = {k: v for k, v in cpu_s.items() if v}
-        setup_s = {k: v for k, v in setup_s.items() if v}
         cpu_median = {k: float(np.median(v)) for k, v in cpu_s.items()}
         median = {k: float(np.median(v)) for k, v in epoch_s.items()}
-        base = median["plain torch loop"]
+        base = median[loops[0]]
+        rng = np.random.default_rng(0)
         out[name] = {
             "rows": n, "features": d, "student": "MLP " + "x".join(map(str, hidden)),
             "members": 4, "classes": 10, "batch_size": BATCH, "epochs_per_run": epochs,
@@ -228,8 +238,9 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
             "setup_seconds": setup_s,
             "median_setup_seconds": {k: float(np.median(v)) for k, v in setup_s.items()},
             "ratio_vs_plain_loop": {k: v / base for k, v in median.items()},
+            "ratio_interval_95": {k: ratio_interval(v, epoch_s[loops[0]], rng) for k, v in epoch_s.items()},
             "cpu_seconds_per_epoch": cpu_s, "median_cpu_seconds_per_epoch": cpu_median,
-            "cpu_ratio_vs_plain_loop": {k: v / cpu_median["plain torch loop"] for k, v in cpu_median.items()},
+            "cpu_ratio_vs_plain_loop": {k: v / cpu_median[loops[0]] for k, v in cpu_median.items()},
         }
     return out
 
@@ -254,10 +265,12 @@ def markdown(r: dict) -> str:
             f"### {name}", "",
             f"{o['rows']} rows, {o['student']}, batch {o['batch_size']}, teacher 4 x 10 logits, "
             f"{o['runs']} runs of {o['epochs_per_run']} epochs (first epoch of each run dropped), "
-            f"torch threads {o['torch_threads']}.", "",
-            "| variant | median wall s/epoch | wall ratio | median CPU s/epoch | CPU ratio | median one-off setup (s) |",
-            "|---|---|---|---|---|---|",
+            f"torch threads {o['torch_threads']}. Interval: 95% bootstrap of the ratio of medians, runs "
+            "resampled; the plain loop's second copy shows what the machine's noise alone gives.", "",
+            "| variant | median wall s/epoch | wall ratio | 95% interval | median CPU s/epoch | CPU ratio | median one-off setup (s) |",
+            "|---|---|---|---|---|---|---|",
             *[f"| {k} | {v:.3f} | {o['ratio_vs_plain_loop'][k]:.3f} | "
+              + "{:.3f}-{:.3f}".format(*o["ratio_interval_95"][k]) + " | "
               f"{o['median_cpu_seconds_per_epoch'][k]:.3f} | {o['cpu_ratio_vs_plain_loop'][k]:.3f} | "
               + (f"{o['median_setup_seconds'][k]:.3f}" if k in o["median_setup_seconds"] else "-") + " |"
               for k, v in o["median_epoch_seconds"].items()],
@@ -271,7 +284,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--label", default="", help="suffix of the results files, e.g. 'before'")
     parser.add_argument("--only", choices=["reads", "epochs"], default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")

@@ -24,13 +24,6 @@ from kdpipe.rows import Batch, RowSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
-# Minibatches per reader call. Measured in benchmarks/bench_rows.py on a shared 2-core
-# machine: 4 per call against 1 won half of eight comparisons, by less than the run-to-run
-# noise, so the simpler 1 stays. Also tried and dropped: torch one thread fewer while a
-# fit reads from disk (1.13-1.58 of a plain loop, results/rows_strategies.md), and
-# reading in-memory arrays inline instead of in the prefetch thread (no gain).
-BATCHES_PER_READ = 1
-
 __all__ = [
     "TrainingConfig",
     "batch_loss",
@@ -79,8 +72,9 @@ def batch_loss(
 ) -> torch.Tensor:
     """The training objective of one minibatch; the only place losses are called.
 
-    ``labels_checked``: the codes in ``y`` were checked on the CPU (see
-    :func:`check_codes`), so the losses skip their check, which would sync a GPU.
+    ``labels_checked``: the codes in ``y`` were checked on the CPU and some row is
+    labeled (see :func:`check_codes`), so the losses skip their checks, which would
+    sync a GPU.
     """
     if config.loss == "hard" or teacher_logits is None:
         if y is None:
@@ -178,11 +172,19 @@ def _row_batches(
         yield order[start : start + batch_size]
 
 
-def check_codes(y: np.ndarray | None, n_classes: int) -> None:
-    """Raise unless the label codes ``y`` (on the CPU) lie in ``[-1, n_classes)``."""
-    if y is not None and len(y) and (y.min() < -1 or y.max() >= n_classes):
+def check_codes(y: np.ndarray | None, n_classes: int) -> bool:
+    """Raise unless the label codes ``y`` (on the CPU) lie in ``[-1, n_classes)``.
+
+    Returns whether any row is labeled: the ``labels_checked`` promise of
+    :func:`kdpipe.losses.hard_label_loss`.
+    """
+    if y is None or not len(y):
+        return False
+    low, high = y.min(), y.max()
+    if low < -1 or high >= n_classes:
         bad = np.unique(y[(y < -1) | (y >= n_classes)]).tolist()
         raise ValueError(f"labels must be class codes in [-1, {n_classes}) (-1 = unlabeled), got {bad}")
+    return bool(high >= 0)
 
 
 def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -231,8 +233,8 @@ def _evaluate(
         for batch in prefetched(source, _row_batches(rows, config.batch_size, None)):
             X, y, v = _to_device(batch, device)
             z = module(X)
-            check_codes(batch.y, z.shape[1])
-            total_loss += batch_loss(z, y, v, config, labels_checked=True) * len(batch.X)
+            checked = check_codes(batch.y, z.shape[1])
+            total_loss += batch_loss(z, y, v, config, labels_checked=checked) * len(batch.X)
             total_rows += len(batch.X)
             if y is not None:
                 correct += ((z.argmax(dim=1) == y) & (y >= 0)).sum()
@@ -298,12 +300,12 @@ def train_student(
             # summed on the device: reading a loss back each step would sync a GPU
             epoch_loss = torch.zeros((), device=device)
             batches = _row_batches(rows, config.batch_size, rng, config.shuffle_window)
-            for batch in prefetched(source, batches, group=BATCHES_PER_READ):
+            for batch in prefetched(source, batches):
                 X, y, v = _to_device(batch, device)
                 optimizer.zero_grad(set_to_none=True)
                 z = module(X)  # (batch, classes)
-                check_codes(batch.y, z.shape[1])  # numpy, on the CPU: no sync
-                loss = batch_loss(z, y, v, config, labels_checked=True)
+                checked = check_codes(batch.y, z.shape[1])  # numpy, on the CPU: no sync
+                loss = batch_loss(z, y, v, config, labels_checked=checked)
                 loss.backward()
                 optimizer.step()
                 epoch_loss += loss.detach() * len(batch.X)

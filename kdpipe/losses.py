@@ -127,7 +127,7 @@ def _label_codes(y: torch.Tensor | object, z: torch.Tensor, checked: bool = Fals
     """Labels as int64 codes on ``z``'s device, validated against ``z`` of shape (n, C).
 
     ``checked=True`` skips the range check, which reads the labels back from a GPU (a
-    device sync): for callers that checked the codes once, up front.
+    device sync): for callers that checked the codes on the CPU.
     """
     y = torch.as_tensor(y, device=z.device)
     if checked:
@@ -160,8 +160,10 @@ def hard_label_loss(
     y : Tensor of shape (n,)
         Integer class codes in ``[-1, C)``.
     labels_checked : bool, default=False
-        The caller has checked that ``y`` holds codes in ``[-1, C)``: skip the check
-        (it syncs a GPU; the training engine checks every label once per fit).
+        The caller has checked, on the CPU, that ``y`` holds codes in ``[-1, C)`` and
+        at least one of them is labeled: skip both checks, which read the labels back
+        from a GPU (a device sync). The training engine checks every minibatch's labels
+        in numpy before they reach the device.
 
     Returns
     -------
@@ -171,9 +173,22 @@ def hard_label_loss(
     if z.ndim != 2:
         raise ValueError(f"student_logits must have shape (n, C), got shape {tuple(z.shape)}")
     codes = _label_codes(y, z, labels_checked)
-    # mean over labeled rows without asking the device how many there are
-    total = F.cross_entropy(z, codes, ignore_index=-1, reduction="sum")
-    return total / (codes >= 0).sum().clamp(min=1)
+    if not labels_checked and not bool((codes >= 0).any()):
+        return z[:0].sum()  # no labeled row: an exact zero, with a (zero) gradient
+    return F.cross_entropy(z, codes, ignore_index=-1)  # the mean over labeled rows
+
+
+def _plus_hard_term(
+    soft: torch.Tensor, z: torch.Tensor, y: Any, alpha: float, labels_checked: bool
+) -> torch.Tensor:
+    """``soft + alpha * hard_label_loss(z, y)``; bad labels are an error even at ``alpha = 0``."""
+    if y is None:
+        return soft
+    if alpha > 0.0:
+        return soft + alpha * hard_label_loss(z, y, labels_checked=labels_checked)
+    if not labels_checked:
+        _label_codes(y, z)
+    return soft
 
 
 def distillation_loss(
@@ -206,7 +221,7 @@ def distillation_loss(
     combine : {"arithmetic", "geometric"}, default="arithmetic"
         Ensemble combination, see :func:`soft_targets`.
     labels_checked : bool, default=False
-        Skip the range check of ``y`` (see :func:`hard_label_loss`).
+        Skip the checks of ``y`` (see :func:`hard_label_loss`).
 
     Returns
     -------
@@ -235,11 +250,7 @@ def distillation_loss(
     log_q = F.log_softmax(z / temperature, dim=-1)  # (n, C)
     kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
     loss = (1.0 - alpha) * temperature**2 * kl
-    if y is not None:
-        codes = _label_codes(y, z, labels_checked)
-        if alpha > 0.0:
-            loss = loss + alpha * hard_label_loss(z, codes, labels_checked=True)
-    return loss
+    return _plus_hard_term(loss, z, y, alpha, labels_checked)
 
 
 def logit_matching_loss(
@@ -472,8 +483,4 @@ def sparse_distillation_loss(
     else:
         raise TypeError(f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}")
     loss = (1.0 - alpha) * temperature**2 * kl.mean()
-    if y is not None:
-        codes = _label_codes(y, z, labels_checked)
-        if alpha > 0.0:
-            loss = loss + alpha * hard_label_loss(z, codes, labels_checked=True)
-    return loss
+    return _plus_hard_term(loss, z, y, alpha, labels_checked)

@@ -95,6 +95,12 @@ def is_lazy_array(array: Any) -> bool:
     return type(array).__module__.split(".", 1)[0] in _LAZY_PACKAGES
 
 
+def is_resident(array: Any) -> bool:
+    """Whether reading rows of ``array`` needs no storage: numpy, or a reader (a
+    ``LogitCache``, :class:`LazyRows`) whose chunk memory holds every chunk."""
+    return isinstance(array, np.ndarray) or bool(getattr(array, "resident", False))
+
+
 def take_rows(array: Any, rows: np.ndarray) -> np.ndarray:
     """Read ``array[rows]`` into memory, in the order of ``rows`` (which may repeat).
 
@@ -136,9 +142,11 @@ class ChunkMemory:
     Notes
     -----
     Chunk ``c`` lives in slot ``slot_of[c]`` of the slab, so gathering rows whose chunks
-    are all held is one ``np.take`` on ``slot * chunk_rows + row % chunk_rows``.
-    Thread-safe: the prefetch thread and the caller may read at once; chunks are loaded
-    outside the lock.
+    are all held is one ``np.take`` on ``slot * chunk_rows + row % chunk_rows``. When
+    every chunk fits, chunk ``c`` takes slot ``c``: once all are held the slab is the
+    array, and a gather is one ``np.take`` on the rows themselves, with no lock (nothing
+    is evicted then). Thread-safe: the prefetch thread and the caller may read at once;
+    chunks are loaded outside the lock.
     """
 
     def __init__(
@@ -156,6 +164,7 @@ class ChunkMemory:
         self._used = np.zeros(self.n_slots, dtype=np.int64)  # slot -> last use
         self._tick = 0
         self._lock = threading.Lock()
+        self._complete = False  # every chunk held, chunk c in slot c
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self._chunk_in >= 0))
@@ -165,11 +174,19 @@ class ChunkMemory:
         """Bytes of the chunks held now."""
         return len(self) * self.chunk_bytes
 
+    @property
+    def complete(self) -> bool:
+        """Whether every chunk of the array is held: reads need no storage."""
+        return self._complete
+
     def gather(self, rows: np.ndarray, load: Callable[[int], np.ndarray], out: np.ndarray) -> np.ndarray:
         """Fill ``out[i]`` with row ``rows[i]``; ``load(c)`` reads chunk ``c`` when not held.
 
         Each chunk not held is loaded once per call, however many rows it gives.
         """
+        if self._complete:
+            self._take(rows, out)
+            return out
         cr = self.chunk_rows
         chunks = rows // cr
         offsets = rows - chunks * cr
@@ -212,14 +229,19 @@ class ChunkMemory:
                 return
             if self._slab is None:
                 self._slab = np.empty((self.n_slots * self.chunk_rows, *self.row_shape), self.dtype)
-            free = np.flatnonzero(self._chunk_in < 0)
-            slot = int(free[0]) if len(free) else int(np.argmin(self._used))
-            if self._chunk_in[slot] >= 0:
-                self._slot_of[self._chunk_in[slot]] = -1
+            everything_fits = self.n_slots == len(self._slot_of)
+            if everything_fits:
+                slot = chunk
+            else:
+                free = np.flatnonzero(self._chunk_in < 0)
+                slot = int(free[0]) if len(free) else int(np.argmin(self._used))
+                if self._chunk_in[slot] >= 0:
+                    self._slot_of[self._chunk_in[slot]] = -1
             start = slot * self.chunk_rows
             self._slab[start : start + len(block)] = block
             self._slot_of[chunk], self._chunk_in[slot] = slot, chunk
             self._touch(np.asarray([slot]))
+            self._complete = everything_fits and bool((self._slot_of >= 0).all())
 
 
 # -- on-disk arrays -----------------------------------------------------------------------
@@ -290,6 +312,11 @@ class ChunkedReader:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    @property
+    def resident(self) -> bool:
+        """Whether every row is in chunk memory (see :func:`is_resident`)."""
+        return self.memory.complete
 
     def _load(self, chunk: int) -> np.ndarray:
         start = chunk * self.chunk_rows
@@ -405,6 +432,11 @@ class LazyRows:
     def __getitem__(self, key: Any) -> Any:
         return index_rows(self, key)
 
+    @property
+    def resident(self) -> bool:
+        """Whether every row is in chunk memory (see :func:`is_resident`)."""
+        return self._reader.resident
+
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Rows at positions ``rows`` of this view, as numpy."""
         return self._reader.read_rows(rows if self._rows is None else self._rows[rows])
@@ -486,6 +518,10 @@ class CheckedReads:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def resident(self) -> bool:
+        return is_resident(self.array)
+
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         block = take_rows(self.array, rows)
         check_finite_rows(block, rows, self.name)
@@ -521,6 +557,11 @@ class MinibatchSource:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def resident(self) -> bool:
+        """Whether every row of every array is in memory: a read needs no storage."""
+        return is_resident(self.X) and (self.teacher_logits is None or is_resident(self.teacher_logits))
+
     def fetch(self, rows: np.ndarray) -> Batch:
         """Read the given rows of every array."""
         X = take_rows(self.X, rows).astype(np.float32, copy=False)
@@ -551,31 +592,29 @@ def _reader(array: Any) -> Any:
 _DONE = object()
 
 
-def prefetched(
-    source: RowSource, row_batches: Iterable[np.ndarray], depth: int = 2, group: int = 1
-) -> Iterator[Batch]:
+def prefetched(source: RowSource, row_batches: Iterable[np.ndarray], depth: int = 2) -> Iterator[Batch]:
     """Yield ``source.fetch(rows)`` for each batch of rows, reading ahead in a thread.
 
     Reading (disk, decompression, numpy copies) releases the GIL, so it overlaps with
-    the training step on the current batch. ``group`` minibatches are read with one
-    ``fetch`` (fewer, larger reads), then handed out one by one. An exception in the
-    reader is raised here, in order.
+    the training step on the current batch; an exception in the reader is raised here,
+    in order. A source whose rows are all in memory (``source.resident``: numpy arrays,
+    a cache whose chunks are all in chunk memory, so from the second epoch on) is read
+    inline: gathering one minibatch costs tens of microseconds, less than a thread
+    competing with torch's for the cores costs the step (benchmarks/bench_rows.py).
     """
+    if getattr(source, "resident", False):
+        for rows in row_batches:
+            yield source.fetch(rows)
+        return
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def read() -> None:
         try:
-            pending: list[np.ndarray] = []
             for rows in row_batches:
                 if stop.is_set():
                     return
-                pending.append(rows)
-                if len(pending) == group:
-                    _put_group(source, pending, slots)
-                    pending = []
-            if pending:
-                _put_group(source, pending, slots)
+                slots.put(source.fetch(rows))
         except BaseException as exc:  # handed to the consumer, raised there
             slots.put(exc)
             return
@@ -598,22 +637,6 @@ def prefetched(
                 slots.get_nowait()
             except queue.Empty:
                 reader.join(timeout=0.01)
-
-
-def _put_group(source: RowSource, batches: list[np.ndarray], slots: queue.Queue[Any]) -> None:
-    if len(batches) == 1:
-        slots.put(source.fetch(batches[0]))
-        return
-    whole = source.fetch(np.concatenate(batches))
-    start = 0
-    for rows in batches:
-        part = slice(start, start + len(rows))
-        slots.put(Batch(
-            X=whole.X[part],
-            y=None if whole.y is None else whole.y[part],
-            teacher_logits=None if whole.teacher_logits is None else whole.teacher_logits[part],
-        ))
-        start += len(rows)
 
 
 # -- the build side: the transfer set in [start, stop) blocks ------------------------------

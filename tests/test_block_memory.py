@@ -53,6 +53,18 @@ def test_a_batch_wider_than_the_memory_is_still_read_right():
     assert sorted(loads) == list(range(10)) and len(memory) == 1
 
 
+def test_memory_is_complete_once_every_chunk_is_held():
+    data, loads, load = _chunked(12, 4)
+    memory = ChunkMemory(4, (2,), np.int64, max_bytes=192, n_chunks=3)
+    _gather(memory, [0, 5], load)
+    assert not memory.complete  # chunk 2 never read
+    _gather(memory, [11], load)
+    assert memory.complete
+    small = ChunkMemory(4, (2,), np.int64, max_bytes=128, n_chunks=3)  # two of three fit
+    _gather(small, np.arange(12), load)
+    assert not small.complete
+
+
 def test_no_memory_holds_nothing():
     data, loads, load = _chunked(8, 4)
     memory = ChunkMemory(4, (2,), np.int64, max_bytes=0, n_chunks=2)

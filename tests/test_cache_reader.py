@@ -65,6 +65,23 @@ def test_chunk_memory_avoids_rereads(built, reads):
     assert sorted(reads) == [0, 1, 2, 3, 4]
 
 
+def test_a_cache_is_resident_once_chunk_memory_holds_every_chunk(built, reads):
+    cache, full = built
+    cache = LogitCache.open(cache.path)
+    view = cache[np.arange(0, 100)]
+    assert not cache.resident and not view.resident
+    np.asarray(view)  # chunks 0 and 1
+    assert not cache.resident
+    np.asarray(cache[np.arange(100, 250)])
+    assert cache.resident and view.resident  # views share the chunk memory
+    reads.clear()
+    np.testing.assert_array_equal(np.asarray(view[::7]), full[:100:7])
+    assert reads == []
+    without_memory = LogitCache.open(cache.path, chunk_cache_bytes=0)
+    np.asarray(without_memory)
+    assert not without_memory.resident  # nothing is held: every epoch reads storage
+
+
 @pytest.mark.parametrize(
     "key",
     [slice(10, 200, 3), np.arange(250) % 3 == 0, [5, 1, 249], np.array([-1, -250]), (np.array([7, 8]), Ellipsis)],

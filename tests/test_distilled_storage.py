@@ -161,10 +161,8 @@ def test_grid_search_pipeline_reads_only_fold_rows_from_the_cache(data, cache, m
     monkeypatch.setattr(type(cache), "_read", spy)
     with sklearn.config_context(enable_metadata_routing=True):
         search = _search(n_jobs=1).fit(X, y, teacher_logits=cache)
-    # whole reads never; minibatches, read a few per call (engine.BATCHES_PER_READ)
-    from kdpipe.engine import BATCHES_PER_READ
-
-    assert reads and -1 not in reads and max(reads) <= BATCHES_PER_READ * FAST["batch_size"]
+    # whole reads never: one minibatch per read
+    assert reads and -1 not in reads and max(reads) <= FAST["batch_size"]
     assert search.best_score_ > 0.6
     monkeypatch.undo()
 

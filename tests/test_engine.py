@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import h5py
 import numpy as np
 import pytest
@@ -9,12 +11,13 @@ import torch
 import zarr
 
 from kdpipe import losses
-from kdpipe.rows import Batch, MinibatchSource, prefetched, take_rows
+from kdpipe.rows import Batch, LazyRows, MinibatchSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
 from kdpipe.engine import (
     TrainingConfig,
     _evaluate,
     batch_loss,
+    check_codes,
     predict_logits,
     seeded,
     split_validation,
@@ -225,6 +228,64 @@ def test_prefetched_stops_reading_when_the_consumer_stops():
     assert len(source.fetched) <= 5
 
 
+class _Resident(_Recorder):
+    """A source whose rows are all in memory: read where it is asked."""
+
+    resident = True
+
+    def __init__(self):
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def fetch(self, rows: np.ndarray) -> Batch:
+        self.threads.add(threading.current_thread().name)
+        return super().fetch(rows)
+
+
+def test_prefetched_reads_a_resident_source_inline_and_others_in_a_thread():
+    batches = [np.arange(i, i + 10) for i in range(0, 100, 10)]
+    resident = _Resident()
+    got = [int(b.X[0, 0]) for b in prefetched(resident, iter(batches))]
+    assert got == list(range(0, 100, 10))
+    assert resident.threads == {threading.current_thread().name}
+    on_disk = _Resident()
+    on_disk.resident = False
+    assert len(list(prefetched(on_disk, iter(batches)))) == 10
+    assert on_disk.threads == {"kdpipe-prefetch"}
+
+
+def test_a_source_is_resident_when_every_array_is_in_memory(tmp_path):
+    X = np.arange(40, dtype=np.float32).reshape(20, 2)
+    assert MinibatchSource(X, np.zeros(20, dtype=np.int64), X[:, :, None]).resident
+    z = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=X.shape, chunks=(8, 2), dtype="f4")
+    z[:] = X
+    source = MinibatchSource(LazyRows(z), None, X)
+    assert not source.resident
+    source.fetch(np.arange(16))  # chunks 0 and 1 of 3
+    assert not source.resident
+    source.fetch(np.array([19]))
+    assert source.resident  # every chunk in chunk memory: later epochs read inline
+
+
+def test_check_codes_says_whether_a_row_is_labeled():
+    assert check_codes(np.array([2, -1, 0]), 3) is True
+    assert check_codes(np.array([-1, -1]), 3) is False
+    assert check_codes(None, 3) is False
+    with pytest.raises(ValueError, match=r"got \[3\]"):
+        check_codes(np.array([3, -1]), 3)
+
+
+def test_a_minibatch_without_labeled_rows_trains_on_the_soft_term_alone():
+    rng = np.random.default_rng(0)
+    z = torch.tensor(rng.normal(size=(6, 3)), dtype=torch.float32)
+    v = torch.tensor(rng.normal(size=(6, 2, 3)), dtype=torch.float32)
+    y = np.full(6, -1)
+    config = TrainingConfig(loss="distillation", temperature=2.0, alpha=0.5)
+    loss = batch_loss(z, torch.from_numpy(y), v, config, labels_checked=check_codes(y, 3))
+    soft_only = losses.distillation_loss(z, v, None, temperature=2.0, alpha=0.5)
+    assert torch.isfinite(loss) and float(loss) == pytest.approx(float(soft_only), rel=1e-6)
+
+
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -242,17 +303,3 @@ def test_training_on_cuda_matches_cpu_accuracy(blobs):
     assert next(module.parameters()).device.type == "cuda"
     accuracy = np.mean(predict_logits(module, X, device="cuda").argmax(1) == y)
     assert accuracy > 0.9
-
-
-def test_prefetched_in_groups_yields_the_same_batches_in_order():
-    X = np.arange(200, dtype=np.float32).reshape(100, 2)
-    source = MinibatchSource(X, np.arange(100) % 3)
-    batches = [np.arange(i, min(i + 7, 100))[::-1] for i in range(0, 100, 7)]  # last one short
-    one = list(prefetched(source, iter(batches)))
-    for group in (2, 4, 20):
-        grouped = list(prefetched(source, iter(batches), group=group))
-        assert len(grouped) == len(one) == len(batches)
-        for a, b, rows in zip(grouped, one, batches):
-            np.testing.assert_array_equal(a.X, X[rows])
-            np.testing.assert_array_equal(a.X, b.X)
-            np.testing.assert_array_equal(a.y, b.y)

@@ -79,12 +79,9 @@ def test_grid_search_on_a_view_reads_lazily_and_matches_memory(data, stored, kin
         lazy = _search(n_jobs=1).fit(view, y, teacher_logits=logits)
         monkeypatch.undo()
         parallel = _search(n_jobs=2).fit(view, y, teacher_logits=logits)
-    # a few minibatches of 64 rows per read (engine.BATCHES_PER_READ) and prediction
-    # blocks of a test fold (200 rows): no fold's 400 training rows, let alone all 600,
-    # are ever read at once
-    from kdpipe.engine import BATCHES_PER_READ
-
-    assert reads and max(reads) <= max(BATCHES_PER_READ * 64, 200) < 400
+    # minibatches of 64 rows and prediction blocks of a test fold (200 rows): no fold's
+    # 400 training rows, let alone all 600, are ever read at once
+    assert reads and max(reads) <= 200
     for result in (lazy, parallel):
         np.testing.assert_array_equal(result.cv_results_["mean_test_score"],
                                       memory.cv_results_["mean_test_score"])

@@ -285,6 +285,17 @@ def test_hard_label_loss_all_unlabeled_is_zero_with_gradient(rng):
     assert torch.equal(z.grad, torch.zeros_like(z))
 
 
+def test_checked_labels_give_the_same_mean_over_labeled_rows(rng):
+    z, v, y = _mixed_problem(rng)
+    zt, yt = torch.tensor(z, dtype=torch.float32), torch.tensor(y)
+    checked = hard_label_loss(zt, yt, labels_checked=True)
+    assert float(checked) == pytest.approx(np_cross_entropy(z, y), rel=1e-5)
+    full = distillation_loss(zt, torch.tensor(v), yt, temperature=3.0, alpha=0.4, labels_checked=True)
+    assert float(full) == pytest.approx(
+        float(distillation_loss(zt, torch.tensor(v), yt, temperature=3.0, alpha=0.4)), rel=1e-6
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # 7. The hard term and the convex combination.
 # ---------------------------------------------------------------------------------------

@@ -34,8 +34,11 @@ EXPECTED_FAILED: dict[str, str] = {
 }
 
 
+# not strict: whether any of the 60 entries crosses 1e-7 depends on the trained weights
+# (measured: it does at 4 entries, and at none after the hard term became a mean
+# reduction, which moves the weights by float32 rounding)
 @parametrize_with_checks(
-    [tiny()], expected_failed_checks=lambda est: EXPECTED_FAILED, xfail_strict=True
+    [tiny()], expected_failed_checks=lambda est: EXPECTED_FAILED, xfail_strict=False
 )
 def test_sklearn_contract(estimator, check):
     check(estimator)

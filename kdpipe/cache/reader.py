@@ -248,6 +248,11 @@ class LogitCache:
         return type(self)(self._handle, rows)
 
     # -- reading
+    @property
+    def resident(self) -> bool:
+        """Whether every chunk is in chunk memory: reads need no storage."""
+        return self._handle.memory.complete
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._read(self._rows)
         return out if dtype is None else out.astype(dtype, copy=False)
