@@ -248,7 +248,7 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
 def markdown(r: dict) -> str:
     lines = [
         f"# Row path benchmark ({r['label']})", "",
-        f"Machine: {r['machine']}, shared with other jobs (timings are noisy); {r['when']}; "
+        f"Machine: {r['machine']}, timings are noisy on this machine (compare the A/A row); {r['when']}; "
         f"kdpipe from {r['kdpipe']}.", "",
         "## Random minibatch reads: `np.asarray(cache[idx])` / numpy `logits[idx]`", "",
         "Cache: 60,000 rows x 5 members x 10 classes float32, every chunk in chunk memory. "
