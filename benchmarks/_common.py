@@ -38,9 +38,9 @@ def load_line(before: tuple[float, ...], after: tuple[float, ...], when: str = "
     return f"- load average (1/5/15 min) before {fmt(before)}, after{when} {fmt(after)}"
 
 
-def write_results(name: str, result: dict, markdown: str) -> None:
-    """``results/NAME.json`` and ``results/NAME.md``; the markdown is printed too."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"{name}.md").write_text(markdown)
+def write_results(name: str, result: dict, markdown: str, folder: Path = RESULTS) -> None:
+    """``FOLDER/NAME.json`` and ``FOLDER/NAME.md`` (default ``results/``); the markdown is printed too."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (folder / f"{name}.md").write_text(markdown)
     print(markdown)

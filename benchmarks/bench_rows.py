@@ -29,7 +29,6 @@ Writes ``benchmarks/results/rows[_LABEL].json`` and ``.md`` (``--quick``: small 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -39,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import RESULTS, load_line, write_results
 
-RESULTS = Path(__file__).parent / "results"
 TEMPERATURE, ALPHA, BATCH = 4.0, 0.1, 128
 
 
@@ -248,8 +247,10 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
 def markdown(r: dict) -> str:
     lines = [
         f"# Row path benchmark ({r['label']})", "",
-        f"Machine: {r['machine']}, timings are noisy on this machine (compare the A/A row); {r['when']}; "
-        f"kdpipe from {r['kdpipe']}.", "",
+        f"Machine: {r['machine']}; {r['when']}; kdpipe from {r['kdpipe']}. Timings are noisy on "
+        "this machine: compare the A/A row.", "",
+        *([load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]), ""]
+          if "load_average_1_5_15" in r else []),
         "## Random minibatch reads: `np.asarray(cache[idx])` / numpy `logits[idx]`", "",
         "Cache: 60,000 rows x 5 members x 10 classes float32, every chunk in chunk memory. "
         "Targets: >= 0.30 at 128 rows, >= 0.80 at 4096.", "",
@@ -289,6 +290,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["reads", "epochs"], default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         result = {
             "label": args.label or "current",
@@ -299,12 +301,10 @@ def main() -> None:
             "reads": {} if args.only == "epochs" else read_rates(Path(tmp), args.repeats, args.quick),
             "epochs": {} if args.only == "reads" else epoch_costs(Path(tmp), args.repeats, args.quick),
         }
+    result["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
     stem = "rows_quick" if args.quick else "rows"
     stem += f"_{args.label}" if args.label else ""
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(stem, result, markdown(result), folder=args.out)
 
 
 if __name__ == "__main__":

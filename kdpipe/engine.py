@@ -95,12 +95,8 @@ def batch_loss(
             labels_checked=labels_checked,
         )
     if config.loss == "logit_matching":
-        loss = (1.0 - config.alpha) * losses.logit_matching_loss(student_logits, teacher_logits)
-        if y is not None and config.alpha > 0.0:
-            loss = loss + config.alpha * losses.hard_label_loss(
-                student_logits, y, labels_checked=labels_checked
-            )
-        return loss
+        soft = (1.0 - config.alpha) * losses.logit_matching_loss(student_logits, teacher_logits)
+        return losses.plus_hard_term(soft, student_logits, y, config.alpha, labels_checked)
     raise ValueError(
         f"loss must be 'distillation', 'logit_matching' or 'hard', got {config.loss!r}"
     )

@@ -25,6 +25,7 @@ __all__ = [
     "distillation_loss",
     "hard_label_loss",
     "logit_matching_loss",
+    "plus_hard_term",
     "parse_temperature",
     "parse_combine",
     "sparse_distillation_loss",
@@ -178,10 +179,14 @@ def hard_label_loss(
     return F.cross_entropy(z, codes, ignore_index=-1)  # the mean over labeled rows
 
 
-def _plus_hard_term(
-    soft: torch.Tensor, z: torch.Tensor, y: Any, alpha: float, labels_checked: bool
+def plus_hard_term(
+    soft: torch.Tensor, z: torch.Tensor, y: Any, alpha: float, labels_checked: bool = False
 ) -> torch.Tensor:
-    """``soft + alpha * hard_label_loss(z, y)``; bad labels are an error even at ``alpha = 0``."""
+    """``soft + alpha * hard_label_loss(z, y)`` (``soft`` alone when ``y`` is None).
+
+    Bad labels are an error even at ``alpha = 0``; ``labels_checked`` as in
+    :func:`hard_label_loss`.
+    """
     if y is None:
         return soft
     if alpha > 0.0:
@@ -250,7 +255,7 @@ def distillation_loss(
     log_q = F.log_softmax(z / temperature, dim=-1)  # (n, C)
     kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
     loss = (1.0 - alpha) * temperature**2 * kl
-    return _plus_hard_term(loss, z, y, alpha, labels_checked)
+    return plus_hard_term(loss, z, y, alpha, labels_checked)
 
 
 def logit_matching_loss(
@@ -483,4 +488,4 @@ def sparse_distillation_loss(
     else:
         raise TypeError(f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}")
     loss = (1.0 - alpha) * temperature**2 * kl.mean()
-    return _plus_hard_term(loss, z, y, alpha, labels_checked)
+    return plus_hard_term(loss, z, y, alpha, labels_checked)

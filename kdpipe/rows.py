@@ -164,7 +164,8 @@ class ChunkMemory:
         self._used = np.zeros(self.n_slots, dtype=np.int64)  # slot -> last use
         self._tick = 0
         self._lock = threading.Lock()
-        self._complete = False  # every chunk held, chunk c in slot c
+        self._everything_fits = self.n_slots == n_chunks  # then chunk c lives in slot c
+        self._complete = False  # every chunk held (only when everything fits)
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self._chunk_in >= 0))
@@ -229,8 +230,7 @@ class ChunkMemory:
                 return
             if self._slab is None:
                 self._slab = np.empty((self.n_slots * self.chunk_rows, *self.row_shape), self.dtype)
-            everything_fits = self.n_slots == len(self._slot_of)
-            if everything_fits:
+            if self._everything_fits:
                 slot = chunk
             else:
                 free = np.flatnonzero(self._chunk_in < 0)
@@ -241,7 +241,7 @@ class ChunkMemory:
             self._slab[start : start + len(block)] = block
             self._slot_of[chunk], self._chunk_in[slot] = slot, chunk
             self._touch(np.asarray([slot]))
-            self._complete = everything_fits and bool((self._slot_of >= 0).all())
+            self._complete = self._everything_fits and bool((self._slot_of >= 0).all())
 
 
 # -- on-disk arrays -----------------------------------------------------------------------
@@ -520,6 +520,7 @@ class CheckedReads:
 
     @property
     def resident(self) -> bool:
+        """Whether every row is in memory (see :func:`is_resident`)."""
         return is_resident(self.array)
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
