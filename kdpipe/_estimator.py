@@ -106,7 +106,7 @@ def build_module(estimator: Any, sample_shape: tuple[int, ...], n_classes: int) 
         params["sample_shape"] = shape
     try:
         module = factory(n_features=int(np.prod(shape)), n_classes=n_classes, **params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # arguments it does not take, or values it refuses
         raise InputError(f"cannot build the student {factory.__name__}: {exc}") from exc
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"module must build a torch.nn.Module, got {type(module).__name__}")
