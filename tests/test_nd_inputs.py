@@ -243,3 +243,17 @@ def test_specialists_take_nd_uint8_images_and_refuse_another_shape(digits, nd_ca
     assert same.sample_shape_ == (1, 8, 8)
     with pytest.raises(InputError, match=r"fitted on samples of shape \(1, 8, 8\)"):
         ensemble.predict(images.reshape(300, 64))
+
+
+def test_fashion_mnist_loads_as_uint8_images_whose_scaling_is_the_flat_rows(tmp_path):
+    from kdpipe.datasets import load_fashion_mnist
+
+    pixels = np.random.default_rng(2).integers(0, 256, size=(5, 28, 28)).astype(np.uint8)
+    for stem, array in (("train-images-idx3-ubyte", pixels), ("train-labels-idx1-ubyte", np.arange(5))):
+        header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+        (tmp_path / stem).write_bytes(header + array.astype(np.uint8).tobytes())
+    images, y = load_fashion_mnist(tmp_path, images=True)
+    assert images.dtype == np.uint8 and images.shape == (5, 1, 28, 28)
+    assert np.array_equal(images[:, 0], pixels) and y.tolist() == [0, 1, 2, 3, 4]
+    flat, _ = load_fashion_mnist(tmp_path)
+    assert np.array_equal(flat, to_model_dtype(images).reshape(5, 784))
