@@ -421,6 +421,10 @@ class LazyRows:
     :class:`kdpipe.DistilledClassifier` reads a view one minibatch at a time through
     chunk memory; ``np.asarray(view)`` reads its rows.
 
+    Rows have any shape (images ``(n, 1, 28, 28)`` index to views of that sample shape)
+    and keep their dtype (``uint8`` stays ``uint8``: the uint8 rule applies when a batch
+    reaches a torch model, :func:`to_model_dtype`).
+
     Parameters
     ----------
     array : zarr, h5py or dask array, numpy array, or LazyRows

@@ -176,6 +176,18 @@ def test_predict_refuses_another_sample_shape(digits, tmp_path):
         flat.predict(images.reshape(300, 64)[:, :63])  # 2-D keeps scikit-learn's message
 
 
+def test_warm_start_keeps_the_sample_shape_and_a_refused_fit_changes_nothing(digits):
+    images, y = digits
+    clf = DistilledClassifier(**{**FAST, "warm_start": True}).fit(images, y)
+    before = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    with pytest.raises(InputError, match=r"fitted on samples of shape \(1, 8, 8\)"):
+        clf.fit(images.reshape(300, 1, 4, 16), y)
+    assert clf.sample_shape_ == (1, 8, 8) and clf.n_iter_ == 2 and len(clf.history_) == 2
+    assert all(torch.equal(v, clf.module_.state_dict()[k]) for k, v in before.items())
+    clf.fit(images, y)  # the same shape trains on
+    assert len(clf.history_) == 4
+
+
 def test_build_cache_runs_a_torch_cnn_on_uint8_images_scaled_and_hashes_the_uint8_bytes(digits, teacher, nd_cache):
     images, _ = digits
     with torch.no_grad():
