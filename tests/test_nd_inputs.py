@@ -200,6 +200,22 @@ def test_build_cache_runs_a_torch_cnn_on_uint8_images_scaled_and_hashes_the_uint
     assert nd_cache.verify().ok
 
 
+def test_a_torch_dataset_of_uint8_image_tensors_builds_the_cache_the_array_builds(digits, teacher, nd_cache, tmp_path):
+    images, y = digits
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int):
+            return torch.from_numpy(images[i]), int(y[i])  # (1, 8, 8) uint8, label
+
+    cache = build_cache(teacher, Images(), tmp_path / "ds.zarr", chunk_rows=128, progress=False)
+    assert np.array_equal(cache.row_digests, nd_cache.row_digests)
+    assert np.array_equal(cache.labels, nd_cache.labels)
+    assert np.array_equal(cache.read_rows(np.arange(300)), nd_cache.read_rows(np.arange(300)))
+
+
 def test_sklearn_teachers_get_nd_rows_flattened_in_their_stored_dtype(digits, tmp_path):
     images, y = digits
     flat = images.reshape(300, -1)
