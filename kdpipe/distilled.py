@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -195,7 +195,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     (2, 2)
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "module": [type, None],
         "module_params": [dict, None],
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],

@@ -13,15 +13,15 @@ import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from kdpipe import losses
-from kdpipe.rows import Batch, RowSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
+from kdpipe.rows import Batch, RowSource, prefetched, take_rows
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
 __all__ = [
@@ -114,7 +114,7 @@ class seeded:
         self.cuda = device is not None and device.type == "cuda"
         self._fork: Any = None
 
-    def __enter__(self) -> seeded:
+    def __enter__(self) -> Self:
         devices = [torch.cuda.current_device()] if self.cuda else []
         self._fork = torch.random.fork_rng(devices=devices)
         self._fork.__enter__()
@@ -130,7 +130,7 @@ def split_validation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split rows into (train, validation); stratified on labeled rows when possible."""
     rows = np.asarray(rows)
-    n_val = int(round(fraction * len(rows)))
+    n_val = round(fraction * len(rows))
     if not 0 < n_val < len(rows):
         raise ValueError(
             f"validation_fraction={fraction} leaves no rows for training or validation "
@@ -143,7 +143,7 @@ def split_validation(
     labels = y[rows]
     for code in np.unique(labels):
         members = rows[labels == code]
-        take = int(round(fraction * len(members)))
+        take = round(fraction * len(members))
         val.append(rng.permutation(members)[:take])
     val_rows = np.concatenate(val)
     if len(val_rows) == 0:  # every group too small: fall back to a plain split

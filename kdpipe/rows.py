@@ -616,7 +616,7 @@ def prefetched(source: RowSource, row_batches: Iterable[np.ndarray], depth: int 
                 if stop.is_set():
                     return
                 slots.put(source.fetch(rows))
-        except BaseException as exc:  # handed to the consumer, raised there
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
             slots.put(exc)
             return
         slots.put(_DONE)

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from kdpipe.rows import MinibatchSource
 from kdpipe.engine import TrainingConfig, seeded, train_student
+from kdpipe.rows import MinibatchSource
 from kdpipe.students import MLP
 
 __all__ = ["train_mlp_ensemble", "jitter_images"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -15,6 +15,7 @@ from kdpipe.cache.config import BuildConfig
 from kdpipe.cache.durable import fsync_dir, is_temp_name, remove_temps, write_step
 from kdpipe.cache.executor import Task, run_tasks
 from kdpipe.cache.fingerprint import combine_hashes, is_weak
+from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.location import Location, is_remote, parse_location, remove_tree
 from kdpipe.cache.manifest import (
     FORMAT_VERSION,
@@ -30,15 +31,14 @@ from kdpipe.cache.manifest import (
 )
 from kdpipe.cache.reader import LogitCache
 from kdpipe.cache.sparse import parse_sparse
-from kdpipe.labels import encode_labels
-from kdpipe.rows import Source, as_source
 from kdpipe.cache.storage import hdf5_url_message, open_store
 from kdpipe.cache.tasks import ChunkJob
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
-from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.zarr_store import ZarrChunkStore
 from kdpipe.devices import resolve_device
 from kdpipe.errors import CacheError, CacheMismatchError, InputError
+from kdpipe.labels import encode_labels
+from kdpipe.rows import Source, as_source
 
 __all__ = ["build_cache"]
 
@@ -360,7 +360,7 @@ def _new_manifest(
         data_dtype=source.dtype.str,
         versions=dict(_versions()),
         build={"batch_size": config.batch_size, "device": str(device), **settings},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
@@ -423,5 +423,5 @@ def _finish(root: Location, manifest: Manifest, records: list[ChunkRecord]) -> N
     """Mark the cache finished, once, after every chunk is complete."""
     parts = [manifest.data_dtype, str(manifest.data_shape)]
     parts += [f"{r.data_sha256}:{r.labels_crc32c}" for r in records]
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     write_manifest(root, manifest.finished_with(records, combine_hashes(parts), when))

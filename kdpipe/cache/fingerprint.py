@@ -165,7 +165,7 @@ def _feed_callable(h: Any, func: Any, depth: int, seen: set[int]) -> None:
         _feed_value(h, func.args, depth + 1, seen)
         _feed_value(h, func.keywords, depth + 1, seen)
         return
-    call = getattr(type(func), "__call__", None)
+    call = type(func).__call__ if callable(func) else None
     if isinstance(call, types.FunctionType):  # a callable object: its method and its state
         h.update(b"object")
         _feed_name(h, type(func))

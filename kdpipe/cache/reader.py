@@ -151,11 +151,12 @@ class LogitCache:
                     f"the cache at {root} is not finished: {len(records)} of {manifest.n_chunks} chunks "
                     "complete; rerun build_cache with the same arguments to finish it"
                 )
+        kind: type[LogitCache] = cls
         if manifest.sparse is not None and cls is LogitCache:
             from kdpipe.cache.sparse_reader import SparseLogitCache
 
-            cls = SparseLogitCache
-        return cls(_Handle(root, manifest, records, int(chunk_cache_bytes)))
+            kind = SparseLogitCache
+        return kind(_Handle(root, manifest, records, int(chunk_cache_bytes)))
 
     # -- pickling: the path (or URL and storage options) and the rows only; the store
     # reopens in the new process

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class ZarrChunkStore:
     """Whole-chunk reads and writes of one cache's zarr group."""
 
     dirname = "logits.zarr"
-    _config = {"write_empty_chunks": True}
+    _config: ClassVar[dict[str, bool]] = {"write_empty_chunks": True}
     _names = ("logits", "labels", "row_digests")
 
     def __init__(self, root: str | Path | Location, manifest: Manifest, *, writable: bool = False) -> None:

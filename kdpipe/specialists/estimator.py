@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -196,7 +196,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     True
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "generalist": [HasMethods(["fit", "predict_proba"]), None],
         "n_specialists": [Interval(Integral, 1, None, closed="left")],
         "class_subsets": [list, None],
