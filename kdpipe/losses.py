@@ -13,7 +13,7 @@ the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and work
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -286,6 +286,18 @@ def logit_matching_loss(
 
 
 # -- sparse teacher targets ------------------------------------------------------------
+
+
+@overload
+def tail_logsumexp(
+    targets: TopKTargets, temperature: float, *, bounds: Literal[False] = False
+) -> torch.Tensor: ...
+
+
+@overload
+def tail_logsumexp(
+    targets: TopKTargets, temperature: float, *, bounds: Literal[True]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def tail_logsumexp(

@@ -388,6 +388,9 @@ class LazyRows:
     ((2, 2), [10.0, 0.0])
     """
 
+    _reader: ChunkedReader
+    _rows: np.ndarray | None  # None: every row, in order
+
     def __init__(self, array: Any, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         if isinstance(array, LazyRows):
             self._reader, self._rows = array._reader, array._rows

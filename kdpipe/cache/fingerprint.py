@@ -40,7 +40,7 @@ def hash_block(block: np.ndarray) -> str:
     if block.dtype.hasobject:
         h.update(repr(block.tolist()).encode())
     else:
-        h.update(memoryview(block).cast("B"))
+        h.update(block.data.cast("B"))
     return h.hexdigest()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from kdpipe.cache.storage import ChunkStore, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
 from kdpipe.errors import CacheIncompleteError, CacheNotFoundError
 from kdpipe.rows import ChunkMemory, index_rows, positions
+
+if TYPE_CHECKING:
+    from kdpipe.losses import Combine
 
 __all__ = ["LogitCache"]
 
@@ -76,7 +79,7 @@ class _Handle:
         return self._labels
 
 
-def _soft_targets_block(logits: np.ndarray, temperature: float, combine: str) -> np.ndarray:
+def _soft_targets_block(logits: np.ndarray, temperature: float, combine: Combine) -> np.ndarray:
     """``(rows, members, classes)`` -> ``(rows, classes)``, by :func:`kdpipe.losses.soft_targets`."""
     import torch  # only where soft targets are computed: unpickling a cache stays torch-free
 
@@ -108,7 +111,7 @@ class LogitCache:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, allow_incomplete: bool = False,
+        cls, path: str | os.PathLike[str] | Location, *, allow_incomplete: bool = False,
         chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES, storage_options: dict[str, Any] | None = None,
     ) -> LogitCache:
         """Open the cache at ``path``.
