@@ -17,6 +17,12 @@ HERE = Path(__file__).resolve().parent
 _SK = "modules/generated/{}.html#{}"
 _NP = "reference/generated/{}.html#{}"
 _TORCH = "generated/{}.html#{}"
+# scikit-learn's generated set_fit_request/set_score_request docstrings (kdpipe's
+# estimators inherit them) refer to these two entries of scikit-learn's own docs
+STD = {
+    "meta-estimator": ("term", "glossary.html#term-meta-estimator", "meta-estimator"),
+    "metadata_routing": ("label", "metadata_routing.html#metadata-routing", "Metadata Routing"),
+}
 INVENTORIES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
     "sklearn": ("scikit-learn", "1.6", [
         *((n, "class", _SK.format(n, n)) for n in (
@@ -106,6 +112,11 @@ def main() -> None:
             inv.objects.append(soi.DataObjStr(
                 name=name, domain="py", role=role, priority="1", uri=uri, dispname="-",
             ))
+        if key == "sklearn":
+            for name, (role, uri, title) in STD.items():
+                inv.objects.append(soi.DataObjStr(
+                    name=name, domain="std", role=role, priority="-1", uri=uri, dispname=title,
+                ))
         path = HERE / f"{key}.inv"
         soi.writebytes(path, soi.compress(inv.data_file(contract=True)))
         print(f"{path}: {len(names)} names")

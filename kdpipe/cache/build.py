@@ -145,6 +145,27 @@ def build_cache(
     TeacherOutputError, ClassMismatchError
         A member returned NaN/inf, the wrong number of classes, or another class set.
         Chunks finished before the error are kept; rerun to resume.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from kdpipe import build_cache
+    >>> X = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    >>> W = np.eye(4, 3, dtype=np.float32)
+    >>> def teacher(batch):
+    ...     return batch @ W
+    >>> teacher.kdpipe_fingerprint = "eye-4x3"  # names a callable's version
+    >>> path = tempfile.mkdtemp() + "/cache.zarr"
+    >>> cache = build_cache(teacher, X, path, y=np.arange(10) % 3, chunk_rows=4, progress=False)
+    >>> cache.shape, cache.info()["n_chunks"], cache.verify().ok
+    ((10, 1, 3), 3, True)
+    >>> np.allclose(np.asarray(cache)[:, 0], X @ W)
+    True
+    >>> build_cache(teacher, X, path, y=np.arange(10) % 3, chunk_rows=4, progress=False).shape
+    (10, 1, 3)
+
+    The second call found the finished cache and computed nothing.
     """
     config = BuildConfig(backend=backend, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     root = parse_location(path, storage_options)  # before any work: a URL may need a missing package

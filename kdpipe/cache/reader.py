@@ -97,6 +97,26 @@ class LogitCache:
     the chunks it touches, once per chunk. Pickling keeps only the path and the rows.
 
     Use :meth:`open` to create one; see :func:`kdpipe.build_cache` to build one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from kdpipe import LogitCache, build_cache
+    >>> X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    >>> def teacher(batch):
+    ...     return np.concatenate([batch, -batch], axis=1)
+    >>> teacher.kdpipe_fingerprint = "plus-minus"
+    >>> path = tempfile.mkdtemp() + "/cache.zarr"
+    >>> _ = build_cache(teacher, X, path, progress=False)
+    >>> cache = LogitCache.open(path)
+    >>> cache.shape, cache.n_members, cache.n_classes
+    ((6, 1, 4), 1, 4)
+    >>> subset = cache[[4, 1]]  # lazy: reads only the chunks it touches
+    >>> np.asarray(subset)[:, 0, :2].tolist()
+    [[8.0, 9.0], [2.0, 3.0]]
+    >>> cache.soft_targets(1e6)[:1].compute().round(2).tolist()  # T -> inf: uniform
+    [[0.25, 0.25, 0.25, 0.25]]
     """
 
     ndim = 3
