@@ -33,7 +33,7 @@ def main() -> float:
     reopened = LogitCache.open(f"{folder}/cache.zarr")
     shape: tuple[int, int, int] = reopened.shape
     try:
-        build_cache(teacher, X[::-1].copy(), f"{folder}/cache.zarr", progress=False,
+        build_cache(teacher, X[::-1].copy(), f"{folder}/cache.zarr", y=y, chunk_rows=32, progress=False,
                     teacher_versions="v1")
     except CacheMismatchError as error:
         print(error)
