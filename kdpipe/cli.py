@@ -17,11 +17,11 @@ variable ``KDPIPE_DEBUG=1``) shows the traceback of every error.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from kdpipe import __version__
 from kdpipe.errors import KdpipeError, UsageError
@@ -53,6 +53,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action) or ""
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: shows defaults, as the top-level one does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``kdpipe`` command."""
     parser = argparse.ArgumentParser(
@@ -69,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND",
-        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter),
+        parser_class=_CommandParser,
     )
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

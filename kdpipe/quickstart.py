@@ -131,21 +131,20 @@ def run_quickstart(
         say(f"logit cache {where}: {len(cache)} rows x {cache.n_members} members "
             f"x {cache.n_classes} classes, {cache_seconds:.1f}s")
 
-        student = dict(
-            hidden_layer_sizes=student_hidden,
-            max_epochs=student_epochs,
-            batch_size=64,
-            learning_rate=3e-3,
-            random_state=seed,
-            device="cpu",
-        )
         arch = "x".join(str(h) for h in student_hidden)
         for name, params, logits in (
             ("student, hard labels", dict(), None),
             (f"student, distilled T={temperature:g}", dict(temperature=temperature, alpha=alpha), cache),
         ):
             start = time.perf_counter()
-            model = DistilledClassifier(**student, **params)
+            model = DistilledClassifier(
+                hidden_layer_sizes=student_hidden,
+                max_epochs=student_epochs,
+                batch_size=64,
+                learning_rate=3e-3,
+                random_state=seed,
+                device="cpu",
+            ).set_params(**params)
             model.fit(X_train, y_train, teacher_logits=logits)
             seconds = time.perf_counter() - start
             rows.append(_row(name, arch, model.predict(X_test), y_test, seconds))

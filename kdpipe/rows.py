@@ -442,6 +442,9 @@ class LazyRows:
     ((2, 2), [10.0, 0.0])
     """
 
+    _reader: ChunkedReader
+    _rows: np.ndarray | None  # None: every row, in order
+
     def __init__(self, array: Any, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         if isinstance(array, LazyRows):
             self._reader, self._rows = array._reader, array._rows
@@ -673,7 +676,7 @@ def prefetched(source: RowSource, row_batches: Iterable[np.ndarray], depth: int 
                 if stop.is_set():
                     return
                 slots.put(source.fetch(rows))
-        except BaseException as exc:  # handed to the consumer, raised there
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
             slots.put(exc)
             return
         slots.put(_DONE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -15,6 +15,7 @@ from kdpipe.cache.config import BuildConfig
 from kdpipe.cache.durable import fsync_dir, is_temp_name, remove_temps, write_step
 from kdpipe.cache.executor import Task, run_tasks
 from kdpipe.cache.fingerprint import combine_hashes, is_weak
+from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.location import Location, is_remote, parse_location, remove_tree
 from kdpipe.cache.manifest import (
     FORMAT_VERSION,
@@ -30,15 +31,14 @@ from kdpipe.cache.manifest import (
 )
 from kdpipe.cache.reader import LogitCache
 from kdpipe.cache.sparse import parse_sparse
-from kdpipe.labels import encode_labels
-from kdpipe.rows import Source, as_source
 from kdpipe.cache.storage import hdf5_url_message, open_store
 from kdpipe.cache.tasks import ChunkJob
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
-from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.zarr_store import ZarrChunkStore
 from kdpipe.devices import resolve_device
 from kdpipe.errors import CacheError, CacheMismatchError, InputError
+from kdpipe.labels import encode_labels
+from kdpipe.rows import Source, as_source
 
 __all__ = ["build_cache"]
 
@@ -149,6 +149,27 @@ def build_cache(
     TeacherOutputError, ClassMismatchError
         A member returned NaN/inf, the wrong number of classes, or another class set.
         Chunks finished before the error are kept; rerun to resume.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from kdpipe import build_cache
+    >>> X = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    >>> W = np.eye(4, 3, dtype=np.float32)
+    >>> def teacher(batch):
+    ...     return batch @ W
+    >>> teacher.kdpipe_fingerprint = "eye-4x3"  # names a callable's version
+    >>> path = tempfile.mkdtemp() + "/cache.zarr"
+    >>> cache = build_cache(teacher, X, path, y=np.arange(10) % 3, chunk_rows=4, progress=False)
+    >>> cache.shape, cache.info()["n_chunks"], cache.verify().ok
+    ((10, 1, 3), 3, True)
+    >>> np.allclose(np.asarray(cache)[:, 0], X @ W)
+    True
+    >>> build_cache(teacher, X, path, y=np.arange(10) % 3, chunk_rows=4, progress=False).shape
+    (10, 1, 3)
+
+    The second call found the finished cache and computed nothing.
     """
     config = BuildConfig(backend=backend, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     root = parse_location(path, storage_options)  # before any work: a URL may need a missing package
@@ -364,7 +385,7 @@ def _new_manifest(
         data_dtype=source.dtype.str,
         versions=dict(_versions()),
         build={"batch_size": config.batch_size, "device": str(device), **settings},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
@@ -427,5 +448,5 @@ def _finish(root: Location, manifest: Manifest, records: list[ChunkRecord]) -> N
     """Mark the cache finished, once, after every chunk is complete."""
     parts = [manifest.data_dtype, str(manifest.data_shape)]
     parts += [f"{r.data_sha256}:{r.labels_crc32c}" for r in records]
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     write_manifest(root, manifest.finished_with(records, combine_hashes(parts), when))

@@ -147,7 +147,9 @@ class Manifest:
             return None
         from kdpipe.cache.sparse import SparseLayout, parse_sparse
 
-        return SparseLayout(parse_sparse(self.sparse), self.dtype, self.n_classes, self.n_members)
+        spec = parse_sparse(self.sparse)
+        assert spec is not None  # self.sparse is not None
+        return SparseLayout(spec, self.dtype, self.n_classes, self.n_members)
 
     @property
     def row_shape(self) -> tuple[int, ...]:

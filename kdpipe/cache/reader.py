@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from kdpipe.cache.storage import ChunkStore, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
 from kdpipe.errors import CacheIncompleteError, CacheNotFoundError
 from kdpipe.rows import ChunkMemory, index_rows, positions
+
+if TYPE_CHECKING:
+    from kdpipe.losses import Combine
 
 __all__ = ["LogitCache"]
 
@@ -76,7 +79,7 @@ class _Handle:
         return self._labels
 
 
-def _soft_targets_block(logits: np.ndarray, temperature: float, combine: str) -> np.ndarray:
+def _soft_targets_block(logits: np.ndarray, temperature: float, combine: Combine) -> np.ndarray:
     """``(rows, members, classes)`` -> ``(rows, classes)``, by :func:`kdpipe.losses.soft_targets`."""
     import torch  # only where soft targets are computed: unpickling a cache stays torch-free
 
@@ -94,6 +97,26 @@ class LogitCache:
     the chunks it touches, once per chunk. Pickling keeps only the path and the rows.
 
     Use :meth:`open` to create one; see :func:`kdpipe.build_cache` to build one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from kdpipe import LogitCache, build_cache
+    >>> X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    >>> def teacher(batch):
+    ...     return np.concatenate([batch, -batch], axis=1)
+    >>> teacher.kdpipe_fingerprint = "plus-minus"
+    >>> path = tempfile.mkdtemp() + "/cache.zarr"
+    >>> _ = build_cache(teacher, X, path, progress=False)
+    >>> cache = LogitCache.open(path)
+    >>> cache.shape, cache.n_members, cache.n_classes
+    ((6, 1, 4), 1, 4)
+    >>> subset = cache[[4, 1]]  # lazy: reads only the chunks it touches
+    >>> np.asarray(subset)[:, 0, :2].tolist()
+    [[8.0, 9.0], [2.0, 3.0]]
+    >>> cache.soft_targets(1e6)[:1].compute().round(2).tolist()  # T -> inf: uniform
+    [[0.25, 0.25, 0.25, 0.25]]
     """
 
     ndim = 3
@@ -108,7 +131,7 @@ class LogitCache:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, allow_incomplete: bool = False,
+        cls, path: str | os.PathLike[str] | Location, *, allow_incomplete: bool = False,
         chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES, storage_options: dict[str, Any] | None = None,
     ) -> LogitCache:
         """Open the cache at ``path``.
@@ -151,11 +174,12 @@ class LogitCache:
                     f"the cache at {root} is not finished: {len(records)} of {manifest.n_chunks} chunks "
                     "complete; rerun build_cache with the same arguments to finish it"
                 )
+        kind: type[LogitCache] = cls
         if manifest.sparse is not None and cls is LogitCache:
             from kdpipe.cache.sparse_reader import SparseLogitCache
 
-            cls = SparseLogitCache
-        return cls(_Handle(root, manifest, records, int(chunk_cache_bytes)))
+            kind = SparseLogitCache
+        return kind(_Handle(root, manifest, records, int(chunk_cache_bytes)))
 
     # -- pickling: the path (or URL and storage options) and the rows only; the store
     # reopens in the new process

@@ -16,12 +16,12 @@ import numpy as np
 
 from kdpipe.cache.fingerprint import hash_block, row_digests
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, write_record
-from kdpipe.labels import encode_labels
-from kdpipe.rows import Source
 from kdpipe.cache.storage import checksum, open_store, read_checked
 from kdpipe.cache.teachers import Member
 from kdpipe.devices import resolve_device
 from kdpipe.errors import CacheCorruptError, InputError, TeacherOutputError
+from kdpipe.labels import encode_labels
+from kdpipe.rows import Source
 
 __all__ = ["ChunkJob"]
 
