@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kdpipe.errors import InputError
+
 __all__ = ["resolve_device"]
 
 
@@ -11,7 +13,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) into a torch device.
 
     ``"auto"`` picks CUDA when it is available. Asking for CUDA on a machine without
-    it is an error rather than a silent fallback.
+    it is an error (an :class:`~kdpipe.errors.InputError`, a ``ValueError``) rather than
+    a silent fallback.
     """
     if isinstance(device, torch.device):
         resolved = device
@@ -21,7 +24,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         try:
             resolved = torch.device(device)
         except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'") from exc
+            raise InputError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+        raise InputError(f"device {device!r} was asked for but CUDA is not available")
     return resolved

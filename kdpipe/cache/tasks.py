@@ -139,13 +139,13 @@ class ChunkJob:
         """Compare a complete chunk with this build's inputs and with its stored data.
 
         Returns ``"ok"``, ``"data"`` (the input rows changed), ``"labels"`` (the labels
-        changed) or ``"damaged"`` (stored chunk missing or corrupt: recompute it).
+        changed), ``"no labels"`` (the chunk has labels, this build gives none) or ``"damaged"`` (stored chunk missing or corrupt: recompute it).
         """
         x, codes = self._inputs(record.index, x)
         if hash_block(x) != record.data_sha256:
             return "data"
         if checksum(codes) != record.labels_crc32c:
-            return "labels"
+            return "no labels" if bool((codes == -1).all()) else "labels"
         store = open_store(self.root, self.manifest)
         try:
             for what in ("logits", "labels", "digests"):
