@@ -1,7 +1,7 @@
 """The work of one build task: compute (or check) one whole storage chunk.
 
-A :class:`ChunkJob` is shipped once to each worker (scattered with ``broadcast=True``
-on a distributed cluster); tasks then only carry a chunk index and, for in-memory
+A :class:`ChunkJob` is shipped once to each worker (the result of one task, which the
+scheduler recomputes if its worker dies); tasks then only carry a chunk index and, for in-memory
 inputs, that chunk's rows. The task that computes chunk ``i`` is the only writer of
 chunk ``i``, and writes its completion record after the data.
 """
