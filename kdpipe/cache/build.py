@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import replace
@@ -37,7 +38,7 @@ from kdpipe.cache.tasks import ChunkJob
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
 from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.zarr_store import ZarrChunkStore
-from kdpipe.devices import resolve_device
+from kdpipe.devices import resolve_device, small_model_threads
 from kdpipe.errors import CacheError, CacheMismatchError, InputError
 
 __all__ = ["build_cache"]
@@ -74,7 +75,8 @@ def build_cache(
     ----------
     teachers : teacher or list of teachers
         A ``torch.nn.Module``, a TorchScript file, a fitted scikit-learn classifier (or a
-        ``.joblib`` file of one), or a callable ``batch -> logits``; a list is an ensemble.
+        ``.joblib`` file of one, with ``trust_pickled_teachers``), or a callable
+        ``batch -> logits``; a list is an ensemble.
     X : array-like or torch Dataset
         The transfer set: numpy, zarr, h5py or dask array, or a Dataset whose items are
         tensors or ``(x, y)`` tuples. Read one chunk at a time.
@@ -207,15 +209,23 @@ def build_cache(
     run = dict(
         client=client, num_workers=num_workers, progress=progress, read_block=_block_reader(source) if ship else None
     )
+    models = [m.teacher() for m in members if m.kind in ("torch", "torchscript")]
+    inline = client is None and models and len(models) == len(members) and num_workers == 1
+
+    def threads() -> Any:  # one CPU thread for small torch teachers run here (kdpipe.devices: the thread rule)
+        return small_model_threads(models, resolve_device(device)) if inline else contextlib.nullcontext()
+
     try:
-        records = _check_complete(root, job, manifest, run)
+        with threads():
+            records = _check_complete(root, job, manifest, run)
         missing = [i for i in range(manifest.n_chunks) if i not in records]
         if missing and manifest.complete:
             manifest = Manifest.from_dict({**manifest.to_dict(), "complete": False, "chunks": [], "finished": None})
             write_manifest(root, manifest)
         tasks = [_task("compute", i, i, manifest) for i in missing]
-        for record in run_tasks(job, tasks, desc="kdpipe build", **run):
-            records[record.index] = record
+        with threads():
+            for record in run_tasks(job, tasks, desc="kdpipe build", **run):
+                records[record.index] = record
     finally:
         if own_client:
             client.close()

@@ -1,7 +1,9 @@
 """Teachers of every supported kind behind one interface: ``Member.predict(batch) -> logits``.
 
 Supported kinds: a ``torch.nn.Module``; a TorchScript file (``.pt``, ``.pth``, ``.ts``);
-a joblib-pickled scikit-learn classifier (``.joblib``, ``.pkl``); a fitted scikit-learn
+a joblib-pickled scikit-learn classifier (``.joblib``, ``.pkl``, ``.pickle``) or a
+``torch.save()``d whole module, both only when the caller trusts pickles by name
+(``trust_pickled``; unpickling runs code from the file); a fitted scikit-learn
 classifier; any callable ``batch -> logits``. A list of these is an ensemble.
 
 Prepared models (loaded from file, moved to a GPU, switched to eval mode) are kept in a
