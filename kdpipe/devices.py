@@ -5,8 +5,9 @@ The thread rule: a model with fewer than :data:`SMALL_MODEL_PARAMETERS` paramete
 kdpipe trains it (``engine.train_student``: students and the quickstart's teachers) or
 runs it as a teacher in ``build_cache``. Its matrix products are too small to gain from a
 second thread, and on a busy machine torch's thread pool waits for cores other processes
-hold: a 2x30 training step was 12-36x slower at 2 threads than at 1 on a loaded 2-core
-machine (``benchmarks/results/threads.md``). Larger models keep torch's setting.
+hold: a 2x30 training step was 9x slower at 2 threads than at 1 on a loaded 2-core
+machine, 20x with one more busy process (``benchmarks/results/threads.md``). Larger
+models keep torch's setting.
 
 The user's choice wins: nothing changes when ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``
 is set, when ``torch.set_num_threads`` was called with another value since kdpipe was
