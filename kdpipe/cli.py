@@ -10,7 +10,8 @@ with one line on stderr, ``kdpipe: error: ...``, and a non-zero exit status:
 130   interrupted (Ctrl-C); an interrupted ``build-cache`` resumes when rerun
 ====  ================================================================================
 
-Anything else is a bug in kdpipe and shows its traceback. ``--debug`` (or the environment
+Errors of object storage's client libraries (botocore's ``NoCredentialsError``, an
+fsspec error) are one line too. Anything else is a bug in kdpipe and shows its traceback. ``--debug`` (or the environment
 variable ``KDPIPE_DEBUG=1``) shows the traceback of every error.
 """
 
@@ -84,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# packages whose errors are a user's setup (credentials, endpoint, bucket), not a bug in kdpipe
+_STORAGE_PACKAGES = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "adlfs", "azure", "google")
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """An error raised by object storage's client libraries (``NoCredentialsError``...)."""
+    return any(cls.__module__.split(".", 1)[0] in _STORAGE_PACKAGES for cls in type(exc).__mro__)
+
+
 def _one_line(exc: BaseException) -> str:
     """``exc`` as one line: OS errors as 'reason: file', others as their message."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
@@ -120,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = getattr(args, "resume_hint", None)
         print(f"kdpipe: interrupted{'; ' + resume if resume else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (KdpipeError, OSError) as exc:
-        if debug:
+    except Exception as exc:
+        if debug or not (isinstance(exc, (KdpipeError, OSError)) or _is_storage_error(exc)):
             raise
         print(f"kdpipe: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE

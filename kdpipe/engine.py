@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdpipe import losses
-from kdpipe.devices import resolve_device
+from kdpipe.devices import resolve_device, small_model_threads
 from kdpipe.rows import Batch, RowSource, prefetched, take_rows, to_model_dtype
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
@@ -300,7 +300,8 @@ def train_student(
     history: list[dict[str, float]] = []
     best_loss, best_state, stale = np.inf, None, 0
 
-    with seeded(seed, device), tqdm(
+    # one CPU thread for a small model (kdpipe.devices: the thread rule)
+    with seeded(seed, device), small_model_threads(module, device), tqdm(
         total=config.max_epochs, desc="student", unit="epoch", disable=verbose != 1, leave=False
     ) as bar:
         for epoch in range(1, config.max_epochs + 1):

@@ -793,6 +793,11 @@ def as_source(X: Any) -> Source:
         raise InputError(f"X must be an array or a torch Dataset, got {type(X).__name__}")
     if len(source.shape) < 1 or source.n_rows == 0:
         raise InputError(f"the transfer set is empty (shape {source.shape})")
+    if source.dtype.kind not in "biuf":
+        raise InputError(
+            f"X has dtype {source.dtype}; a transfer set holds numbers (bool, integer or float): "
+            "convert it first, e.g. X.astype(np.float32)"
+        )
     return source
 
 

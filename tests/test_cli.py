@@ -103,7 +103,7 @@ def _user_error_cases(f: dict[str, Path]) -> dict[str, tuple[list[str], int, str
                           "-o", str(f["out"])], 1, "nope.npy"),
         "missing labels": (build + [str(f["script"]), "--labels", str(f["dir"] / "nope.npy")], 1, "nope.npy"),
         "pickled module": (build + [str(f["pickled"])], 1, "--trust-pickled-teachers"),
-        "state_dict, trusted": (build + [str(f["weights"]), "--trust-pickled-teachers"], 1, "not a torch.nn.Module"),
+        "state_dict, trusted": (build + [str(f["weights"]), "--trust-pickled-teachers"], 1, "is a state_dict"),
         "hdf5 without --dataset": (["build-cache", str(f["script"]), "--data", str(f["h5"]),
                                     "-o", str(f["out"])], 2, "--dataset"),
         "hdf5, wrong --dataset": (["build-cache", str(f["script"]), "--data", str(f["h5"]), "--dataset",
@@ -224,7 +224,7 @@ def test_build_cache_refuses_a_pickled_teacher_file_before_any_work(files):
     from kdpipe.cache import build_cache
     from kdpipe.errors import InputError
 
-    with pytest.raises(InputError, match="not TorchScript.*load_pickled_module"):
+    with pytest.raises(InputError, match="not TorchScript.*trust_pickled_teachers=True"):
         build_cache(str(files["pickled"]), np.load(files["x"]), files["out"], progress=False)
     assert not files["out"].exists()
 

@@ -11,7 +11,7 @@ import numpy as np
 from kdpipe.cache.durable import is_temp_name
 from kdpipe.cache.location import Location, is_remote, parse_location
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
-from kdpipe.cache.storage import ChunkStore, open_store, read_checked
+from kdpipe.cache.storage import ChunkStore, checksum, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
 from kdpipe.errors import CacheIncompleteError, CacheNotFoundError
 from kdpipe.rows import ChunkMemory, index_rows, positions
@@ -340,9 +340,16 @@ class LogitCache:
         return verify_chunks(str(h.root), self.manifest, records, h.store)
 
     def info(self) -> dict[str, Any]:
-        """Summary: rows, classes, members, dtype, bytes on disk, fingerprints, chunks."""
+        """Summary: rows, classes, members, dtype, bytes on disk, fingerprints, chunks.
+
+        ``labels_stored`` says whether any complete chunk holds a label (a row not marked
+        ``-1``), told from the chunks' recorded label checksums without reading them.
+        """
         m = self.manifest
         records = self._handle.records if m.complete else read_records(self.path)
+        unlabeled = {r.stop - r.start: 0 for r in records.values()}
+        for rows in unlabeled:
+            unlabeled[rows] = checksum(np.full(rows, -1, dtype=np.int64))
         if is_remote(self.path):
             size = sum(self.path.sizes().values())
         else:
@@ -360,6 +367,7 @@ class LogitCache:
             "n_chunks": m.n_chunks,
             "complete_chunks": len(records),
             "complete": m.complete,
+            "labels_stored": any(r.labels_crc32c != unlabeled[r.stop - r.start] for r in records.values()),
             "bytes_on_disk": size,
             "bytes_per_row": size / m.n_rows,
             "format": "dense" if m.sparse is None else m.sparse["kind"],
