@@ -24,7 +24,8 @@ In object storage there is no ``flock``: the lock is a *lease* object
 of two racing creators succeeds). The holder rewrites it every ``LEASE_SECONDS / 4``
 (a conditional PUT on its own ETag, ``If-Match``); a lease not rewritten for
 ``LEASE_SECONDS`` (by the object's ``LastModified``, the store's clock, against this
-machine's clock: keep clocks within seconds) belongs to a dead holder and is taken over,
+machine's clock, so the lease time must exceed the refresh interval, the store's
+whole-second ``LastModified`` and the clocks' skew) belongs to a dead holder and is taken over,
 again with ``If-Match`` on the stale lease's ETag, so of two builders taking over the
 same stale lease one wins. A holder whose refresh fails (its lease was taken) stops
 before it writes the manifest: :meth:`BuildLock.check` raises.
