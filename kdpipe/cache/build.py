@@ -181,25 +181,38 @@ def build_cache(
     order = resolve_classes(members, classes)
     settings = {"precision": precision, "device_kind": _device_kind(device, client)}
     _refuse_foreign(root)  # before the lock file is created in someone else's folder
+    fresh = None
+    if overwrite or not (root / MANIFEST_NAME).exists():  # refuse what a new cache cannot hold before any write
+        fresh = _fresh_manifest(config, source, members, order, device, settings, spec)
     with BuildLock(root, timeout=lock_timeout) as lock:
         return _build_locked(
             root, lock, config, source, members, order, settings, spec, y, device, client, overwrite, resume,
-            num_workers, progress, precision,
+            num_workers, progress, precision, fresh,
         )
+
+
+def _fresh_manifest(
+    config: BuildConfig, source: Source, members: list[Member], order: np.ndarray | None, device: Any,
+    settings: dict[str, str], spec: Any,
+) -> Manifest:
+    """The manifest of a new cache for this request; raises for settings such a cache cannot hold."""
+    manifest = _new_manifest(config, source, members, order, device, settings)
+    if spec is not None:
+        manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
+        manifest.sparse_layout()
+    return manifest
 
 
 def _build_locked(
     root: Location, lock: BuildLock, config: BuildConfig, source: Source, members: list[Member],
     order: np.ndarray | None, settings: dict[str, str], spec: Any, y: Any, device: Any, client: Any,
     overwrite: bool, resume: bool, num_workers: int | None, progress: bool, precision: str,
+    fresh: Manifest | None,
 ) -> LogitCache:
     """The build, with this process holding the path's lock: every destructive step happens here."""
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
-        manifest = _new_manifest(config, source, members, order, device, settings)
-        if spec is not None:
-            manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
-            manifest.sparse_layout()  # refuse settings this cache cannot hold before writing anything
+        manifest = fresh or _fresh_manifest(config, source, members, order, device, settings, spec)
         lock.check()
         _initialize(root, manifest)
     else:
