@@ -103,7 +103,7 @@ def _race_worker(seed, path, barrier, results, lock_timeout):
         results.put((seed, "built", ok and own, f"verify ok={ok}, own teacher's logits={own}"))
     except (CacheLockedError, CacheMismatchError) as exc:
         results.put((seed, type(exc).__name__, True, str(exc)))
-    except Exception as exc:  # anything else is a failure the test reports
+    except Exception as exc:  # noqa: BLE001 - anything else is a failure the test reports
         results.put((seed, type(exc).__name__, False, str(exc)))
 
 
@@ -139,7 +139,7 @@ def test_two_builders_of_different_teachers_on_one_path(tmp_path, lock_timeout):
 
 
 def test_a_held_path_fails_at_once_naming_its_holder_or_waits_for_it(tmp_path):
-    X, y = _data()
+    X, _ = _data()
     path = tmp_path / "c"
     holder = BuildLock(path, timeout=0)
     with holder:
@@ -161,7 +161,7 @@ def test_a_held_path_fails_at_once_naming_its_holder_or_waits_for_it(tmp_path):
 
 
 def test_a_dead_holders_lock_is_taken_over(tmp_path):
-    X, y = _data()
+    X, _ = _data()
     path = tmp_path / "c"
     code = textwrap.dedent(
         f"""
@@ -182,7 +182,7 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path):
 def test_object_storage_lease_refused_refreshed_and_taken_over_when_stale(s3_bucket, monkeypatch):
     import s3fs
 
-    X, y = _data()
+    X, _ = _data()
     url, options = s3_bucket
     path = f"{url}/leased.zarr"
     from kdpipe.cache.location import parse_location
