@@ -110,8 +110,9 @@ def _race_worker(seed, path, barrier, results, lock_timeout):
 @pytest.mark.parametrize("lock_timeout", ["absent", pytest.param(30.0, marks=pytest.mark.slow)])
 def test_two_builders_of_different_teachers_on_one_path(tmp_path, lock_timeout):
     """Each process gets a cache that verifies and holds its own teacher's logits, or a clear
-    lock/mismatch error; exactly one builds. (Without a lock, both "succeeded" with caches
-    that failed verify or held the other teacher's logits.)"""
+    lock/mismatch error; exactly one builds. (Without a lock, one run here died with zarr's raw
+    ContainsArrayError, its store created over the other's; issue 18 saw successes returning
+    caches that failed verify or held the other teacher's logits.)"""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     path = str(tmp_path / "shared")
