@@ -19,6 +19,8 @@ __all__ = [
     "CacheCorruptError",
     "CacheChunkMissingError",
     "CacheNotFoundError",
+    "CacheLockedError",
+    "UnsafeCacheLinkError",
     "RowMismatchError",
     "UsageError",
     "SparseFormatError",
@@ -67,6 +69,14 @@ class CacheChunkMissingError(CacheIncompleteError, CacheCorruptError):
 
 class CacheNotFoundError(CacheError, FileNotFoundError):
     """There is no kdpipe logit cache at the path: it is missing, a plain file, or a folder without one."""
+
+
+class CacheLockedError(CacheError):
+    """Another build holds the cache's path (see :mod:`kdpipe.cache.lock`); the message names it and since when."""
+
+
+class UnsafeCacheLinkError(CacheCorruptError):
+    """A symbolic link inside a cache folder: kdpipe never writes or deletes through one."""
 
 
 class UsageError(InputError):

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdpipe.cache import LogitCache, build_cache, durable
+from kdpipe.cache import LogitCache, build_cache, durable, lock
 from kdpipe.cache.location import RemotePath, parse_location, redact
 from kdpipe.errors import (
     CacheChunkMissingError,
     CacheCorruptError,
+    CacheLockedError,
     CacheMismatchError,
     CacheNotFoundError,
     InputError,
@@ -207,7 +208,7 @@ _KILLED_BUILD = textwrap.dedent(
 )
 
 
-def test_a_build_killed_with_sigkill_resumes_computing_only_missing_chunks(tmp_path, data, s3_bucket):
+def test_a_build_killed_with_sigkill_resumes_computing_only_missing_chunks(tmp_path, data, s3_bucket, monkeypatch):
     X, y, W = data
     url, options = s3_bucket
     path = f"{url}/k.zarr"
@@ -237,9 +238,15 @@ def test_a_build_killed_with_sigkill_resumes_computing_only_missing_chunks(tmp_p
     with pytest.raises(Exception, match="not finished"):
         LogitCache.open(path, storage_options=options)
 
+    # the killed build's lease is still in the bucket: refused until it goes stale (kdpipe.cache.lock),
+    # here after 2 s instead of 60 (a refresh interval plus LastModified's whole second below it)
+    with pytest.raises(CacheLockedError, match=f"process {child.pid} on host"):
+        build_cache(counting_teacher(W, []), X, path, y=y, storage_options=options, chunk_rows=ROWS,
+                    batch_size=ROWS, progress=False)
+    monkeypatch.setattr(lock, "LEASE_SECONDS", 2.0)
     calls: list[int] = []
     resumed = build_cache(counting_teacher(W, calls), X, path, y=y, storage_options=options, chunk_rows=ROWS,
-                          batch_size=ROWS, progress=False)
+                          batch_size=ROWS, progress=False, lock_timeout=30)
     assert len(calls) == N // ROWS - done  # one batch per missing chunk, none for the others
     reference = build_cache(counting_teacher(W, []), X, tmp_path / "whole", y=y, chunk_rows=ROWS,
                             batch_size=ROWS, progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from pathlib import Path
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -18,8 +19,11 @@ from kdpipe.cache.executor import Task, run_tasks
 from kdpipe.cache.fingerprint import combine_hashes, is_weak
 from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.location import Location, is_remote, parse_location, remove_tree
+from kdpipe.cache.lock import LOCK_NAMES, BuildLock
 from kdpipe.cache.manifest import (
     FORMAT_VERSION,
+    MANIFEST_COPY,
+    MANIFEST_NAME,
     RECORDS_DIR,
     SPARSE_FORMAT_VERSION,
     ChunkRecord,
@@ -37,13 +41,13 @@ from kdpipe.cache.tasks import ChunkJob
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
 from kdpipe.cache.zarr_store import ZarrChunkStore
 from kdpipe.devices import resolve_device, small_model_threads
-from kdpipe.errors import CacheError, CacheMismatchError, InputError
+from kdpipe.errors import CacheCorruptError, CacheError, CacheMismatchError, InputError, UnsafeCacheLinkError
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source, as_source
 
 __all__ = ["build_cache"]
 
-_OWN_NAMES = {"manifest.json", RECORDS_DIR, ZarrChunkStore.dirname, Hdf5ChunkStore.dirname}
+_OWN_NAMES = {MANIFEST_NAME, MANIFEST_COPY, RECORDS_DIR, ZarrChunkStore.dirname, Hdf5ChunkStore.dirname, *LOCK_NAMES}
 
 
 def build_cache(
@@ -68,6 +72,7 @@ def build_cache(
     storage_options: dict[str, Any] | None = None,
     sparse: Any = None,
     trust_pickled_teachers: bool = False,
+    lock_timeout: float | None = 0.0,
 ) -> LogitCache:
     """Run ``teachers`` over ``X`` once and store every member's raw logits at ``path``.
 
@@ -144,16 +149,33 @@ def build_cache(
         (scikit-learn classifiers) and ``torch.save()``d whole modules (``.pt``,
         ``.pth``). Unpickling runs code named in the file, so without this such a file
         is refused before anything is read from it. TorchScript files need no opt-in.
+    lock_timeout : float or None
+        A build owns its path: it holds a lock for its whole run (a lock file beside a
+        record of host, pid, start time and kdpipe version; a lease object in object
+        storage; rules in :mod:`kdpipe.cache.lock`). Another build of the same path waits
+        this many seconds for it and then resumes, reuses or refuses as usual; ``0``
+        (default) fails at once, ``None`` waits as long as it takes. A lock whose holder
+        died is taken over.
 
     Returns
     -------
     LogitCache
+        The finished cache, opened again after the build: its manifest is the one this
+        build wrote (every chunk in it written by this build or read back and checked
+        against its record and these inputs), and every manifest field agrees with the
+        stores.
 
     Raises
     ------
     CacheMismatchError
         ``path`` holds a cache of another teacher, other data or other settings, or of
         a teacher with a weak fingerprint and no version.
+    CacheLockedError
+        Another build holds ``path`` past ``lock_timeout``; the message names it.
+    CacheCorruptError
+        The manifest cannot be decoded and has no intact initial copy, or a field
+        disagrees with the stores; :class:`~kdpipe.errors.UnsafeCacheLinkError` for a
+        symbolic link inside the cache folder (named; nothing is written through it).
     TeacherOutputError, ClassMismatchError
         A member returned NaN/inf, the wrong number of classes, or another class set.
         Chunks finished before the error are kept; rerun to resume.
@@ -191,13 +213,44 @@ def build_cache(
     members = resolve_members(teachers, teacher_versions, trust_pickled_teachers)
     order = resolve_classes(members, classes)
     settings = {"precision": precision, "device_kind": _device_kind(device, client)}
+    _refuse_foreign(root)  # before the lock file is created in someone else's folder
+    fresh = None
+    if overwrite or not (root / MANIFEST_NAME).exists():  # refuse what a new cache cannot hold before any write
+        fresh = _fresh_manifest(config, source, members, order, device, settings, spec)
+    with BuildLock(root, timeout=lock_timeout) as lock:
+        return _build_locked(
+            root, lock, config, source, members, order, settings, spec, y, device, client, overwrite, resume,
+            num_workers, progress, precision, fresh,
+        )
+
+
+def _fresh_manifest(
+    config: BuildConfig, source: Source, members: list[Member], order: np.ndarray | None, device: Any,
+    settings: dict[str, str], spec: Any,
+) -> Manifest:
+    """The manifest of a new cache for this request; raises for settings such a cache cannot hold.
+
+    Every member first runs on two rows: a teacher that cannot take these rows fails here,
+    before anything is written.
+    """
+    manifest = _new_manifest(config, source, members, order, device, settings, _probe(members, source))
+    if spec is not None:
+        manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
+        manifest.sparse_layout()
+    return manifest
+
+
+def _build_locked(
+    root: Location, lock: BuildLock, config: BuildConfig, source: Source, members: list[Member],
+    order: np.ndarray | None, settings: dict[str, str], spec: Any, y: Any, device: Any, client: Any,
+    overwrite: bool, resume: bool, num_workers: int | None, progress: bool, precision: str,
+    fresh: Manifest | None,
+) -> LogitCache:
+    """The build, with this process holding the path's lock: every destructive step happens here."""
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
-        probe = _probe(members, source)  # a teacher that cannot take these rows fails here, before any write
-        manifest = _new_manifest(config, source, members, order, device, settings, probe)
-        if spec is not None:
-            manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
-            manifest.sparse_layout()  # refuse settings this cache cannot hold before writing anything
+        manifest = fresh or _fresh_manifest(config, source, members, order, device, settings, spec)
+        lock.check()
         _initialize(root, manifest)
     else:
         if not resume:
@@ -254,9 +307,31 @@ def build_cache(
     finally:
         if own_client:
             client.close()
+    lock.check()
     if not manifest.complete:
-        _finish(root, manifest, [records[i] for i in range(manifest.n_chunks)])
-    return LogitCache.open(root)
+        manifest = _finish(root, manifest, [records[i] for i in range(manifest.n_chunks)])
+    return _reopen_checked(root, manifest, lock)
+
+
+def _reopen_checked(root: Location, manifest: Manifest, lock: BuildLock) -> LogitCache:
+    """The finished cache, opened again and compared with what this build wrote or checked.
+
+    Every chunk in ``manifest`` was either written by this build (its record made from the
+    bytes it wrote) or read back in full and checked against its record and this build's
+    inputs (``_check_complete``); so the manifest on disk being the very one this build
+    wrote, with every field consistent with the stores (:meth:`LogitCache.open` checks
+    that), is what "it verifies" needs while nobody else writes. A full ``verify()``
+    would read every chunk a second time.
+    """
+    lock.check()
+    where: Any = root  # a RemotePath keeps its storage options
+    cache = LogitCache.open(where)
+    if cache.manifest != manifest:
+        raise CacheCorruptError(
+            f"the manifest of {root} changed while this build held its lock (another writer that "
+            "ignores the lock?); rerun the build"
+        )
+    return cache
 
 
 def _device_kind(device: Any, client: Any) -> str:
@@ -303,10 +378,14 @@ def _block_reader(source: Source) -> Any:
 def _check_complete(root: Location, job: ChunkJob, manifest: Manifest, run: dict[str, Any]) -> dict[int, ChunkRecord]:
     """Records of complete chunks that still match this build's inputs.
 
-    Chunks whose stored data is missing or corrupt are dropped (and recomputed later);
-    changed input rows or labels refuse the build.
+    Chunks whose stored data is missing or corrupt, or whose record cannot be decoded,
+    are dropped (and recomputed later); changed input rows or labels refuse the build.
     """
-    records = {r.index: r for r in manifest.chunks} if manifest.complete else read_records(root)
+    damaged: list[Any] = []
+    records = {r.index: r for r in manifest.chunks} if manifest.complete else read_records(root, manifest, damaged)
+    for path in damaged:  # an unreadable record claims nothing: its chunk is recomputed
+        write_step("unlink", path)
+        path.unlink(missing_ok=True)
     indices = sorted(records)
     tasks = [_task("check", records[i], i, manifest) for i in indices]
     verdicts = run_tasks(job, tasks, desc="kdpipe check", **run)
@@ -336,14 +415,10 @@ def _check_complete(root: Location, job: ChunkJob, manifest: Manifest, run: dict
     return records
 
 
-def _existing_manifest(root: Location, overwrite: bool) -> Manifest | None:
-    """The manifest of the cache at ``root``, or None after clearing the way for a new one.
-
-    A folder holding only kdpipe's own names and temp files is (the rest of) a cache;
-    anything else is someone else's folder and is refused.
-    """
+def _refuse_foreign(root: Location) -> None:
+    """Refuse a path that is a file, or a folder holding anything but kdpipe's own names and temp files."""
     if not root.exists():
-        return None
+        return
     if not root.is_dir():
         raise InputError(f"{root} exists and is not a directory")
     names = {p.name for p in root.iterdir()}
@@ -353,11 +428,54 @@ def _existing_manifest(root: Location, overwrite: bool) -> Manifest | None:
             f"{root} is not empty and is not a kdpipe cache (it holds {sorted(foreign)[:3]}); "
             "refusing to write into it"
         )
-    manifest = None if overwrite or "manifest.json" not in names else read_manifest(root)
+
+
+def _refuse_links(root: Location) -> None:
+    """Refuse a symbolic link anywhere inside a local cache folder, naming it.
+
+    A write or a delete would go through it, into a folder that is not the cache's.
+    (The cache path itself may be a link: that is where the user put the cache.)
+    """
+    if not isinstance(root, Path):
+        return
+    for name in sorted(_OWN_NAMES):
+        top = root / name
+        links = [top] if top.is_symlink() else []
+        if not links and top.is_dir():
+            for folder, dirs, files in os.walk(top):
+                links += [Path(folder, n) for n in (*dirs, *files) if os.path.islink(os.path.join(folder, n))]
+        if links:
+            raise UnsafeCacheLinkError(
+                f"{links[0]} inside the cache at {root} is a symbolic link; kdpipe does not write or delete "
+                "through links inside a cache. Replace it with the folder or file it points to, or remove it"
+            )
+
+
+def _existing_manifest(root: Location, overwrite: bool) -> Manifest | None:
+    """The manifest of the cache at ``root``, or None after clearing the way for a new one.
+
+    Called with the path's lock held. A folder holding only kdpipe's own names and temp
+    files is (the rest of) a cache; anything else is someone else's folder and is refused.
+    A folder without a manifest is an initialization that died before finishing (the
+    manifest is written last): everything but the lock is deleted.
+
+    An undecodable ``manifest.json`` (it is written atomically, so no crash of kdpipe
+    leaves one; a disk or a copy tool does) is replaced by ``manifest.initial.json``, the
+    copy written once when the cache was created (the same settings, teachers and data
+    shape, not yet finished): the build then compares it with its request like any
+    manifest, keeps every chunk whose record decodes and whose data matches its record
+    and this build's input rows and labels, recomputes the rest and writes the finished
+    manifest again. Without an intact copy it is refused (``overwrite=True`` rebuilds).
+    """
+    _refuse_foreign(root)
+    if not root.exists():
+        return None
+    _refuse_links(root)
+    names = {p.name for p in root.iterdir()} - LOCK_NAMES
+    manifest = None if overwrite or MANIFEST_NAME not in names else _read_or_recover(root)
     if manifest is None:
-        # no manifest: an initialization that died before finishing; nothing to keep.
         # The manifest goes first: if this is interrupted, what is left is no cache.
-        for name in sorted(names, key=lambda n: n != "manifest.json"):
+        for name in sorted(names, key=lambda n: n != MANIFEST_NAME):
             target = root / name
             write_step("unlink", target)
             remove_tree(target)
@@ -370,6 +488,23 @@ def _existing_manifest(root: Location, overwrite: bool) -> Manifest | None:
             "Pass overwrite=True to rebuild it."
         )
     return manifest
+
+
+def _read_or_recover(root: Location) -> Manifest | None:
+    """``manifest.json``, or its initial copy when it cannot be decoded (see :func:`_existing_manifest`)."""
+    try:
+        return read_manifest(root)
+    except CacheCorruptError as damaged:
+        try:
+            copy = read_manifest(root, name=MANIFEST_COPY)
+        except CacheCorruptError:
+            copy = None
+        if copy is None or copy.complete:
+            raise CacheCorruptError(
+                f"{damaged}; there is no intact {MANIFEST_COPY} to recover it from. Pass overwrite=True "
+                "to rebuild the cache"
+            ) from damaged
+        return copy
 
 
 @functools.cache  # installed versions do not change while a process runs; looking them up is slow
@@ -448,6 +583,8 @@ def _initialize(root: Location, manifest: Manifest) -> None:
     open_store(root, manifest, writable=True).create()
     write_step("mkdir", root / RECORDS_DIR)
     (root / RECORDS_DIR).mkdir(exist_ok=True)
+    # a copy that is never rewritten: a damaged manifest.json is recovered from it
+    write_manifest(root, manifest, name=MANIFEST_COPY)
     write_manifest(root, manifest)  # fsyncs root: the new folders' entries too
 
 
@@ -495,9 +632,11 @@ def _differences(
     return out
 
 
-def _finish(root: Location, manifest: Manifest, records: list[ChunkRecord]) -> None:
-    """Mark the cache finished, once, after every chunk is complete."""
+def _finish(root: Location, manifest: Manifest, records: list[ChunkRecord]) -> Manifest:
+    """Mark the cache finished, once, after every chunk is complete; return the manifest written."""
     parts = [manifest.data_dtype, str(manifest.data_shape)]
     parts += [f"{r.data_sha256}:{r.labels_crc32c}" for r in records]
     when = datetime.now(UTC).isoformat(timespec="seconds")
-    write_manifest(root, manifest.finished_with(records, combine_hashes(parts), when))
+    finished = manifest.finished_with(records, combine_hashes(parts), when)
+    write_manifest(root, finished)
+    return finished

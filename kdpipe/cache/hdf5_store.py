@@ -22,7 +22,7 @@ import errno
 import io
 
 from kdpipe.cache.durable import atomic_write_bytes, write_step
-from kdpipe.cache.manifest import Manifest
+from kdpipe.cache.manifest import Manifest, chunk_bounds
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 
 __all__ = ["Hdf5ChunkStore"]
@@ -43,6 +43,43 @@ class Hdf5ChunkStore:
         """Create the (empty) chunk directory."""
         write_step("create-store", self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def check_layout(self, index: int | None = None) -> None:
+        """Check the manifest's fields against the stored chunk ``index`` (the first that exists by default).
+
+        One small file is opened: its datasets' rows, trailing shape and dtype.
+
+        Raises
+        ------
+        CacheCorruptError
+            Naming the manifest field that disagrees with the store.
+        """
+        import h5py
+
+        m = self.manifest
+        if index is None:
+            index = next((i for i in range(m.n_chunks) if self.chunk_paths(i)[0].exists()), None)
+            if index is None:
+                return
+        path = self.chunk_paths(index)[0]
+        start, stop = chunk_bounds(index, m.chunk_rows, m.n_rows)
+        try:
+            with h5py.File(path, "r") as f:
+                logits = f["logits"]
+                stored = [("n_rows", logits.shape[0], stop - start), ("dtype", str(logits.dtype), m.stored_dtype)]
+                if m.sparse is None:
+                    stored += [("teachers", logits.shape[1:2], (m.n_members,)), ("classes", logits.shape[2:], (m.n_classes,))]
+                else:
+                    stored.append(("sparse", tuple(logits.shape[1:]), tuple(m.row_shape)))
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise CacheCorruptError(f"chunk {index} ({path}) cannot be read: {exc}") from exc
+        for field_name, have, claimed in stored:
+            if have != claimed:
+                what = "rows" if field_name == "n_rows" else field_name
+                raise CacheCorruptError(
+                    f"the manifest of {self.path.parent} is corrupt: field {field_name!r} gives chunk {index} "
+                    f"{what} {claimed!r}, but {path} holds {have!r}"
+                )
 
     def chunk_paths(self, index: int) -> list[Path]:
         """Files that hold chunk ``index``."""

@@ -3,6 +3,8 @@
 Layout of a cache directory::
 
     PATH/manifest.json        what the cache is: settings, fingerprints, classes, status
+    PATH/manifest.initial.json   the manifest as first written (recovers a damaged one)
+    PATH/build.lock, build.lock.json   the build lock and its holder (see ``lock``)
     PATH/done/000012.json     chunk 12 is complete (written atomically, after its data)
     PATH/logits.zarr/ or PATH/hdf5/   the chunk data (see ``zarr_store``, ``hdf5_store``)
 
@@ -25,6 +27,8 @@ from kdpipe.errors import CacheCorruptError
 
 __all__ = [
     "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "MANIFEST_COPY",
     "SPARSE_FORMAT_VERSION",
     "READABLE_VERSIONS",
     "ChunkRecord",
@@ -44,6 +48,7 @@ FORMAT_VERSION = 2  # 2: per-row digests of X stored with every chunk
 SPARSE_FORMAT_VERSION = 3  # 3: format 2 plus sparse records (Manifest.sparse); older kdpipe refuses it
 READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
+MANIFEST_COPY = "manifest.initial.json"  # written once at creation, never rewritten: recovers a damaged manifest
 RECORDS_DIR = "done"
 
 
@@ -186,17 +191,29 @@ class Manifest:
         )
 
 
-def read_manifest(root: Any) -> Manifest | None:
-    """The manifest of the cache at ``root`` (a path or a URL's ``RemotePath``), or None when there is none."""
-    path = as_location(root) / MANIFEST_NAME
+def read_manifest(root: Any, name: str = MANIFEST_NAME) -> Manifest | None:
+    """The manifest of the cache at ``root`` (a path or a URL's ``RemotePath``), or None when there is none.
+
+    Every field is checked for its type and range, and for agreement with the others
+    (:func:`check_manifest`); the stores are checked against it when a cache is opened.
+
+    Raises
+    ------
+    CacheCorruptError
+        It cannot be decoded, or a field holds nonsense (the message names the field).
+    """
+    path = as_location(root) / name
     try:
         text = path.read_text()
     except FileNotFoundError:
         return None
     try:
-        manifest = Manifest.from_dict(json.loads(text))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CacheCorruptError(f"cannot decode the manifest {path}: {exc}") from exc
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object was expected, not {type(data).__name__}")
+        manifest = Manifest.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CacheCorruptError(f"cannot decode the manifest {path}: {exc!r}") from exc
     if manifest.format_version not in READABLE_VERSIONS:
         raise CacheCorruptError(
             f"{path} has format version {manifest.format_version}; this kdpipe reads versions "
@@ -207,17 +224,102 @@ def read_manifest(root: Any) -> Manifest | None:
             f"{path} has format version {manifest.format_version} and sparse={manifest.sparse!r}: "
             f"sparse caches, and only they, have version {SPARSE_FORMAT_VERSION}"
         )
+    check_manifest(manifest, path)
     try:
         manifest.sparse_layout()
-    except ValueError as exc:
+    except (ValueError, TypeError, KeyError) as exc:
         raise CacheCorruptError(f"{path} records sparse settings this kdpipe cannot read: {exc}") from exc
     return manifest
 
 
-def write_manifest(root: Any, manifest: Manifest) -> None:
-    """Write the manifest atomically."""
+def _field_error(path: Any, name: str, value: Any, why: str) -> CacheCorruptError:
+    return CacheCorruptError(f"the manifest {path} is corrupt: field {name!r} = {value!r} {why}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_manifest(m: Manifest, path: Any) -> None:
+    """Check every field of ``m`` for its type, its range and agreement with the other fields.
+
+    Raises
+    ------
+    CacheCorruptError
+        Naming the first field that is wrong.
+    """
+    if m.backend not in ("zarr", "hdf5"):
+        raise _field_error(path, "backend", m.backend, "is not 'zarr' or 'hdf5'")
+    if m.dtype not in ("float32", "float16"):
+        raise _field_error(path, "dtype", m.dtype, "is not 'float32' or 'float16'")
+    if not _is_int(m.chunk_rows) or m.chunk_rows < 1:
+        raise _field_error(path, "chunk_rows", m.chunk_rows, "is not a positive integer")
+    if not _is_int(m.n_rows) or m.n_rows < 1:
+        raise _field_error(path, "n_rows", m.n_rows, "is not a positive integer")
+    if not (m.data_shape and all(_is_int(d) and d >= 0 for d in m.data_shape)):
+        raise _field_error(path, "data_shape", list(m.data_shape), "is not a shape")
+    if m.data_shape[0] != m.n_rows:
+        raise _field_error(path, "n_rows", m.n_rows, f"differs from the rows of data_shape {list(m.data_shape)}")
+    try:
+        np.dtype(m.data_dtype)
+    except TypeError as exc:
+        raise _field_error(path, "data_dtype", m.data_dtype, "is not a numpy dtype") from exc
+    classes = m.classes
+    if not (isinstance(classes, dict) and isinstance(classes.get("values"), list) and "dtype" in classes):
+        raise _field_error(path, "classes", classes, "is not {'dtype': ..., 'values': [...]}")
+    try:
+        values = decode_classes(classes)
+    except (TypeError, ValueError) as exc:
+        raise _field_error(path, "classes", classes, f"cannot be decoded ({exc})") from exc
+    if len(values) < 1 or len(np.unique(values)) != len(values):
+        raise _field_error(path, "classes", classes["values"], "is not a list of distinct classes")
+    if not m.teachers or not all(isinstance(t.fingerprint, str) and t.fingerprint for t in m.teachers):
+        raise _field_error(path, "teachers", [t.to_dict() for t in m.teachers], "is not a list of fingerprinted teachers")
+    for name in ("versions", "build"):
+        if not isinstance(getattr(m, name), dict):
+            raise _field_error(path, name, getattr(m, name), "is not a JSON object")
+    if not isinstance(m.complete, bool):
+        raise _field_error(path, "complete", m.complete, "is not true or false")
+    if m.complete:
+        if not isinstance(m.data_fingerprint, str):
+            raise _field_error(path, "data_fingerprint", m.data_fingerprint, "is missing from a finished cache")
+        if len(m.chunks) != m.n_chunks:
+            raise _field_error(
+                path, "chunks", f"{len(m.chunks)} records", f"in a finished cache of {m.n_chunks} chunks "
+                f"(n_rows {m.n_rows}, chunk_rows {m.chunk_rows})"
+            )
+        for i, record in enumerate(m.chunks):
+            problem = record_problem(record, i, m)
+            if problem:
+                raise _field_error(path, "chunks", f"record {i}", problem)
+    elif m.chunks:
+        raise _field_error(path, "chunks", f"{len(m.chunks)} records", "in a cache not marked complete")
+
+
+def record_problem(record: ChunkRecord, index: int, manifest: Manifest) -> str | None:
+    """Why ``record`` cannot be the completion record of chunk ``index`` of ``manifest``; None when it can."""
+    if not all(_is_int(v) for v in (record.index, record.start, record.stop, record.logits_crc32c,
+                                     record.labels_crc32c)):
+        return "holds a non-integer index, row or checksum"
+    if record.index != index:
+        return f"names chunk {record.index}"
+    if index >= manifest.n_chunks:
+        return f"is beyond the last chunk ({manifest.n_chunks - 1}; n_rows {manifest.n_rows}, chunk_rows {manifest.chunk_rows})"
+    bounds = chunk_bounds(index, manifest.chunk_rows, manifest.n_rows)
+    if (record.start, record.stop) != bounds:
+        return (
+            f"covers rows {record.start}-{record.stop - 1}, not rows {bounds[0]}-{bounds[1] - 1} of chunk {index} "
+            f"(n_rows {manifest.n_rows}, chunk_rows {manifest.chunk_rows})"
+        )
+    if not isinstance(record.data_sha256, str):
+        return "has no data hash"
+    return None
+
+
+def write_manifest(root: Any, manifest: Manifest, name: str = MANIFEST_NAME) -> None:
+    """Write the manifest (or, with ``name=MANIFEST_COPY``, its initial copy) atomically."""
     text = json.dumps(manifest.to_dict(), indent=1, sort_keys=True)
-    atomic_write_bytes(as_location(root) / MANIFEST_NAME, text.encode())
+    atomic_write_bytes(as_location(root) / name, text.encode())
 
 
 def write_record(root: Any, record: ChunkRecord) -> None:
@@ -227,16 +329,32 @@ def write_record(root: Any, record: ChunkRecord) -> None:
     atomic_write_bytes(directory / f"{record.index:06d}.json", json.dumps(record.to_dict()).encode())
 
 
-def read_records(root: Any) -> dict[int, ChunkRecord]:
-    """Completion records written so far, by chunk index."""
+def read_records(
+    root: Any, manifest: Manifest | None = None, damaged: list[Any] | None = None
+) -> dict[int, ChunkRecord]:
+    """Completion records written so far, by chunk index.
+
+    A record is only a claim that a chunk was written: one that cannot be decoded (a
+    zero-length file a crash or a full disk left, flipped bytes), or that does not fit
+    chunk ``index`` of ``manifest``, claims nothing. It is left out, so its chunk counts
+    as not written (a build recomputes it); its path is appended to ``damaged``.
+    """
     directory = as_location(root) / RECORDS_DIR
     records: dict[int, ChunkRecord] = {}
     if not directory.is_dir():
         return records
     for path in directory.glob("[0-9]*.json"):
+        record: ChunkRecord | None
         try:
             record = ChunkRecord.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CacheCorruptError(f"cannot decode the chunk record {path}: {exc}") from exc
+            index = int(path.name.split(".")[0])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            record = None
+        if record is None or record.index != index or (
+            manifest is not None and record_problem(record, index, manifest)
+        ):
+            if damaged is not None:
+                damaged.append(path)
+            continue
         records[record.index] = record
     return records

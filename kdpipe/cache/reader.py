@@ -156,6 +156,10 @@ class LogitCache:
             There is no cache at ``path`` (also a ``FileNotFoundError``).
         CacheIncompleteError
             The build has not finished (unless ``allow_incomplete``).
+        CacheCorruptError
+            The manifest cannot be decoded, or a field of it is nonsense or disagrees with
+            the stores (rows, chunk rows, dtype, members, classes, chunk records): the
+            message names the field.
         """
         root = parse_location(path, storage_options)
         if not is_remote(root) and not root.is_dir():  # in object storage, the manifest read tells
@@ -165,10 +169,12 @@ class LogitCache:
         if manifest is None:
             where = "there is no manifest.json under it" if is_remote(root) else "the folder has no manifest.json"
             raise CacheNotFoundError(f"no kdpipe logit cache at {root}: {where}")
+        store = open_store(root, manifest)
+        store.check_layout()  # every manifest field against the stores
         if manifest.complete:
             records = {r.index: r for r in manifest.chunks}
         else:
-            records = read_records(root)
+            records = read_records(root, manifest)
             if not allow_incomplete:
                 raise CacheIncompleteError(
                     f"the cache at {root} is not finished: {len(records)} of {manifest.n_chunks} chunks "
@@ -179,7 +185,9 @@ class LogitCache:
             from kdpipe.cache.sparse_reader import SparseLogitCache
 
             kind = SparseLogitCache
-        return kind(_Handle(root, manifest, records, int(chunk_cache_bytes)))
+        handle = _Handle(root, manifest, records, int(chunk_cache_bytes))
+        handle._store = store
+        return kind(handle)
 
     # -- pickling: the path (or URL and storage options) and the rows only; the store
     # reopens in the new process
@@ -336,7 +344,7 @@ class LogitCache:
     def verify(self) -> VerifyReport:
         """Re-read every chunk of the whole cache and check it against its record."""
         h = self._handle
-        records = h.records if self.manifest.complete else read_records(h.root)
+        records = h.records if self.manifest.complete else read_records(h.root, self.manifest)
         return verify_chunks(str(h.root), self.manifest, records, h.store)
 
     def info(self) -> dict[str, Any]:
@@ -346,7 +354,7 @@ class LogitCache:
         ``-1``), told from the chunks' recorded label checksums without reading them.
         """
         m = self.manifest
-        records = self._handle.records if m.complete else read_records(self.path)
+        records = self._handle.records if m.complete else read_records(self.path, m)
         unlabeled = {r.stop - r.start: 0 for r in records.values()}
         for rows in unlabeled:
             unlabeled[rows] = checksum(np.full(rows, -1, dtype=np.int64))

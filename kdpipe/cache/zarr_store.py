@@ -120,6 +120,37 @@ class ZarrChunkStore:
             self._pid = os.getpid()
         return self._arrays
 
+    def check_layout(self) -> None:
+        """Check the manifest's fields against the stored arrays' shapes, chunks and dtypes.
+
+        Raises
+        ------
+        CacheCorruptError
+            Naming the manifest field that disagrees with the store.
+        """
+        arrays = self._open()
+        m = self.manifest
+        logits = arrays["logits"]
+        dense = m.sparse is None
+        expected = [
+            ("n_rows", logits.shape[0], m.n_rows),
+            ("chunk_rows", logits.chunks[0], m.chunk_rows),
+            ("dtype", str(logits.dtype), m.stored_dtype),
+        ]
+        if dense:
+            expected += [("teachers", logits.shape[1:2], (m.n_members,)), ("classes", logits.shape[2:], (m.n_classes,))]
+        else:
+            expected.append(("sparse", tuple(logits.shape[1:]), tuple(m.row_shape)))
+        for name in self._array_names()[1:]:
+            expected += [("n_rows", arrays[name].shape[0], m.n_rows), ("chunk_rows", arrays[name].chunks[0], m.chunk_rows)]
+        for field_name, stored, claimed in expected:
+            if stored != claimed:
+                what = {"teachers": "members", "classes": "classes", "sparse": "record shape"}.get(field_name, field_name)
+                raise CacheCorruptError(
+                    f"the manifest of {self.path.parent} is corrupt: field {field_name!r} says {what} {claimed!r}, "
+                    f"but the zarr store holds {stored!r}"
+                )
+
     def chunk_paths(self, index: int) -> list[Location]:
         """Files that hold chunk ``index`` (logits, labels, row digests)."""
         return [self._chunk_path(name, index) for name in self._array_names()]
