@@ -196,7 +196,9 @@ class LogitCache:
             state["path"], allow_incomplete=state["allow_incomplete"], chunk_cache_bytes=state["chunk_cache_bytes"]
         )
         if state.get("augment") is not None:
-            opened = opened.with_augment(state["augment"])
+            # checked when it was first given; unpickled, its code hash can differ (the
+            # globals a function from __main__ sees there), not what it computes
+            opened = opened._bound(state["augment"])
         self._handle = opened._handle
         self._rows = state["rows"]
 
@@ -348,7 +350,6 @@ class LogitCache:
             ``augment`` is not the augmentation the cache recorded.
         """
         from kdpipe.augment import parse_augment
-        from kdpipe.cache.views import Views
 
         h = self._handle
         if h.views is None:
@@ -360,8 +361,14 @@ class LogitCache:
                 f"the cache at {self.path} was built with the augmentation {recorded}, not "
                 f"{None if given is None else given.to_dict()}"
             )
+        return self._bound(given)
+
+    def _bound(self, augment: Any) -> LogitCache:
+        from kdpipe.cache.views import Views
+
+        h = self._handle
         handle = _Handle(h.root, h.manifest, h.records, h.cache_bytes)
-        handle.views = Views(count=h.views.count, augment=given, seed=h.views.seed)
+        handle.views = Views(count=h.views.count, augment=augment, seed=h.views.seed)
         return type(self)(handle, self._rows)
 
     def augment_rows(self, x: np.ndarray, rows: np.ndarray, views: Any) -> np.ndarray:
