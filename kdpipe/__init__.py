@@ -29,6 +29,7 @@ _PUBLIC = {
     "LogitCache": "kdpipe.cache",
     "DistilledClassifier": "kdpipe.distilled",
     "LazyRows": "kdpipe.rows",
+    "ViewDataset": "kdpipe.view_dataset",
     "SpecialistEnsembleClassifier": "kdpipe.specialists",
 }
 _SUBMODULES = {"augment", "datasets", "errors", "losses", "cache", "engine", "labels", "rows"}

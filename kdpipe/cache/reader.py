@@ -350,13 +350,14 @@ class LogitCache:
             ``augment`` is not the augmentation the cache recorded.
         """
         from kdpipe.augment import parse_augment
+        from kdpipe.cache.views import comparable
 
         h = self._handle
         if h.views is None:
             raise InputError(f"the cache at {self.path} has no views to augment")
         given = parse_augment(augment)
         recorded = h.manifest.views["augment"] if h.manifest.views else None
-        if given is None or given.to_dict() != recorded:
+        if given is None or comparable(given.to_dict()) != comparable(recorded):
             raise CacheMismatchError(
                 f"the cache at {self.path} was built with the augmentation {recorded}, not "
                 f"{None if given is None else given.to_dict()}"

@@ -25,7 +25,7 @@ from kdpipe.augment import (
     parse_augment,
 )
 
-__all__ = ["Views", "parse_views", "views_differences"]
+__all__ = ["Views", "comparable", "parse_views", "views_differences"]
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,24 @@ def parse_views(value: Any) -> Views | None:
     return None if value.trivial else value
 
 
+def comparable(record: Any) -> Any:
+    """A recorded augmentation without the names of user callables: like teachers, they are
+    compared by fingerprint, so the same function defined elsewhere is the same augmentation."""
+    if isinstance(record, dict):
+        return {k: comparable(v) for k, v in record.items() if k != "name"}
+    if isinstance(record, list):
+        return [comparable(v) for v in record]
+    return record
+
+
 def views_differences(have: dict[str, Any] | None, wanted: dict[str, Any] | None) -> list[str]:
     """What differs between two recorded views settings (for a refused resume)."""
-    if have == wanted:
+    if comparable(have) == comparable(wanted):
         return []
     if have is None or wanted is None:
         return [f"views: cache has {have or 'no views'}, this build has {wanted or 'no views'}"]
     out = []
     for key in ("count", "seed", "augment"):
-        if have.get(key) != wanted.get(key):
+        if comparable(have.get(key)) != comparable(wanted.get(key)):
             out.append(f"views {key}: cache has {have.get(key)!r}, this build has {wanted.get(key)!r}")
     return out
