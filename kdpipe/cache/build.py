@@ -241,7 +241,9 @@ def build_cache(
             client.close()
     if not manifest.complete:
         _finish(root, manifest, [records[i] for i in range(manifest.n_chunks)])
-    return LogitCache.open(root)
+    cache = LogitCache.open(root)
+    # the build's own augmentation: a user callable replays without with_augment
+    return cache if view_spec is None else cache._bound(view_spec.augment)
 
 
 def _device_kind(device: Any, client: Any) -> str:
