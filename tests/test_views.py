@@ -15,7 +15,15 @@ import torch
 
 import kdpipe
 from kdpipe import DistilledClassifier, Views
-from kdpipe.augment import Compose, Crop, Function, GlobalRandom, HFlip, Shift, apply_views, stream_words
+from kdpipe.augment import (
+    Compose,
+    Crop,
+    GlobalRandom,
+    HFlip,
+    Shift,
+    apply_views,
+    stream_words,
+)
 from kdpipe.cache import LogitCache, TopK, build_cache
 from kdpipe.cache.fingerprint import row_digests
 from kdpipe.cache.sparse import reduce_logits
@@ -313,4 +321,5 @@ def test_view_dataset_in_a_two_worker_dataloader_gives_the_row_paths_items(tmp_p
     np.testing.assert_array_equal(logits, cache.read_views(np.arange(N), views))
     assert labels.tolist() == (np.arange(N) % C).tolist()
     x0, l0, y0 = data[0]
+    assert torch.equal(l0, torch.from_numpy(logits[0]))
     assert torch.equal(x0, torch.from_numpy(xs[0])) and int(y0) == 0
