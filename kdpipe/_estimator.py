@@ -7,8 +7,11 @@
   ``module_params``, exactly like scikit-learn's nested parameters, so
   ``GridSearchCV`` and ``Pipeline`` can tune them.
 - The scikit-learn tags of a torch classifier.
-- Checks ``validate_data`` cannot do: on-disk ``X`` by shape and dtype (it would load
-  it), teacher logits by shape (values per minibatch when on disk, see
+- Input checks: :func:`validate_rows` for in-memory ``X`` of shape
+  ``(n, n_features)`` (``validate_data``, as scikit-learn has it) or
+  ``(n, *sample_shape)`` (images); checks ``validate_data`` cannot do: on-disk ``X`` by
+  shape and dtype (:func:`check_lazy_X`; ``validate_data`` would load it), teacher
+  logits by shape (values per minibatch when on disk, see
   :class:`kdpipe.rows.MinibatchSource`).
 - :func:`fitted_state` / :func:`restore_state`: a failed ``fit`` leaves the estimator
   as it was.
@@ -16,28 +19,36 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.utils import Tags
+from sklearn.utils.validation import check_array, check_X_y, validate_data
 
 from kdpipe.errors import ClassMismatchError, InputError
 from kdpipe.rows import check_finite_rows, is_lazy_array
 from kdpipe.students import MLP
 
 __all__ = [
-    "ModuleParamsMixin",
+    "INPUT_DTYPES",
     "PREFIX",
+    "ModuleParamsMixin",
     "build_module",
-    "torch_classifier_tags",
     "check_lazy_X",
     "check_teacher_logits",
+    "fitted_sample_shape",
     "fitted_state",
     "restore_state",
+    "torch_classifier_tags",
+    "validate_rows",
 ]
 
 PREFIX = "module__"
+# dtypes in-memory X keeps (uint8: images, 4x smaller; scaled per batch by the uint8 rule,
+# kdpipe.rows.to_model_dtype); any other becomes float32
+INPUT_DTYPES = (np.float32, np.uint8)
 _MLP_ARGS = {"hidden_layer_sizes", "activation", "dropout"}
 
 
@@ -64,11 +75,14 @@ class ModuleParamsMixin:
         return super().set_params(**params)  # type: ignore[misc]
 
 
-def build_module(estimator: Any, n_features: int, n_classes: int) -> torch.nn.Module:
+def build_module(estimator: Any, sample_shape: tuple[int, ...], n_classes: int) -> torch.nn.Module:
     """A fresh student: ``module(n_features=, n_classes=, **module_params)``.
 
-    With ``module=None`` the student is :class:`kdpipe.students.MLP` built from the
-    estimator's ``hidden_layer_sizes``, ``activation`` and ``dropout``.
+    ``n_features`` is the flattened width ``prod(sample_shape)``; a module whose
+    constructor has a ``sample_shape`` parameter (:class:`kdpipe.students.ConvNet`)
+    also receives the shape of one row, e.g. ``(1, 28, 28)``. With ``module=None`` the
+    student is :class:`kdpipe.students.MLP` built from the estimator's
+    ``hidden_layer_sizes``, ``activation`` and ``dropout``.
     """
     params = dict(estimator.module_params or {})
     factory: Any = estimator.module
@@ -83,13 +97,27 @@ def build_module(estimator: Any, n_features: int, n_classes: int) -> torch.nn.Mo
             hidden_layer_sizes=sizes, activation=estimator.activation, dropout=estimator.dropout
         )
         factory = MLP
+    shape = tuple(int(s) for s in sample_shape)
+    if _takes_sample_shape(factory):
+        if "sample_shape" in params:
+            raise InputError(
+                "module_params must not set sample_shape: it is the shape of X's rows, given at fit"
+            )
+        params["sample_shape"] = shape
     try:
-        module = factory(n_features=n_features, n_classes=n_classes, **params)
-    except TypeError as exc:
+        module = factory(n_features=int(np.prod(shape)), n_classes=n_classes, **params)
+    except (TypeError, ValueError) as exc:  # arguments it does not take, or values it refuses
         raise InputError(f"cannot build the student {factory.__name__}: {exc}") from exc
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"module must build a torch.nn.Module, got {type(module).__name__}")
     return module
+
+
+def _takes_sample_shape(factory: Any) -> bool:
+    try:
+        return "sample_shape" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read: it is not asked for
+        return False
 
 
 def torch_classifier_tags(tags: Tags) -> Tags:
@@ -107,23 +135,109 @@ def torch_classifier_tags(tags: Tags) -> Tags:
     return tags
 
 
-def check_lazy_X(X: Any, n_features: int | None = None, name: str = "X") -> int:
-    """Check an on-disk ``X`` by shape and dtype without reading it; return its width."""
-    shape, dtype = tuple(X.shape), np.dtype(X.dtype)
-    if len(shape) != 2:
+def fitted_sample_shape(estimator: Any) -> tuple[int, ...]:
+    """The shape of one row of ``X`` the fitted ``estimator`` takes (``sample_shape_``)."""
+    shape = getattr(estimator, "sample_shape_", None)
+    return tuple(shape) if shape is not None else (int(estimator.n_features_in_),)
+
+
+def _shape_error(estimator: Any, got: tuple[int, ...], fitted: tuple[int, ...]) -> InputError:
+    return InputError(
+        f"X has samples of shape {got}, but {type(estimator).__name__} was fitted on samples "
+        f"of shape {fitted}: give X of shape (n_samples, {', '.join(map(str, fitted))})"
+    )
+
+
+def _is_nd(X: Any) -> bool:
+    ndim = getattr(X, "ndim", None)
+    return isinstance(ndim, (int, np.integer)) and int(ndim) > 2
+
+
+def validate_rows(
+    estimator: Any, X: Any, y: Any = "no_validation", *, reset: bool
+) -> tuple[Any, Any, tuple[int, ...]]:
+    """Validate in-memory ``X`` (and ``y``); return them and the sample shape.
+
+    ``X`` of shape ``(n, n_features)`` goes through scikit-learn's ``validate_data``
+    exactly as for any estimator (``n_features_in_``, ``feature_names_in_``, its
+    messages). ``X`` of shape ``(n, *sample_shape)`` with more dimensions (images, as an
+    array: numpy, torch, or on disk, then loaded) is checked by ``check_array`` with
+    ``allow_nd=True``; ``reset`` sets ``n_features_in_`` to the flattened width
+    ``prod(sample_shape)`` (there are no feature names), and ``reset=False`` refuses
+    another sample shape than the fitted ``sample_shape_``, with an
+    :class:`~kdpipe.errors.InputError` naming both. ``uint8`` stays ``uint8``
+    (:data:`INPUT_DTYPES`), anything else becomes float32.
+
+    Parameters
+    ----------
+    estimator : estimator
+        Receives ``n_features_in_`` (and ``feature_names_in_``) when ``reset``.
+    X : array-like
+    y : array-like, None or "no_validation"
+        As in ``validate_data``: ``None`` raises (a classifier needs labels).
+    reset : bool
+        True in ``fit``; False to check ``X`` against the fitted sample shape.
+
+    Returns
+    -------
+    X : ndarray
+    y : ndarray, or the ``y`` given when "no_validation"
+    sample_shape : tuple of int
+    """
+    if not reset:
+        fitted = fitted_sample_shape(estimator)
+        got = tuple(int(s) for s in np.shape(X)[1:]) if _is_nd(X) or len(fitted) > 1 else None
+        if got is not None and got != fitted:
+            raise _shape_error(estimator, got, fitted)
+    if not _is_nd(X):
+        if isinstance(y, str) and y == "no_validation":
+            X = validate_data(estimator, X, dtype=INPUT_DTYPES, reset=reset)
+        else:
+            X, y = validate_data(estimator, X, y, dtype=INPUT_DTYPES, reset=reset)
+        return X, y, (int(X.shape[1]),)
+    if isinstance(y, str) and y == "no_validation":
+        X = check_array(X, allow_nd=True, dtype=INPUT_DTYPES, estimator=estimator)
+    else:
+        X, y = check_X_y(X, y, allow_nd=True, dtype=INPUT_DTYPES, estimator=estimator)
+    sample_shape = tuple(int(s) for s in X.shape[1:])
+    if 0 in sample_shape:
+        raise InputError(f"X has samples of shape {sample_shape}: every dimension must be at least 1")
+    if reset:
+        estimator.n_features_in_ = int(np.prod(sample_shape))
+        if hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+    return X, y, sample_shape
+
+
+def check_lazy_X(
+    X: Any, sample_shape: tuple[int, ...] | None = None, name: str = "X", estimator: str = "DistilledClassifier"
+) -> tuple[int, ...]:
+    """Check an on-disk ``X`` by shape and dtype without reading it; return its sample shape.
+
+    ``sample_shape``: the fitted one, which ``X`` must have (None in a fresh ``fit``).
+    """
+    shape, dtype = tuple(int(s) for s in X.shape), np.dtype(X.dtype)
+    if len(shape) < 2:
         raise InputError(
-            f"{name} must be two-dimensional (n_samples, n_features), got shape {shape}"
+            f"{name} must have shape (n_samples, n_features) or (n_samples, *sample_shape), got shape {shape}"
         )
     if dtype.kind not in "fiub":
         raise InputError(f"{name} must hold numbers, got dtype {dtype}")
     if shape[0] < 1:
         raise InputError(f"{name} has 0 samples: a minimum of 1 is required")
-    if n_features is not None and shape[1] != n_features:
+    if 0 in shape[1:]:
+        raise InputError(f"{name} has samples of shape {shape[1:]}: every dimension must be at least 1")
+    if sample_shape is not None and shape[1:] != tuple(sample_shape):
+        if len(shape) == 2 and len(sample_shape) == 1:
+            raise InputError(
+                f"X has {shape[1]} features, but {estimator} is expecting "
+                f"{sample_shape[0]} features as input."
+            )
         raise InputError(
-            f"X has {shape[1]} features, but DistilledClassifier is expecting "
-            f"{n_features} features as input."
+            f"X has samples of shape {shape[1:]}, but {estimator} was fitted on samples "
+            f"of shape {tuple(sample_shape)}"
         )
-    return int(shape[1])
+    return shape[1:]
 
 
 def check_teacher_logits(teacher_logits: Any, n_samples: int, n_classes: int) -> Any:

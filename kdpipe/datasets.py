@@ -48,7 +48,7 @@ def _read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def load_fashion_mnist(
-    path: str | os.PathLike[str] | None = None, kind: str = "train"
+    path: str | os.PathLike[str] | None = None, kind: str = "train", *, images: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST from its idx files.
 
@@ -59,10 +59,16 @@ def load_fashion_mnist(
         Default: ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``).
     kind : {"train", "test"}
         The 60,000 training or the 10,000 test images.
+    images : bool, default=False
+        Return the images as stored, ``uint8`` of shape ``(n, 1, 28, 28)`` (for CNNs;
+        kdpipe scales them to ``x / 255`` per minibatch, see :mod:`kdpipe.rows`), instead
+        of flat float32 rows.
 
     Returns
     -------
-    X : ndarray of shape (n, 784), float32 in [0, 1]
+    X : ndarray of shape (n, 784), float32 in [0, 1], or (n, 1, 28, 28) uint8
+        The flat rows are ``images.reshape(n, 784) / 255`` in float32, the values a
+        student receives from the ``uint8`` images.
     y : ndarray of shape (n,), int64 in 0..9
     """
     if kind not in ("train", "test"):
@@ -78,11 +84,13 @@ def load_fashion_mnist(
             f"{directory / stem}[.gz] not found; install Debian's dataset-fashion-mnist or pass path="
         )
 
-    images = _read_idx(find(f"{prefix}-images-idx3-ubyte"))
+    pixels = _read_idx(find(f"{prefix}-images-idx3-ubyte"))  # (n, 28, 28) uint8
     labels = _read_idx(find(f"{prefix}-labels-idx1-ubyte"))
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels in {directory}")
-    X = images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+    if len(pixels) != len(labels):
+        raise ValueError(f"{len(pixels)} images but {len(labels)} labels in {directory}")
+    if images:
+        return pixels[:, None], labels.astype(np.int64)  # (n, 1, 28, 28), as stored
+    X = pixels.reshape(len(pixels), -1).astype(np.float32) / np.float32(255)
     return X, labels.astype(np.int64)
 
 

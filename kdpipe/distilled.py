@@ -22,7 +22,6 @@ from sklearn.utils.validation import (
     check_consistent_length,
     check_is_fitted,
     column_or_1d,
-    validate_data,
 )
 
 from kdpipe._estimator import (
@@ -30,9 +29,11 @@ from kdpipe._estimator import (
     build_module,
     check_lazy_X,
     check_teacher_logits,
+    fitted_sample_shape,
     fitted_state,
     restore_state,
     torch_classifier_tags,
+    validate_rows,
 )
 from kdpipe.bias import fit_offsets
 from kdpipe.cache.alignment import check_fit_alignment
@@ -64,9 +65,13 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     ----------
     module : torch.nn.Module subclass, default=None
         The student's class, called as ``module(n_features=..., n_classes=...,
-        **module_params)``; it maps float32 ``(batch, n_features)`` to logits
-        ``(batch, n_classes)``. ``None`` uses :class:`kdpipe.students.MLP` built from
-        ``hidden_layer_sizes``, ``activation`` and ``dropout``.
+        **module_params)``, plus ``sample_shape=`` (the shape of one row of ``X``)
+        when its constructor has that parameter; it maps float32 batches
+        ``(batch, *sample_shape)`` to logits ``(batch, n_classes)``. ``n_features`` is
+        ``prod(sample_shape)``. ``None`` uses :class:`kdpipe.students.MLP` built from
+        ``hidden_layer_sizes``, ``activation`` and ``dropout``; for images,
+        :class:`kdpipe.students.ConvNet` is a small CNN (``module=ConvNet``, its sizes
+        in ``module_params`` or as ``module__channels`` etc.).
     module_params : dict, default=None
         Constructor arguments of ``module``. Each is also a parameter ``module__<name>``
         of :meth:`get_params`/:meth:`set_params`, so ``GridSearchCV`` can tune it.
@@ -126,6 +131,11 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_classes,)
         Class labels, in the order of the student's outputs.
     n_features_in_ : int
+        Width of a row of ``X`` flattened: ``prod(sample_shape_)`` (the number of
+        columns of a 2-D ``X``).
+    sample_shape_ : tuple of int
+        Shape of one row of ``X``: ``(n_features,)`` for 2-D ``X``, ``(1, 28, 28)``
+        for ``X`` of shape ``(n, 1, 28, 28)``. Prediction refuses another shape.
     feature_names_in_ : ndarray of str
         Only when ``X`` has string column names.
     module_ : torch.nn.Module
@@ -144,6 +154,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     kdpipe.distillation_loss : The objective.
     kdpipe.build_cache : Run the teachers once and store their logits on disk.
     sklearn.neural_network.MLPClassifier : The same student trained on labels only.
+    kdpipe.students.ConvNet : A convolutional student for images.
 
     Notes
     -----
@@ -287,9 +298,13 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), a zarr, h5py or dask array, \
-                or a :class:`kdpipe.LazyRows` view of one
-            The transfer set. On-disk arrays are streamed, never loaded whole. Inside
+        X : array-like of shape (n_samples, n_features) or (n_samples, *sample_shape), \
+                a zarr, h5py or dask array, or a :class:`kdpipe.LazyRows` view of one
+            The transfer set: a table, or images such as ``(n, 1, 28, 28)``, which the
+            student receives in their own shape. ``uint8`` rows stay ``uint8`` in
+            memory and are scaled to float32 ``x / 255`` per minibatch (the uint8 rule,
+            :func:`kdpipe.rows.to_model_dtype`); other dtypes become float32. On-disk
+            arrays are streamed, never loaded whole. Inside
             ``GridSearchCV``, ``cross_validate`` or a ``Pipeline``, wrap zarr and h5py
             arrays in ``kdpipe.LazyRows(X)``: scikit-learn indexes ``X[rows, ...]``,
             which zarr rejects, and pickles it for ``n_jobs > 1``, which h5py cannot.
@@ -325,7 +340,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         has_teacher = teacher_logits is not None
         warm = self.warm_start and hasattr(self, "module_")
         given = X  # the rows as given, before validate_data may change their dtype
-        X, y, n_features = self._check_fit_data(X, y, has_teacher, warm)
+        X, y, sample_shape = self._check_fit_data(X, y, has_teacher, warm)
         n = X.shape[0]
         unlabeled = unlabeled_mask(y) if has_teacher else np.zeros(n, dtype=bool)
         cache_classes = getattr(teacher_logits, "classes", None)
@@ -356,7 +371,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
             module, history = copy.deepcopy(self.module_), list(self.history_)
         else:
             with seeded(seed):
-                module = build_module(self, n_features, len(classes))
+                module = build_module(self, sample_shape, len(classes))
             history = []
         epochs = train_student(
             module,
@@ -371,7 +386,8 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         return {
             "classes_": classes,
             "class_offsets_": offsets,
-            "n_features_in_": n_features,
+            "n_features_in_": int(np.prod(sample_shape)),
+            "sample_shape_": sample_shape,
             "module_": module.to("cpu"),  # fitted students live on the CPU
             "history_": history + [{**r, "epoch": r["epoch"] + done} for r in epochs],
             "n_iter_": len(epochs),
@@ -379,13 +395,14 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
     def _check_fit_data(
         self, X: Any, y: Any, has_teacher: bool, warm: bool
-    ) -> tuple[Any, np.ndarray, int]:
-        """Validate ``X`` and ``y`` (on-disk ``X`` by shape and dtype only); return the width.
+    ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+        """Validate ``X`` and ``y`` (on-disk ``X`` by shape and dtype only); return the
+        sample shape (the shape of one row of ``X``).
 
-        A warm start checks the features against the previous fit (``reset=False``).
+        A warm start checks the sample shape against the previous fit (``reset=False``).
         """
         if is_lazy_array(X):
-            n_features = check_lazy_X(X, self.n_features_in_ if warm else None)
+            sample_shape = check_lazy_X(X, fitted_sample_shape(self) if warm else None)
             if not warm and hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             if y is None and not has_teacher:
@@ -393,17 +410,15 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
                     f"This {type(self).__name__} estimator requires y to be passed, "
                     "but the target y is None."
                 )
+        elif y is None and has_teacher:
+            X, _, sample_shape = validate_rows(self, X, reset=not warm)
         else:
-            if y is None and has_teacher:
-                X = validate_data(self, X, dtype=np.float32, reset=not warm)
-            else:
-                X, y = validate_data(self, X, y, dtype=np.float32, reset=not warm)
-            n_features = int(X.shape[1])
+            X, y, sample_shape = validate_rows(self, X, y, reset=not warm)
         if y is None:
-            return X, np.full(X.shape[0], UNLABELED), n_features
+            return X, np.full(X.shape[0], UNLABELED), sample_shape
         y = column_or_1d(y, warn=True)
         check_consistent_length(X, y)
-        return X, y, n_features
+        return X, y, sample_shape
 
     def _training_config(self, has_teacher: bool) -> TrainingConfig:
         return TrainingConfig(
@@ -436,10 +451,10 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         """Student logits ``(n, n_classes)`` without offsets, float32."""
         check_is_fitted(self)
         if is_lazy_array(X):
-            check_lazy_X(X, self.n_features_in_)
+            check_lazy_X(X, fitted_sample_shape(self))
             X = CheckedReads(X, "X")
         else:
-            X = validate_data(self, X, dtype=np.float32, reset=False)
+            X, _, _ = validate_rows(self, X, reset=False)
         return predict_logits(self.module_, X, device=self.device)
 
     def _scores(self, X: Any) -> np.ndarray:

@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from kdpipe import losses
-from kdpipe.rows import Batch, RowSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
+from kdpipe.rows import Batch, RowSource, prefetched, take_rows, to_model_dtype
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
 __all__ = [
@@ -365,6 +365,9 @@ def predict_logits(
 ) -> np.ndarray:
     """Student logits ``(n, C)`` for every row of ``X`` (numpy or on-disk), streamed.
 
+    Batches keep the sample shape of ``X`` and go through
+    :func:`kdpipe.rows.to_model_dtype` (the uint8 rule), as in training.
+
     The module runs on ``device`` for this call only: it goes back where it was.
     """
     device = resolve_device(device)
@@ -377,7 +380,7 @@ def predict_logits(
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 rows = np.arange(start, min(start + batch_size, n))
-                block = take_rows(X, rows).astype(np.float32, copy=False)
+                block = to_model_dtype(take_rows(X, rows))  # (b, *sample_shape) float32
                 x = torch.from_numpy(np.ascontiguousarray(block)).to(device)
                 out.append(module(x).cpu().numpy())
     finally:

@@ -20,6 +20,19 @@ a :class:`kdpipe.LogitCache` (or a view of one), or, when a cache is built, a to
 
 The build side (:class:`Source`, :func:`as_source`) reads the transfer set in
 ``[start, stop)`` blocks, one storage chunk at a time.
+
+Rows have any shape: ``X`` is ``(n, *sample_shape)``, such as ``(n, n_features)`` for
+tables or ``(n, 1, 28, 28)`` for images, and every read keeps the sample shape (a student
+or a torch teacher receives ``(b, *sample_shape)``; an MLP flattens in its own forward).
+
+**The uint8 rule.** Rows of dtype ``uint8`` (images as they are stored) stay ``uint8``
+wherever rows are stored, read, hashed and compared (chunk memory, the cache's row
+digests and fingerprints, alignment checks), and become float32 ``x / 255``, in
+``[0, 1]``, only when kdpipe hands a batch to a torch model: :func:`to_model_dtype`,
+the one function that does it, for students (training and prediction) and torch
+teachers alike. Other dtypes become float32 unscaled. So training on ``uint8`` images
+gives bit for bit the model trained on ``images.astype(np.float32) / 255``, from a
+quarter of the memory.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from kdpipe.errors import InputError, TeacherOutputError
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
 __all__ = [
+    "to_model_dtype",
     "positions",
     "n_rows",
     "take_rows",
@@ -59,6 +73,42 @@ __all__ = [
 DEFAULT_CHUNK_ROWS = 4096  # rows per block when an array does not say
 DEFAULT_MEMORY_BYTES = 64 * 2**20  # chunk memory of one reader
 _LAZY_PACKAGES = {"zarr", "h5py", "dask"}
+
+
+# -- the dtype a torch model receives ---------------------------------------------------
+
+_UINT8_SCALE = np.float32(255)
+
+
+def to_model_dtype(x: np.ndarray) -> np.ndarray:
+    """Rows as a torch model receives them: float32, with ``uint8`` scaled to ``x / 255``.
+
+    The uint8 rule of kdpipe (see :mod:`kdpipe.rows`): ``uint8`` rows are pixel
+    intensities, divided by 255 in float32 (correctly rounded, so the result equals
+    ``x.astype(np.float32) / 255`` bit for bit); every other dtype is cast to float32
+    unscaled (no copy when it is float32 already).
+
+    Parameters
+    ----------
+    x : ndarray of shape (b, ...)
+        Rows as stored.
+
+    Returns
+    -------
+    ndarray of shape (b, ...), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kdpipe.rows import to_model_dtype
+    >>> to_model_dtype(np.array([[0, 51, 255]], dtype=np.uint8)).tolist()
+    [[0.0, 0.20000000298023224, 1.0]]
+    >>> to_model_dtype(np.array([[0, 51, 255]], dtype=np.int64)).tolist()
+    [[0.0, 51.0, 255.0]]
+    """
+    if x.dtype == np.uint8:
+        return np.divide(x, _UINT8_SCALE, dtype=np.float32)
+    return x.astype(np.float32, copy=False)
 
 
 # -- row positions ----------------------------------------------------------------------
@@ -375,6 +425,10 @@ class LazyRows:
     :class:`kdpipe.DistilledClassifier` reads a view one minibatch at a time through
     chunk memory; ``np.asarray(view)`` reads its rows.
 
+    Rows have any shape (images ``(n, 1, 28, 28)`` index to views of that sample shape)
+    and keep their dtype (``uint8`` stays ``uint8``: the uint8 rule applies when a batch
+    reaches a torch model, :func:`to_model_dtype`).
+
     Parameters
     ----------
     array : zarr, h5py or dask array, numpy array, or LazyRows
@@ -461,6 +515,8 @@ class LazyRows:
 
 def check_finite_rows(block: np.ndarray, rows: np.ndarray, name: str) -> None:
     """Raise if ``block`` (rows ``rows`` of ``name``) holds NaN or inf, naming those rows."""
+    if block.dtype.kind in "biu":  # integers are finite
+        return
     finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
     if finite.all():
         return
@@ -478,8 +534,8 @@ class Batch:
 
     Attributes
     ----------
-    X : ndarray of shape (b, ...), float32
-        Student inputs.
+    X : ndarray of shape (b, *sample_shape), float32
+        Student inputs, as :func:`to_model_dtype` makes them.
     y : ndarray of shape (b,), int64, or None
         Class codes, ``-1`` for unlabeled rows.
     teacher_logits : ndarray of shape (b, C) or (b, M, C), sparse targets, or None
@@ -559,9 +615,10 @@ class MinibatchSource:
 
     Parameters
     ----------
-    X : array-like of shape (n, ...)
+    X : array-like of shape (n, *sample_shape)
         numpy, or on disk (zarr, h5py, dask, :class:`LazyRows`): read through chunk
-        memory and checked for NaN/inf per minibatch (:class:`CheckedReads`).
+        memory and checked for NaN/inf per minibatch (:class:`CheckedReads`). Batches
+        keep the sample shape and go through :func:`to_model_dtype` (uint8 -> x / 255).
     y : ndarray of shape (n,), optional
         Integer class codes, ``-1`` for unlabeled rows (held in memory: small).
     teacher_logits : array-like of shape (n, C) or (n, M, C), optional
@@ -625,7 +682,7 @@ class MinibatchSource:
                     len(rows), SAMPLED_VIEWS, replace=False
                 )
                 self.views.check_views(x[pick], rows[pick], views[pick])
-        X = x.astype(np.float32, copy=False)
+        X = to_model_dtype(x)  # (b, *sample_shape)
         logits = None
         if views is not None:
             assert self.views is not None

@@ -259,7 +259,7 @@ def test_minibatches_pair_each_rows_view_of_the_epoch_with_its_logits(tmp_path):
         views = np.array([below(np.random.SeedSequence([11, epoch, r]).generate_state(1)[0], 4) for r in rows])
         assert np.array_equal(choose_views(11, epoch, rows, 4), views)
         inputs = np.stack([shift_reference(X[r], 1, 4, r, v) for r, v in zip(rows, views)])
-        assert np.array_equal(batch.X, inputs.astype(np.float32))
+        assert np.array_equal(batch.X, inputs.astype(np.float32) / 255)  # the uint8 rule
         np.testing.assert_array_equal(batch.teacher_logits, cache.read_views(rows, views))
         seen.append(views)
     assert not np.array_equal(*seen)  # another epoch, other views
@@ -317,9 +317,27 @@ def test_view_dataset_in_a_two_worker_dataloader_gives_the_row_paths_items(tmp_p
     loader = DataLoader(data, batch_size=5, num_workers=2, shuffle=False)
     xs, logits, labels = (torch.cat(parts).numpy() for parts in zip(*loader))
     views = choose_views(3, 2, np.arange(N), 4)
-    np.testing.assert_array_equal(xs, cache.replay(X, np.arange(N), views).astype(np.float32))
+    np.testing.assert_array_equal(xs, cache.replay(X, np.arange(N), views).astype(np.float32) / 255)
     np.testing.assert_array_equal(logits, cache.read_views(np.arange(N), views))
     assert labels.tolist() == (np.arange(N) % C).tolist()
     x0, l0, y0 = data[0]
     assert torch.equal(l0, torch.from_numpy(logits[0]))
     assert torch.equal(x0, torch.from_numpy(xs[0])) and int(y0) == 0
+
+
+def test_a_convnet_student_trains_on_shifted_uint8_images_of_a_views_cache(tmp_path):
+    from kdpipe.students import ConvNet
+
+    X = images(40)
+    y = np.arange(40) % C
+    cache = build(tmp_path, "img", X, Views(count=4, augment=Shift(1), seed=4), y=y)
+    est = DistilledClassifier(module=ConvNet, module_params={"channels": (4,)}, max_epochs=2, random_state=0, batch_size=8)
+    est.fit(X, y, teacher_logits=cache)
+    assert est.sample_shape_ == (1, 6, 6) and len(est.history_) == 2
+    assert est.predict(X).shape == (40,)
+    source = MinibatchSource(X, y, cache, view_seed=0)
+    source.set_epoch(1)
+    batch = source.fetch(np.arange(5))
+    views = choose_views(0, 1, np.arange(5), 4)
+    # the student receives the view the teacher scored, by the uint8 rule: float32 x / 255
+    assert np.array_equal(batch.X, cache.replay(X, np.arange(5), views).astype(np.float32) / 255)

@@ -77,9 +77,13 @@ def build_cache(
     teachers : teacher or list of teachers
         A ``torch.nn.Module``, a TorchScript file, a fitted scikit-learn classifier (or a
         ``.joblib`` file of one), or a callable ``batch -> logits``; a list is an ensemble.
-    X : array-like or torch Dataset
+    X : array-like of shape (n, *sample_shape), or torch Dataset
         The transfer set: numpy, zarr, h5py or dask array, or a Dataset whose items are
-        tensors or ``(x, y)`` tuples. Read one chunk at a time.
+        tensors or ``(x, y)`` tuples. Read one chunk at a time. Rows keep their shape
+        (images ``(n, 1, 28, 28)`` reach a torch teacher as ``(b, 1, 28, 28)``) and are
+        stored, hashed and fingerprinted in their own dtype; ``uint8`` rows reach torch
+        teachers as float32 ``x / 255`` (the uint8 rule, :func:`kdpipe.rows.to_model_dtype`),
+        scikit-learn teachers flattened to 2-D (see :mod:`kdpipe.cache.teachers`).
     path : path or URL
         Cache directory, or a URL in object storage (``"s3://bucket/prefix/run.zarr"``,
         zarr backend only; ``s3://`` needs the ``s3fs`` package: ``pip install

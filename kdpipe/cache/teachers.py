@@ -4,6 +4,17 @@ Supported kinds: a ``torch.nn.Module``; a TorchScript file (``.pt``, ``.pth``, `
 a joblib-pickled scikit-learn classifier (``.joblib``, ``.pkl``); a fitted scikit-learn
 classifier; any callable ``batch -> logits``. A list of these is an ensemble.
 
+What each kind receives: a batch of rows ``(b, *sample_shape)`` as stored (the sample
+shape is kept: a CNN teacher gets ``(b, 1, 28, 28)``). Torch teachers get it through
+:func:`kdpipe.rows.to_model_dtype` when it is ``uint8`` (float32 ``x / 255``: the uint8
+rule students follow too), then in the model's own floating dtype; other floating rows
+are cast to the model's dtype, and other integer rows pass unchanged (token ids).
+scikit-learn classifiers get the rows in their stored dtype (they convert themselves),
+flattened to ``(b, prod(sample_shape))`` as scikit-learn needs, except a kdpipe
+estimator fitted on this very sample shape (its ``sample_shape_``), which takes the
+rows whole; a classifier trained on scaled images wants the same scaling in a
+``Pipeline`` step. Callables get the rows exactly as stored.
+
 Prepared models (loaded from file, moved to a GPU, switched to eval mode) are kept in a
 per-process table, so each worker process loads a teacher once, not once per task.
 """
@@ -24,6 +35,7 @@ from kdpipe.cache import fingerprint as fp
 from kdpipe.cache.manifest import TeacherInfo
 from kdpipe.errors import InputError
 from kdpipe.labels import class_columns, class_list
+from kdpipe.rows import to_model_dtype
 
 __all__ = [
     "PRECISIONS",
@@ -207,6 +219,8 @@ def _torch_forward(module: Any, x: np.ndarray, device: Any, precision: str = "mo
 
     param = next(iter(module.parameters()), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if x.dtype == np.uint8:
+        x = to_model_dtype(x)  # the uint8 rule: float32 x / 255, as students receive it
     x = np.require(x, requirements=["C", "W"])  # torch wants writable memory
     if x.ctypes.data % _ALIGN:
         # MKL's results can differ in the last bit with the batch's address (seen for batches
@@ -236,14 +250,15 @@ def _torch_forward(module: Any, x: np.ndarray, device: Any, precision: str = "mo
 
 
 def _sklearn_logits(estimator: Any, x: np.ndarray) -> np.ndarray:
-    """Logits of a scikit-learn classifier.
+    """Logits of a scikit-learn classifier, from rows flattened to 2-D (see the module notes).
 
     ``decision_function`` when there is one; a binary decision of shape (n,) becomes the
     zero-mean pair ``[-d/2, d/2]``, whose softmax is ``[1 - sigmoid(d), sigmoid(d)]``.
     Otherwise ``log(predict_proba)``, with probabilities clipped at float32's smallest
     normal so that a zero probability gives a large negative logit, not ``-inf``.
     """
-    x2 = x.reshape(len(x), -1)
+    fitted_shape = getattr(estimator, "sample_shape_", None)  # a kdpipe estimator takes N-d rows
+    x2 = x if x.ndim == 2 or tuple(fitted_shape or ()) == x.shape[1:] else x.reshape(len(x), -1)
     if hasattr(estimator, "decision_function"):
         d = np.asarray(estimator.decision_function(x2), dtype=np.float64)
         if d.ndim == 1:

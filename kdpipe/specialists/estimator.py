@@ -14,9 +14,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from kdpipe._estimator import check_teacher_logits, torch_classifier_tags
+from kdpipe._estimator import check_teacher_logits, torch_classifier_tags, validate_rows
 from kdpipe.cache.alignment import check_fit_alignment
 from kdpipe.engine import TrainingConfig, seeded
 from kdpipe.errors import InputError, SparseFormatError
@@ -123,6 +123,10 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_classes,)
         ``generalist_.classes_``.
     n_features_in_ : int
+        Width of a row of ``X`` flattened, ``prod(sample_shape_)``.
+    sample_shape_ : tuple of int
+        Shape of one row of ``X`` (``(n_features,)`` for 2-D ``X``); prediction
+        refuses another.
     feature_names_in_ : ndarray of str
         Only when ``X`` has string column names.
     clusters_ : list of ndarray
@@ -274,8 +278,11 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            The transfer set.
+        X : array-like of shape (n_samples, n_features) or (n_samples, *sample_shape)
+            The transfer set, held in memory (on-disk arrays are loaded; ``uint8``
+            stays ``uint8`` and is scaled per minibatch by the uint8 rule,
+            :func:`kdpipe.rows.to_model_dtype`). Images reach the generalist and the
+            specialists in their own shape.
         y : array-like of shape (n_samples,), default=None
             Labels; ``-1`` marks unlabeled rows when ``teacher_logits`` is given, and
             ``None`` (with ``teacher_logits``) means no row is labeled.
@@ -358,7 +365,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         seeds = rng.randint(np.iinfo(np.int32).max, size=len(plans))
         config = self._specialist_config(has_teacher)
         base = self._generalist_module(
-            generalist, X.shape[1], n_classes, int(seeds[0]) if len(seeds) else 0
+            generalist, int(np.prod(X.shape[1:])), n_classes, int(seeds[0]) if len(seeds) else 0
         )
         specialists = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
             delayed(fit_specialist)(
@@ -384,12 +391,12 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         """``X``, ``y`` and the attributes ``validate_data`` would set, ``self`` untouched."""
         probe = type(self).__new__(type(self))  # receives n_features_in_, feature_names_in_
         if y is None and has_teacher:
-            X = validate_data(probe, X, dtype=np.float32)
+            X, _, sample_shape = validate_rows(probe, X, reset=True)
             y = np.full(X.shape[0], UNLABELED)
         else:
-            X, y = validate_data(probe, X, y, dtype=np.float32)  # raises "requires y" on None
+            X, y, sample_shape = validate_rows(probe, X, y, reset=True)  # raises "requires y" on None
             y = column_or_1d(y)
-        return X, y, dict(vars(probe))
+        return X, y, {**vars(probe), "sample_shape_": sample_shape}
 
     def _fit_generalist(
         self, X: np.ndarray, y: np.ndarray, teacher_logits: Any, unlabeled: np.ndarray,
@@ -461,7 +468,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features) or (n_samples, *sample_shape)
 
         Returns
         -------
@@ -470,7 +477,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
             ``grad_norm`` and ``n_active`` per example.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float32, reset=False)
+        X, _, _ = validate_rows(self, X, reset=False)
         p_g = np.asarray(self.generalist_.predict_proba(X), dtype=np.float64)  # (n, C)
         n_classes = p_g.shape[1]
         member = np.zeros((len(self.specialists_), n_classes), dtype=bool)  # (M, C)
@@ -511,7 +518,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features) or (n_samples, *sample_shape)
         y : array-like of shape (n_samples,)
             True labels; rows labeled ``-1`` (when not a class) are skipped.
 
@@ -526,7 +533,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         unlabeled = unlabeled_mask(y) & ~unlabeled_mask(self.classes_).any()
         codes = encode_labels(y, self.classes_, unlabeled=unlabeled)
         keep = codes >= 0
-        X = validate_data(self, X, dtype=np.float32, reset=False)[keep]
+        X = validate_rows(self, X, reset=False)[0][keep]
         gen = np.asarray(self.generalist_.predict_proba(X)).argmax(axis=1)
         ens = self.predict_proba(X).argmax(axis=1)
         return coverage_table(codes[keep], gen, ens, [s.subset for s in self.specialists_])

@@ -20,7 +20,7 @@ from torch import nn
 
 from kdpipe.engine import TrainingConfig, predict_logits, seeded, train_student
 from kdpipe.errors import InputError
-from kdpipe.rows import Batch, take_rows
+from kdpipe.rows import Batch, take_rows, to_model_dtype
 
 __all__ = [
     "Specialist",
@@ -93,7 +93,7 @@ class SpecialistSource:
 
     def fetch(self, rows: np.ndarray) -> Batch:
         """Batch of the specialist's sample positions ``rows``."""
-        X = take_rows(self.X, self.rows[rows]).astype(np.float32, copy=False)
+        X = to_model_dtype(take_rows(self.X, self.rows[rows]))
         y = None if self.y is None else self.y[rows]
         targets = None if self.targets is None else self.targets[rows]
         return Batch(X=X, y=y, teacher_logits=targets)
@@ -233,7 +233,7 @@ def fit_specialist(
     """
     rows = np.asarray(rows, dtype=np.intp)
     init_rows = rows[np.random.default_rng(seed).permutation(len(rows))[:2048]]
-    X_fit = take_rows(X, np.sort(init_rows)).astype(np.float32, copy=False)
+    X_fit = to_model_dtype(take_rows(X, np.sort(init_rows)))
     with seeded(seed):
         module = init_specialist_module(generalist, subset, kind, X_fit, -correction)
     source = SpecialistSource(X, rows, y, targets)
