@@ -32,7 +32,7 @@ _PUBLIC = {
     "ViewDataset": "kdpipe.view_dataset",
     "SpecialistEnsembleClassifier": "kdpipe.specialists",
 }
-_SUBMODULES = {"augment", "datasets", "errors", "losses", "cache", "engine", "labels", "rows"}
+_SUBMODULES = {"augment", "datasets", "errors", "losses", "cache", "engine", "labels", "rows", "students"}
 
 __all__ = sorted(_PUBLIC) + sorted(_SUBMODULES) + ["__version__"]
 
