@@ -185,7 +185,11 @@ def _image_axes(batch: Any, name: str) -> tuple[int, int]:
 
 
 def _padded_crops(batch: Any, pad: int, top: np.ndarray, left: np.ndarray, height: int, width: int) -> Any:
-    """Crops ``(b, ..., height, width)`` at ``(top, left)`` of ``batch`` zero-padded by ``pad``: one gather."""
+    """Crops ``(b, ..., height, width)`` at ``(top, left)`` of ``batch`` zero-padded by ``pad``.
+
+    Every crop position of the padded batch is a strided view (``unfold``, no copy); one
+    advanced index then copies each image's own crop: one pass over the output bytes.
+    """
     import torch
 
     b = batch.shape[0]
@@ -193,12 +197,9 @@ def _padded_crops(batch: Any, pad: int, top: np.ndarray, left: np.ndarray, heigh
     H, W = batch.shape[-2], batch.shape[-1]
     flat = batch.reshape(b, -1, H, W)  # (b, L, H, W)
     padded = torch.nn.functional.pad(flat, (pad, pad, pad, pad)) if pad else flat  # zeros; any dtype
-    Wp = W + 2 * pad
-    ys = torch.from_numpy(top)[:, None] + torch.arange(height)  # (b, height)
-    xs = torch.from_numpy(left)[:, None] + torch.arange(width)  # (b, width)
-    index = (ys[:, :, None] * Wp + xs[:, None, :]).reshape(b, 1, height * width)
-    index = index.expand(b, flat.shape[1], height * width).to(batch.device)
-    out = padded.reshape(b, flat.shape[1], -1).gather(2, index)  # (b, L, height * width)
+    windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (b, L, tops, lefts, height, width)
+    at = torch.arange(b, device=batch.device)
+    out = windows[at, :, torch.from_numpy(top), torch.from_numpy(left)]  # (b, L, height, width)
     return out.reshape(b, *lead, height, width)
 
 
