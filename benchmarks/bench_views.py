@@ -166,8 +166,10 @@ def markdown(r: dict) -> str:
     lines = [
         "# Views in the cache (benchmarks/bench_views.py)", "",
         f"- data: {r['data']}, {r['rows']} uint8 rows (1, 28, 28); {r['epochs']} epochs; V = {r['views']} views of Shift(2)",
-        f"- teacher ConvNet {r['teacher']}, student ConvNet {r['student']}: teacher forward = "
-        f"{r['teacher_over_student_forward']:.1f}x the student's",
+        (
+            f"- teacher ConvNet {r['teacher']}, student ConvNet {r['student']}: teacher forward = "
+            f"{r['teacher_over_student_forward']:.1f}x the student's"
+        ),
         f"- {r['machine']}",
         load_line(tuple(r["load_before"]), tuple(r["load_after"])), "",
         "| epoch | median seconds | ratio |", "| --- | --- | --- |",

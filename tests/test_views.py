@@ -204,6 +204,21 @@ def test_resume_with_other_views_is_refused_naming_what_differs(tmp_path):
     assert resumed.verify().ok
 
 
+def test_a_views_manifest_is_readable_only_with_its_own_format_version(tmp_path):
+    from kdpipe.cache.manifest import READABLE_VERSIONS, VIEWS_FORMAT_VERSION
+    from kdpipe.errors import CacheCorruptError
+
+    cache = build(tmp_path, "v", images(), Views(count=2, augment=Shift(1), seed=0))
+    assert cache.manifest.format_version == VIEWS_FORMAT_VERSION == 4  # kdpipe before views reads versions 1-3
+    assert VIEWS_FORMAT_VERSION in READABLE_VERSIONS
+    path = cache.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 2  # views claimed by a version that has none
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CacheCorruptError, match="views"):
+        LogitCache.open(cache.path)
+
+
 def test_verify_finds_a_damaged_view_digest_chunk(tmp_path):
     cache = build(tmp_path, "v", images(), Views(count=2, augment=HFlip(), seed=0))
     chunk = next((cache.path / "logits.zarr" / "view_digests").rglob("c/1/*"))
