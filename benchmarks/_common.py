@@ -34,7 +34,9 @@ def machine() -> dict[str, object]:
 
 def load_line(before: tuple[float, ...], after: tuple[float, ...], when: str = "") -> str:
     """The markdown line of the load average around the timed part (a busy machine shows)."""
-    fmt = lambda values: "/".join(f"{v:.2f}" for v in values)  # noqa: E731
+    def fmt(values: tuple[float, ...]) -> str:
+        return "/".join(f"{v:.2f}" for v in values)
+
     return f"- load average (1/5/15 min) before {fmt(before)}, after{when} {fmt(after)}"
 
 

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import fashion_or_random, load_line, machine, write_results
+
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache.alignment import check_alignment
-
 
 
 def one_epoch(X: np.ndarray, y: np.ndarray, batch: int = 128, seed: int = 0) -> float:
@@ -116,12 +115,12 @@ def _markdown(r: dict) -> str:
         "",
         f"X in {r['x_storage']}.",
         "",
-        f"- sample mode ({r['sample']} random rows read, hashed, compared; digests read from disk): "
-        f"best {min(r['check_sample_s']) * 1e3:.1f} ms = **{r['ratio_sample_to_epoch']:.4f}** of one epoch",
-        f"- all-rows mode (every row read from the zarr X and hashed): best {min(r['check_all_rows_s']):.2f} s "
-        f"= **{r['ratio_all_rows_to_epoch']:.3f}** of one epoch",
-        f"- baseline, one epoch ({r['epoch']}): best {min(r['epoch_s']):.2f} s of {len(r['epoch_s'])} "
-        f"(all: {', '.join(f'{t:.2f}' for t in r['epoch_s'])})",
+        (f"- sample mode ({r['sample']} random rows read, hashed, compared; digests read from disk): "
+        f"best {min(r['check_sample_s']) * 1e3:.1f} ms = **{r['ratio_sample_to_epoch']:.4f}** of one epoch"),
+        (f"- all-rows mode (every row read from the zarr X and hashed): best {min(r['check_all_rows_s']):.2f} s "
+        f"= **{r['ratio_all_rows_to_epoch']:.3f}** of one epoch"),
+        (f"- baseline, one epoch ({r['epoch']}): best {min(r['epoch_s']):.2f} s of {len(r['epoch_s'])} "
+        f"(all: {', '.join(f'{t:.2f}' for t in r['epoch_s'])})"),
         load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]),
         f"- machine: {r['machine']['cpus']} torch threads, {r['machine']['platform']}, torch {r['machine']['torch']}",
         "",

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import fashion_or_random, load_line, machine, write_results
-from kdpipe.rows import take_rows
+
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.engine import seeded
+from kdpipe.rows import take_rows
 from kdpipe.students import MLP
-
 
 
 def mlp(seed: int) -> torch.nn.Module:
@@ -120,17 +119,17 @@ def _markdown(r: dict) -> str:
     return "\n".join([
         f"# Logit cache benchmark ({r['rows']} rows of {r['data']}, {r['members']} x {r['teacher']})",
         "",
-        f"- build overhead (build_cache / forward passes only, best of {len(r['forward_only_s'])}): "
+        (f"- build overhead (build_cache / forward passes only, best of {len(r['forward_only_s'])}): "
         f"**{r['overhead_ratio']:.3f}** ({min(r['build_float32_s']):.2f} s vs {min(r['forward_only_s']):.2f} s; "
         f"{r['backend']}, batch {r['batch_size']}, chunk {r['chunk_rows']} rows); "
         f"per repeat (build / the forward passes just before it): median {r['overhead_ratio_median']:.3f}, "
-        f"min {r['overhead_ratio_min_pair']:.3f}",
+        f"min {r['overhead_ratio_min_pair']:.3f}"),
         load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"], ' the timed repeats'),
-        f"- bytes per row on disk: float32 {r['bytes_per_row']['float32']:.1f}, "
-        f"float16 {r['bytes_per_row']['float16']:.1f}",
-        f"- random minibatch reads (128 rows): in-memory numpy {rates['memory']:,.0f} rows/s; "
+        (f"- bytes per row on disk: float32 {r['bytes_per_row']['float32']:.1f}, "
+        f"float16 {r['bytes_per_row']['float16']:.1f}"),
+        (f"- random minibatch reads (128 rows): in-memory numpy {rates['memory']:,.0f} rows/s; "
         f"cache with chunk memory {rates['cache_warm']:,.0f} rows/s; "
-        f"cache without (every batch reads its chunks from disk) {rates['cache_cold']:,.0f} rows/s",
+        f"cache without (every batch reads its chunks from disk) {rates['cache_cold']:,.0f} rows/s"),
         f"- machine: {r['machine']['cpus']} torch threads, {r['machine']['platform']}, torch {r['machine']['torch']}",
         "",
     ])

@@ -174,14 +174,14 @@ def markdown(r: dict) -> str:
         "# DistilledClassifier: on-disk fit benchmark", "",
         f"Machine: {r['machine']}, shared with other jobs (timings are noisy); {r['when']}.", "",
         "## Fit-time overhead of reading from disk (target <= 1.10)", "",
-        "Same seed, epochs and rows; runs alternate between the inputs. Teacher logits: an "
-        "ensemble of 4 x 10 classes, from numpy or from a LogitCache (zarr); X from numpy or zarr.",
+        ("Same seed, epochs and rows; runs alternate between the inputs. Teacher logits: an "
+        "ensemble of 4 x 10 classes, from numpy or from a LogitCache (zarr); X from numpy or zarr."),
     ]
     for name, o in r["overhead"].items():
         lines += [
             "", f"### {name}", "",
-            f"{o['rows']} rows, {o['student']}, {o['epochs']} epochs, batch {o['batch_size']}, "
-            f"torch threads {o['torch_threads']}, {len(o['seconds']['arrays'])} runs each.", "",
+            (f"{o['rows']} rows, {o['student']}, {o['epochs']} epochs, batch {o['batch_size']}, "
+            f"torch threads {o['torch_threads']}, {len(o['seconds']['arrays'])} runs each."), "",
             "| inputs | median fit (s) | ratio of medians | fastest fit (s) | ratio of minima |",
             "|---|---|---|---|---|",
             *[f"| {k} | {v:.2f} | {v / o['median_seconds']['arrays']:.3f} | "
@@ -194,10 +194,10 @@ def markdown(r: dict) -> str:
         ]
     lines += [
         "", "## Peak memory when fitting from data larger than it", "",
-        f"X: zarr, {m['rows']:,} x {m['features']} float32 = {m['X_bytes_float32'] / mib:.0f} MiB; "
+        (f"X: zarr, {m['rows']:,} x {m['features']} float32 = {m['X_bytes_float32'] / mib:.0f} MiB; "
         f"cache: {m['members']} members x {m['classes']} classes float32 = "
         f"{m['cache_bytes_float32'] / mib:.0f} MiB. One epoch, MLP 64, batch 1024, "
-        "shuffle_window 65536, in a fresh process.", "",
+        "shuffle_window 65536, in a fresh process."), "",
         "| figure | value |", "|---|---|",
         f"| resident memory before fit (imports, torch) | {m['rss_before_fit'] / mib:.0f} MiB |",
         f"| peak resident memory | {m['peak_rss'] / mib:.0f} MiB |",

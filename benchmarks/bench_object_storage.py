@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from _common import fashion_or_random, load_line, machine, write_results
+
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache.location import parse_location
 from kdpipe.engine import seeded
@@ -60,7 +60,7 @@ class S3Server:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.log = folder / "moto.log"
-        self._log = open(self.log, "w")
+        self._log = open(self.log, "w")  # noqa: SIM115 (the server writes it until stop() closes it)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=self._log,
@@ -161,7 +161,7 @@ def bench_cache_reads(server: S3Server, options: dict, tmp: Path, batch: int) ->
         cache = opener()
         batches = epoch_batches(len(local), batch, None, np.random.default_rng(0))
         before = server.requests()
-        _, wall, cpu = timed(lambda: [cache.read_rows(b) for b in batches])
+        _, wall, cpu = timed(lambda cache=cache, batches=batches: [cache.read_rows(b) for b in batches])
         out[name] = {
             "rows_per_s": round(len(local) / wall, 1), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
             "requests": sum(delta(server.requests(), before).values()),
@@ -190,7 +190,7 @@ def bench_chunk_sizes(server: S3Server, options: dict, X: np.ndarray, tmp: Path,
                 view = LazyRows(zarr.open_array(array.store, mode="r"), memory_bytes=memory)
                 batches = epoch_batches(len(X), batch, window, np.random.default_rng(0))
                 before = server.requests()
-                _, wall, cpu = timed(lambda: [view.read_rows(b) for b in batches])
+                _, wall, cpu = timed(lambda view=view, batches=batches: [view.read_rows(b) for b in batches])
                 result[f"{where}_rows_per_s"] = round(len(X) / wall, 1)
                 result[f"{where}_cpu_s"] = round(cpu, 3)
                 if where == "bucket":
@@ -230,7 +230,11 @@ def bench_obstore(server: S3Server, X: np.ndarray, sizes: list[int]) -> dict | N
             before = server.requests()
             walls = []
             for _ in range(3):
-                _, wall, _ = timed(lambda: [array[i * chunk_rows : (i + 1) * chunk_rows] for i in range(n_chunks)])
+                _, wall, _ = timed(
+                    lambda array=array, chunk_rows=chunk_rows, n_chunks=n_chunks: [
+                        array[i * chunk_rows : (i + 1) * chunk_rows] for i in range(n_chunks)
+                    ]
+                )
                 walls.append(wall)
             requests = sum(delta(server.requests(), before).values())
             assert np.array_equal(array[:], X)
@@ -242,9 +246,10 @@ def bench_obstore(server: S3Server, X: np.ndarray, sizes: list[int]) -> dict | N
 
 
 def _warm(teacher: torch.nn.Module, x: np.ndarray) -> None:
-    import kdpipe.cache.tasks  # noqa: F401
     import s3fs  # noqa: F401
     import zarr  # noqa: F401
+
+    import kdpipe.cache.tasks  # noqa: F401
 
     with torch.inference_mode():
         teacher(torch.from_numpy(x))
@@ -273,7 +278,7 @@ def bench_distributed(server: S3Server, options: dict, X: np.ndarray, y: np.ndar
                         storage_options=options, chunk_rows=chunk_rows // 2, progress=False, overwrite=True)
             load = os.getloadavg()
             cpu_before = sum(client.run(time.process_time).values())
-            cache, wall, cpu = timed(lambda: build_cache(
+            cache, wall, _cpu = timed(lambda: build_cache(
                 teacher, X_remote, "s3://bench/distributed.zarr", y=y, client=client, storage_options=options,
                 chunk_rows=chunk_rows, batch_size=256, progress=False, overwrite=True, device="cpu",
             ))
@@ -311,10 +316,10 @@ def markdown(result: dict) -> str:
     lines += [f"| {k} | {v['rows_per_s']} | {v['wall_s']} | {v['cpu_s']} | {v['requests']} |"
               for k, v in result["cache_reads"].items()]
     lines += [
-        "", f"## X through LazyRows: chunk size against requests and memory (chunk memory {result['memory_MiB']} MiB,"
-        f" X {result['X_MiB']} MiB, minibatches of {result['batch']})", "",
-        "| chunk rows | chunk MiB | order | bucket GETs | MiB fetched | chunk memory MiB | bucket rows/s |"
-        " local rows/s | bucket/local time |",
+        "", (f"## X through LazyRows: chunk size against requests and memory (chunk memory {result['memory_MiB']} MiB,"
+        f" X {result['X_MiB']} MiB, minibatches of {result['batch']})"), "",
+        ("| chunk rows | chunk MiB | order | bucket GETs | MiB fetched | chunk memory MiB | bucket rows/s |"
+        " local rows/s | bucket/local time |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['chunk_rows']} | {r['chunk_MiB']} | {r['order']} | {r['bucket_GETs']} | {r['bucket_MiB_fetched']} |"
@@ -327,8 +332,8 @@ def markdown(result: dict) -> str:
     d = result["distributed"]
     lines += ["", "## Distributed build: 2 worker processes against 1 (one thread each; X and cache in the bucket)", "",
               f"{d['rows']} rows, {d['teacher']}, chunk_rows {d['chunk_rows']}", "",
-              "| workers | wall s | CPU s of the workers during the build | cores used (CPU / wall) | torch threads |"
-              " load before |", "|---|---|---|---|---|---|"]
+              ("| workers | wall s | CPU s of the workers during the build | cores used (CPU / wall) | torch threads |"
+              " load before |"), "|---|---|---|---|---|---|"]
     for k, runs in d["runs"].items():
         for r in runs:
             lines.append(f"| {k} | {r['wall_s']} | {r['worker_cpu_s']} | {r['cores_used']} | {r['torch_threads']} |"

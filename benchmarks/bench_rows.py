@@ -247,13 +247,13 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
 def markdown(r: dict) -> str:
     lines = [
         f"# Row path benchmark ({r['label']})", "",
-        f"Machine: {r['machine']}; {r['when']}; kdpipe from {r['kdpipe']}. Timings are noisy on "
-        "this machine: compare the A/A row.", "",
+        (f"Machine: {r['machine']}; {r['when']}; kdpipe from {r['kdpipe']}. Timings are noisy on "
+        "this machine: compare the A/A row."), "",
         *([load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]), ""]
           if "load_average_1_5_15" in r else []),
         "## Random minibatch reads: `np.asarray(cache[idx])` / numpy `logits[idx]`", "",
-        "Cache: 60,000 rows x 5 members x 10 classes float32, every chunk in chunk memory. "
-        "Targets: >= 0.30 at 128 rows, >= 0.80 at 4096.", "",
+        ("Cache: 60,000 rows x 5 members x 10 classes float32, every chunk in chunk memory. "
+        "Targets: >= 0.30 at 128 rows, >= 0.80 at 4096."), "",
         "| rows per batch | numpy rows/s | cache rows/s | median ratio | ratios |", "|---|---|---|---|---|",
     ]
     for batch, o in r["reads"].items():
@@ -264,10 +264,10 @@ def markdown(r: dict) -> str:
     for name, o in r["epochs"].items():
         lines += [
             f"### {name}", "",
-            f"{o['rows']} rows, {o['student']}, batch {o['batch_size']}, teacher 4 x 10 logits, "
+            (f"{o['rows']} rows, {o['student']}, batch {o['batch_size']}, teacher 4 x 10 logits, "
             f"{o['runs']} runs of {o['epochs_per_run']} epochs (first epoch of each run dropped), "
             f"torch threads {o['torch_threads']}. Interval: 95% bootstrap of the ratio of medians, runs "
-            "resampled; the plain loop's second copy shows what the machine's noise alone gives.", "",
+            "resampled; the plain loop's second copy shows what the machine's noise alone gives."), "",
             "| variant | median wall s/epoch | wall ratio | 95% interval | median CPU s/epoch | CPU ratio | median one-off setup (s) |",
             "|---|---|---|---|---|---|---|",
             *[f"| {k} | {v:.3f} | {o['ratio_vs_plain_loop'][k]:.3f} | "

@@ -28,14 +28,14 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kdpipe
 
-from benchmarks._common import RESULTS, load_line, machine, write_results  # noqa: E402
+from benchmarks._common import RESULTS, load_line, machine, write_results
 
 FULL = {
     "sizes": [  # classes, training rows, test rows, epochs
@@ -194,7 +194,7 @@ def markdown(result: dict, quick: bool, load: str) -> str:
         f"Machine: {result['machine']}; {result['when']}; shared with other jobs (timings are noisy).",
         load,
         "",
-        "Teacher: Gaussian class-conditional (LDA) logits of `make_confusable_classification` "
+        ("Teacher: Gaussian class-conditional (LDA) logits of `make_confusable_classification` "
         f"(groups of 10 confusable classes, class separation {CLASS_SEPARATION}), class means from {FIT_ROWS_PER_CLASS} held-out rows per "
         f"class. Student: MLP {STUDENT['hidden_layer_sizes']}, Adam lr {STUDENT['learning_rate']}, "
         f"batch {STUDENT['batch_size']}, seed 0, alpha 0.1, T = {s['temperature']} for every fit "
@@ -203,15 +203,15 @@ def markdown(result: dict, quick: bool, load: str) -> str:
         "'dense, seed 1' (the dense student with another seed) shows how large a difference "
         "training noise alone makes. 'tail mass at T': the teacher's mean probability outside its "
         "top k at the training T over 2,000 training rows (the p_tail of the error bound "
-        "2 T p_tail in `kdpipe.losses.sparse_distillation_loss`).",
+        "2 T p_tail in `kdpipe.losses.sparse_distillation_loss`)."),
         "",
     ]
     for e in result["classes"]:
         lines += [
             f"## {e['n_classes']} classes",
             "",
-            f"{e['train_rows']} training rows, {e['test_rows']} test rows, {e['epochs']} epochs; "
-            f"teacher test accuracy {100 * e['teacher_test_accuracy']:.2f}%.",
+            (f"{e['train_rows']} training rows, {e['test_rows']} test rows, {e['epochs']} epochs; "
+            f"teacher test accuracy {100 * e['teacher_test_accuracy']:.2f}%."),
             "",
             "| cache | logit bytes/row | of dense | disk bytes/row | tail mass at T | test acc % | diff | agreement % | diff | fit s (cpu s) | fit ratio wall (cpu) |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -228,10 +228,10 @@ def markdown(result: dict, quick: bool, load: str) -> str:
         if g:
             lines += [
                 "",
-                f"GridSearchCV (cv=2) over T in {g['grid']}: dense picks T = {g['dense_pick']:g}, "
+                (f"GridSearchCV (cv=2) over T in {g['grid']}: dense picks T = {g['dense_pick']:g}, "
                 f"{g['cache']} picks T = {g['topk_pick']:g} "
                 f"({'the same' if g['dense_pick'] == g['topk_pick'] else 'DIFFERENT'}). Mean CV accuracy per T: "
-                f"dense {[round(v, 4) for v in g['dense_scores']]}, {g['cache']} {[round(v, 4) for v in g['topk_scores']]}.",
+                f"dense {[round(v, 4) for v in g['dense_scores']]}, {g['cache']} {[round(v, 4) for v in g['topk_scores']]}."),
             ]
         lines.append("")
     if quick:
@@ -282,7 +282,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         result = run(settings, Path(tmp))
     result["machine"] = machine()
-    result["when"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    result["when"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     name = "sparse_quick" if args.quick else "sparse"
     write_results(name, result, markdown(result, args.quick, load_line(before, os.getloadavg())))
     plots(result, name)

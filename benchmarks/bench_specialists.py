@@ -82,16 +82,16 @@ def run_problem(
     print(report.to_markdown(), flush=True)
     return {
         "problem": name,
-        "n_train": int(len(X)),
-        "n_test": int(len(X_test)),
+        "n_train": len(X),
+        "n_test": len(X_test),
         "n_features": int(X.shape[1]),
-        "n_classes": int(len(clf.classes_)),
+        "n_classes": len(clf.classes_),
         "teacher": None if teacher is None else type(teacher).__name__,
         "generalist": repr(generalist),
         "specialists": {k: v for k, v in specialist_params.items()},
         "n_specialists_fitted": len(clf.specialists_),
-        "subset_sizes": [int(len(c)) for c in clf.clusters_],
-        "covered_classes": int(len(np.unique(np.concatenate(clf.clusters_)))),
+        "subset_sizes": [len(c) for c in clf.clusters_],
+        "covered_classes": len(np.unique(np.concatenate(clf.clusters_))),
         "generalist_fit_s": gen_s,
         "specialist_phase_s": {label: seconds for label, (_, seconds) in runs.items()},
         "parallel_equals_serial": bool(same),
@@ -178,26 +178,26 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "specialists_quick" if args.quick else "specialists"
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = [f"# Specialists benchmark\n\n`{meta['command']}` ({meta['machine']}, "
-             f"{meta['cpu_count']} CPUs, 1 torch thread per process, {meta['total_s']:.0f}s total)\n"]
+    lines = [(f"# Specialists benchmark\n\n`{meta['command']}` ({meta['machine']}, "
+             f"{meta['cpu_count']} CPUs, 1 torch thread per process, {meta['total_s']:.0f}s total)\n")]
     for r in results:
         inf = r["inference_us_per_example"]
         lines += [
             f"## {r['problem']}\n",
-            f"{r['n_train']} train / {r['n_test']} test rows, {r['n_classes']} classes, "
+            (f"{r['n_train']} train / {r['n_test']} test rows, {r['n_classes']} classes, "
             f"teacher: {r['teacher']}; {r['n_specialists_fitted']} specialists covering "
-            f"{r['covered_classes']} classes (subset sizes {r['subset_sizes']}).\n",
-            f"- top-1: generalist {r['coverage']['overall']['generalist_accuracy']:.4f}, "
-            f"ensemble {r['coverage']['overall']['ensemble_accuracy']:.4f}",
-            f"- specialist phase: serial {r['specialist_phase_s']['serial']:.1f}s, "
+            f"{r['covered_classes']} classes (subset sizes {r['subset_sizes']}).\n"),
+            (f"- top-1: generalist {r['coverage']['overall']['generalist_accuracy']:.4f}, "
+            f"ensemble {r['coverage']['overall']['ensemble_accuracy']:.4f}"),
+            (f"- specialist phase: serial {r['specialist_phase_s']['serial']:.1f}s, "
             f"n_jobs=2 {r['specialist_phase_s']['n_jobs=2 warm']:.1f}s (worker processes "
             f"already started; {r['specialist_phase_s']['n_jobs=2 cold']:.1f}s when starting them) "
             f"(parallel equals serial: {r['parallel_equals_serial']}); generalist fit "
-            f"{r['generalist_fit_s']:.1f}s",
-            f"- inference: generalist {inf['generalist']:.1f} µs/example, ensemble "
+            f"{r['generalist_fit_s']:.1f}s"),
+            (f"- inference: generalist {inf['generalist']:.1f} µs/example, ensemble "
             f"{inf['ensemble']:.1f} µs/example; {r['inference']['mean_active_specialists']:.2f} "
             f"active specialists, {r['inference']['mean_iterations_when_active']:.2f} "
-            f"iterations on average, converged {100 * r['inference']['converged_share']:.1f}%\n",
+            f"iterations on average, converged {100 * r['inference']['converged_share']:.1f}%\n"),
             r["coverage_markdown"] + "\n",
         ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))

@@ -22,15 +22,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import sklearn  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import sklearn
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV, train_test_split
 
-from kdpipe import DistilledClassifier, build_cache  # noqa: E402
-from kdpipe.cli import HelpFormatter  # noqa: E402
-from kdpipe.teacher_training import jitter_images, train_mlp_ensemble  # noqa: E402
+from kdpipe import DistilledClassifier, build_cache
+from kdpipe.cli import HelpFormatter
+from kdpipe.teacher_training import jitter_images, train_mlp_ensemble
 
 FULL_TEMPERATURES = [1, 1.5, 2, 3, 4, 6, 8, 12, 20]
 QUICK_TEMPERATURES = [1, 2, 4, 8, 20]

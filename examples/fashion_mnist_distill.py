@@ -29,16 +29,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy.special import softmax  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from scipy.special import softmax
 
-from kdpipe import DistilledClassifier, build_cache  # noqa: E402
-from kdpipe.cli import HelpFormatter  # noqa: E402
-from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
-from kdpipe.engine import predict_logits  # noqa: E402
-from kdpipe.teacher_training import jitter_images, train_mlp_ensemble  # noqa: E402
+from kdpipe import DistilledClassifier, build_cache
+from kdpipe.cli import HelpFormatter
+from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist
+from kdpipe.engine import predict_logits
+from kdpipe.teacher_training import jitter_images, train_mlp_ensemble
 
 STUDENTS = {"2x800": (800, 800), "2x30": (30, 30)}
 

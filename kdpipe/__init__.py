@@ -11,9 +11,28 @@ command line starts fast.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("kdpipe")  # one source of truth: pyproject.toml
+except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
+    from kdpipe import augment, cache, datasets, engine, errors, labels, losses, rows, students
+    from kdpipe.cache import LogitCache, Sampled, TopK, Views, build_cache
+    from kdpipe.distilled import DistilledClassifier
+    from kdpipe.losses import (
+        distillation_loss,
+        hard_label_loss,
+        logit_matching_loss,
+        soft_targets,
+        sparse_distillation_loss,
+    )
+    from kdpipe.rows import LazyRows
+    from kdpipe.specialists import SpecialistEnsembleClassifier
+    from kdpipe.view_dataset import ViewDataset
 
 # public name -> module that defines it
 _PUBLIC = {
@@ -34,7 +53,33 @@ _PUBLIC = {
 }
 _SUBMODULES = {"augment", "datasets", "errors", "losses", "cache", "engine", "labels", "rows", "students"}
 
-__all__ = sorted(_PUBLIC) + sorted(_SUBMODULES) + ["__version__"]
+__all__ = [
+    "DistilledClassifier",
+    "LazyRows",
+    "LogitCache",
+    "Sampled",
+    "SpecialistEnsembleClassifier",
+    "TopK",
+    "ViewDataset",
+    "Views",
+    "build_cache",
+    "distillation_loss",
+    "hard_label_loss",
+    "logit_matching_loss",
+    "soft_targets",
+    "sparse_distillation_loss",
+    "augment",
+    "cache",
+    "datasets",
+    "engine",
+    "errors",
+    "labels",
+    "losses",
+    "rows",
+    "students",
+    "__version__",
+]
+assert set(__all__) == set(_PUBLIC) | _SUBMODULES | {"__version__"}
 
 
 def __getattr__(name: str) -> Any:

@@ -492,7 +492,7 @@ def augmentation_from_dict(data: dict[str, Any] | None) -> Augmentation | None:
         return Compose(tuple(augmentation_from_dict(s) for s in data["steps"]))  # type: ignore[misc]
     if kind in _BUILTINS:
         try:
-            return _BUILTINS[kind](**data)  # type: ignore[no-any-return]
+            return _BUILTINS[kind](**data)
         except TypeError as exc:
             raise ValueError(f"bad {kind} settings {data!r}: {exc}") from None
     if kind in ("callable", "global_random"):

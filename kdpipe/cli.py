@@ -10,18 +10,19 @@ with one line on stderr, ``kdpipe: error: ...``, and a non-zero exit status:
 130   interrupted (Ctrl-C); an interrupted ``build-cache`` resumes when rerun
 ====  ================================================================================
 
-Anything else is a bug in kdpipe and shows its traceback. ``--debug`` (or the environment
+Errors of object storage's client libraries (botocore's ``NoCredentialsError``, an
+fsspec error) are one line too. Anything else is a bug in kdpipe and shows its traceback. ``--debug`` (or the environment
 variable ``KDPIPE_DEBUG=1``) shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from kdpipe import __version__
 from kdpipe.errors import KdpipeError, UsageError
@@ -53,6 +54,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action) or ""
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: shows defaults, as the top-level one does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``kdpipe`` command."""
     parser = argparse.ArgumentParser(
@@ -69,11 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND",
-        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter),
+        parser_class=_CommandParser,
     )
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+# packages whose errors are a user's setup (credentials, endpoint, bucket), not a bug in kdpipe
+_STORAGE_PACKAGES = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "adlfs", "azure", "google")
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """An error raised by object storage's client libraries (``NoCredentialsError``...)."""
+    return any(cls.__module__.split(".", 1)[0] in _STORAGE_PACKAGES for cls in type(exc).__mro__)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -112,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = getattr(args, "resume_hint", None)
         print(f"kdpipe: interrupted{'; ' + resume if resume else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (KdpipeError, OSError) as exc:
-        if debug:
+    except Exception as exc:
+        if debug or not (isinstance(exc, (KdpipeError, OSError)) or _is_storage_error(exc)):
             raise
         print(f"kdpipe: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE

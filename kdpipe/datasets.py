@@ -6,6 +6,7 @@ import gzip
 import os
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -104,9 +105,39 @@ def _positive_int(value: object, name: str, minimum: int = 1) -> int:
 
 
 def _non_negative_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(float(value)) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+@overload
+def make_confusable_classification(
+    n_samples: int = 10_000,
+    n_classes: int = 200,
+    *,
+    n_groups: int | None = None,
+    group_size: int | None = None,
+    n_features: int = 20,
+    group_separation: float = 12.0,
+    class_separation: float = 2.5,
+    random_state: int | np.random.RandomState | None = None,
+    return_groups: Literal[False] = False,
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def make_confusable_classification(
+    n_samples: int = 10_000,
+    n_classes: int = 200,
+    *,
+    n_groups: int | None = None,
+    group_size: int | None = None,
+    n_features: int = 20,
+    group_separation: float = 12.0,
+    class_separation: float = 2.5,
+    random_state: int | np.random.RandomState | None = None,
+    return_groups: Literal[True],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def make_confusable_classification(

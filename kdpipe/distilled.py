@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -35,10 +35,11 @@ from kdpipe._estimator import (
     torch_classifier_tags,
     validate_rows,
 )
-from kdpipe.bias import fit_offsets
+from kdpipe.bias import Metric, fit_offsets
 from kdpipe.cache.alignment import check_fit_alignment
 from kdpipe.engine import (
     TrainingConfig,
+    TrainingLoss,
     predict_logits,
     seeded,
     split_validation,
@@ -46,6 +47,7 @@ from kdpipe.engine import (
 )
 from kdpipe.errors import InputError
 from kdpipe.labels import UNLABELED, encode_labels, resolve_classes, unlabeled_mask
+from kdpipe.losses import Combine
 from kdpipe.rows import CheckedReads, MinibatchSource, is_lazy_array
 
 __all__ = ["DistilledClassifier"]
@@ -206,7 +208,11 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     (2, 2)
     """
 
-    _parameter_constraints: dict = {
+    # fitted attributes (set by fit, absent before it), for type checkers
+    module_: torch.nn.Module
+    class_offsets_: np.ndarray
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "module": [type, None],
         "module_params": [dict, None],
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
@@ -246,8 +252,8 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         loss: str = _D.loss,
         temperature: float = _D.temperature,
         alpha: float = _D.alpha,
-        combine: str = _D.combine,
-        optimizer: str = _D.optimizer,
+        combine: Combine = _D.combine,
+        optimizer: Literal["adam", "sgd"] = _D.optimizer,
         learning_rate: float = _D.learning_rate,
         momentum: float = _D.momentum,
         weight_decay: float = _D.weight_decay,
@@ -326,12 +332,12 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         except BaseException:
             restore_state(self, state)
             raise
-        module = fitted.pop("module_")
+        module: torch.nn.Module = fitted.pop("module_")
         if self.warm_start and hasattr(self, "module_"):
             self.module_.load_state_dict(module.state_dict())  # the same student, trained on
         else:
             self.module_ = module
-        vars(self).update(fitted)
+        self.__dict__.update(fitted)
         return self
 
     def _fit(self, X: Any, y: Any, teacher_logits: Any) -> dict[str, Any]:
@@ -422,7 +428,8 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
     def _training_config(self, has_teacher: bool) -> TrainingConfig:
         return TrainingConfig(
-            loss=self.loss if has_teacher else "hard",
+            # checked against _parameter_constraints at the start of fit
+            loss=cast(TrainingLoss, self.loss) if has_teacher else "hard",
             temperature=float(self.temperature),
             alpha=float(self.alpha),
             combine=self.combine,
@@ -506,7 +513,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         y: Any,
         classes: Any = None,
         *,
-        metric: str = "accuracy",
+        metric: Metric = "accuracy",
         search_range: float = 10.0,
     ) -> DistilledClassifier:
         """Fit the logit offsets of some classes on held-out labeled data (section 3).

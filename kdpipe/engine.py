@@ -13,25 +13,28 @@ import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from kdpipe import losses
-from kdpipe.devices import resolve_device
+from kdpipe.devices import resolve_device, small_model_threads
 from kdpipe.rows import Batch, RowSource, prefetched, take_rows, to_model_dtype
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
 
 __all__ = [
     "TrainingConfig",
+    "TrainingLoss",
     "batch_loss",
     "train_student",
     "predict_logits",
     "split_validation",
     "seeded",
 ]
+
+TrainingLoss = Literal["distillation", "logit_matching", "hard"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class TrainingConfig:
     ``__init__`` signatures read theirs from here.
     """
 
-    loss: Literal["distillation", "logit_matching", "hard"] = "distillation"
+    loss: TrainingLoss = "distillation"
     temperature: float = 4.0  # distillation temperature T
     alpha: float = 0.1  # weight of the hard-label cross-entropy
     combine: Literal["arithmetic", "geometric"] = "arithmetic"  # ensemble members
@@ -80,12 +83,20 @@ def batch_loss(
         if y is None:
             raise ValueError("training without teacher logits needs labels")
         return losses.hard_label_loss(student_logits, y, labels_checked=labels_checked)
-    sparse = isinstance(teacher_logits, (TopKTargets, SampledTargets))
-    if sparse and config.loss != "distillation":
-        raise ValueError(f"sparse teacher targets support loss='distillation' only, not {config.loss!r}")
+    if isinstance(teacher_logits, (TopKTargets, SampledTargets)):
+        if config.loss != "distillation":
+            raise ValueError(f"sparse teacher targets support loss='distillation' only, not {config.loss!r}")
+        return losses.sparse_distillation_loss(
+            student_logits,
+            teacher_logits,
+            y,
+            temperature=config.temperature,
+            alpha=config.alpha,
+            combine=config.combine,
+            labels_checked=labels_checked,
+        )
     if config.loss == "distillation":
-        loss = losses.sparse_distillation_loss if sparse else losses.distillation_loss
-        return loss(
+        return losses.distillation_loss(
             student_logits,
             teacher_logits,
             y,
@@ -114,7 +125,7 @@ class seeded:
         self.cuda = device is not None and device.type == "cuda"
         self._fork: Any = None
 
-    def __enter__(self) -> seeded:
+    def __enter__(self) -> Self:
         devices = [torch.cuda.current_device()] if self.cuda else []
         self._fork = torch.random.fork_rng(devices=devices)
         self._fork.__enter__()
@@ -130,7 +141,7 @@ def split_validation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split rows into (train, validation); stratified on labeled rows when possible."""
     rows = np.asarray(rows)
-    n_val = int(round(fraction * len(rows)))
+    n_val = round(fraction * len(rows))
     if not 0 < n_val < len(rows):
         raise ValueError(
             f"validation_fraction={fraction} leaves no rows for training or validation "
@@ -143,7 +154,7 @@ def split_validation(
     labels = y[rows]
     for code in np.unique(labels):
         members = rows[labels == code]
-        take = int(round(fraction * len(members)))
+        take = round(fraction * len(members))
         val.append(rng.permutation(members)[:take])
     val_rows = np.concatenate(val)
     if len(val_rows) == 0:  # every group too small: fall back to a plain split
@@ -183,20 +194,22 @@ def check_codes(y: np.ndarray | None, n_classes: int) -> bool:
     return bool(high >= 0)
 
 
-def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _to_device(
+    batch: Batch, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | SparseTargets | None]:
     pin = device.type == "cuda"
 
-    def move(a: np.ndarray | None) -> torch.Tensor | None:
-        if a is None:
-            return None
+    def move(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a))
         if device.type == "cpu":
             return t  # .to() of a CPU tensor still costs a dispatch per call
         return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
 
-    if isinstance(batch.teacher_logits, (TopKTargets, SampledTargets)):
-        return move(batch.X), move(batch.y), batch.teacher_logits.to_torch(device)
-    return move(batch.X), move(batch.y), move(batch.teacher_logits)
+    y = None if batch.y is None else move(batch.y)
+    v = batch.teacher_logits
+    if isinstance(v, (TopKTargets, SampledTargets)):
+        return move(batch.X), y, v.to_torch(device)
+    return move(batch.X), y, None if v is None else move(v)
 
 
 def _set_epoch(source: RowSource, epoch: int) -> None:
@@ -238,7 +251,7 @@ def _evaluate(
             checked = check_codes(batch.y, z.shape[1])
             total_loss += batch_loss(z, y, v, config, labels_checked=checked) * len(batch.X)
             total_rows += len(batch.X)
-            if y is not None:
+            if y is not None and batch.y is not None:
                 correct += ((z.argmax(dim=1) == y) & (y >= 0)).sum()
                 labeled += int(np.count_nonzero(batch.y >= 0))
     accuracy = int(correct) / labeled if labeled else float("nan")  # one sync per evaluation
@@ -293,7 +306,8 @@ def train_student(
     history: list[dict[str, float]] = []
     best_loss, best_state, stale = np.inf, None, 0
 
-    with seeded(seed, device), tqdm(
+    # one CPU thread for a small model (kdpipe.devices: the thread rule)
+    with seeded(seed, device), small_model_threads(module, device), tqdm(
         total=config.max_epochs, desc="student", unit="epoch", disable=verbose != 1, leave=False
     ) as bar:
         for epoch in range(1, config.max_epochs + 1):

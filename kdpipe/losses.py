@@ -13,7 +13,7 @@ the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and work
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,19 @@ def soft_targets(
     -------
     Tensor of shape (n, C), float32
         Rows are probability distributions.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kdpipe.losses import soft_targets
+    >>> v = torch.tensor([[2.0, 0.0]])
+    >>> soft_targets(v, temperature=1.0).double().round(decimals=3).tolist()
+    [[0.881, 0.119]]
+    >>> soft_targets(v, temperature=4.0).double().round(decimals=3).tolist()  # softer
+    [[0.622, 0.378]]
+    >>> members = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])  # (n, M, C)
+    >>> soft_targets(members, 1.0).double().round(decimals=3).tolist()  # the members' mean
+    [[0.5, 0.5]]
     """
     temperature = parse_temperature(temperature)
     v = _member_logits(teacher_logits)  # (n, M, C)
@@ -169,6 +182,14 @@ def hard_label_loss(
     Returns
     -------
     Tensor, scalar float32
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kdpipe.losses import hard_label_loss
+    >>> z = torch.tensor([[0.0, 0.0], [5.0, -5.0]])
+    >>> round(float(hard_label_loss(z, torch.tensor([0, -1]))), 4)  # row 1 is unlabeled
+    0.6931
     """
     z = _as_float32(student_logits, "student_logits")
     if z.ndim != 2:
@@ -244,6 +265,18 @@ def distillation_loss(
     ----------
     G. Hinton, O. Vinyals, J. Dean. Distilling the Knowledge in a Neural Network.
     arXiv:1503.02531, 2015.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kdpipe.losses import distillation_loss
+    >>> v = torch.tensor([[3.0, 1.0, 0.0]])
+    >>> float(distillation_loss(v, v, temperature=4.0, alpha=0.0))  # student = teacher
+    0.0
+    >>> z = torch.zeros(1, 3, requires_grad=True)
+    >>> distillation_loss(z, v, torch.tensor([0]), temperature=2.0, alpha=0.5).backward()
+    >>> z.grad.shape
+    torch.Size([1, 3])
     """
     alpha = _parse_alpha(alpha)
     temperature = parse_temperature(temperature)
@@ -275,6 +308,16 @@ def logit_matching_loss(
     Returns
     -------
     Tensor, scalar float32
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kdpipe.losses import logit_matching_loss
+    >>> z = torch.tensor([[1.0, 0.0]])
+    >>> float(logit_matching_loss(z + 7.0, z))  # a per-row constant does not count
+    0.0
+    >>> float(logit_matching_loss(torch.tensor([[2.0, 0.0]]), z))  # 1/2 (0.5^2 + 0.5^2)
+    0.25
     """
     z = _as_float32(student_logits, "student_logits")
     v = _on(_member_logits(teacher_logits), z.device)
@@ -286,6 +329,18 @@ def logit_matching_loss(
 
 
 # -- sparse teacher targets ------------------------------------------------------------
+
+
+@overload
+def tail_logsumexp(
+    targets: TopKTargets, temperature: float, *, bounds: Literal[False] = False
+) -> torch.Tensor: ...
+
+
+@overload
+def tail_logsumexp(
+    targets: TopKTargets, temperature: float, *, bounds: Literal[True]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def tail_logsumexp(

@@ -67,6 +67,8 @@ def run_quickstart(
     verbose : bool, default=True
         Print progress.
     """
+    check_options(n_members=n_members, temperature=temperature, alpha=alpha,
+                  student_epochs=student_epochs, teacher_epochs=teacher_epochs)
     # imported here, not at the top: ``kdpipe --help`` and the other commands start faster
     import numpy as np
     import torch
@@ -131,26 +133,55 @@ def run_quickstart(
         say(f"logit cache {where}: {len(cache)} rows x {cache.n_members} members "
             f"x {cache.n_classes} classes, {cache_seconds:.1f}s")
 
-        student = dict(
-            hidden_layer_sizes=student_hidden,
-            max_epochs=student_epochs,
-            batch_size=64,
-            learning_rate=3e-3,
-            random_state=seed,
-            device="cpu",
-        )
         arch = "x".join(str(h) for h in student_hidden)
         for name, params, logits in (
             ("student, hard labels", dict(), None),
             (f"student, distilled T={temperature:g}", dict(temperature=temperature, alpha=alpha), cache),
         ):
             start = time.perf_counter()
-            model = DistilledClassifier(**student, **params)
+            model = DistilledClassifier(
+                hidden_layer_sizes=student_hidden,
+                max_epochs=student_epochs,
+                batch_size=64,
+                learning_rate=3e-3,
+                random_state=seed,
+                device="cpu",
+            ).set_params(**params)
             model.fit(X_train, y_train, teacher_logits=logits)
             seconds = time.perf_counter() - start
             rows.append(_row(name, arch, model.predict(X_test), y_test, seconds))
             say(f"trained {name}")
     return rows
+
+
+_FLAGS = {
+    "n_members": "--members", "temperature": "--temperature", "alpha": "--alpha",
+    "student_epochs": "--student-epochs", "teacher_epochs": "--teacher-epochs",
+}
+
+
+def check_options(*, flags: bool = False, **values: float) -> None:
+    """Check the quickstart's numbers before any work (no teacher trains with a bad alpha).
+
+    Raises :class:`~kdpipe.errors.InputError` naming the parameter, or, with ``flags``,
+    :class:`~kdpipe.errors.UsageError` naming the command-line option.
+    """
+    import math
+
+    from kdpipe.errors import InputError, UsageError
+
+    rules = {
+        "n_members": (lambda v: v >= 1, "an integer >= 1"),
+        "student_epochs": (lambda v: v >= 1, "an integer >= 1"),
+        "teacher_epochs": (lambda v: v >= 1, "an integer >= 1"),
+        "temperature": (lambda v: v > 0 and math.isfinite(v), "a finite number > 0"),
+        "alpha": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    }
+    for name, value in values.items():
+        ok, wanted = rules[name]
+        if not ok(value):
+            error = UsageError if flags else InputError
+            raise error(f"{_FLAGS[name] if flags else name} must be {wanted}, got {value!r}")
 
 
 def _row(
@@ -173,6 +204,8 @@ def format_table(rows: list[QuickstartResult]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    check_options(flags=True, n_members=args.members, temperature=args.temperature, alpha=args.alpha,
+                  student_epochs=args.student_epochs, teacher_epochs=args.teacher_epochs)
     start = time.perf_counter()
     rows = run_quickstart(
         seed=args.seed,

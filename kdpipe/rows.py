@@ -446,6 +446,9 @@ class LazyRows:
     ((2, 2), [10.0, 0.0])
     """
 
+    _reader: ChunkedReader
+    _rows: np.ndarray | None  # None: every row, in order
+
     def __init__(self, array: Any, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         if isinstance(array, LazyRows):
             self._reader, self._rows = array._reader, array._rows
@@ -736,7 +739,7 @@ def prefetched(source: RowSource, row_batches: Iterable[np.ndarray], depth: int 
                 if stop.is_set():
                     return
                 slots.put(source.fetch(rows))
-        except BaseException as exc:  # handed to the consumer, raised there
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
             slots.put(exc)
             return
         slots.put(_DONE)
@@ -853,6 +856,11 @@ def as_source(X: Any) -> Source:
         raise InputError(f"X must be an array or a torch Dataset, got {type(X).__name__}")
     if len(source.shape) < 1 or source.n_rows == 0:
         raise InputError(f"the transfer set is empty (shape {source.shape})")
+    if source.dtype.kind not in "biuf":
+        raise InputError(
+            f"X has dtype {source.dtype}; a transfer set holds numbers (bool, integer or float): "
+            "convert it first, e.g. X.astype(np.float32)"
+        )
     return source
 
 

@@ -33,6 +33,14 @@ class MLP(nn.Module):
     activation : {"relu", "tanh", "gelu", "logistic"}, default="relu"
     dropout : float in [0, 1), default=0.0
         Dropout after each hidden activation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kdpipe.students import MLP
+    >>> net = MLP(n_features=64, n_classes=10, hidden_layer_sizes=(32, 16))
+    >>> net(torch.zeros(5, 64)).shape
+    torch.Size([5, 10])
     """
 
     def __init__(

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Literal, overload
 
 import numpy as np
 import torch
 
-from kdpipe.rows import MinibatchSource
 from kdpipe.engine import TrainingConfig, seeded, train_student
+from kdpipe.rows import MinibatchSource
 from kdpipe.students import MLP
 
 __all__ = ["train_mlp_ensemble", "jitter_images"]
@@ -34,6 +35,48 @@ def jitter_images(
         src = images[i, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
         out[i, max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
     return out.reshape(len(X), -1)
+
+
+@overload
+def train_mlp_ensemble(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_classes: int,
+    n_members: int = 3,
+    hidden_layer_sizes: Sequence[int] = (256, 256),
+    dropout: float = 0.3,
+    epochs: int = 30,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    n_augmented_copies: int = 0,
+    random_state: int = 0,
+    device: str = "auto",
+    verbose: int = 0,
+    return_seconds: Literal[False] = False,
+) -> list[torch.nn.Module]: ...
+
+
+@overload
+def train_mlp_ensemble(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_classes: int,
+    n_members: int = 3,
+    hidden_layer_sizes: Sequence[int] = (256, 256),
+    dropout: float = 0.3,
+    epochs: int = 30,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    n_augmented_copies: int = 0,
+    random_state: int = 0,
+    device: str = "auto",
+    verbose: int = 0,
+    return_seconds: Literal[True],
+) -> tuple[list[torch.nn.Module], list[float]]: ...
 
 
 def train_mlp_ensemble(

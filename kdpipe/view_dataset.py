@@ -30,7 +30,7 @@ from kdpipe.rows import Batch, MinibatchSource, n_rows
 __all__ = ["ViewDataset"]
 
 
-class ViewDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class ViewDataset(torch.utils.data.Dataset):
     """Items ``(view input, teacher logits of that view, label)`` of a dense logit cache.
 
     Parameters

@@ -54,7 +54,7 @@ def test_a_batch_wider_than_the_memory_is_still_read_right():
 
 
 def test_memory_is_complete_once_every_chunk_is_held():
-    data, loads, load = _chunked(12, 4)
+    _data, _loads, load = _chunked(12, 4)
     memory = ChunkMemory(4, (2,), np.int64, max_bytes=192, n_chunks=3)
     _gather(memory, [0, 5], load)
     assert not memory.complete  # chunk 2 never read
@@ -84,7 +84,7 @@ def test_threads_reading_at_once_get_their_own_rows():
             for _ in range(200):
                 rows = rng.integers(0, 400, size=20)
                 np.testing.assert_array_equal(_gather(memory, rows, load), data[rows])
-        except BaseException as exc:  # reported in the main thread
+        except BaseException as exc:  # noqa: BLE001 (reported in the main thread)
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]

@@ -230,4 +230,4 @@ def test_damaged_digests_are_caught(built, tmp_path):
     report = damaged.verify()
     assert report.status == "FAILED" and report.corrupt == (1,)
     with pytest.raises(CacheCorruptError, match="chunk 1"):
-        damaged.row_digests
+        _ = damaged.row_digests

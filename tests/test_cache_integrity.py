@@ -260,7 +260,7 @@ def test_resume_after_sigkill_equals_uninterrupted_build(tmp_path, backend, X):
         LogitCache.open(path)
 
     calls = []
-    import kdpipe.cache.tasks as tasks
+    from kdpipe.cache import tasks
 
     compute = tasks.ChunkJob.compute  # the teachers' forward passes over one chunk, and its write
 

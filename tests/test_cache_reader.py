@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdpipe.rows import take_rows
 from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache.zarr_store import ZarrChunkStore
+from kdpipe.rows import take_rows
 
 N, D, C, ROWS = 250, 4, 5, 50  # 5 chunks
 

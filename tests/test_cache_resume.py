@@ -167,7 +167,7 @@ def test_command_line_precision_flag(tmp_path, X):
 def make(source: str, **namespace):
     """A function named ``teacher`` compiled from ``source``, as if edited in a module."""
     scope = {"np": np, **namespace}
-    exec(textwrap.dedent(source), scope)
+    exec(textwrap.dedent(source), scope)  # noqa: S102 (the test writes the source itself)
     return scope["teacher"]
 
 

@@ -184,7 +184,7 @@ def test_command_line_build_info_verify(tmp_path, data, capsys):
     out = tmp_path / "cache"
     argv = ["build-cache", str(tmp_path / "t.joblib"), "--data", str(tmp_path / "x.npy"),
             "--labels", str(tmp_path / "y.npy"), "-o", str(out), "--chunk-rows", "64", "--quiet",
-            "--backend", "hdf5", "--dtype", "float16"]
+            "--backend", "hdf5", "--dtype", "float16", "--trust-pickled-teachers"]  # a file this test wrote
     assert main(argv) == 0
     capsys.readouterr()
     assert main(["info", str(out)]) == 0

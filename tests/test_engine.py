@@ -11,7 +11,6 @@ import torch
 import zarr
 
 from kdpipe import losses
-from kdpipe.rows import Batch, LazyRows, MinibatchSource, prefetched, take_rows
 from kdpipe.devices import resolve_device
 from kdpipe.engine import (
     TrainingConfig,
@@ -23,6 +22,7 @@ from kdpipe.engine import (
     split_validation,
     train_student,
 )
+from kdpipe.rows import Batch, LazyRows, MinibatchSource, prefetched, take_rows
 from kdpipe.students import MLP
 
 

@@ -7,6 +7,7 @@ implementation (log_softmax, xlogy, KL) is never re-run as the expected value.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -171,7 +172,7 @@ def test_t_squared_factor_keeps_gradient_magnitude(rng):
     assert max(scaled) / min(scaled) < 2.0, scaled
     # without the factor the gradient shrinks roughly as 1/T^2 (400x from T=1 to T=20)
     assert unscaled[0] / unscaled[-1] > 100.0, unscaled
-    assert all(a > b for a, b in zip(unscaled, unscaled[1:])), unscaled
+    assert all(a > b for a, b in itertools.pairwise(unscaled)), unscaled
 
 
 # ---------------------------------------------------------------------------------------

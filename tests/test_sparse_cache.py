@@ -63,7 +63,7 @@ def test_topk_cache_stores_the_k_largest_logits_and_the_tail_of_the_dense_cache(
 
 
 def test_sampled_cache_draws_from_the_teachers_softmax(tmp_path, data):
-    X, y, W = data
+    X, _y, W = data
     cache = _build(tmp_path / "s", data, Sampled(draws=400, temperature=3.0, seed=1))
     got = cache.read_rows(np.arange(N))
     assert isinstance(got, SampledTargets)

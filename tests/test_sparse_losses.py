@@ -133,7 +133,7 @@ def test_topk_gradient_error_within_the_stated_bound_and_shrinking_with_k(teache
     mean_errors = []
     for k in (3, 10, 30):
         targets = reduce_logits(v, TopK(k)).to_torch("cpu")
-        sparse = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
+        sparse = _row_grads(lambda s, targets=targets: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
         error = np.abs(sparse - dense).sum(axis=1)  # L1 per row
         tail = _tail_mask(v, k)
         lse_tail = logsumexp(np.where(tail, v / t, -np.inf), axis=1)
@@ -155,8 +155,8 @@ def test_topk_of_all_but_one_class_gives_the_dense_ensemble_gradient(combine):
     targets = reduce_logits(v, TopK(39)).to_torch("cpu")
     assert targets.n_entries == 4
     for t in (2.0, 5.0):  # on and off the grid: a one-class tail is exact at every T
-        dense = _row_grads(lambda s: distillation_loss(s, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0, combine=combine), z)
-        sparse = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0, combine=combine), z)
+        dense = _row_grads(lambda s, t=t: distillation_loss(s, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0, combine=combine), z)
+        sparse = _row_grads(lambda s, t=t: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0, combine=combine), z)
         np.testing.assert_allclose(sparse, dense, atol=2e-5)
 
 

@@ -151,7 +151,7 @@ def test_unlabeled_rows_are_sampled_as_the_teachers_class():
 
 
 def test_teacher_logits_and_unlabeled_rows(problem):
-    X, y, X_test, y_test, groups = problem
+    X, y, X_test, y_test, _groups = problem
     centers = np.stack([X[y == c].mean(axis=0) for c in range(20)])
     teacher = -((X[:, None, :] - centers[None]) ** 2).sum(-1) / 2.0  # (n, C) logits
     y_part = y.copy()

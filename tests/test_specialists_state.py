@@ -166,7 +166,7 @@ def test_default_device_is_auto():
 
 
 def test_fitted_modules_are_on_the_cpu_after_predict_and_pickle(data, fitted):
-    X, y, X_test, _ = data
+    _X, _y, X_test, _ = data
     est = copy.deepcopy(fitted)
     est.predict_proba(X_test)
     assert all(t.device.type == "cpu" for t in all_parameters(est))

@@ -10,7 +10,16 @@ that unpickle a cache subset) never import torch or dask.distributed.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
+    from kdpipe.cache.build import build_cache
+    from kdpipe.cache.config import BuildConfig
+    from kdpipe.cache.reader import LogitCache
+    from kdpipe.cache.sparse import Sampled, TopK
+    from kdpipe.cache.sparse_reader import SparseLogitCache
+    from kdpipe.cache.verify import VerifyReport
+    from kdpipe.cache.views import Views
 
 _PUBLIC = {
     "build_cache": "kdpipe.cache.build",
@@ -23,7 +32,17 @@ _PUBLIC = {
     "Views": "kdpipe.cache.views",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "BuildConfig",
+    "LogitCache",
+    "Sampled",
+    "SparseLogitCache",
+    "TopK",
+    "VerifyReport",
+    "Views",
+    "build_cache",
+]
+assert set(__all__) == set(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -15,6 +16,7 @@ from kdpipe.cache.config import BuildConfig
 from kdpipe.cache.durable import fsync_dir, is_temp_name, remove_temps, write_step
 from kdpipe.cache.executor import Task, run_tasks
 from kdpipe.cache.fingerprint import combine_hashes, is_weak
+from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.location import Location, is_remote, parse_location, remove_tree
 from kdpipe.cache.manifest import (
     FORMAT_VERSION,
@@ -31,16 +33,15 @@ from kdpipe.cache.manifest import (
 )
 from kdpipe.cache.reader import LogitCache
 from kdpipe.cache.sparse import parse_sparse
-from kdpipe.cache.views import parse_views, views_differences
-from kdpipe.labels import encode_labels
-from kdpipe.rows import Source, as_source
 from kdpipe.cache.storage import hdf5_url_message, open_store
 from kdpipe.cache.tasks import ChunkJob
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
-from kdpipe.cache.hdf5_store import Hdf5ChunkStore
+from kdpipe.cache.views import parse_views, views_differences
 from kdpipe.cache.zarr_store import ZarrChunkStore
-from kdpipe.devices import resolve_device
+from kdpipe.devices import resolve_device, small_model_threads
 from kdpipe.errors import CacheError, CacheMismatchError, InputError
+from kdpipe.labels import encode_labels
+from kdpipe.rows import Source, as_source
 
 __all__ = ["build_cache"]
 
@@ -69,6 +70,7 @@ def build_cache(
     storage_options: dict[str, Any] | None = None,
     sparse: Any = None,
     views: Any = None,
+    trust_pickled_teachers: bool = False,
 ) -> LogitCache:
     """Run ``teachers`` over ``X`` once and store every member's raw logits at ``path``.
 
@@ -76,7 +78,8 @@ def build_cache(
     ----------
     teachers : teacher or list of teachers
         A ``torch.nn.Module``, a TorchScript file, a fitted scikit-learn classifier (or a
-        ``.joblib`` file of one), or a callable ``batch -> logits``; a list is an ensemble.
+        ``.joblib`` file of one, with ``trust_pickled_teachers``), or a callable
+        ``batch -> logits``; a list is an ensemble.
     X : array-like of shape (n, *sample_shape), or torch Dataset
         The transfer set: numpy, zarr, h5py or dask array, or a Dataset whose items are
         tensors or ``(x, y)`` tuples. Read one chunk at a time. Rows keep their shape
@@ -148,6 +151,11 @@ def build_cache(
         ``None`` or ``Views()`` (one view, no augmentation): a plain cache, bit for bit.
         Recorded in the manifest; a resume with another count, seed or augmentation is
         refused.
+    trust_pickled_teachers : bool, default=False
+        Load teacher files that are pickles: ``.joblib``, ``.pkl`` and ``.pickle``
+        (scikit-learn classifiers) and ``torch.save()``d whole modules (``.pt``,
+        ``.pth``). Unpickling runs code named in the file, so without this such a file
+        is refused before anything is read from it. TorchScript files need no opt-in.
 
     Returns
     -------
@@ -161,6 +169,27 @@ def build_cache(
     TeacherOutputError, ClassMismatchError
         A member returned NaN/inf, the wrong number of classes, or another class set.
         Chunks finished before the error are kept; rerun to resume.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from kdpipe import build_cache
+    >>> X = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    >>> W = np.eye(4, 3, dtype=np.float32)
+    >>> def teacher(batch):
+    ...     return batch @ W
+    >>> teacher.kdpipe_fingerprint = "eye-4x3"  # names a callable's version
+    >>> path = tempfile.mkdtemp() + "/cache.zarr"
+    >>> cache = build_cache(teacher, X, path, y=np.arange(10) % 3, chunk_rows=4, progress=False)
+    >>> cache.shape, cache.info()["n_chunks"], cache.verify().ok
+    ((10, 1, 3), 3, True)
+    >>> np.allclose(np.asarray(cache)[:, 0], X @ W)
+    True
+    >>> build_cache(teacher, X, path, y=np.arange(10) % 3, chunk_rows=4, progress=False).shape
+    (10, 1, 3)
+
+    The second call found the finished cache and computed nothing.
     """
     config = BuildConfig(backend=backend, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     root = parse_location(path, storage_options)  # before any work: a URL may need a missing package
@@ -175,12 +204,13 @@ def build_cache(
     except ValueError as exc:
         raise InputError(str(exc)) from None
     source = as_source(X)
-    members = resolve_members(teachers, teacher_versions)
+    members = resolve_members(teachers, teacher_versions, trust_pickled_teachers)
     order = resolve_classes(members, classes)
     settings = {"precision": precision, "device_kind": _device_kind(device, client)}
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
-        manifest = _new_manifest(config, source, members, order, device, settings)
+        probe = _probe(members, source)  # a teacher that cannot take these rows fails here, before any write
+        manifest = _new_manifest(config, source, members, order, device, settings, probe)
         if spec is not None:
             manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
             manifest.sparse_layout()  # refuse settings this cache cannot hold before writing anything
@@ -231,15 +261,23 @@ def build_cache(
     run = dict(
         client=client, num_workers=num_workers, progress=progress, read_block=_block_reader(source) if ship else None
     )
+    models = [m.teacher() for m in members if m.kind in ("torch", "torchscript")]
+    inline = client is None and models and len(models) == len(members) and num_workers == 1
+
+    def threads() -> Any:  # one CPU thread for small torch teachers run here (kdpipe.devices: the thread rule)
+        return small_model_threads(models, resolve_device(device)) if inline else contextlib.nullcontext()
+
     try:
-        records = _check_complete(root, job, manifest, run)
+        with threads():
+            records = _check_complete(root, job, manifest, run)
         missing = [i for i in range(manifest.n_chunks) if i not in records]
         if missing and manifest.complete:
             manifest = Manifest.from_dict({**manifest.to_dict(), "complete": False, "chunks": [], "finished": None})
             write_manifest(root, manifest)
         tasks = [_task("compute", i, i, manifest) for i in missing]
-        for record in run_tasks(job, tasks, desc="kdpipe build", **run):
-            records[record.index] = record
+        with threads():
+            for record in run_tasks(job, tasks, desc="kdpipe build", **run):
+                records[record.index] = record
     finally:
         if own_client:
             client.close()
@@ -301,7 +339,13 @@ def _check_complete(root: Location, job: ChunkJob, manifest: Manifest, run: dict
     indices = sorted(records)
     tasks = [_task("check", records[i], i, manifest) for i in indices]
     verdicts = run_tasks(job, tasks, desc="kdpipe check", **run)
-    changed = [(i, v) for i, v in zip(indices, verdicts) if v in ("data", "labels")]
+    changed = [(i, v) for i, v in zip(indices, verdicts) if v in ("data", "labels", "no labels")]
+    if changed and all(v == "no labels" for _, v in changed):
+        raise CacheMismatchError(
+            f"the cache at {root} holds labels and this build has none given: pass the labels it "
+            "was built with, or overwrite=True to replace it"
+        )
+    changed = [(i, "labels" if v == "no labels" else v) for i, v in changed]
     if changed:
         parts = []
         for i, what in changed[:5]:
@@ -368,6 +412,34 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _probe(members: list[Member], source: Source) -> np.ndarray:
+    """Every member's logits of the first two rows, on the CPU; member 0's are returned.
+
+    A teacher that cannot run on these rows (another input width, integer rows into a
+    float model) is one :class:`InputError` naming the member and the rows' shape and dtype.
+    """
+    x = source.read(0, min(2, source.n_rows))[0]
+    outputs = []
+    for j, member in enumerate(members):
+        try:
+            outputs.append(member.predict(x, resolve_device("cpu")))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            width = int(np.prod(x.shape[1:], dtype=np.int64))
+            hint = ""
+            if x.dtype.kind in "iub" and member.kind in ("torch", "torchscript"):
+                hint = f"; X holds {x.dtype} values: convert it to the model's dtype, e.g. X.astype(np.float32)"
+            # TorchScript's message is its interpreter's traceback; the reason is its last line
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            reason = lines[-1].removeprefix("RuntimeError: ")
+            raise InputError(
+                f"member {j} ({member.name}) cannot compute logits of X's rows (each of shape "
+                f"{tuple(x.shape[1:])}, {width} values, dtype {x.dtype}): {reason}{hint}"
+            ) from exc
+    return np.asarray(outputs[0])
+
+
 def _new_manifest(
     config: BuildConfig,
     source: Source,
@@ -375,10 +447,10 @@ def _new_manifest(
     order: np.ndarray | None,
     device: Any,
     settings: dict[str, str],
+    probe: np.ndarray,
 ) -> Manifest:
-    if order is None:  # nobody declares classes: range(C), C from a two-row probe on the CPU
-        probe = source.read(0, min(2, source.n_rows))[0]
-        width = np.shape(members[0].predict(probe, resolve_device("cpu")))
+    if order is None:  # nobody declares classes: range(C), C from the two-row probe
+        width = np.shape(probe)
         if len(width) != 2:
             raise InputError(f"member 0 ({members[0].name}) returned logits of shape {width}; expected (rows, classes)")
         order = np.arange(width[1])
@@ -393,7 +465,7 @@ def _new_manifest(
         data_dtype=source.dtype.str,
         versions=dict(_versions()),
         build={"batch_size": config.batch_size, "device": str(device), **settings},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
@@ -456,5 +528,5 @@ def _finish(root: Location, manifest: Manifest, records: list[ChunkRecord]) -> N
     """Mark the cache finished, once, after every chunk is complete."""
     parts = [manifest.data_dtype, str(manifest.data_shape)]
     parts += [f"{r.data_sha256}:{r.labels_crc32c}" for r in records]
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     write_manifest(root, manifest.finished_with(records, combine_hashes(parts), when))

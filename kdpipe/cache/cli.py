@@ -8,16 +8,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdpipe.errors import InputError, UsageError
+from kdpipe.errors import InputError, KdpipeError, UsageError
 
 __all__ = ["register", "parse_storage_options", "add_storage_option"]
 
 
 _TEACHER_FORMATS = (
     "TorchScript (.pt, .pth, .ts: torch.jit.script(model).save(path)); a joblib-pickled "
-    "scikit-learn classifier (.joblib, .pkl, .pickle); a torch.save()d whole module "
+    "scikit-learn classifier (.joblib, .pkl, .pickle) or a torch.save()d whole module "
     "(.pt, .pth) only with --trust-pickled-teachers"
 )
+# build_cache's wording of an option -> the command line's
+_FLAG_WORDS = {
+    "overwrite=True": "--overwrite",
+    "trust_pickled_teachers=True": "--trust-pickled-teachers",
+    "pass resume=True or --overwrite": "pass --overwrite",
+}
 _RESUME_HINT = "chunks finished so far are kept; rerun the same command to resume"
 _STORAGE_HELP = (
     "KEY=VALUE option of a URL's file system (e.g. endpoint_url=http://host:9000, profile=NAME, "
@@ -40,17 +46,36 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--storage-option takes KEY=VALUE, got {pair!r}")
-        if redact({key: None})[key] is not None:
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        secret = _secret_key({key: value}, redact)
+        if secret is not None:  # at the top, or nested: client_kwargs={"aws_secret_access_key": ...}
             raise UsageError(
-                f"--storage-option {key}=... looks like a credential; a command line lands in shell "
+                f"--storage-option {secret}=... looks like a credential; a command line lands in shell "
                 "history. Set it in the environment or a profile instead (AWS_ACCESS_KEY_ID, "
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE for s3://)"
             )
-        try:
-            options[key] = json.loads(text)
-        except ValueError:
-            options[key] = text
+        options[key] = value
     return options
+
+
+def _secret_key(value: Any, redact: Any, where: str = "") -> str | None:
+    """The dotted name of the first credential-like key in ``value`` (dicts and lists, at any depth)."""
+    if isinstance(value, dict):
+        hidden = redact({k: None for k in value})
+        for k, v in value.items():
+            name = f"{where}.{k}" if where else str(k)
+            found = name if hidden[k] is not None else _secret_key(v, redact, name)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _secret_key(v, redact, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def add_storage_option(parser: argparse.ArgumentParser) -> None:
@@ -114,19 +139,31 @@ def _load_labels(path: str) -> Any:
         raise InputError(f"--labels {path} is not a readable .npy array ({exc})") from exc
 
 
-def _teacher(path: str, trust_pickled: bool) -> Any:
-    """A teacher argument: the file itself, or the module unpickled from a trusted file."""
-    from kdpipe.cache.teachers import load_pickled_module, torch_file_format
+def _teacher(path: str, trust_pickled: bool) -> str:
+    """Check a teacher file before any work; pickles (joblib, torch.save) only with the opt-in.
+
+    Nothing is unpickled here: :func:`~kdpipe.cache.build.build_cache` loads the file,
+    given ``trust_pickled_teachers``.
+    """
+    from kdpipe.cache.teachers import PICKLE_SUFFIXES, STATE_DICT_HINT, holds_state_dict, torch_file_format
 
     if not Path(path).is_file():
         raise FileNotFoundError(errno.ENOENT, "no such teacher file", path)
-    if Path(path).suffix.lower() not in (".pt", ".pth", ".ts"):
+    suffix = Path(path).suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not trust_pickled:
+        raise InputError(
+            f"teacher {path} is a pickle ({suffix}); unpickling runs code from the file: pass "
+            "--trust-pickled-teachers if you trust it"
+        )
+    if suffix not in (".pt", ".pth", ".ts"):
         return path
     found = torch_file_format(path)
     if found == "torchscript":
         return path
+    if found == "pickle" and holds_state_dict(path):
+        raise InputError(f"teacher {path} is a state_dict, not a teacher: {STATE_DICT_HINT}")
     if found == "pickle" and trust_pickled:
-        return load_pickled_module(path)
+        return path
     if found == "pickle":
         raise InputError(
             f"teacher {path} is a torch.save() pickle, not TorchScript; unpickling runs code from "
@@ -135,29 +172,59 @@ def _teacher(path: str, trust_pickled: bool) -> Any:
     raise InputError(f"teacher {path} is neither TorchScript nor a torch.save() file; accepted: {_TEACHER_FORMATS}")
 
 
+def _check_build_options(args: argparse.Namespace) -> None:
+    """Numbers and the device, before any file is opened (exit 2 for a bad value)."""
+    from kdpipe.devices import resolve_device
+
+    for flag, value in (("--chunk-rows", args.chunk_rows), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    if args.scheduler is None:  # a cluster's workers choose their own devices
+        try:
+            resolve_device(args.device)
+        except InputError as exc:
+            raise UsageError(f"--device {args.device}: {exc}") from exc
+
+
+def _cli_words(exc: Exception) -> Exception:
+    """``exc`` with build_cache's names of options replaced by the command line's."""
+    text = str(exc)
+    for api, flag in _FLAG_WORDS.items():
+        text = text.replace(api, flag)
+    return exc if text == str(exc) else type(exc)(text)
+
+
 def _build(args: argparse.Namespace) -> int:
     from kdpipe.cache.build import build_cache
 
+    _check_build_options(args)
     options = parse_storage_options(args.storage_option)
+    teachers = [_teacher(path, args.trust_pickled_teachers) for path in args.teachers]
     X = _open_data(args.data, args.dataset, options)
     y = _load_labels(args.labels) if args.labels else None
-    teachers = [_teacher(path, args.trust_pickled_teachers) for path in args.teachers]
-    cache = build_cache(
-        teachers,
-        X,
-        args.output,
-        y=y,
-        backend=args.backend,
-        dtype=args.dtype,
-        chunk_rows=args.chunk_rows,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-        client=args.scheduler,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        storage_options=options,
-    )
+    try:
+        cache = build_cache(
+            teachers,
+            X,
+            args.output,
+            y=y,
+            backend=args.backend,
+            dtype=args.dtype,
+            chunk_rows=args.chunk_rows,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision,
+            client=args.scheduler,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            storage_options=options,
+            trust_pickled_teachers=args.trust_pickled_teachers,
+        )
+    except KdpipeError as exc:
+        worded = _cli_words(exc)
+        if worded is exc:
+            raise
+        raise worded from exc
     if not args.quiet:
         print(f"wrote {cache!r}")
         print(f"cache: {_shown(cache.path)}")
@@ -219,7 +286,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--trust-pickled-teachers",
         action="store_true",
-        help="load torch.save()d whole modules (unpickling runs code from the file: trusted files only)",
+        help=(
+            "load teachers that are pickles: .joblib/.pkl/.pickle classifiers and torch.save()d whole "
+            "modules (unpickling runs code from the file: trusted files only)"
+        ),
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_storage_option(p)

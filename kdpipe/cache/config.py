@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from kdpipe.errors import InputError
+
 __all__ = [
     "BACKENDS",
     "DTYPES",
@@ -47,7 +49,7 @@ def parse_dtype(value: Any) -> str:
 def parse_positive_int(value: Any, name: str) -> int:
     """Return ``value`` as an int >= 1; ``name`` is used in the error message."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 

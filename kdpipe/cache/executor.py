@@ -32,6 +32,10 @@ def _call(job: ChunkJob, method: str, arg: Any, x: Any = None) -> Any:
     return getattr(job, method)(arg, x)
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 def run_tasks(
     job: ChunkJob,
     tasks: Sequence[Task],
@@ -45,8 +49,14 @@ def run_tasks(
     """Run ``tasks`` and return their results in order; the first failure is re-raised.
 
     ``read_block(task)`` gives the rows of ``task`` when the job cannot read them itself
-    (in-memory data on a distributed cluster): blocks are then scattered just in time,
-    a few tasks ahead, so the cluster never holds the whole input.
+    (in-memory data on a distributed cluster): blocks are then sent just in time, a few
+    tasks ahead, so the cluster never holds the whole input.
+
+    On a cluster nothing a task needs is scattered: the job is the result of a task and
+    each chunk's rows are an argument of its task, both held by the scheduler, so when a
+    worker dies the scheduler recomputes what it held and reruns its chunks in flight on
+    the workers that remain (scattered data lives on its workers only: "lost scattered
+    data, which can't be recovered").
     """
     if not tasks:
         return []
@@ -94,18 +104,28 @@ def _run_inline(job: ChunkJob, tasks: Sequence[Task], bar: tqdm) -> list[Any]:
 def _run_distributed(
     job: ChunkJob, tasks: Sequence[Task], client: Any, bar: tqdm, read_block: Callable[[Task], Any] | None
 ) -> list[Any]:
+    import uuid
+
+    import dask
     from distributed import as_completed
 
-    job_future = client.scatter(job, broadcast=True, hash=False)  # the teachers travel once per worker
+    # The job (the teachers) and each chunk's rows go into the task graph on purpose, once
+    # each: dask's warning about large graphs recommends scattering them, which is what a
+    # lost worker cannot recover from
+    quiet = dask.config.set({"distributed.admin.large-graph-warning-threshold": "1 PiB"})
     window = 2 * max(1, sum(client.nthreads().values()))
     results: dict[str, Any] = {}
     rows = {t.key: t.rows for t in tasks}
     todo = list(reversed(tasks))
+    with quiet:
+        # a task's result: fetched once by each worker that needs it, recomputed if its holder dies
+        job_future = client.submit(_identity, job, key=f"kdpipe-job-{uuid.uuid4().hex}", pure=False)
 
     def submit() -> Any:
         t = todo.pop()
-        x = None if read_block is None else client.scatter(read_block(t), hash=False)
-        return client.submit(_call, job_future, t.method, t.arg, x, key=t.key, pure=False)
+        x = None if read_block is None else read_block(t)
+        with quiet:
+            return client.submit(_call, job_future, t.method, t.arg, x, key=t.key, pure=False)
 
     running = as_completed([submit() for _ in range(min(window, len(todo)))])
     try:

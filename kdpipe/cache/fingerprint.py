@@ -40,7 +40,7 @@ def hash_block(block: np.ndarray) -> str:
     if block.dtype.hasobject:
         h.update(repr(block.tolist()).encode())
     else:
-        h.update(memoryview(block).cast("B"))
+        h.update(block.data.cast("B"))
     return h.hexdigest()
 
 
@@ -165,7 +165,7 @@ def _feed_callable(h: Any, func: Any, depth: int, seen: set[int]) -> None:
         _feed_value(h, func.args, depth + 1, seen)
         _feed_value(h, func.keywords, depth + 1, seen)
         return
-    call = getattr(type(func), "__call__", None)
+    call = type(func).__call__ if callable(func) else None
     if isinstance(call, types.FunctionType):  # a callable object: its method and its state
         h.update(b"object")
         _feed_name(h, type(func))

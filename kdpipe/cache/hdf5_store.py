@@ -5,18 +5,23 @@ views cache holds ``logits`` (rows, V, M, C) and ``view_digests`` (rows, V) too.
 A file per chunk makes parallel writers safe without a lock (no two tasks touch the
 same file) and makes a killed build harmless: each file is written under a temporary
 name and renamed into place, so a crash leaves either a whole chunk or none, never a
-damaged shared file (see :meth:`Hdf5ChunkStore.write_chunk`). Datasets use the
+damaged shared file (see :meth:`Hdf5ChunkStore.write_chunk`). The file is built in
+memory (h5py's ``core`` driver) and its bytes written by Python: libhdf5 writing to a
+full disk itself crashes the process (SIGSEGV after ``errno = 28``), Python's write
+raises an ``OSError`` instead. Datasets use the
 fletcher32 checksum filter. Files are opened for each read and closed again, so no
 handle is ever shared across a fork.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 from pathlib import Path
 
 import numpy as np
 
-from kdpipe.cache.durable import atomic_write, write_step
+from kdpipe.cache.durable import atomic_write_bytes, write_step
 from kdpipe.cache.manifest import Manifest
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 
@@ -50,21 +55,37 @@ class Hdf5ChunkStore:
         """Write chunk ``index`` whole and durably: logits ``(rows, M, C)`` (``(rows, V, M, C)``
         with views), labels and row digests ``(rows,)``, view digests ``(rows, V)``.
 
-        The file is written under a temp name beside its target, fsynced, renamed into
-        place, and the folder fsynced: a crash leaves the old file or the new one.
+        The file is built in memory, then its bytes are written under a temp name beside
+        the target, fsynced, renamed into place, and the folder fsynced: a crash leaves
+        the old file or the new one.
+
+        Raises
+        ------
+        OSError
+            The disk is full (``errno.ENOSPC``, naming the chunk and the cache's folder)
+            or cannot be written; the temp file is removed and finished chunks are kept.
         """
         import h5py
 
-        def write(tmp: Path) -> None:
-            # "w-": h5py creates the file (mode 0o666 & ~umask); the random name is new
-            with h5py.File(tmp, "w-") as f:
-                f.create_dataset("logits", data=logits, chunks=logits.shape, fletcher32=True)
-                f.create_dataset("labels", data=labels, chunks=labels.shape, fletcher32=True)
-                f.create_dataset("row_digests", data=digests, chunks=digests.shape, fletcher32=True)
-                if view_digests is not None:
-                    f.create_dataset("view_digests", data=view_digests, chunks=view_digests.shape, fletcher32=True)
-
-        atomic_write(self.chunk_paths(index)[0], write)
+        image = io.BytesIO()
+        with h5py.File(image, "w") as f:  # a Python file object: h5py never touches the disk
+            f.create_dataset("logits", data=logits, chunks=logits.shape, fletcher32=True)
+            f.create_dataset("labels", data=labels, chunks=labels.shape, fletcher32=True)
+            f.create_dataset("row_digests", data=digests, chunks=digests.shape, fletcher32=True)
+            if view_digests is not None:
+                f.create_dataset("view_digests", data=view_digests, chunks=view_digests.shape, fletcher32=True)
+        target = self.chunk_paths(index)[0]
+        try:
+            atomic_write_bytes(target, image.getbuffer().tobytes())
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device (the disk of {self.path.parent}; chunks finished so far are "
+                "kept, free space and rerun to resume)",
+                str(target),
+            ) from exc
 
     def read(self, name: str, index: int) -> np.ndarray:
         """Chunk ``index`` of array ``name`` (``"logits"``, ``"labels"`` or ``"row_digests"``), as stored."""

@@ -21,9 +21,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdpipe.errors import InputError, MissingDependencyError
+
+if TYPE_CHECKING:  # typing_extensions only for the checker: nothing imports it at run time
+    from typing_extensions import TypeIs
 
 __all__ = [
     "MissingDependencyError",
@@ -199,7 +202,7 @@ class RemotePath:
 Location = Path | RemotePath
 
 
-def is_remote(path: Any) -> bool:
+def is_remote(path: Any) -> TypeIs[RemotePath]:
     """True for a location in object storage."""
     return isinstance(path, RemotePath)
 

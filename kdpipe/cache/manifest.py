@@ -157,7 +157,9 @@ class Manifest:
             return None
         from kdpipe.cache.sparse import SparseLayout, parse_sparse
 
-        return SparseLayout(parse_sparse(self.sparse), self.dtype, self.n_classes, self.n_members)
+        spec = parse_sparse(self.sparse)
+        assert spec is not None  # self.sparse is not None
+        return SparseLayout(spec, self.dtype, self.n_classes, self.n_members)
 
     def views_config(self) -> Any:
         """The :class:`~kdpipe.cache.views.Views` of a views cache; None without views."""

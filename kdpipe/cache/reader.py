@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kdpipe.cache.durable import is_temp_name
 from kdpipe.cache.location import Location, is_remote, parse_location
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
-from kdpipe.cache.storage import ChunkStore, open_store, read_checked
+from kdpipe.cache.storage import ChunkStore, checksum, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
-from kdpipe.errors import CacheIncompleteError, CacheMismatchError, CacheNotFoundError, InputError, RowMismatchError
+from kdpipe.errors import (
+    CacheIncompleteError,
+    CacheMismatchError,
+    CacheNotFoundError,
+    InputError,
+    RowMismatchError,
+)
 from kdpipe.rows import ChunkMemory, index_rows, positions, take_rows
+
+if TYPE_CHECKING:
+    from kdpipe.losses import Combine
 
 __all__ = ["LogitCache"]
 
@@ -96,7 +105,7 @@ def _is_user(augment: Any) -> bool:
     return isinstance(augment, (Function, GlobalRandom))
 
 
-def _soft_targets_block(logits: np.ndarray, temperature: float, combine: str) -> np.ndarray:
+def _soft_targets_block(logits: np.ndarray, temperature: float, combine: Combine) -> np.ndarray:
     """``(rows, members, classes)`` -> ``(rows, classes)``, by :func:`kdpipe.losses.soft_targets`."""
     import torch  # only where soft targets are computed: unpickling a cache stays torch-free
 
@@ -114,6 +123,26 @@ class LogitCache:
     the chunks it touches, once per chunk. Pickling keeps only the path and the rows.
 
     Use :meth:`open` to create one; see :func:`kdpipe.build_cache` to build one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from kdpipe import LogitCache, build_cache
+    >>> X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    >>> def teacher(batch):
+    ...     return np.concatenate([batch, -batch], axis=1)
+    >>> teacher.kdpipe_fingerprint = "plus-minus"
+    >>> path = tempfile.mkdtemp() + "/cache.zarr"
+    >>> _ = build_cache(teacher, X, path, progress=False)
+    >>> cache = LogitCache.open(path)
+    >>> cache.shape, cache.n_members, cache.n_classes
+    ((6, 1, 4), 1, 4)
+    >>> subset = cache[[4, 1]]  # lazy: reads only the chunks it touches
+    >>> np.asarray(subset)[:, 0, :2].tolist()
+    [[8.0, 9.0], [2.0, 3.0]]
+    >>> cache.soft_targets(1e6)[:1].compute().round(2).tolist()  # T -> inf: uniform
+    [[0.25, 0.25, 0.25, 0.25]]
     """
 
     ndim = 3
@@ -128,7 +157,7 @@ class LogitCache:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, allow_incomplete: bool = False,
+        cls, path: str | os.PathLike[str] | Location, *, allow_incomplete: bool = False,
         chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES, storage_options: dict[str, Any] | None = None,
     ) -> LogitCache:
         """Open the cache at ``path``.
@@ -171,11 +200,12 @@ class LogitCache:
                     f"the cache at {root} is not finished: {len(records)} of {manifest.n_chunks} chunks "
                     "complete; rerun build_cache with the same arguments to finish it"
                 )
+        kind: type[LogitCache] = cls
         if manifest.sparse is not None and cls is LogitCache:
             from kdpipe.cache.sparse_reader import SparseLogitCache
 
-            cls = SparseLogitCache
-        return cls(_Handle(root, manifest, records, int(chunk_cache_bytes)))
+            kind = SparseLogitCache
+        return kind(_Handle(root, manifest, records, int(chunk_cache_bytes)))
 
     # -- pickling: the path (or URL and storage options) and the rows only; the store
     # reopens in the new process
@@ -378,7 +408,7 @@ class LogitCache:
         at, views = self._views_at(rows, views)
         if self.views is None:
             return x
-        return self.views.apply(np.asarray(x), at, views)  # type: ignore[no-any-return]
+        return self.views.apply(np.asarray(x), at, views)
 
     def replay(self, X: Any, rows: Any, views: Any) -> np.ndarray:
         """Exactly the inputs the teacher scored: view ``views[i]`` of the row at position ``rows[i]``.
@@ -482,9 +512,16 @@ class LogitCache:
         return verify_chunks(str(h.root), self.manifest, records, h.store)
 
     def info(self) -> dict[str, Any]:
-        """Summary: rows, classes, members, dtype, bytes on disk, fingerprints, chunks."""
+        """Summary: rows, classes, members, dtype, bytes on disk, fingerprints, chunks.
+
+        ``labels_stored`` says whether any complete chunk holds a label (a row not marked
+        ``-1``), told from the chunks' recorded label checksums without reading them.
+        """
         m = self.manifest
         records = self._handle.records if m.complete else read_records(self.path)
+        unlabeled = {r.stop - r.start: 0 for r in records.values()}
+        for rows in unlabeled:
+            unlabeled[rows] = checksum(np.full(rows, -1, dtype=np.int64))
         if is_remote(self.path):
             size = sum(self.path.sizes().values())
         else:
@@ -502,6 +539,7 @@ class LogitCache:
             "n_chunks": m.n_chunks,
             "complete_chunks": len(records),
             "complete": m.complete,
+            "labels_stored": any(r.labels_crc32c != unlabeled[r.stop - r.start] for r in records.values()),
             "bytes_on_disk": size,
             "bytes_per_row": size / m.n_rows,
             "format": "dense" if m.sparse is None else m.sparse["kind"],

@@ -166,7 +166,7 @@ def parse_sparse(value: Any) -> SparseSpec | None:
     if isinstance(value, dict):
         data = dict(value)
         kind = data.pop("kind", None)
-        cls = {"topk": TopK, "sampled": Sampled}.get(kind)  # type: ignore[arg-type]
+        cls = {"topk": TopK, "sampled": Sampled}.get(kind)
         if cls is None:
             raise ValueError(f"sparse kind must be 'topk' or 'sampled', got {kind!r}")
         try:

@@ -16,7 +16,7 @@ from kdpipe.errors import CacheCorruptError, InputError
 __all__ = ["ChunkStore", "open_store", "hdf5_url_message", "checksum", "read_checked", "chunk_parts"]
 
 ChunkStore = ZarrChunkStore | Hdf5ChunkStore
-_STORES = {"zarr": ZarrChunkStore, "hdf5": Hdf5ChunkStore}
+_STORES: dict[str, type[ZarrChunkStore | Hdf5ChunkStore]] = {"zarr": ZarrChunkStore, "hdf5": Hdf5ChunkStore}
 
 
 def open_store(root: Any, manifest: Manifest, *, writable: bool = False) -> ChunkStore:

@@ -1,7 +1,7 @@
 """The work of one build task: compute (or check) one whole storage chunk.
 
-A :class:`ChunkJob` is shipped once to each worker (scattered with ``broadcast=True``
-on a distributed cluster); tasks then only carry a chunk index and, for in-memory
+A :class:`ChunkJob` is shipped once to each worker (the result of one task, which the
+scheduler recomputes if its worker dies); tasks then only carry a chunk index and, for in-memory
 inputs, that chunk's rows. The task that computes chunk ``i`` is the only writer of
 chunk ``i``, and writes its completion record after the data.
 """
@@ -16,12 +16,12 @@ import numpy as np
 
 from kdpipe.cache.fingerprint import hash_block, row_digests
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, write_record
-from kdpipe.labels import encode_labels
-from kdpipe.rows import Source
 from kdpipe.cache.storage import checksum, chunk_parts, open_store, read_checked
 from kdpipe.cache.teachers import Member
 from kdpipe.devices import resolve_device
 from kdpipe.errors import CacheCorruptError, InputError, TeacherOutputError
+from kdpipe.labels import encode_labels
+from kdpipe.rows import Source
 
 __all__ = ["ChunkJob"]
 
@@ -160,13 +160,13 @@ class ChunkJob:
         """Compare a complete chunk with this build's inputs and with its stored data.
 
         Returns ``"ok"``, ``"data"`` (the input rows changed), ``"labels"`` (the labels
-        changed) or ``"damaged"`` (stored chunk missing or corrupt: recompute it).
+        changed), ``"no labels"`` (the chunk has labels, this build gives none) or ``"damaged"`` (stored chunk missing or corrupt: recompute it).
         """
         x, codes = self._inputs(record.index, x)
         if hash_block(x) != record.data_sha256:
             return "data"
         if checksum(codes) != record.labels_crc32c:
-            return "labels"
+            return "no labels" if bool((codes == -1).all()) else "labels"
         store = open_store(self.root, self.manifest)
         try:
             for what in chunk_parts(self.manifest):

@@ -1,7 +1,9 @@
 """Teachers of every supported kind behind one interface: ``Member.predict(batch) -> logits``.
 
 Supported kinds: a ``torch.nn.Module``; a TorchScript file (``.pt``, ``.pth``, ``.ts``);
-a joblib-pickled scikit-learn classifier (``.joblib``, ``.pkl``); a fitted scikit-learn
+a joblib-pickled scikit-learn classifier (``.joblib``, ``.pkl``, ``.pickle``) or a
+``torch.save()``d whole module, both only when the caller trusts pickles by name
+(``trust_pickled``; unpickling runs code from the file); a fitted scikit-learn
 classifier; any callable ``batch -> logits``. A list of these is an ensemble.
 
 What each kind receives: a batch of rows ``(b, *sample_shape)`` as stored (the sample
@@ -44,13 +46,15 @@ __all__ = [
     "resolve_members",
     "resolve_classes",
     "torch_file_format",
+    "holds_state_dict",
     "load_pickled_module",
+    "PICKLE_SUFFIXES",
 ]
 
 PRECISIONS = ("model", "float16", "bfloat16")
 
 _TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts"}
-_JOBLIB_SUFFIXES = {".joblib", ".pkl", ".pickle"}
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")  # joblib-pickled scikit-learn classifiers
 _ALIGN = 16  # bytes; numpy allocates at least this aligned
 _PREPARED: dict[tuple[Any, str], tuple[Any, Any]] = {}  # (key, device) -> (source object, prepared)
 _PREPARED_LOCK = threading.RLock()  # re-entered: preparing a file teacher first loads it
@@ -95,6 +99,52 @@ def torch_file_format(path: str | os.PathLike[str]) -> str:
     return "pickle" if any(n.endswith("/data.pkl") for n in names) else "unknown"
 
 
+def holds_state_dict(path: str | os.PathLike[str]) -> bool:
+    """Whether a ``torch.save`` file holds a dict (a ``state_dict``) rather than a whole module.
+
+    Read from the pickle's opcodes (``pickletools``), without unpickling anything: a
+    ``state_dict`` pickles as an ``OrderedDict`` (or a plain dict) at the top, a module as
+    its class.
+    """
+    import io
+    import pickletools
+    import zipfile
+
+    skip = 0
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            if name is None:
+                return False
+            data = archive.read(name)
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+        skip = 3  # torch's legacy format: magic number, protocol version and system info come first
+    stream = io.BytesIO(data)
+    try:
+        for _ in range(skip):
+            for _ in pickletools.genops(stream):
+                pass
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(stream):
+            if opcode.name in ("PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                continue
+            if opcode.name == "EMPTY_DICT":
+                return True
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(str(arg))
+                continue
+            if opcode.name == "GLOBAL":
+                return str(arg).replace(" ", ".") in ("collections.OrderedDict", "builtins.dict")
+            if opcode.name == "STACK_GLOBAL":
+                return ".".join(strings[-2:]) in ("collections.OrderedDict", "builtins.dict")
+            return False
+    except ValueError:  # not a pickle, or a damaged one
+        return False
+    return False
+
+
 def load_pickled_module(path: str | os.PathLike[str]) -> Any:
     """Unpickle a whole ``torch.nn.Module`` saved with ``torch.save(model, path)``.
 
@@ -118,9 +168,16 @@ def load_pickled_module(path: str | os.PathLike[str]) -> Any:
     if not isinstance(obj, torch.nn.Module):
         raise InputError(
             f"teacher file {str(path)!r} holds a {type(obj).__name__} object, not a torch.nn.Module "
-            "(a state_dict needs its model: load it into the model, then save the model)"
+            f"({STATE_DICT_HINT})"
         )
     return obj.eval()
+
+
+STATE_DICT_HINT = (
+    "a state_dict holds weights without the model: load it into its model "
+    "(model.load_state_dict(torch.load(path))), then save the model as TorchScript, "
+    "torch.jit.script(model).save(path)"
+)
 
 
 def _is_sklearn(obj: Any) -> bool:
@@ -192,12 +249,21 @@ class Member:
 
 
 def _load_file(path: str | None, kind: str) -> Any:
+    """Load a file teacher; only reached for a pickle the caller trusted (see :func:`_member`)."""
     assert path is not None
     if kind == "torchscript":
         return _load_torchscript(path)
+    if kind == "torch":  # a torch.save()d whole module
+        return load_pickled_module(path)
     import joblib
 
-    return joblib.load(path)
+    obj = joblib.load(path)
+    if not _is_sklearn(obj):
+        raise InputError(
+            f"teacher file {path!r} holds a {type(obj).__name__} object, not a fitted scikit-learn "
+            "classifier (one with classes_ and decision_function or predict_proba)"
+        )
+    return obj
 
 
 def _prepare_module(module: Any, device: Any, owned: bool) -> Any:
@@ -268,7 +334,10 @@ def _sklearn_logits(estimator: Any, x: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(p, np.finfo(np.float32).tiny)).astype(np.float32)
 
 
-def _member(teacher: Any) -> Member:
+_TRUST = "trust_pickled_teachers=True"  # the opt-in's name in the API (--trust-pickled-teachers in the CLI)
+
+
+def _member(teacher: Any, trust_pickled: bool = False) -> Member:
     if isinstance(teacher, (str, os.PathLike)):
         path = str(Path(teacher).resolve())
         suffix = Path(path).suffix.lower()
@@ -276,17 +345,26 @@ def _member(teacher: Any) -> Member:
             raise InputError(f"teacher file {teacher!r} does not exist")
         if suffix in _TORCHSCRIPT_SUFFIXES:
             kind = "torchscript"
-            if torch_file_format(path) != "torchscript":
+            found = torch_file_format(path)
+            if found == "pickle" and holds_state_dict(path):
+                raise InputError(f"teacher file {teacher!r} is a state_dict, not a teacher: {STATE_DICT_HINT}")
+            if found == "pickle" and trust_pickled:
+                kind = "torch"
+            elif found != "torchscript":
                 raise InputError(
                     f"teacher file {teacher!r} is not TorchScript (a torch.save() pickle, or not a torch "
-                    "file); unpickling runs code from the file, so kdpipe does not do it: save the teacher "
-                    "with torch.jit.script(model).save(path), or, if you trust the file, pass "
-                    "kdpipe.cache.teachers.load_pickled_module(path)"
+                    "file); unpickling runs code from the file, so kdpipe does not do it unless asked: save "
+                    f"the teacher with torch.jit.script(model).save(path), or, if you trust the file, pass {_TRUST}"
                 )
-        elif suffix in _JOBLIB_SUFFIXES:
+        elif suffix in PICKLE_SUFFIXES:
             kind = "sklearn"
+            if not trust_pickled:
+                raise InputError(
+                    f"teacher file {teacher!r} is a pickle ({suffix}); unpickling runs code from the file, so "
+                    f"kdpipe does not do it unless asked: pass {_TRUST} if you trust the file"
+                )
         else:
-            raise InputError(f"teacher file {teacher!r}: expected .pt/.pth/.ts (TorchScript) or .joblib/.pkl")
+            raise InputError(f"teacher file {teacher!r}: expected .pt/.pth/.ts (TorchScript) or .joblib/.pkl/.pickle")
         return Member(kind, Path(path).name, "file:" + fp.fingerprint_file(path), path=path)
     try:
         import torch
@@ -303,8 +381,11 @@ def _member(teacher: Any) -> Member:
     raise InputError(f"cannot use a {type(teacher).__name__} as a teacher")
 
 
-def resolve_members(teachers: Any, versions: Any = None) -> list[Member]:
+def resolve_members(teachers: Any, versions: Any = None, trust_pickled: bool = False) -> list[Member]:
     """Wrap a teacher or a list of teachers into :class:`Member` objects.
+
+    Teacher files that unpickle (``.joblib``, ``.pkl``, ``.pickle``, a ``torch.save()``
+    ``.pt``) are refused before anything is read from them unless ``trust_pickled``.
 
     ``versions``: a version string per teacher (None where not given), or one string for
     a single teacher. A version is recorded in the member's fingerprint; it is what lets
@@ -322,7 +403,7 @@ def resolve_members(teachers: Any, versions: Any = None) -> list[Member]:
         raise InputError(
             f"teacher_versions must give one string (or None) per teacher ({len(items)}), got {versions!r}"
         )
-    members = [_member(t) for t in items]
+    members = [_member(t, trust_pickled) for t in items]
     for member, version in zip(members, versions):
         if version is not None:
             member.fingerprint = f"version:{version}|{member.fingerprint}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds
+from kdpipe.cache.manifest import ChunkRecord, Manifest
 from kdpipe.cache.storage import ChunkStore, chunk_parts, read_checked
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 

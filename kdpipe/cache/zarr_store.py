@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
@@ -33,6 +33,10 @@ from kdpipe.cache.location import Location, as_location, is_remote
 from kdpipe.cache.manifest import Manifest, chunk_bounds
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 
+if TYPE_CHECKING:  # zarr is imported where a store is opened
+    import zarr
+    from zarr.core.array_spec import ArrayConfigParams
+
 __all__ = ["ZarrChunkStore"]
 
 
@@ -40,7 +44,7 @@ class ZarrChunkStore:
     """Whole-chunk reads and writes of one cache's zarr group."""
 
     dirname = "logits.zarr"
-    _config = {"write_empty_chunks": True}
+    _config: ClassVar[ArrayConfigParams] = {"write_empty_chunks": True}
     _names = ("logits", "labels", "row_digests", "view_digests")
 
     def __init__(self, root: str | Path | Location, manifest: Manifest, *, writable: bool = False) -> None:
@@ -124,7 +128,7 @@ class ZarrChunkStore:
                 store = self._zarr_store(read_only=not self.writable)
                 group = zarr.open_group(store, mode="r+" if self.writable else "r")
                 # write_empty_chunks is a runtime setting, not stored with the array
-                self._arrays = {k: group[k].with_config(self._config) for k in self._array_names()}
+                self._arrays = {k: cast("zarr.Array[Any]", group[k]).with_config(self._config) for k in self._array_names()}
             except Exception as exc:  # zarr raises several types for a damaged group
                 raise CacheCorruptError(f"cannot open the zarr store {self.path}: {exc}") from exc
             self._pid = os.getpid()

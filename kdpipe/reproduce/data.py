@@ -76,7 +76,7 @@ def load_splits(
         X = (X / 16.0).astype(np.float32)
         y = y.astype(np.int64)
         order = _stratified_order(y, rng)
-        n_hold = int(round(0.3 * len(y)))
+        n_hold = round(0.3 * len(y))
         test, rest = order[:n_hold], order[n_hold:]
         X_pool, y_pool, X_test, y_test = X[rest], y[rest], X[test], y[test]
         shape, names = (8, 8), tuple(str(d) for d in range(10))
@@ -115,7 +115,7 @@ def confusable_splits(n_samples: int, n_classes: int, group_size: int, *, seed: 
     )
     X, y = X.astype(np.float32), y.astype(np.int64)
     order = _stratified_order(y, np.random.default_rng(seed))
-    n_test, n_val = int(round(0.25 * len(y))), int(round(0.15 * len(y)))
+    n_test, n_val = round(0.25 * len(y)), round(0.15 * len(y))
     test, val, train = order[:n_test], order[n_test : n_test + n_val], np.sort(order[n_test + n_val :])
     names = tuple(f"g{int(groups[c])}/c{c}" for c in range(n_classes))
     return Splits("confusable", X[train], y[train], X[val], y[val], X[test], y[test], None, names)

@@ -179,13 +179,13 @@ def experiment_2(lab: Lab) -> dict[str, Any]:
         },
         "results": results,
         "notes": [
-            f"How soft the targets are: at T={temps[0]:g} the teacher's mean top probability on "
+            (f"How soft the targets are: at T={temps[0]:g} the teacher's mean top probability on "
             f"test rows is {softness['top_probability'][0]:.3f} (entropy "
             f"{softness['entropy'][0]:.3f} nats); at T={temps[-1]:g} it is "
             f"{softness['top_probability'][-1]:.3f}. The paper's MNIST teacher made 67 errors in "
             "10,000, so its T=1 targets were close to one-hot and a higher T was needed to show the "
             "small logits; a teacher that is already unsure at T=1 gives dark knowledge at T=1, and "
-            "the best T moves down.",
+            "the best T moves down."),
         ],
         "headline": headline,
         "verdict": _judge(lab, verdict),
@@ -259,7 +259,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
                        f"alpha={alpha}",
             "left_out_class": c,
             "left_out_name": name,
-            "transfer_rows": int(len(keep)),
+            "transfer_rows": len(keep),
             "shift_fitted_on": f"{len(s.y_val)} validation rows, accuracy, grid step 0.05 in [-10, 10]",
         },
         "results": {
@@ -279,11 +279,11 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
             "two_classes_verdict": _judge(lab, beats_verdict([(pair_gain["mean"], pair_gain["se"])])),
         },
         "notes": [
-            f"The paper's second variant kept only 7s and 8s in the transfer set (47.3% test errors), "
+            (f"The paper's second variant kept only 7s and 8s in the transfer set (47.3% test errors), "
             f"then lowered the biases of 7 and 8 by 7.6, chosen on test (13.2% errors). Here the "
             f"two shifts are fitted on validation rows; that variant is judged apart (reproduced when "
             f"the shift raises test accuracy beyond 2 SE): "
-            f"{_judge(lab, beats_verdict([(pair_gain['mean'], pair_gain['se'])])) or 'no verdict'}.",
+            f"{_judge(lab, beats_verdict([(pair_gain['mean'], pair_gain['se'])])) or 'no verdict'}."),
         ],
         "headline": f"class {name}: {np.mean(before_c):.1%} -> {np.mean(after_c):.1%} after a shift of "
                     f"{np.mean(shift):+.2f} (with the class in the transfer set: {np.mean(ref_c):.1%}); "
@@ -358,7 +358,7 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
 
     def rows(fraction: float, seed: int) -> np.ndarray:
         order = _stratified_order(s.y_train, np.random.default_rng(10_000 + seed))
-        return np.sort(order[: max(s.n_classes, int(round(fraction * n)))])
+        return np.sort(order[: max(s.n_classes, round(fraction * n))])
 
     temps = sorted({2.0, 5.0, float(p.exp1_temperature)})
     scores = {}

@@ -85,22 +85,22 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
         f"# kdpipe reproduce: Hinton, Vinyals & Dean (2015), profile `{p['name']}`",
         "",
         f"Command: `{run['command']}`  ",
-        f"Data: {run['data']['name']} ({run['data']['sizes']}), device {run['device']} "
+        (f"Data: {run['data']['name']} ({run['data']['sizes']}), device {run['device']} "
         f"({run.get('torch_threads', '?')} torch threads), "
-        f"kdpipe {run['kdpipe_version']}, {run['finished_utc']}, wall time {run['wall_seconds']:.1f}s.",
+        f"kdpipe {run['kdpipe_version']}, {run['finished_utc']}, wall time {run['wall_seconds']:.1f}s."),
         "",
-        "Method: every choice (temperature, hard-label weight, bias shift) is made on validation "
+        ("Method: every choice (temperature, hard-label weight, bias shift) is made on validation "
         "rows held out of every training set; the test rows are scored once per final model. "
         "Epochs are fixed by the profile, not tuned. Each teacher is trained once and run once over "
         "the transfer set into a logit cache (`kdpipe.build_cache`); every student reads that cache. "
         "Seeds vary the students (initialization, order, subsets), not the teachers, so the standard "
         "errors measure student variation only. Fashion-MNIST stands in for MNIST and for the speech "
-        "data of sections 4 and 6.",
+        "data of sections 4 and 6."),
         "",
     ]
     if not p["verdicts"]:
-        lines += ["**Smoke profile: tiny sizes, no verdicts.** It checks that every experiment runs "
-                  "and that the report and plots are written; its numbers mean nothing.", ""]
+        lines += [("**Smoke profile: tiny sizes, no verdicts.** It checks that every experiment runs "
+                  "and that the report and plots are written; its numbers mean nothing."), ""]
     lines += ["| # | experiment | this run | verdict |", "|---|---|---|---|"]
     for n, exp in experiments.items():
         lines.append(f"| {n} | {exp['title']} | {exp['headline']} | {exp['verdict'] or '-'} |")
@@ -115,10 +115,10 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
         f"- teacher training: {t['teacher_training_s']:.1f}s",
         f"- teacher passes over the transfer set (building the caches): {t['teacher_passes_s']:.1f}s",
         f"- {t['student_fits']} student fits: {t['students_s']:.1f}s",
-        f"- re-running the teachers inside every distilled student instead (one teacher pass per "
+        (f"- re-running the teachers inside every distilled student instead (one teacher pass per "
         f"row and epoch, {t['distilled_row_epochs']} row-epochs, priced at the cache build's cost per "
         f"row): about {t['online_teacher_passes_estimate_s']:.1f}s more, against "
-        f"{t['teacher_passes_s']:.1f}s for the caches",
+        f"{t['teacher_passes_s']:.1f}s for the caches"),
         "",
     ]
     if figures is None:

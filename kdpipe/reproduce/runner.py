@@ -89,7 +89,7 @@ def run(
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "device": str(resolve_device(device)),
-            "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "finished_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_seconds": time.perf_counter() - start,
             "profile": settings.to_dict(),
             "data": {"name": splits.name, "sizes": splits.sizes(), "classes": list(splits.class_names)},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from kdpipe.specialists.clustering import cluster_classes, parse_class_subsets
 from kdpipe.specialists.inference import InferenceResult, combine_distributions
 from kdpipe.specialists.plan import plan_specialist, row_classes
 from kdpipe.specialists.report import CoverageReport, coverage_table
-from kdpipe.specialists.training import fit_specialist
+from kdpipe.specialists.training import Kind, fit_specialist
 from kdpipe.students import MLP
 
 __all__ = ["SpecialistEnsembleClassifier"]
@@ -200,7 +200,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     True
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "generalist": [HasMethods(["fit", "predict_proba"]), None],
         "n_specialists": [Interval(Integral, 1, None, closed="left")],
         "class_subsets": [list, None],
@@ -234,7 +234,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         overlap: float = 0.0,
         cluster_on: str = "correlation",
         subset_share: float = 0.5,
-        specialist_type: str = "dustbin",
+        specialist_type: Kind = "dustbin",
         top_n: int = 1,
         specialist_max_epochs: int = 10,
         specialist_learning_rate: float = 1e-3,
@@ -484,7 +484,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         for m, spec in enumerate(self.specialists_):
             member[m, spec.subset] = True
         top = np.argsort(-p_g, axis=1, kind="stable")[:, : self.top_n]  # (n, top_n)
-        active = member.T[top].any(axis=1)  # (n, M)
+        active = np.asarray(member.T[top].any(axis=1))  # (n, M)
         p_m = []
         for m, spec in enumerate(self.specialists_):
             width = n_classes if spec.kind == "full" else len(spec.subset) + 1

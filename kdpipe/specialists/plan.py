@@ -86,9 +86,12 @@ def plan_specialist(
     subset = np.asarray(subset, dtype=np.intp)
     rows, correction = sample_rows(sampling_classes, subset, share, rng)
     row_codes = np.asarray(codes, dtype=np.int64)[rows]
-    n_classes = (
-        teacher_logits.shape[-1] if teacher_logits is not None else generalist_proba.shape[1]
-    )
+    if teacher_logits is not None:
+        n_classes = teacher_logits.shape[-1]
+    elif generalist_proba is not None:
+        n_classes = generalist_proba.shape[1]
+    else:
+        raise ValueError("plan_specialist needs teacher_logits or generalist_proba")
     outside = complement_mask(subset, n_classes)
     targets = None
     if kind == "dustbin":

@@ -64,7 +64,7 @@ class CoverageReport:
 
 
 def _row(n_covering: int, gen_ok: np.ndarray, ens_ok: np.ndarray) -> CoverageRow:
-    count = int(len(gen_ok))
+    count = len(gen_ok)
     gen = float(gen_ok.mean()) if count else float("nan")
     ens = float(ens_ok.mean()) if count else float("nan")
     rel = (ens - gen) / gen if count and gen > 0 else float("nan")

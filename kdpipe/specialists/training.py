@@ -140,7 +140,7 @@ def sample_rows(
             f"{len(rows_in)} transfer rows of its classes and {len(rows_out)} of others; "
             "it needs both"
         )
-    n_out = min(len(rows_out), max(1, int(round(len(rows_in) * (1.0 - share) / share))))
+    n_out = min(len(rows_out), max(1, round(len(rows_in) * (1.0 - share) / share)))
     picked = rng.choice(rows_out, size=n_out, replace=False)
     correction = sampling_correction(len(rows_in), len(rows_in), len(rows_out), n_out)
     return np.sort(np.concatenate([rows_in, picked])), correction
