@@ -20,8 +20,8 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path, never instal
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
-    from kdpipe import cache, datasets, engine, errors, labels, losses, rows
-    from kdpipe.cache import LogitCache, Sampled, TopK, build_cache
+    from kdpipe import augment, cache, datasets, engine, errors, labels, losses, rows, students
+    from kdpipe.cache import LogitCache, Sampled, TopK, Views, build_cache
     from kdpipe.distilled import DistilledClassifier
     from kdpipe.losses import (
         distillation_loss,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     )
     from kdpipe.rows import LazyRows
     from kdpipe.specialists import SpecialistEnsembleClassifier
+    from kdpipe.view_dataset import ViewDataset
 
 # public name -> module that defines it
 _PUBLIC = {
@@ -42,13 +43,15 @@ _PUBLIC = {
     "sparse_distillation_loss": "kdpipe.losses",
     "TopK": "kdpipe.cache",
     "Sampled": "kdpipe.cache",
+    "Views": "kdpipe.cache",
     "build_cache": "kdpipe.cache",
     "LogitCache": "kdpipe.cache",
     "DistilledClassifier": "kdpipe.distilled",
     "LazyRows": "kdpipe.rows",
+    "ViewDataset": "kdpipe.view_dataset",
     "SpecialistEnsembleClassifier": "kdpipe.specialists",
 }
-_SUBMODULES = {"datasets", "errors", "losses", "cache", "engine", "labels", "rows"}
+_SUBMODULES = {"augment", "datasets", "errors", "losses", "cache", "engine", "labels", "rows", "students"}
 
 __all__ = [
     "DistilledClassifier",
@@ -57,12 +60,15 @@ __all__ = [
     "Sampled",
     "SpecialistEnsembleClassifier",
     "TopK",
+    "ViewDataset",
+    "Views",
     "build_cache",
     "distillation_loss",
     "hard_label_loss",
     "logit_matching_loss",
     "soft_targets",
     "sparse_distillation_loss",
+    "augment",
     "cache",
     "datasets",
     "engine",
@@ -70,6 +76,7 @@ __all__ = [
     "labels",
     "losses",
     "rows",
+    "students",
     "__version__",
 ]
 assert set(__all__) == set(_PUBLIC) | _SUBMODULES | {"__version__"}

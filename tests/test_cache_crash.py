@@ -45,19 +45,29 @@ _CRASHER = textwrap.dedent(
 
     os.fsync = lambda fd: None  # see the module docstring
     X, y, W = (np.load(os.path.join(sys.argv[1], f"{name}.npy")) for name in ("X", "y", "W"))
-    backend, out, sparse = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    backend, out, sparse, views = sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
 
     def teacher(batch):
         return batch @ W
 
     teacher.kdpipe_fingerprint = "crash-test-linear"
 
+    def jitter(batch, generator):
+        import torch
+        return torch.roll(batch, int(torch.randint(0, 3, (1,), generator=generator)), dims=1)
+
+    if views is not None:
+        import torch  # imported once here, not in every child
+        from kdpipe import Views
+        from kdpipe.augment import Function
+        views = Views(count=views["count"], augment=Function(jitter, version="crash-jitter"), seed=views["seed"])
+
     def run(path, hook):
         pid = os.fork()
         if pid == 0:
             durable.set_write_hook(hook)
             build_cache(teacher, X, path, y=y, backend=backend, chunk_rows=%(rows)d, batch_size=4,
-                        progress=False, num_workers=1, sparse=sparse)
+                        progress=False, num_workers=1, sparse=sparse, views=views)
             os._exit(0)
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
@@ -95,11 +105,39 @@ def teacher_like_the_crasher(W):
     return teacher
 
 
+def jitter_views(views):
+    """The views of the crash helper's builds: each row rolled by 0-2 places, per view."""
+    if views is None:
+        return None
+    import torch
+
+    from kdpipe import Views
+    from kdpipe.augment import Function
+
+    def jitter(batch, generator):
+        return torch.roll(batch, int(torch.randint(0, 3, (1,), generator=generator)), dims=1)
+
+    return Views(count=views["count"], augment=Function(jitter, version="crash-jitter"), seed=views["seed"])
+
+
 def snapshot(cache: LogitCache) -> dict:
     """Everything a finished cache promises, less the build's timestamps."""
     manifest = cache.manifest.to_dict()
     for key in ("created", "finished"):
         manifest.pop(key)
+    if cache.manifest.views is not None:  # every view's logits and input digests
+        from kdpipe.cache.views import comparable
+
+        manifest["views"] = comparable(manifest["views"])  # the jitter's name: where it was defined
+        rows = np.repeat(np.arange(len(cache)), cache.n_views)
+        views = np.tile(np.arange(cache.n_views), len(cache))
+        return {
+            "logits": cache.read_views(rows, views).tolist(),
+            "view_digests": cache.view_digests.tolist(),
+            "labels": cache.labels.tolist(),
+            "digests": cache.row_digests.tolist(),
+            "manifest": manifest,
+        }
     if cache.manifest.sparse is None:
         logits = np.asarray(cache).tolist()
     else:  # a sparse cache holds records, not logits
@@ -114,9 +152,15 @@ def snapshot(cache: LogitCache) -> dict:
 
 
 @pytest.mark.parametrize(
-    "backend, sparse", [("zarr", None), ("hdf5", None), ("zarr", {"kind": "topk", "k": 2, "temperatures": [2.0]})]
+    "backend, sparse, views",
+    [
+        ("zarr", None, None),
+        ("hdf5", None, None),
+        ("zarr", {"kind": "topk", "k": 2, "temperatures": [2.0]}, None),
+        ("zarr", None, {"count": 3, "seed": 5}),
+    ],
 )
-def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, backend, sparse, monkeypatch):
+def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, backend, sparse, views, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # see the module docstring
     rng = np.random.default_rng(0)
     X = rng.normal(size=(N, D)).astype(np.float32)
@@ -127,7 +171,7 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", _CRASHER, str(tmp_path), backend, str(out), json.dumps(sparse)],
+        [sys.executable, "-c", _CRASHER, str(tmp_path), backend, str(out), json.dumps(sparse), json.dumps(views)],
         capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONWARNINGS": "error", "PYTHONPATH": os.path.dirname(os.path.dirname(kdpipe.__file__))},
     )
@@ -151,14 +195,17 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
     print(f"{backend}: {len(steps)} crash points: {dict(kinds)}")
 
     teacher = teacher_like_the_crasher(W)
-    kw = dict(y=y, backend=backend, chunk_rows=ROWS, batch_size=4, progress=False, num_workers=1, sparse=sparse)
+    kw = dict(
+        y=y, backend=backend, chunk_rows=ROWS, batch_size=4, progress=False, num_workers=1, sparse=sparse,
+        views=jitter_views(views),
+    )
     expected = snapshot(build_cache(teacher, X, tmp_path / "reference", **kw))
     checked = range(1, len(steps) + 1)
-    if sparse is not None:
-        # a sparse build writes its records through the same steps (asserted above) as a dense
+    if sparse is not None or views is not None:
+        # a sparse (or views) build writes its records through the same steps (asserted above) as a dense
         # one, whose resumes are checked at every step: here every third, and the last, keep
         # the suite within its time
-        checked = sorted({*range(1, len(steps) + 1, 3), len(steps)})
+        checked = sorted({*range(1, len(steps) + 1, 3 if views is None else 7), len(steps)})
     for k in checked:
         crashed = out / f"crash{k}"
         where = f"crash before step {k} ({steps[k - 1]})"

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     from kdpipe.cache.sparse import Sampled, TopK
     from kdpipe.cache.sparse_reader import SparseLogitCache
     from kdpipe.cache.verify import VerifyReport
+    from kdpipe.cache.views import Views
 
 _PUBLIC = {
     "build_cache": "kdpipe.cache.build",
@@ -28,6 +29,7 @@ _PUBLIC = {
     "SparseLogitCache": "kdpipe.cache.sparse_reader",
     "TopK": "kdpipe.cache.sparse",
     "Sampled": "kdpipe.cache.sparse",
+    "Views": "kdpipe.cache.views",
 }
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "SparseLogitCache",
     "TopK",
     "VerifyReport",
+    "Views",
     "build_cache",
 ]
 assert set(__all__) == set(_PUBLIC)

@@ -26,6 +26,7 @@ from kdpipe.cache.manifest import (
     MANIFEST_NAME,
     RECORDS_DIR,
     SPARSE_FORMAT_VERSION,
+    VIEWS_FORMAT_VERSION,
     ChunkRecord,
     Manifest,
     chunk_bounds,
@@ -39,6 +40,7 @@ from kdpipe.cache.sparse import parse_sparse
 from kdpipe.cache.storage import hdf5_url_message, open_store
 from kdpipe.cache.tasks import ChunkJob
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
+from kdpipe.cache.views import parse_views, views_differences
 from kdpipe.cache.zarr_store import ZarrChunkStore
 from kdpipe.devices import resolve_device, small_model_threads
 from kdpipe.errors import CacheCorruptError, CacheError, CacheMismatchError, InputError, UnsafeCacheLinkError
@@ -71,6 +73,7 @@ def build_cache(
     teacher_versions: Any = None,
     storage_options: dict[str, Any] | None = None,
     sparse: Any = None,
+    views: Any = None,
     trust_pickled_teachers: bool = False,
     lock_timeout: float | None = 0.0,
 ) -> LogitCache:
@@ -144,6 +147,15 @@ def build_cache(
         at that temperature (an unbiased gradient there only). Recorded in the
         manifest: a dense cache and a sparse one, or two sparse settings, are different
         caches and a resume refuses the other. ``None`` (default): dense logits.
+    views : Views, optional
+        ``kdpipe.Views(count=V, augment=..., seed=...)``: score ``V`` augmented views of
+        every row (view ``v`` of row ``r`` from the stream of ``(seed, r, v)`` alone, see
+        :mod:`kdpipe.augment`) and store every member's logits per view (dense, or per
+        view in the ``sparse`` format) and an 8-byte digest of each augmented input.
+        One task still computes and writes one whole chunk: all views of its rows.
+        ``None`` or ``Views()`` (one view, no augmentation): a plain cache, bit for bit.
+        Recorded in the manifest; a resume with another count, seed or augmentation is
+        refused.
     trust_pickled_teachers : bool, default=False
         Load teacher files that are pickles: ``.joblib``, ``.pkl`` and ``.pickle``
         (scikit-learn classifiers) and ``torch.save()``d whole modules (``.pt``,
@@ -209,6 +221,10 @@ def build_cache(
         resolve_device(device)  # reject a bad device name before any work
     precision = parse_precision(precision)
     spec = parse_sparse(sparse)
+    try:
+        view_spec = parse_views(views)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     source = as_source(X)
     members = resolve_members(teachers, teacher_versions, trust_pickled_teachers)
     order = resolve_classes(members, classes)
@@ -216,17 +232,17 @@ def build_cache(
     _refuse_foreign(root)  # before the lock file is created in someone else's folder
     fresh = None
     if overwrite or not (root / MANIFEST_NAME).exists():  # refuse what a new cache cannot hold before any write
-        fresh = _fresh_manifest(config, source, members, order, device, settings, spec)
+        fresh = _fresh_manifest(config, source, members, order, device, settings, spec, view_spec)
     with BuildLock(root, timeout=lock_timeout) as lock:
         return _build_locked(
-            root, lock, config, source, members, order, settings, spec, y, device, client, overwrite, resume,
-            num_workers, progress, precision, fresh,
+            root, lock, config, source, members, order, settings, spec, view_spec, y, device, client, overwrite,
+            resume, num_workers, progress, precision, fresh,
         )
 
 
 def _fresh_manifest(
     config: BuildConfig, source: Source, members: list[Member], order: np.ndarray | None, device: Any,
-    settings: dict[str, str], spec: Any,
+    settings: dict[str, str], spec: Any, view_spec: Any,
 ) -> Manifest:
     """The manifest of a new cache for this request; raises for settings such a cache cannot hold.
 
@@ -237,19 +253,21 @@ def _fresh_manifest(
     if spec is not None:
         manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
         manifest.sparse_layout()
+    if view_spec is not None:
+        manifest = replace(manifest, views=view_spec.to_dict(), format_version=VIEWS_FORMAT_VERSION)
     return manifest
 
 
 def _build_locked(
     root: Location, lock: BuildLock, config: BuildConfig, source: Source, members: list[Member],
-    order: np.ndarray | None, settings: dict[str, str], spec: Any, y: Any, device: Any, client: Any,
+    order: np.ndarray | None, settings: dict[str, str], spec: Any, view_spec: Any, y: Any, device: Any, client: Any,
     overwrite: bool, resume: bool, num_workers: int | None, progress: bool, precision: str,
     fresh: Manifest | None,
 ) -> LogitCache:
     """The build, with this process holding the path's lock: every destructive step happens here."""
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
-        manifest = fresh or _fresh_manifest(config, source, members, order, device, settings, spec)
+        manifest = fresh or _fresh_manifest(config, source, members, order, device, settings, spec, view_spec)
         lock.check()
         _initialize(root, manifest)
     else:
@@ -261,12 +279,20 @@ def _build_locked(
                 f"sparse format: cache has {manifest.sparse or 'dense'}, this build has "
                 f"{'dense' if spec is None else spec.to_dict()}"
             )
+        differences += views_differences(manifest.views, None if view_spec is None else view_spec.to_dict())
         if differences:
             raise CacheMismatchError(
                 f"the cache at {root} was built differently: " + "; ".join(differences)
                 + ". Pass overwrite=True to replace it."
             )
         _refuse_weak(root, manifest)
+        if view_spec is not None and view_spec.augment.weak:
+            raise CacheMismatchError(
+                f"cannot resume the cache at {root}: its augmentation {view_spec.augment.to_dict().get('name')} "
+                "is a callable whose code and state kdpipe cannot hash, so an edited augmentation would "
+                "silently mix old and new views. Name its version (kdpipe.augment.Function(func, "
+                "version='v1') or GlobalRandom(transform, version='v1')), or pass overwrite=True."
+            )
         for folder in (root, root / RECORDS_DIR, root / Hdf5ChunkStore.dirname):
             remove_temps(folder)
     codes = None
@@ -280,7 +306,8 @@ def _build_locked(
     # on a cluster the driver ships in-memory rows itself, chunk by chunk
     ship = client is not None and source.in_memory
     job = ChunkJob(
-        root if is_remote(root) else str(root), manifest, members, device, config.batch_size, None if ship else source, codes, precision
+        root if is_remote(root) else str(root), manifest, members, device, config.batch_size, None if ship else source, codes, precision,
+        view_spec,
     )
     if num_workers is None:
         num_workers = 1 if all(m.kind in ("torch", "torchscript") for m in members) else (os.cpu_count() or 1)
@@ -310,7 +337,9 @@ def _build_locked(
     lock.check()
     if not manifest.complete:
         manifest = _finish(root, manifest, [records[i] for i in range(manifest.n_chunks)])
-    return _reopen_checked(root, manifest, lock)
+    cache = _reopen_checked(root, manifest, lock)
+    # the build's own augmentation: a user callable replays without with_augment
+    return cache if view_spec is None else cache._bound(view_spec.augment)
 
 
 def _reopen_checked(root: Location, manifest: Manifest, lock: BuildLock) -> LogitCache:
@@ -481,7 +510,7 @@ def _existing_manifest(root: Location, overwrite: bool) -> Manifest | None:
             remove_tree(target)
         fsync_dir(root)
         return None
-    if manifest.format_version not in (FORMAT_VERSION, SPARSE_FORMAT_VERSION):
+    if manifest.format_version not in (FORMAT_VERSION, SPARSE_FORMAT_VERSION, VIEWS_FORMAT_VERSION):
         raise CacheMismatchError(
             f"the cache at {root} has format version {manifest.format_version}; this kdpipe writes "
             f"version {FORMAT_VERSION} (it adds row digests) and cannot finish or extend it. "
