@@ -67,10 +67,14 @@ class Hdf5ChunkStore:
             with h5py.File(path, "r") as f:
                 logits = f["logits"]
                 stored = [("n_rows", logits.shape[0], stop - start), ("dtype", str(logits.dtype), m.stored_dtype)]
+                row = tuple(logits.shape[1:])  # (views,) + one view's shape in a views cache
+                if m.views is not None:
+                    stored.append(("views", row[:1], (m.n_views,)))
+                    row = row[1:]
                 if m.sparse is None:
-                    stored += [("teachers", logits.shape[1:2], (m.n_members,)), ("classes", logits.shape[2:], (m.n_classes,))]
+                    stored += [("teachers", row[:1], (m.n_members,)), ("classes", row[1:], (m.n_classes,))]
                 else:
-                    stored.append(("sparse", tuple(logits.shape[1:]), tuple(m.row_shape)))
+                    stored.append(("sparse", row, tuple(m.view_shape)))
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CacheCorruptError(f"chunk {index} ({path}) cannot be read: {exc}") from exc
         for field_name, have, claimed in stored:

@@ -151,10 +151,14 @@ class ZarrChunkStore:
             ("chunk_rows", logits.chunks[0], m.chunk_rows),
             ("dtype", str(logits.dtype), m.stored_dtype),
         ]
+        row = tuple(logits.shape[1:])  # (views,) + one view's shape in a views cache
+        if m.views is not None:
+            expected.append(("views", row[:1], (m.n_views,)))
+            row = row[1:]
         if dense:
-            expected += [("teachers", logits.shape[1:2], (m.n_members,)), ("classes", logits.shape[2:], (m.n_classes,))]
+            expected += [("teachers", row[:1], (m.n_members,)), ("classes", row[1:], (m.n_classes,))]
         else:
-            expected.append(("sparse", tuple(logits.shape[1:]), tuple(m.row_shape)))
+            expected.append(("sparse", row, tuple(m.view_shape)))
         for name in self._array_names()[1:]:
             expected += [("n_rows", arrays[name].shape[0], m.n_rows), ("chunk_rows", arrays[name].chunks[0], m.chunk_rows)]
         for field_name, stored, claimed in expected:
