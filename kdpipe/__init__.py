@@ -23,6 +23,7 @@ _PUBLIC = {
     "hard_label_loss": "kdpipe.losses",
     "sparse_distillation_loss": "kdpipe.losses",
     "TopK": "kdpipe.cache",
+    "TopKSampledTail": "kdpipe.cache",
     "Sampled": "kdpipe.cache",
     "build_cache": "kdpipe.cache",
     "LogitCache": "kdpipe.cache",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
+from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKSampledTargets, TopKTargets
 
 __all__ = [
     "soft_targets",
@@ -346,33 +346,47 @@ def tail_logsumexp(
     return (estimate, lower, upper) if bounds else estimate
 
 
-# Below this student tail mass, log(1 - head mass) loses digits even in float64: the
-# tail is summed over its classes instead.
-_SMALL_TAIL = 1e-6
-
-
 def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``log sum_{j not in S} softmax(zt)_j`` per row and entry, ``(n, E)``, without an
     ``(n, E, C)`` tensor.
 
-    The tail's mass is one minus the head's, in float64 from the student's logits
-    gathered at the kept classes ``idx`` ``(n, E, k)``. Where the
-    tail holds less than ``_SMALL_TAIL`` of the mass that subtraction cancels, and the
-    tail is summed over its own classes instead (those rows only; asking which rows
-    they are reads one flag back from a GPU).
+    The tail is summed over its own classes (the kept classes ``idx`` ``(n, E, k)``
+    masked out), one entry at a time: float32 with no cancellation, however small the
+    tail's mass.
     """
-    z = zt.double()  # (n, C): float64, or the subtraction would inherit float32's 1e-7
-    log_q_head = z.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - z.logsumexp(dim=-1)[:, None, None]
-    log_head = torch.logsumexp(log_q_head, dim=-1)  # (n, E), <= 0 up to rounding
-    small = log_head > math.log1p(-_SMALL_TAIL)
-    safe = torch.where(small, torch.full_like(log_head, -1.0), log_head)  # no inf/nan in the unused branch
-    out = torch.log(-torch.expm1(safe))
-    if bool(small.any()):
-        rows, entries = small.nonzero(as_tuple=True)
-        zr = z[rows]  # (r, C)
-        summed = zr.scatter(1, idx[rows, entries], float("-inf")).logsumexp(dim=-1) - zr.logsumexp(dim=-1)
-        out = out.index_put((rows, entries), summed)
-    return out.float()
+    log_norm = torch.logsumexp(zt, dim=-1)  # (n,)
+    out = [
+        zt.scatter(1, idx[:, e], float("-inf")).logsumexp(dim=-1) - log_norm for e in range(idx.shape[1])
+    ]
+    return torch.stack(out, dim=1)
+
+
+def _tail_term(
+    targets: TopKTargets, zt: torch.Tensor, log_norm: torch.Tensor, entries: slice, temperature: float,
+    log_p_tail: torch.Tensor, idx: torch.Tensor, log_q_head: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_{j not in S} p_j (log p_j - log q_j)`` per row and entry ``(n, E)``: the tail's
+    share of the KL, with the teacher's tail mass ``exp(log_p_tail)`` spread as
+    ``targets.tail_spread`` says (see :func:`sparse_distillation_loss`)."""
+    p_tail = log_p_tail.exp()  # (n, E)
+    spread = targets.tail_spread
+    if spread == "bucket":
+        return p_tail * (log_p_tail - _log_tail_mass(zt, idx))
+    if spread == "uniform":
+        count = targets.n_classes - targets.k
+        # sum_{j not in S} log q_j = sum_all zt - sum_S zt - (C - k) log Z: no (n, E, C) tensor
+        sum_log_q = (zt.sum(dim=-1)[:, None] - (log_q_head + log_norm[..., 0:1]).sum(dim=-1)) - count * log_norm[..., 0]
+        return p_tail * (log_p_tail - math.log(count)) - p_tail / count * sum_log_q
+    if spread == "sampled":
+        assert isinstance(targets, TopKSampledTargets)
+        counts = targets.tail_counts[:, entries]  # (n, E, s)
+        shift = 1.0 / temperature - 1.0 / targets.draw_temperature
+        log_w = torch.log(counts) + targets.tail_values[:, entries] * shift  # -inf in unused slots
+        w = p_tail.unsqueeze(-1) * F.softmax(log_w, dim=-1)  # (n, E, s): the tail's mass on the drawn classes
+        tidx = targets.tail_indices[:, entries]
+        log_q = zt.gather(1, tidx.reshape(len(tidx), -1)).view(tidx.shape) - log_norm
+        return (torch.xlogy(w, w) - w * log_q).sum(dim=-1)
+    raise ValueError(f"tail_spread must be 'bucket', 'uniform' or 'sampled', got {spread!r}")
 
 
 def _entries(targets: SparseTargets, combine: Combine) -> slice:
@@ -473,8 +487,10 @@ def sparse_distillation_loss(
             torch.cat([targets.values[:, entries] / temperature, tail.unsqueeze(-1)], dim=-1), dim=-1
         )  # (n, E, k + 1)
         log_q_head = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm  # (n, E, k)
-        log_q = torch.cat([log_q_head, _log_tail_mass(zt, idx).unsqueeze(-1)], dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (n, E)
+        log_p_head, log_p_tail = log_p[..., :-1], log_p[..., -1]
+        kl = (log_p_head.exp() * (log_p_head - log_q_head)).sum(dim=-1) + _tail_term(
+            targets, zt, log_norm, entries, temperature, log_p_tail, idx, log_q_head
+        )  # (n, E)
     elif isinstance(targets, SampledTargets):
         if not math.isclose(temperature, targets.temperature, rel_tol=1e-9):
             raise ValueError(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import logsumexp, softmax
 
-from kdpipe.cache.sparse import Sampled, TopK, reduce_logits
+from kdpipe.cache.sparse import Sampled, TopK, TopKSampledTail, reduce_logits
 from kdpipe.datasets import make_confusable_classification
 from kdpipe.errors import InputError, SparseFormatError
 from kdpipe.losses import distillation_loss, sparse_distillation_loss, tail_logsumexp
@@ -77,7 +77,7 @@ def test_tail_logsumexp_exact_at_grid_temperatures_and_within_exact_bounds_elsew
 def test_topk_loss_is_the_kl_between_k_plus_one_buckets(teacher):
     v, t, k = teacher[:, 0], 4.0, 10
     z = _student(teacher)
-    targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
     got = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
 
     tail = _tail_mask(v, k)
@@ -92,7 +92,7 @@ def test_topk_loss_is_the_kl_between_k_plus_one_buckets(teacher):
 def test_dense_minus_sparse_loss_is_the_tail_share_of_the_kl(teacher):
     v, t, k = teacher[:, 0], 8.0, 10
     z = _student(teacher)
-    targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
     sparse = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
     dense = distillation_loss(z, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0).item()
 
@@ -115,7 +115,7 @@ def test_topk_gradient_is_the_bucket_gradient_also_where_the_students_tail_is_ti
     q_tail = (q * tail).sum(axis=1)
     assert (q_tail < 1e-9).any() and (q_tail > 1e-4).any()  # both ways of computing the tail run
     z = torch.tensor(z0, dtype=torch.float32, requires_grad=True)
-    targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
     got = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
 
     p = softmax(v / t, axis=1)
@@ -124,15 +124,23 @@ def test_topk_gradient_is_the_bucket_gradient_also_where_the_students_tail_is_ti
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * t)  # float32 rounding, times T
 
 
+TAIL_FORMATS = {
+    "bucket": lambda k: TopK(k, tail="bucket"),
+    "uniform": lambda k: TopK(k, tail="uniform"),
+    "sampled-tail": lambda k: TopKSampledTail(k, draws=16, temperature=4.0),
+}
+
+
+@pytest.mark.parametrize("spread", list(TAIL_FORMATS))
 @pytest.mark.parametrize("t", [1.0, 3.0, 4.0, 12.0])
-def test_topk_gradient_error_within_the_stated_bound_and_shrinking_with_k(teacher, t):
+def test_topk_gradient_error_within_the_stated_bound_and_shrinking_with_k(teacher, t, spread):
     v = teacher[:, 0]
     z = _student(teacher)
     dense = _row_grads(lambda s: distillation_loss(s, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0), z)
     np.testing.assert_allclose(dense, t * (softmax(z.detach().double().numpy() / t, 1) - softmax(v / t, 1)), atol=1e-5)
     mean_errors = []
     for k in (3, 10, 30):
-        targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+        targets = reduce_logits(v, TAIL_FORMATS[spread](k)).to_torch("cpu")
         sparse = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
         error = np.abs(sparse - dense).sum(axis=1)  # L1 per row
         tail = _tail_mask(v, k)

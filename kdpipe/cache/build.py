@@ -169,7 +169,7 @@ def build_cache(
         if not resume:
             raise CacheError(f"a cache already exists at {root}; pass resume=True or overwrite=True")
         differences = _differences(manifest, config, source, members, order, settings)
-        if manifest.sparse != (None if spec is None else spec.to_dict()):
+        if parse_sparse(manifest.sparse) != spec:  # the settings, however a manifest spelled them
             differences.append(
                 f"sparse format: cache has {manifest.sparse or 'dense'}, this build has "
                 f"{'dense' if spec is None else spec.to_dict()}"

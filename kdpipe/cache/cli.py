@@ -135,9 +135,22 @@ def _teacher(path: str, trust_pickled: bool) -> Any:
     raise InputError(f"teacher {path} is neither TorchScript nor a torch.save() file; accepted: {_TEACHER_FORMATS}")
 
 
+def _sparse_option(text: str | None) -> Any:
+    """``--sparse FORMAT`` as a sparse format (None: dense); a bad one is a :class:`UsageError`."""
+    from kdpipe.cache.sparse import parse_sparse_option
+
+    if text is None:
+        return None
+    try:
+        return parse_sparse_option(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _build(args: argparse.Namespace) -> int:
     from kdpipe.cache.build import build_cache
 
+    sparse = _sparse_option(args.sparse)  # before any work
     options = parse_storage_options(args.storage_option)
     X = _open_data(args.data, args.dataset, options)
     y = _load_labels(args.labels) if args.labels else None
@@ -157,6 +170,7 @@ def _build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         storage_options=options,
+        sparse=sparse,
     )
     if not args.quiet:
         print(f"wrote {cache!r}")
@@ -222,6 +236,14 @@ def register(subparsers: Any) -> None:
         help="load torch.save()d whole modules (unpickling runs code from the file: trusted files only)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--sparse",
+        default=None,
+        metavar="FORMAT",
+        help="store a sparse cache: topk:K (top K logits, uniform tail; :bucket for the bucket tail, "
+        ":uint8 for 8-bit values), topk:K+DRAWS@T (plus DRAWS tail classes drawn at T), "
+        "sampled:DRAWS@T (classes drawn at T); default: dense",
+    )
     add_storage_option(p)
     p.set_defaults(func=_build, resume_hint=_RESUME_HINT)
 
