@@ -54,7 +54,7 @@ def formats(quick: bool) -> dict:
 
 
 FULL = {
-    "classes": 5000, "train_rows": 2500, "test_rows": 2500, "epochs": 20, "seeds": [0, 1, 2],
+    "classes": 5000, "train_rows": 4000, "test_rows": 2000, "epochs": 20, "seeds": [0, 1, 2],
     "yardstick_seeds": [3, 4, 5], "temperature": 4.0, "sweep": [2.0, 8.0],
     "sweep_formats": ["topk113 uniform"],
     "timing": [(5000, 3000, 3), (15000, 2000, 3)],  # classes, rows, repeats (1 epoch each)
@@ -63,7 +63,7 @@ QUICK = {
     "classes": 500, "train_rows": 1500, "test_rows": 500, "epochs": 3, "seeds": [0, 1], "yardstick_seeds": [2],
     "temperature": 4.0, "sweep": [2.0], "sweep_formats": ["topk16 uniform"], "timing": [(500, 1500, 1)],
 }
-STUDENT = dict(hidden_layer_sizes=(), learning_rate=1e-2, batch_size=256, alpha=0.1)  # a linear student
+STUDENT = dict(hidden_layer_sizes=(), learning_rate=1e-2, batch_size=128, alpha=0.1)  # a linear student
 
 
 def fit_student(X, y, cache, epochs: int, temperature: float, seed: int):

@@ -432,28 +432,47 @@ def sparse_distillation_loss(
 
     Notes
     -----
-    **Top-k plus tail.** Per row and entry the classes are the kept set ``S`` (``k``
-    classes) plus one bucket for the tail ``S^c``. Teacher side: ``p_i = softmax(v/T)_i``
-    on ``S`` and ``p_tail = exp(L_T) / Z`` with ``L_T`` from :func:`tail_logsumexp`.
-    Student side: ``q_i`` on ``S`` (the student's logits gathered at ``S``, no
-    ``(n, E, C)`` tensor) and ``q_tail = sum_{j not in S} q_j = 1 - sum_S q_i`` in
-    float64, summed over the tail's own classes where it is below ``1e-6``. The soft term is the KL between
-    these ``k + 1``-bucket distributions, times ``T**2``. Its gradient with respect to
-    a student logit is exact on ``S`` and on the tail is
-    ``(1/T)(q_j - p_tail q_j / q_tail)``: the teacher's tail mass spread like the
-    student's. With the ``T**2`` factor the per-row error of the gradient is therefore
+    **Top-k plus tail.** Per row and entry the kept set ``S`` (``k`` classes) has the
+    teacher's ``p_i = softmax(v/T)_i``, and the tail ``S^c`` the mass
+    ``p_tail = exp(L_T) / Z`` with ``L_T`` from :func:`tail_logsumexp`. How that mass is
+    spread over the tail classes is the targets' ``tail_spread``:
+
+    - ``"uniform"``: ``p_j = p_tail / (C - k)`` on every tail class; the soft term is the
+      dense KL with that target (no ``(n, E, C)`` tensor: the tail's sum of student
+      log-probabilities is the row's sum minus the kept ones). Gradient on the tail
+      ``T (q_j - p_tail / (C - k))``: the student's tail is held flat at the teacher's
+      level instead of left free.
+    - ``"bucket"``: the KL between the ``k + 1``-bucket distributions, the student's
+      tail bucket ``q_tail = sum_{j not in S} q_j`` summed over the tail's own classes
+      (float32, no cancellation). Gradient on the tail ``T (q_j - p_tail q_j / q_tail)``:
+      the teacher's tail mass spread like the student's, which leaves the student's
+      tail shape unconstrained. The loss is a lower bound of the dense one:
+      ``dense - sparse = T**2 p_tail KL(p | tail || q | tail)``.
+    - ``"sampled"`` (:class:`~kdpipe.sparse_targets.TopKSampledTargets`): ``p_tail``
+      spread over the drawn tail classes in proportion to
+      ``counts_j exp(v_j (1/T - 1/T_d))`` (``T_d`` the draws' temperature): at
+      ``T = T_d`` the counts' share, an unbiased estimate of the teacher's tail
+      distribution; elsewhere self-normalized importance weights (consistent, bias
+      ``O(1/s)``). Other tail classes get target 0.
+
+    The gradient is exact on ``S`` in every case, and on the tail the teacher's part is
+    a distribution of the same mass ``p_tail``, so with the ``T**2`` factor the per-row
+    error of the gradient is
 
         ``|| g_sparse - g_dense ||_1 <= 2 T p_tail(T, k)``,
 
-    where ``p_tail(T, k)`` is the teacher's mass outside its top ``k`` at ``T``: it
-    falls as ``k`` grows, rises with ``T`` and tends to ``(C - k)/C`` as
-    ``T -> inf`` (high temperatures need larger ``k``). The loss itself is a lower
-    bound of the dense one: ``dense - sparse = T**2 p_tail KL(p | tail || q | tail)``.
-    An error ``delta`` in ``L_T`` (zero at grid temperatures) moves ``p_tail`` by at
-    most ``p_tail (e**|delta| - 1)``, which adds at most twice that, times ``T``, to
-    the bound. For an arithmetic ensemble the bound holds with the members' mean
-    ``p_tail``, and the value differs from the dense KL by a constant (the entropy of
-    the mean target against the members' mean entropy); gradients are what count.
+    (for ``"uniform"`` exactly ``2 T p_tail`` times the total variation between the
+    teacher's tail distribution and the uniform one), where ``p_tail(T, k)`` is the
+    teacher's mass outside its top ``k`` at ``T``: it falls as ``k`` grows, rises with
+    ``T`` and tends to ``(C - k)/C`` as ``T -> inf`` (high temperatures need larger
+    ``k``). An error ``delta`` in ``L_T`` (zero at grid temperatures) moves ``p_tail`` by
+    at most ``p_tail (e**|delta| - 1)``, which adds at most twice that, times ``T``, to
+    the bound. Values stored as 8-bit codes (``TopK(values="uint8")``), each within
+    ``h`` of the cache's logit, move every kept ``p_i`` by a factor within
+    ``e**(+-2h/T)``: at most ``T (e**(2h/T) - 1)`` more. For an arithmetic ensemble the
+    bound holds with the members' mean ``p_tail``, and the value differs from the dense
+    KL by a constant (the entropy of the mean target against the members' mean
+    entropy); gradients are what count.
 
     **Sampled.** ``p_hat = counts / s`` of classes drawn from ``softmax(v/T)``; the
     soft term is ``T**2 KL(p_hat || q_T)`` with the student's full softmax, whose
@@ -482,7 +501,9 @@ def sparse_distillation_loss(
     log_norm = torch.logsumexp(zt, dim=-1)[:, None, None]  # (n, 1, 1)
     if isinstance(targets, TopKTargets):
         idx = targets.indices[:, entries]  # (n, E, k)
-        tail = tail_logsumexp(targets, temperature)[:, entries]  # (n, E)
+        log_tail = tail_logsumexp(targets, temperature)
+        assert isinstance(log_tail, torch.Tensor)  # bounds=False: the estimate alone
+        tail = log_tail[:, entries]  # (n, E)
         log_p = F.log_softmax(
             torch.cat([targets.values[:, entries] / temperature, tail.unsqueeze(-1)], dim=-1), dim=-1
         )  # (n, E, k + 1)

@@ -36,7 +36,7 @@ class _RowArrays:
     plain settings, copied as they are.
     """
 
-    _arrays: tuple[str, ...] = ()
+    _arrays: ClassVar[tuple[str, ...]] = ()
 
     def __len__(self) -> int:
         return int(getattr(self, self._arrays[0]).shape[0])
@@ -143,7 +143,7 @@ class TopKSampledTargets(TopKTargets):
     tail_draws: int
     tail_spread: str = "sampled"
 
-    _arrays: ClassVar[tuple[str, ...]] = TopKTargets._arrays + ("tail_indices", "tail_counts", "tail_values")
+    _arrays = (*TopKTargets._arrays, "tail_indices", "tail_counts", "tail_values")
 
 
 @dataclass(frozen=True)

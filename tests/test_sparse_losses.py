@@ -219,3 +219,98 @@ def test_topk_needs_fewer_kept_classes_than_classes():
         TopK(0)
     with pytest.raises(ValueError, match="temperature"):
         Sampled(4, -1.0)
+
+
+# -- issue 21: the tail spread over the tail classes, and 8-bit values ------------------
+
+
+def _dense_target_with_spread(v: np.ndarray, t: float, k: int, tail_shares: np.ndarray) -> np.ndarray:
+    """float64 (n, C): the teacher's softmax at t on its top k, and its tail mass split
+    over the other classes in proportion to ``tail_shares`` (n, C) (zero on the head)."""
+    p = softmax(v / t, axis=1)
+    tail = _tail_mask(v, k)
+    p_tail = (p * tail).sum(axis=1, keepdims=True)
+    shares = np.where(tail, tail_shares, 0.0)
+    return np.where(tail, p_tail * shares / shares.sum(axis=1, keepdims=True), p)
+
+
+@pytest.mark.parametrize("t", [2.0, 5.0])  # on and off the grid
+def test_uniform_tail_is_the_dense_kl_with_the_tail_mass_shared_equally(teacher, t):
+    v, z, k = teacher[:, 0].astype(np.float64), _student(teacher), 10
+    targets = reduce_logits(v, TopK(k, tail="uniform")).to_torch("cpu")
+    got = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
+    grads = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
+
+    p = _dense_target_with_spread(v, t, k, np.ones_like(v))
+    if t not in GRID:  # the tail mass the summary gives off the grid (its own test is above)
+        lse = tail_logsumexp(targets, t)[:, 0].double().numpy()
+        head = np.where(_tail_mask(v, k), -np.inf, v / t)
+        p_tail = np.exp(lse - np.logaddexp(logsumexp(head, axis=1), lse))[:, None]
+        p = np.where(_tail_mask(v, k), p_tail / (v.shape[1] - k), softmax(head, axis=1) * (1 - p_tail))
+    q = softmax(z.detach().double().numpy() / t, axis=1)
+    expected = t**2 * (p * np.log(p / q)).sum(axis=1).mean()
+    assert got == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(grads, t * (q - p), atol=2e-5)  # eq. 2 with that target
+
+
+def test_sampled_tail_at_its_temperature_spreads_the_tail_mass_by_the_draws(teacher):
+    v, z, k, s, t = teacher[:, 0].astype(np.float64), _student(teacher), 10, 16, 4.0
+    targets = reduce_logits(v, TopKSampledTail(k, s, t)).to_torch("cpu")
+    counts = np.zeros_like(v)
+    for r in range(len(v)):  # the draws, as dense counts per class
+        np.add.at(counts[r], targets.tail_indices[r, 0].numpy(), targets.tail_counts[r, 0].double().numpy())
+    assert (counts.sum(axis=1) == s).all() and not (counts * ~_tail_mask(v, k)).any()  # tail classes only
+    p = _dense_target_with_spread(v, t, k, counts)
+    q = softmax(z.detach().double().numpy() / t, axis=1)
+    grads = _row_grads(lambda x: sparse_distillation_loss(x, targets, temperature=t, alpha=0.0), z)
+    np.testing.assert_allclose(grads, t * (q - p), atol=2e-5)
+    got = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
+    assert got == pytest.approx(t**2 * (p * np.log(np.where(p > 0, p, 1.0) / q)).sum(axis=1).mean(), rel=1e-4)
+
+
+def test_sampled_tail_reweights_its_draws_to_another_temperature(teacher):
+    v, z, k, s, t_draw, t = teacher[:, 0].astype(np.float64), _student(teacher), 10, 16, 4.0, 2.0
+    targets = reduce_logits(v, TopKSampledTail(k, s, t_draw)).to_torch("cpu")
+    counts = np.zeros_like(v)
+    for r in range(len(v)):
+        np.add.at(counts[r], targets.tail_indices[r, 0].numpy(), targets.tail_counts[r, 0].double().numpy())
+    # self-normalized importance weights: draws from exp(v / t_draw), target exp(v / t)
+    p = _dense_target_with_spread(v, t, k, counts * np.exp(v / t - v / t_draw - (v / t - v / t_draw).max(axis=1, keepdims=True)))
+    q = softmax(z.detach().double().numpy() / t, axis=1)
+    grads = _row_grads(lambda x: sparse_distillation_loss(x, targets, temperature=t, alpha=0.0), z)
+    np.testing.assert_allclose(grads, t * (q - p), atol=2e-5)
+
+
+def test_sampled_tail_draws_are_unbiased_for_the_tail_at_their_temperature():
+    t, k, s, repeats = 2.0, 3, 8, 3000
+    v = _teacher(2, 12, seed=3)[:, 0].astype(np.float64)
+    tail = _tail_mask(v, k)
+    expected = np.where(tail, softmax(np.where(tail, v / t, -np.inf), axis=1), 0.0)  # the tail's own softmax
+    drawn = reduce_logits(np.tile(v, (repeats, 1)), TopKSampledTail(k, s, t))  # every row draws afresh
+    counts = np.zeros((repeats * len(v), v.shape[1]))
+    rows = np.repeat(np.arange(len(counts)), s).reshape(-1, s)
+    np.add.at(counts, (rows, drawn.tail_indices[:, 0]), drawn.tail_counts[:, 0])  # unused slots add 0
+    mean = counts.reshape(repeats, len(v), -1).sum(axis=0) / (s * repeats)
+    se = np.sqrt(expected * (1 - expected) / (s * repeats))
+    z = (mean - expected)[tail] / se[tail]
+    assert np.abs(z).max() < 4.5  # 18 statistics: a 4.5-sigma miss is ~1e-4 likely by chance
+
+
+def test_uint8_values_are_within_half_a_step_of_the_cache_logits(teacher):
+    v = teacher[:, 0]
+    exact = reduce_logits(v, TopK(30, values="float"))
+    coded = reduce_logits(v, TopK(30, values="uint8"))
+    np.testing.assert_array_equal(coded.indices, exact.indices)
+    np.testing.assert_array_equal(coded.tail_lse, exact.tail_lse)
+    step = (exact.values[..., 0] - exact.tail_max) / 255  # (n, E)
+    error = np.abs(coded.values - exact.values)
+    assert (error <= step[..., None] / 2 * (1 + 1e-5) + 1e-5).all()
+    assert error.max() > step.min() / 10  # the codes are coarser than float32
+    # the stated bound on the soft targets: |p_hat - p|_1 <= exp(2 h / T) - 1, h = step / 2
+    def target(x, t):  # the k + 1 buckets at a grid temperature
+        g = GRID.index(t)
+        return softmax(np.concatenate([x.values[:, 0] / t, x.tail_lse[:, 0, g : g + 1]], axis=1), axis=1)
+
+    for t in (1.0, 4.0):
+        l1 = np.abs(target(coded, t) - target(exact, t)).sum(axis=1)
+        assert (l1 <= np.expm1(step[:, 0] / t) + 1e-6).all()

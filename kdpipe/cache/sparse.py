@@ -5,25 +5,57 @@ A dense cache stores ``C`` logits per row and member: 30 KB a row in float16 at 
 per row and *entry* instead (one entry per member, plus one from the members' mean
 logits for an ensemble; see :mod:`kdpipe.sparse_targets`):
 
-- :class:`TopK` ``(k, temperatures)``: the ``k`` largest logits (in the cache's dtype)
-  and their classes (int16, or int32 above 32,767 classes), plus a tail summary in
-  float32: the tail's largest and mean logit, and at each grid temperature ``T_g`` the
-  tail's log-sum-exp ``f(1/T_g)`` and its slope ``f'(1/T_g)`` (the softmax-weighted
-  mean tail logit). ``f(beta) = log sum_tail exp(beta v_j)`` is convex in ``beta = 1/T``
-  with ``f(0) = log(C - k)`` and ``f'(0)`` = the mean, so the tail's log-mass at any
-  ``T`` is interpolated between grid points (cubic Hermite) and bounded exactly by
-  the tangents and chords there (:func:`kdpipe.losses.tail_logsumexp`). Record bytes:
-  ``k * (value + index bytes) + 8 + 8 * len(temperatures)``.
+- :class:`TopK` ``(k, temperatures, tail, values)``: the ``k`` largest logits and their
+  classes (int16, or int32 above 32,767 classes), plus a tail summary in float32: the
+  tail's largest and mean logit, and at each grid temperature ``T_g`` the tail's
+  log-sum-exp ``f(1/T_g)`` and its slope ``f'(1/T_g)`` (the softmax-weighted mean tail
+  logit). ``f(beta) = log sum_tail exp(beta v_j)`` is convex in ``beta = 1/T`` with
+  ``f(0) = log(C - k)`` and ``f'(0)`` = the mean, so the tail's log-mass at any ``T``
+  is interpolated between grid points (cubic Hermite) and bounded exactly by the
+  tangents and chords there (:func:`kdpipe.losses.tail_logsumexp`). ``tail`` says how
+  training spreads that mass over the ``C - k`` tail classes: ``"uniform"`` (an equal
+  share each, the default) or ``"bucket"`` (one bucket the student splits as it likes;
+  the only behaviour before issue 21, and what a manifest without ``tail`` means).
+  ``values="float"`` stores the kept logits in the cache's dtype; ``"uint8"`` stores
+  8-bit codes on the row's range ``[tail_max, max]`` and that maximum (float32).
+  Record bytes: ``k * (value + index bytes) + 8 + 8 * len(temperatures)``, plus 4 for
+  ``uint8`` (value bytes 1).
+- :class:`TopKSampledTail` ``(k, draws, temperature, temperatures, values, seed)``: a
+  top-k record plus ``s = draws`` tail classes drawn with replacement from
+  ``softmax(v / T_d)`` restricted to the tail, stored as distinct classes, counts
+  (uint16) and their logits (the cache's dtype): ``s * (index + 2 + value bytes)``
+  more. The drawn classes carry the tail's mass, unbiased at ``T_d`` and reweighted to
+  any other ``T`` (self-normalized importance sampling).
 - :class:`Sampled` ``(draws, temperature, seed)``: ``s = draws`` classes drawn with
   replacement from ``softmax(v / T)``, stored as the distinct classes and their counts
   (uint16), ``4 s`` bytes (``6 s`` above 32,767 classes). Their empirical
   distribution is an unbiased estimate of the soft targets at that ``T`` only.
 
+Error bounds (per row and entry, of the ``T**2``-scaled soft term's gradient against the
+dense one, L1 over the classes; ``p_tail(T, k)`` is the teacher's mass outside its top
+``k`` at ``T``; derivations in :func:`kdpipe.losses.sparse_distillation_loss`):
+
+=============================  ======================================================
+format                         gradient error
+=============================  ======================================================
+TopK, any ``tail``             ``<= 2 T p_tail``; exactly ``2 T p_tail TV(tail shape)``
+                               for ``"uniform"`` (TV: total variation between the
+                               teacher's tail distribution and the uniform one); plus
+                               ``2 T p_tail (e**|delta| - 1)`` off the grid
+                               (``delta``: the error of the interpolated log-mass)
+``values="uint8"``             adds ``<= T (e**(2h/T) - 1)`` (about ``2h``), ``h`` =
+                               half a step, ``(max - tail_max) / 510``
+TopKSampledTail                ``<= 2 T p_tail`` (plus the off-grid term); at ``T_d``
+                               unbiased (the expected spread is the teacher's tail);
+                               elsewhere consistent, bias ``O(1 / draws)``
+Sampled                        unbiased at its ``T``, variance ``T**2 p_j (1-p_j) / s``
+=============================  ======================================================
+
 What each format can do at fit time (anything else raises
 :class:`~kdpipe.errors.SparseFormatError` before training starts):
 
 =====================  ==========================  ================================
-                       TopK                        Sampled
+                       TopK, TopKSampledTail       Sampled
 =====================  ==========================  ================================
 temperature            any (error stated in        the build temperature only
                        ``sparse_distillation_loss``)
@@ -37,6 +69,9 @@ specialists            no (their subset targets    no
 dense reads            no (``np.asarray(cache)``   no
                        raises)
 =====================  ==========================  ================================
+
+Which wins at 5,000 classes and 5% of dense float16 bytes, trained to convergence:
+``benchmarks/results/sparse_train_accuracy.md``.
 
 On disk a chunk of records is a ``uint8`` array ``(rows, E, record bytes)`` in the same
 chunk stores, with the same checksums, as dense logits (``Manifest.row_shape``); the
@@ -260,7 +295,7 @@ class Sampled:
 
 
 SparseSpec = TopK | TopKSampledTail | Sampled
-_KINDS: dict[str, type[TopK] | type[TopKSampledTail] | type[Sampled]] = {
+_KINDS: dict[str, type[TopK | TopKSampledTail | Sampled]] = {
     "topk": TopK, "topk+sampled": TopKSampledTail, "sampled": Sampled,
 }
 
@@ -534,17 +569,17 @@ class SparseLayout:
             values = (head_max[..., None] - rec["values"] * step[..., None]).astype(np.float32)
         else:
             values = rec["values"].astype(np.float32)
-        common: dict[str, Any] = dict(
-            values=values,
-            indices=rec["indices"].astype(np.int64),
-            tail_max=tail_max,
-            tail_mean=rec["tail_mean"].astype(np.float32),
-            tail_lse=rec["tail_lse"].astype(np.float32),
-            tail_slope=rec["tail_slope"].astype(np.float32),
-            temperatures=spec.temperatures,
-            n_classes=self.n_classes,
-            n_members=self.n_members,
-        )
+        common: dict[str, Any] = {
+            "values": values,
+            "indices": rec["indices"].astype(np.int64),
+            "tail_max": tail_max,
+            "tail_mean": rec["tail_mean"].astype(np.float32),
+            "tail_lse": rec["tail_lse"].astype(np.float32),
+            "tail_slope": rec["tail_slope"].astype(np.float32),
+            "temperatures": spec.temperatures,
+            "n_classes": self.n_classes,
+            "n_members": self.n_members,
+        }
         if isinstance(spec, TopKSampledTail):
             return TopKSampledTargets(
                 **common,
