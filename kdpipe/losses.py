@@ -346,19 +346,31 @@ def tail_logsumexp(
     return (estimate, lower, upper) if bounds else estimate
 
 
-def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
     """``log sum_{j not in S} softmax(zt)_j`` per row and entry, ``(n, E)``, without an
     ``(n, E, C)`` tensor.
 
     The tail is summed over its own classes (the kept classes ``idx`` ``(n, E, k)``
-    masked out), one entry at a time: float32 with no cancellation, however small the
-    tail's mass.
+    masked out), so float32 loses nothing to cancellation however small the tail's mass;
+    ``log_norm`` ``(n, 1, 1)`` is ``logsumexp(zt)``. Where even ``exp`` of the tail's
+    largest logit underflows (the tail over 87 units of ``zt`` below the row's maximum),
+    those rows are summed again as a masked log-sum-exp (asking which rows they are
+    reads one flag back from a GPU).
     """
-    log_norm = torch.logsumexp(zt, dim=-1)  # (n,)
-    out = [
-        zt.scatter(1, idx[:, e], float("-inf")).logsumexp(dim=-1) - log_norm for e in range(idx.shape[1])
-    ]
-    return torch.stack(out, dim=1)
+    top = zt.detach().amax(dim=-1, keepdim=True)  # (n, 1)
+    e = torch.exp(zt - top)  # (n, C)
+    out = []
+    for entry in range(idx.shape[1]):
+        keep = torch.ones_like(e).scatter_(1, idx[:, entry], 0.0)  # 1 on the tail
+        total = (e * keep).sum(dim=-1)  # (n,)
+        underflow = total == 0
+        log_tail = torch.log(torch.where(underflow, torch.ones_like(total), total)) + top[:, 0]  # no inf in the replaced rows' gradient
+        if bool(underflow.any()):
+            rows = underflow.nonzero(as_tuple=True)[0]
+            masked = zt[rows].scatter(1, idx[rows, entry], float("-inf")).logsumexp(dim=-1)
+            log_tail = log_tail.index_put((rows,), masked)
+        out.append(log_tail)
+    return torch.stack(out, dim=1) - log_norm[..., 0]
 
 
 def _tail_term(
@@ -371,7 +383,7 @@ def _tail_term(
     p_tail = log_p_tail.exp()  # (n, E)
     spread = targets.tail_spread
     if spread == "bucket":
-        return p_tail * (log_p_tail - _log_tail_mass(zt, idx))
+        return p_tail * (log_p_tail - _log_tail_mass(zt, idx, log_norm))
     if spread == "uniform":
         count = targets.n_classes - targets.k
         # sum_{j not in S} log q_j = sum_all zt - sum_S zt - (C - k) log Z: no (n, E, C) tensor

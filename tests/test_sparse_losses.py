@@ -314,3 +314,23 @@ def test_uint8_values_are_within_half_a_step_of_the_cache_logits(teacher):
     for t in (1.0, 4.0):
         l1 = np.abs(target(coded, t) - target(exact, t)).sum(axis=1)
         assert (l1 <= np.expm1(step[:, 0] / t) + 1e-6).all()
+
+
+def test_bucket_tail_whose_exp_underflows_in_float32_still_gives_the_bucket_gradient():
+    t, k = 2.0, 3
+    rng = np.random.default_rng(7)
+    v = rng.normal(scale=3.0, size=(4, 30))
+    z0 = rng.normal(size=v.shape)
+    tail = _tail_mask(v, k)
+    z0[:2] += np.where(tail, 0.0, 250.0 * t)[:2]  # two rows: the student's tail e**-250 below its head
+    z = torch.tensor(z0, dtype=torch.float32, requires_grad=True)
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
+    got = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
+    zz = z0 / t
+    q = softmax(zz, axis=1)
+    q_in_tail = softmax(np.where(tail, zz, -np.inf), axis=1)  # q_j / q_tail, in log space
+    p = softmax(v / t, axis=1)
+    p_tail = (p * tail).sum(axis=1, keepdims=True)
+    expected = t * np.where(tail, q - p_tail * q_in_tail, q - p)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * t)
