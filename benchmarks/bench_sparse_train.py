@@ -43,12 +43,12 @@ def formats(quick: bool) -> dict:
     from kdpipe.cache import TopK, TopKSampledTail
 
     if quick:
-        return {"topk16 bucket": TopK(16, tail="bucket"), "topk16 uniform": TopK(16),
+        return {"topk16 bucket": TopK(16, tail="bucket"), "topk16 uniform": TopK(16, tail="uniform"),
                 "topk8+8@4": TopKSampledTail(8, 8, 4.0)}
     return {
         "topk113 bucket (before)": TopK(113, tail="bucket"),
-        "topk113 uniform": TopK(113),
-        "topk149 uniform uint8": TopK(149, values="uint8"),
+        "topk113 uniform": TopK(113, tail="uniform"),
+        "topk149 uniform uint8": TopK(149, tail="uniform", values="uint8"),
         "topk64+32@4 sampled tail": TopKSampledTail(64, 32, 4.0),
     }
 
@@ -144,7 +144,7 @@ def timing_runs(s: dict, workdir: Path, quick: bool) -> list[dict]:
         X, y, _, _, teacher = problem(n_classes, rows, 10)
         budget = n_classes * 2 // 20  # 5% of dense float16 bytes, per row
         k_uniform = max(4, (budget - 48) // 4)
-        specs = {"dense": None, f"topk{k_uniform} uniform": TopK(k_uniform),
+        specs = {"dense": None, f"topk{k_uniform} uniform": TopK(k_uniform, tail="uniform"),
                  f"topk{k_uniform} bucket": TopK(k_uniform, tail="bucket"),
                  "topk64+32@4 sampled tail": TopKSampledTail(min(64, n_classes // 4), 32, 4.0)}
         caches = {name: build(teacher, X, y, workdir / f"t{n_classes}-{i}", spec) for i, (name, spec) in enumerate(specs.items())}
@@ -248,8 +248,15 @@ def main() -> None:
         help="accuracy: every format at the main T; sweep: the other temperatures; timing: fit-time ratios "
         "(three runs that can go in parallel; each writes sparse_train_PART.*)",
     )
+    parser.add_argument("--temperatures", type=float, nargs="+", default=None, help="the sweep's temperatures instead")
+    parser.add_argument("--sweep-formats", nargs="+", default=None, help="the sweep's formats instead (names as in the tables)")
+    parser.add_argument("--name", default=None, help="results name (default: sparse_train_PART)")
     args = parser.parse_args()
-    settings = QUICK if args.quick else FULL
+    settings = dict(QUICK if args.quick else FULL)
+    if args.temperatures:
+        settings["sweep"] = args.temperatures
+    if args.sweep_formats:
+        settings["sweep_formats"] = args.sweep_formats
     before = os.getloadavg()
     result: dict = {"settings": {**settings, "student": STUDENT}, "part": args.part, "accuracy": None, "timing": None}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -260,7 +267,7 @@ def main() -> None:
             result["accuracy"] = accuracy_runs(settings, Path(tmp), args.quick, temperatures)
     result["machine"] = machine()
     result["when"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    name = f"sparse_train_{args.part}" + ("_quick" if args.quick else "")
+    name = args.name or f"sparse_train_{args.part}" + ("_quick" if args.quick else "")
     write_results(name, result, markdown(result, args.quick, load_line(before, os.getloadavg())), args.out)
     if result["accuracy"]:
         plot(result, name, args.out)

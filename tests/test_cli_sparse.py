@@ -29,9 +29,9 @@ def files(tmp_path):
 @pytest.mark.parametrize(
     "text, spec",
     [
-        ("topk:8", TopK(8)),
-        ("topk:8:bucket", TopK(8, tail="bucket")),
-        ("topk:8:uint8:bucket", TopK(8, tail="bucket", values="uint8")),
+        ("topk:8", TopK(8, tail="bucket")),
+        ("topk:8:uniform", TopK(8, tail="uniform")),
+        ("topk:8:uint8:uniform", TopK(8, tail="uniform", values="uint8")),
         ("topk:8+16@4", TopKSampledTail(8, 16, 4.0)),
         ("topk:8+16@2.5:uint8", TopKSampledTail(8, 16, 2.5, values="uint8")),
         ("sampled:32@4", Sampled(32, 4.0)),
@@ -49,7 +49,7 @@ def test_every_sparse_format_has_a_command_line_spelling(text, spec):
         ("topk:8:fp8", "unknown or repeated options"),
         ("topk:8:uint8:uint8", "unknown or repeated options"),
         ("topk:8+16", "topk:K+DRAWS@T"),
-        ("topk:8+16@4:bucket", "topk:K+DRAWS@T"),
+        ("topk:8+16@4:uniform", "topk:K+DRAWS@T"),
         ("sampled:32", "is not a sparse format"),
         ("sampled:32@0", "temperature must be a finite number > 0"),
         ("sampled:70000@4", "draws must be at most 65535"),

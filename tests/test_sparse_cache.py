@@ -97,7 +97,7 @@ def test_sampled_draws_repeat_on_resume_and_do_not_depend_on_batch_size(tmp_path
     "first, second",
     [
         (None, TopK(4)), (TopK(4), None), (TopK(4), TopK(8)), (TopK(4), Sampled(8, 2.0)), (Sampled(8, 2.0), Sampled(8, 3.0)),
-        (TopK(4), TopK(4, tail="bucket")), (TopK(4), TopK(4, values="uint8")),
+        (TopK(4), TopK(4, tail="uniform")), (TopK(4), TopK(4, values="uint8")),
         (TopKSampledTail(4, 8, 2.0), TopKSampledTail(4, 8, 3.0)), (TopK(4), TopKSampledTail(4, 8, 2.0)),
     ],
 )
@@ -207,11 +207,12 @@ def test_a_topk_cache_recorded_before_issue_21_reads_as_a_bucket_tail_and_resume
     cache = _build(tmp_path / "c", data, TopK(5, tail="bucket"))
     path = cache.path / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["sparse"] = {"kind": "topk", "k": 5, "temperatures": manifest["sparse"]["temperatures"]}  # the old record
+    assert set(manifest["sparse"]) == {"kind", "k", "temperatures"}  # recorded as before: older kdpipe reads it
+    manifest["sparse"] = {"kind": "topk", "k": 5, "temperatures": manifest["sparse"]["temperatures"]}
     path.write_text(json.dumps(manifest))
     old = LogitCache.open(cache.path)
     assert old.sparse == TopK(5, tail="bucket") and old.read_rows(np.arange(3)).tail_spread == "bucket"
     assert old.verify().ok
     _build(tmp_path / "c", data, TopK(5, tail="bucket"))  # the same settings: resumes, nothing to do
     with pytest.raises(CacheMismatchError, match="sparse format"):
-        _build(tmp_path / "c", data, TopK(5))  # the uniform tail is another format
+        _build(tmp_path / "c", data, TopK(5, tail="uniform"))  # another format

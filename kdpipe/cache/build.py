@@ -124,11 +124,12 @@ def build_cache(
         Options of the URL's fsspec file system (``endpoint_url``, ``profile``,
         ``client_kwargs``...). They travel with every task to the workers, and are never
         written into the cache. Leave credentials to the environment or a profile.
-    sparse : TopK, Sampled or dict, optional
+    sparse : TopK, TopKSampledTail, Sampled or dict, optional
         Store a compact record per row and member instead of every logit (see
         :mod:`kdpipe.cache.sparse`): ``TopK(k)`` keeps the ``k`` largest logits and a
         tail summary (any temperature and either ensemble combination at fit time);
-        ``Sampled(draws, temperature)`` keeps classes drawn from the teacher's softmax
+        ``TopKSampledTail(k, draws, temperature)`` adds tail classes drawn at that
+        temperature; ``Sampled(draws, temperature)`` keeps classes drawn from the teacher's softmax
         at that temperature (an unbiased gradient there only). Recorded in the
         manifest: a dense cache and a sparse one, or two sparse settings, are different
         caches and a resume refuses the other. ``None`` (default): dense logits.

@@ -240,8 +240,8 @@ def register(subparsers: Any) -> None:
         "--sparse",
         default=None,
         metavar="FORMAT",
-        help="store a sparse cache: topk:K (top K logits, uniform tail; :bucket for the bucket tail, "
-        ":uint8 for 8-bit values), topk:K+DRAWS@T (plus DRAWS tail classes drawn at T), "
+        help="store a sparse cache: topk:K (top K logits and a tail bucket; :uniform spreads the tail "
+        "evenly, :uint8 stores 8-bit values), topk:K+DRAWS@T (plus DRAWS tail classes drawn at T), "
         "sampled:DRAWS@T (classes drawn at T); default: dense",
     )
     add_storage_option(p)

@@ -13,9 +13,9 @@ logits for an ensemble; see :mod:`kdpipe.sparse_targets`):
   ``f(0) = log(C - k)`` and ``f'(0)`` = the mean, so the tail's log-mass at any ``T``
   is interpolated between grid points (cubic Hermite) and bounded exactly by the
   tangents and chords there (:func:`kdpipe.losses.tail_logsumexp`). ``tail`` says how
-  training spreads that mass over the ``C - k`` tail classes: ``"uniform"`` (an equal
-  share each, the default) or ``"bucket"`` (one bucket the student splits as it likes;
-  the only behaviour before issue 21, and what a manifest without ``tail`` means).
+  training spreads that mass over the ``C - k`` tail classes: ``"bucket"`` (one bucket
+  the student splits as it likes; the default, the only behaviour before issue 21, and
+  what a manifest without ``tail`` means) or ``"uniform"`` (an equal share each).
   ``values="float"`` stores the kept logits in the cache's dtype; ``"uint8"`` stores
   8-bit codes on the row's range ``[tail_max, max]`` and that maximum (float32).
   Record bytes: ``k * (value + index bytes) + 8 + 8 * len(temperatures)``, plus 4 for
@@ -151,12 +151,13 @@ class TopK:
         and as ``T -> inf``, interpolated between them and extrapolated below the
         smallest (with exact bounds either way). Training temperatures inside the grid
         lose least.
-    tail : {"uniform", "bucket"}, default="uniform"
+    tail : {"bucket", "uniform"}, default="bucket"
         How training spreads the teacher's tail mass over the ``C - k`` tail classes:
-        an equal share each (the student learns a flat tail), or one bucket whose
-        split among the tail classes the student chooses (the student's tail is then
-        unconstrained and drifts with long training). A cache recorded without this
-        setting (before issue 21) is a ``"bucket"`` one.
+        one bucket whose split among the tail classes the student chooses (its tail
+        shape is left free), or an equal share each (the student learns a flat tail:
+        as good as the bucket at ``T <= 4`` and far worse at ``T = 8`` in
+        ``benchmarks/results/sparse_train_*.md``, where the teacher's tail holds much
+        mass and is far from flat).
     values : {"float", "uint8"}, default="float"
         How the kept logits are stored: in the cache's dtype, or as 8-bit codes on the
         row's range ``[tail_max, max]`` (one float32 for the maximum more, 3 instead of
@@ -165,13 +166,13 @@ class TopK:
 
     Examples
     --------
-    >>> TopK(32).to_dict()["tail"]
+    >>> TopK(32, tail="uniform").to_dict()["tail"]
     'uniform'
     """
 
     k: int
     temperatures: tuple[float, ...] = DEFAULT_GRID
-    tail: str = "uniform"
+    tail: str = "bucket"
     values: str = "float"
     kind: ClassVar[str] = "topk"
 
@@ -183,8 +184,9 @@ class TopK:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "k": self.k, "temperatures": list(self.temperatures)}
-        out["tail"] = self.tail
-        if self.values != "float":  # absent: the layout of every cache before issue 21
+        if self.tail != "bucket":  # absent: what every cache before issue 21 is, and older kdpipe reads it
+            out["tail"] = self.tail
+        if self.values != "float":
             out["values"] = self.values
         return out
 
@@ -304,7 +306,8 @@ def parse_sparse(value: Any) -> SparseSpec | None:
     """``None``, a :class:`TopK`, :class:`TopKSampledTail` or :class:`Sampled`, or their
     ``to_dict()`` form, checked.
 
-    A ``"topk"`` dict without ``tail`` (recorded before issue 21) is a ``"bucket"`` one.
+    A ``"topk"`` dict without ``tail`` (every one recorded before issue 21) is a
+    ``"bucket"`` one.
     """
     if value is None or isinstance(value, (TopK, TopKSampledTail, Sampled)):
         return value
@@ -314,8 +317,6 @@ def parse_sparse(value: Any) -> SparseSpec | None:
         cls = _KINDS.get(kind)  # type: ignore[arg-type]
         if cls is None:
             raise ValueError(f"sparse kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
-        if cls is TopK:
-            data.setdefault("tail", "bucket")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -330,21 +331,21 @@ def parse_sparse(value: Any) -> SparseSpec | None:
 def parse_sparse_option(text: str) -> SparseSpec:
     """A sparse format from its command-line form (``kdpipe build-cache --sparse``).
 
-    ``topk:K`` (uniform tail), ``topk:K:bucket``, ``topk:K:uint8`` (8-bit values; the
-    two suffixes combine, ``topk:K:bucket:uint8``), ``topk:K+DRAWS@T`` (top-k plus
+    ``topk:K`` (bucket tail), ``topk:K:uniform``, ``topk:K:uint8`` (8-bit values; the
+    two suffixes combine, ``topk:K:uniform:uint8``), ``topk:K+DRAWS@T`` (top-k plus
     ``DRAWS`` tail classes drawn at ``T``; ``:uint8`` may follow), ``sampled:DRAWS@T``.
     A ``ValueError`` names the bad value.
 
     Examples
     --------
     >>> parse_sparse_option("topk:64")
-    TopK(k=64, temperatures=(16.0, 8.0, 4.0, 2.0, 1.0), tail='uniform', values='float')
+    TopK(k=64, temperatures=(16.0, 8.0, 4.0, 2.0, 1.0), tail='bucket', values='float')
     >>> parse_sparse_option("sampled:32@4").to_dict()
     {'kind': 'sampled', 'draws': 32, 'temperature': 4.0, 'seed': 0}
     >>> parse_sparse_option("topk:64+32@4:uint8").to_dict()["values"]
     'uint8'
     """
-    usage = "use topk:K[:bucket][:uint8], topk:K+DRAWS@T[:uint8] or sampled:DRAWS@T"
+    usage = "use topk:K[:uniform][:uint8], topk:K+DRAWS@T[:uint8] or sampled:DRAWS@T"
     kind, _, rest = str(text).partition(":")
 
     def number(value: str, what: str, cast: Any) -> Any:
@@ -359,18 +360,18 @@ def parse_sparse_option(text: str) -> SparseSpec:
             return Sampled(number(draws, "DRAWS", int), number(t, "T", float))
         if kind == "topk" and rest:
             head, *options = rest.split(":")
-            if len(set(options)) != len(options) or not set(options) <= {"bucket", "uint8"}:
+            if len(set(options)) != len(options) or not set(options) <= {"uniform", "uint8"}:
                 raise ValueError(f"--sparse {text!r}: unknown or repeated options {options}; {usage}")
             values = "uint8" if "uint8" in options else "float"
             if "+" in head:
-                if "bucket" in options or "@" not in head:
+                if "uniform" in options or "@" not in head:
                     raise ValueError(f"--sparse {text!r}: {usage}")
                 k, _, draw = head.partition("+")
                 draws, _, t = draw.partition("@")
                 return TopKSampledTail(
                     number(k, "K", int), number(draws, "DRAWS", int), number(t, "T", float), values=values
                 )
-            tail = "bucket" if "bucket" in options else "uniform"
+            tail = "uniform" if "uniform" in options else "bucket"
             return TopK(number(head, "K", int), tail=tail, values=values)
     except ValueError as exc:
         if str(exc).startswith("--sparse"):
