@@ -55,9 +55,13 @@ def formats(quick: bool) -> dict:
 
 def sweep_only() -> dict:
     """Formats a sweep may name that the main comparison leaves out: tail draws at the sweep's T."""
-    from kdpipe.cache import TopKSampledTail
+    from kdpipe.cache import Sampled, TopKSampledTail
 
-    return {"topk64+32@8 sampled tail": TopKSampledTail(64, 32, 8.0)}
+    return {
+        "topk64+32@8 sampled tail": TopKSampledTail(64, 32, 8.0),
+        "topk16+64@8 sampled tail": TopKSampledTail(16, 64, 8.0),
+        "sampled125@8": Sampled(125, 8.0),
+    }
 
 
 FULL = {
