@@ -109,7 +109,7 @@ def accuracy_runs(s: dict, workdir: Path, quick: bool, temperatures: list[float]
         caches[name] = build(teacher, X, y, workdir / name.replace(" ", "_"), spec)
     dense_bytes = caches["dense"].info()["logit_bytes_per_row"]
     for cache in caches.values():  # untimed: torch's first-call costs go to no format
-        fit_student(X[:512], y[:512], cache[:512], 1, s["temperature"], 0)
+        fit_student(X[:512], y[:512], cache[:512], 1, temperatures[0], 0)
     v = teacher(X[:2000]).astype(np.float64)
     out: dict = {"teacher_test_accuracy": float((teacher(X_test).argmax(1) == y_test).mean()), "runs": {}}
 
