@@ -74,7 +74,7 @@ QUICK = {
     "classes": 500, "train_rows": 1500, "test_rows": 500, "epochs": 3, "seeds": [0, 1], "yardstick_seeds": [2],
     "temperature": 4.0, "sweep": [2.0], "sweep_formats": ["topk16 uniform"], "timing": [(500, 1500, 1)],
 }
-STUDENT = dict(hidden_layer_sizes=(), learning_rate=1e-2, batch_size=128, alpha=0.1)  # a linear student
+STUDENT = {"hidden_layer_sizes": (), "learning_rate": 1e-2, "batch_size": 128, "alpha": 0.1}  # a linear student
 
 
 def fit_student(X, y, cache, epochs: int, temperature: float, seed: int):
