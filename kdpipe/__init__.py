@@ -42,6 +42,7 @@ _PUBLIC = {
     "hard_label_loss": "kdpipe.losses",
     "sparse_distillation_loss": "kdpipe.losses",
     "TopK": "kdpipe.cache",
+    "TopKSampledTail": "kdpipe.cache",
     "Sampled": "kdpipe.cache",
     "Views": "kdpipe.cache",
     "build_cache": "kdpipe.cache",

@@ -18,7 +18,7 @@ from typing import Any, Literal, overload
 import torch
 import torch.nn.functional as F
 
-from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKTargets
+from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKSampledTargets, TopKTargets
 
 __all__ = [
     "soft_targets",
@@ -401,33 +401,59 @@ def tail_logsumexp(
     return (estimate, lower, upper) if bounds else estimate
 
 
-# Below this student tail mass, log(1 - head mass) loses digits even in float64: the
-# tail is summed over its classes instead.
-_SMALL_TAIL = 1e-6
-
-
-def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
     """``log sum_{j not in S} softmax(zt)_j`` per row and entry, ``(n, E)``, without an
     ``(n, E, C)`` tensor.
 
-    The tail's mass is one minus the head's, in float64 from the student's logits
-    gathered at the kept classes ``idx`` ``(n, E, k)``. Where the
-    tail holds less than ``_SMALL_TAIL`` of the mass that subtraction cancels, and the
-    tail is summed over its own classes instead (those rows only; asking which rows
-    they are reads one flag back from a GPU).
+    The tail is summed over its own classes (the kept classes ``idx`` ``(n, E, k)``
+    masked out), so float32 loses nothing to cancellation however small the tail's mass;
+    ``log_norm`` ``(n, 1, 1)`` is ``logsumexp(zt)``. Where even ``exp`` of the tail's
+    largest logit underflows (the tail over 87 units of ``zt`` below the row's maximum),
+    those rows are summed again as a masked log-sum-exp (asking which rows they are
+    reads one flag back from a GPU).
     """
-    z = zt.double()  # (n, C): float64, or the subtraction would inherit float32's 1e-7
-    log_q_head = z.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - z.logsumexp(dim=-1)[:, None, None]
-    log_head = torch.logsumexp(log_q_head, dim=-1)  # (n, E), <= 0 up to rounding
-    small = log_head > math.log1p(-_SMALL_TAIL)
-    safe = torch.where(small, torch.full_like(log_head, -1.0), log_head)  # no inf/nan in the unused branch
-    out = torch.log(-torch.expm1(safe))
-    if bool(small.any()):
-        rows, entries = small.nonzero(as_tuple=True)
-        zr = z[rows]  # (r, C)
-        summed = zr.scatter(1, idx[rows, entries], float("-inf")).logsumexp(dim=-1) - zr.logsumexp(dim=-1)
-        out = out.index_put((rows, entries), summed)
-    return out.float()
+    top = zt.detach().amax(dim=-1, keepdim=True)  # (n, 1)
+    e = torch.exp(zt - top)  # (n, C)
+    out = []
+    for entry in range(idx.shape[1]):
+        keep = torch.ones_like(e).scatter_(1, idx[:, entry], 0.0)  # 1 on the tail
+        total = (e * keep).sum(dim=-1)  # (n,)
+        underflow = total == 0
+        log_tail = torch.log(torch.where(underflow, torch.ones_like(total), total)) + top[:, 0]  # no inf in the replaced rows' gradient
+        if bool(underflow.any()):
+            rows = underflow.nonzero(as_tuple=True)[0]
+            masked = zt[rows].scatter(1, idx[rows, entry], float("-inf")).logsumexp(dim=-1)
+            log_tail = log_tail.index_put((rows,), masked)
+        out.append(log_tail)
+    return torch.stack(out, dim=1) - log_norm[..., 0]
+
+
+def _tail_term(
+    targets: TopKTargets, zt: torch.Tensor, log_norm: torch.Tensor, entries: slice, temperature: float,
+    log_p_tail: torch.Tensor, idx: torch.Tensor, log_q_head: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_{j not in S} p_j (log p_j - log q_j)`` per row and entry ``(n, E)``: the tail's
+    share of the KL, with the teacher's tail mass ``exp(log_p_tail)`` spread as
+    ``targets.tail_spread`` says (see :func:`sparse_distillation_loss`)."""
+    p_tail = log_p_tail.exp()  # (n, E)
+    spread = targets.tail_spread
+    if spread == "bucket":
+        return p_tail * (log_p_tail - _log_tail_mass(zt, idx, log_norm))
+    if spread == "uniform":
+        count = targets.n_classes - targets.k
+        # sum_{j not in S} log q_j = sum_all zt - sum_S zt - (C - k) log Z: no (n, E, C) tensor
+        sum_log_q = (zt.sum(dim=-1)[:, None] - (log_q_head + log_norm[..., 0:1]).sum(dim=-1)) - count * log_norm[..., 0]
+        return p_tail * (log_p_tail - math.log(count)) - p_tail / count * sum_log_q
+    if spread == "sampled":
+        assert isinstance(targets, TopKSampledTargets)
+        counts = targets.tail_counts[:, entries]  # (n, E, s)
+        shift = 1.0 / temperature - 1.0 / targets.draw_temperature
+        log_w = torch.log(counts) + targets.tail_values[:, entries] * shift  # -inf in unused slots
+        w = p_tail.unsqueeze(-1) * F.softmax(log_w, dim=-1)  # (n, E, s): the tail's mass on the drawn classes
+        tidx = targets.tail_indices[:, entries]
+        log_q = zt.gather(1, tidx.reshape(len(tidx), -1)).view(tidx.shape) - log_norm
+        return (torch.xlogy(w, w) - w * log_q).sum(dim=-1)
+    raise ValueError(f"tail_spread must be 'bucket', 'uniform' or 'sampled', got {spread!r}")
 
 
 def _entries(targets: SparseTargets, combine: Combine) -> slice:
@@ -473,28 +499,47 @@ def sparse_distillation_loss(
 
     Notes
     -----
-    **Top-k plus tail.** Per row and entry the classes are the kept set ``S`` (``k``
-    classes) plus one bucket for the tail ``S^c``. Teacher side: ``p_i = softmax(v/T)_i``
-    on ``S`` and ``p_tail = exp(L_T) / Z`` with ``L_T`` from :func:`tail_logsumexp`.
-    Student side: ``q_i`` on ``S`` (the student's logits gathered at ``S``, no
-    ``(n, E, C)`` tensor) and ``q_tail = sum_{j not in S} q_j = 1 - sum_S q_i`` in
-    float64, summed over the tail's own classes where it is below ``1e-6``. The soft term is the KL between
-    these ``k + 1``-bucket distributions, times ``T**2``. Its gradient with respect to
-    a student logit is exact on ``S`` and on the tail is
-    ``(1/T)(q_j - p_tail q_j / q_tail)``: the teacher's tail mass spread like the
-    student's. With the ``T**2`` factor the per-row error of the gradient is therefore
+    **Top-k plus tail.** Per row and entry the kept set ``S`` (``k`` classes) has the
+    teacher's ``p_i = softmax(v/T)_i``, and the tail ``S^c`` the mass
+    ``p_tail = exp(L_T) / Z`` with ``L_T`` from :func:`tail_logsumexp`. How that mass is
+    spread over the tail classes is the targets' ``tail_spread``:
+
+    - ``"uniform"``: ``p_j = p_tail / (C - k)`` on every tail class; the soft term is the
+      dense KL with that target (no ``(n, E, C)`` tensor: the tail's sum of student
+      log-probabilities is the row's sum minus the kept ones). Gradient on the tail
+      ``T (q_j - p_tail / (C - k))``: the student's tail is held flat at the teacher's
+      level instead of left free.
+    - ``"bucket"``: the KL between the ``k + 1``-bucket distributions, the student's
+      tail bucket ``q_tail = sum_{j not in S} q_j`` summed over the tail's own classes
+      (float32, no cancellation). Gradient on the tail ``T (q_j - p_tail q_j / q_tail)``:
+      the teacher's tail mass spread like the student's, which leaves the student's
+      tail shape unconstrained. The loss is a lower bound of the dense one:
+      ``dense - sparse = T**2 p_tail KL(p | tail || q | tail)``.
+    - ``"sampled"`` (:class:`~kdpipe.sparse_targets.TopKSampledTargets`): ``p_tail``
+      spread over the drawn tail classes in proportion to
+      ``counts_j exp(v_j (1/T - 1/T_d))`` (``T_d`` the draws' temperature): at
+      ``T = T_d`` the counts' share, an unbiased estimate of the teacher's tail
+      distribution; elsewhere self-normalized importance weights (consistent, bias
+      ``O(1/s)``). Other tail classes get target 0.
+
+    The gradient is exact on ``S`` in every case, and on the tail the teacher's part is
+    a distribution of the same mass ``p_tail``, so with the ``T**2`` factor the per-row
+    error of the gradient is
 
         ``|| g_sparse - g_dense ||_1 <= 2 T p_tail(T, k)``,
 
-    where ``p_tail(T, k)`` is the teacher's mass outside its top ``k`` at ``T``: it
-    falls as ``k`` grows, rises with ``T`` and tends to ``(C - k)/C`` as
-    ``T -> inf`` (high temperatures need larger ``k``). The loss itself is a lower
-    bound of the dense one: ``dense - sparse = T**2 p_tail KL(p | tail || q | tail)``.
-    An error ``delta`` in ``L_T`` (zero at grid temperatures) moves ``p_tail`` by at
-    most ``p_tail (e**|delta| - 1)``, which adds at most twice that, times ``T``, to
-    the bound. For an arithmetic ensemble the bound holds with the members' mean
-    ``p_tail``, and the value differs from the dense KL by a constant (the entropy of
-    the mean target against the members' mean entropy); gradients are what count.
+    (for ``"uniform"`` exactly ``2 T p_tail`` times the total variation between the
+    teacher's tail distribution and the uniform one), where ``p_tail(T, k)`` is the
+    teacher's mass outside its top ``k`` at ``T``: it falls as ``k`` grows, rises with
+    ``T`` and tends to ``(C - k)/C`` as ``T -> inf`` (high temperatures need larger
+    ``k``). An error ``delta`` in ``L_T`` (zero at grid temperatures) moves ``p_tail`` by
+    at most ``p_tail (e**|delta| - 1)``, which adds at most twice that, times ``T``, to
+    the bound. Values stored as 8-bit codes (``TopK(values="uint8")``), each within
+    ``h`` of the cache's logit, move every kept ``p_i`` by a factor within
+    ``e**(+-2h/T)``: at most ``T (e**(2h/T) - 1)`` more. For an arithmetic ensemble the
+    bound holds with the members' mean ``p_tail``, and the value differs from the dense
+    KL by a constant (the entropy of the mean target against the members' mean
+    entropy); gradients are what count.
 
     **Sampled.** ``p_hat = counts / s`` of classes drawn from ``softmax(v/T)``; the
     soft term is ``T**2 KL(p_hat || q_T)`` with the student's full softmax, whose
@@ -523,13 +568,17 @@ def sparse_distillation_loss(
     log_norm = torch.logsumexp(zt, dim=-1)[:, None, None]  # (n, 1, 1)
     if isinstance(targets, TopKTargets):
         idx = targets.indices[:, entries]  # (n, E, k)
-        tail = tail_logsumexp(targets, temperature)[:, entries]  # (n, E)
+        log_tail = tail_logsumexp(targets, temperature)
+        assert isinstance(log_tail, torch.Tensor)  # bounds=False: the estimate alone
+        tail = log_tail[:, entries]  # (n, E)
         log_p = F.log_softmax(
             torch.cat([targets.values[:, entries] / temperature, tail.unsqueeze(-1)], dim=-1), dim=-1
         )  # (n, E, k + 1)
         log_q_head = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm  # (n, E, k)
-        log_q = torch.cat([log_q_head, _log_tail_mass(zt, idx).unsqueeze(-1)], dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (n, E)
+        log_p_head, log_p_tail = log_p[..., :-1], log_p[..., -1]
+        kl = (log_p_head.exp() * (log_p_head - log_q_head)).sum(dim=-1) + _tail_term(
+            targets, zt, log_norm, entries, temperature, log_p_tail, idx, log_q_head
+        )  # (n, E)
     elif isinstance(targets, SampledTargets):
         if not math.isclose(temperature, targets.temperature, rel_tol=1e-9):
             raise ValueError(

@@ -9,7 +9,10 @@ members' mean logits, which serves geometric combination.
 
 - :class:`TopKTargets`: per entry the ``k`` largest raw logits, their classes, and a
   summary of the other ``C - k`` ("tail") logits from which the tail's log-mass at any
-  temperature is computed (see :func:`kdpipe.losses.tail_logsumexp`).
+  temperature is computed (see :func:`kdpipe.losses.tail_logsumexp`), and how the
+  training spreads that mass over the tail classes (``tail_spread``).
+- :class:`TopKSampledTargets`: the same, plus a few tail classes drawn from the
+  teacher's softmax restricted to the tail, with their counts and logits.
 - :class:`SampledTargets`: per entry ``s`` classes drawn from the teacher's softmax at
   one temperature, as distinct classes with their counts.
 
@@ -19,11 +22,11 @@ This module holds data only; the math that uses it is in :mod:`kdpipe.losses`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["TopKTargets", "SampledTargets", "SparseTargets"]
+__all__ = ["TopKTargets", "TopKSampledTargets", "SampledTargets", "SparseTargets"]
 
 
 class _RowArrays:
@@ -33,7 +36,7 @@ class _RowArrays:
     plain settings, copied as they are.
     """
 
-    _arrays: tuple[str, ...] = ()
+    _arrays: ClassVar[tuple[str, ...]] = ()
 
     def __len__(self) -> int:
         return int(getattr(self, self._arrays[0]).shape[0])
@@ -87,6 +90,10 @@ class TopKTargets(_RowArrays):
         ``C``; the tail holds ``C - k`` classes.
     n_members : int
         ``M``; an ensemble has ``E = M + 1`` entries, the last from the mean logits.
+    tail_spread : {"bucket", "uniform", "sampled"}, default="bucket"
+        How :func:`kdpipe.losses.sparse_distillation_loss` spreads the tail's mass over
+        the tail classes: one bucket whose split the student chooses, an equal share per
+        tail class, or by the drawn tail classes (:class:`TopKSampledTargets` only).
     """
 
     values: Any
@@ -98,12 +105,45 @@ class TopKTargets(_RowArrays):
     temperatures: tuple[float, ...]
     n_classes: int
     n_members: int
+    tail_spread: str = "bucket"
 
-    _arrays = ("values", "indices", "tail_max", "tail_mean", "tail_lse", "tail_slope")
+    _arrays: ClassVar[tuple[str, ...]] = ("values", "indices", "tail_max", "tail_mean", "tail_lse", "tail_slope")
 
     @property
     def k(self) -> int:
         return int(self.values.shape[-1])
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopKSampledTargets(TopKTargets):
+    """Top-k targets plus tail classes drawn from the teacher's softmax over the tail.
+
+    Attributes
+    ----------
+    tail_indices : array of shape (b, E, s), int64
+        Distinct drawn tail classes, packed to the front; padding slots hold class 0.
+    tail_counts : array of shape (b, E, s), float32
+        How often each was drawn; 0 in padding slots. Every row and entry sums to ``s``.
+    tail_values : array of shape (b, E, s), float32
+        The teacher's raw logits of the drawn classes (0 in padding slots): they
+        reweight the draws to another temperature.
+    draw_temperature : float
+        ``T_d``: the draws come from ``softmax(v / T_d)`` restricted to the tail.
+    tail_draws : int
+        ``s``, the number of draws per row and entry.
+
+    The other attributes are those of :class:`TopKTargets`; ``tail_spread`` is
+    ``"sampled"``.
+    """
+
+    tail_indices: Any
+    tail_counts: Any
+    tail_values: Any
+    draw_temperature: float
+    tail_draws: int
+    tail_spread: str = "sampled"
+
+    _arrays = (*TopKTargets._arrays, "tail_indices", "tail_counts", "tail_values")
 
 
 @dataclass(frozen=True)
@@ -136,5 +176,5 @@ class SampledTargets(_RowArrays):
     _arrays = ("indices", "counts")
 
 
-SparseTargets = TopKTargets | SampledTargets
+SparseTargets = TopKTargets | TopKSampledTargets | SampledTargets
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -9,10 +10,10 @@ import pytest
 from scipy.special import logsumexp, softmax
 from scipy.stats import binom
 
-from kdpipe.cache import LogitCache, Sampled, SparseLogitCache, TopK, build_cache
+from kdpipe.cache import LogitCache, Sampled, SparseLogitCache, TopK, TopKSampledTail, build_cache
 from kdpipe.cache.storage import open_store
 from kdpipe.errors import CacheMismatchError, InputError, SparseFormatError
-from kdpipe.sparse_targets import SampledTargets, TopKTargets
+from kdpipe.sparse_targets import SampledTargets, TopKSampledTargets, TopKTargets
 
 N, D, C, ROWS = 60, 5, 40, 16  # 4 chunks
 
@@ -94,7 +95,11 @@ def test_sampled_draws_repeat_on_resume_and_do_not_depend_on_batch_size(tmp_path
 
 @pytest.mark.parametrize(
     "first, second",
-    [(None, TopK(4)), (TopK(4), None), (TopK(4), TopK(8)), (TopK(4), Sampled(8, 2.0)), (Sampled(8, 2.0), Sampled(8, 3.0))],
+    [
+        (None, TopK(4)), (TopK(4), None), (TopK(4), TopK(8)), (TopK(4), Sampled(8, 2.0)), (Sampled(8, 2.0), Sampled(8, 3.0)),
+        (TopK(4), TopK(4, tail="uniform")), (TopK(4), TopK(4, values="uint8")),
+        (TopKSampledTail(4, 8, 2.0), TopKSampledTail(4, 8, 3.0)), (TopK(4), TopKSampledTail(4, 8, 2.0)),
+    ],
 )
 def test_a_build_with_other_sparse_settings_is_refused_with_the_reason(tmp_path, data, first, second):
     _build(tmp_path / "c", data, first)
@@ -154,6 +159,10 @@ def test_info_shows_the_format_and_its_bytes_per_row(tmp_path, data):
     assert info["format_version"] == 3 and dense["format_version"] == 2  # older kdpipe refuses it by its version
     assert info["logit_bytes_per_row"] == 3 * record == info["sparse"]["record_bytes"] * 3
     assert info["bytes_per_row"] < dense["bytes_per_row"]
+    coded = _build(tmp_path / "u", data, TopK(5, temperatures=(2.0,), values="uint8"), dtype="float16").info()
+    assert coded["sparse"]["record_bytes"] == 5 * (1 + 2) + 4 + 4 + 4 + 2 * 4  # uint8 codes and the row maximum
+    drawn = _build(tmp_path / "t", data, TopKSampledTail(5, 3, 2.0, temperatures=(2.0,)), dtype="float16").info()
+    assert drawn["sparse"]["record_bytes"] == record + 3 * (2 + 2 + 2)  # class, count, logit per draw
 
 
 def test_examples_in_the_docstrings_run():
@@ -171,3 +180,39 @@ def test_settings_the_cache_cannot_hold_are_refused_before_anything_is_written(t
     assert not (tmp_path / "c").exists()
     with pytest.raises(ValueError, match="sparse kind"):
         _build(tmp_path / "d", data, {"kind": "topp", "k": 3})
+
+
+def test_topk_sampled_tail_cache_draws_tail_classes_and_keeps_their_logits(tmp_path, data):
+    dense = np.asarray(_build(tmp_path / "dense", data, None, dtype="float16"))
+    cache = _build(tmp_path / "c", data, TopKSampledTail(6, 10, 2.0), dtype="float16")
+    got = cache.read_rows(np.arange(N))
+    assert isinstance(got, TopKSampledTargets) and got.tail_spread == "sampled"
+    entries = np.concatenate([dense, dense.astype(np.float64).mean(axis=1, keepdims=True)], axis=1)  # (N, 3, C)
+    np.testing.assert_array_equal(got.indices, np.argsort(-entries, axis=-1, kind="stable")[..., :6])
+    used = got.tail_counts > 0
+    assert (got.tail_counts.sum(axis=-1) == 10).all()
+    for r, e in np.ndindex(N, 3):
+        drawn = got.tail_indices[r, e][used[r, e]]
+        assert len(set(drawn)) == len(drawn) and not set(drawn) & set(got.indices[r, e])  # distinct tail classes
+    logits = np.take_along_axis(entries, got.tail_indices, axis=-1).astype(np.float16)
+    np.testing.assert_array_equal(got.tail_values[used], logits[used])
+    for path in open_store(cache.path, cache.manifest).chunk_paths(1):  # lost: the resume draws it again
+        path.unlink()
+    resumed = _build(tmp_path / "c", data, TopKSampledTail(6, 10, 2.0), dtype="float16").read_rows(np.arange(N))
+    np.testing.assert_array_equal(resumed.tail_indices, got.tail_indices)
+    np.testing.assert_array_equal(resumed.tail_counts, got.tail_counts)
+
+
+def test_a_topk_cache_recorded_before_issue_21_reads_as_a_bucket_tail_and_resumes(tmp_path, data):
+    cache = _build(tmp_path / "c", data, TopK(5, tail="bucket"))
+    path = cache.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert set(manifest["sparse"]) == {"kind", "k", "temperatures"}  # recorded as before: older kdpipe reads it
+    manifest["sparse"] = {"kind": "topk", "k": 5, "temperatures": manifest["sparse"]["temperatures"]}
+    path.write_text(json.dumps(manifest))
+    old = LogitCache.open(cache.path)
+    assert old.sparse == TopK(5, tail="bucket") and old.read_rows(np.arange(3)).tail_spread == "bucket"
+    assert old.verify().ok
+    _build(tmp_path / "c", data, TopK(5, tail="bucket"))  # the same settings: resumes, nothing to do
+    with pytest.raises(CacheMismatchError, match="sparse format"):
+        _build(tmp_path / "c", data, TopK(5, tail="uniform"))  # another format

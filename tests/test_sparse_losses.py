@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import logsumexp, softmax
 
-from kdpipe.cache.sparse import Sampled, TopK, reduce_logits
+from kdpipe.cache.sparse import Sampled, TopK, TopKSampledTail, reduce_logits
 from kdpipe.datasets import make_confusable_classification
 from kdpipe.errors import InputError, SparseFormatError
 from kdpipe.losses import distillation_loss, sparse_distillation_loss, tail_logsumexp
@@ -77,7 +77,7 @@ def test_tail_logsumexp_exact_at_grid_temperatures_and_within_exact_bounds_elsew
 def test_topk_loss_is_the_kl_between_k_plus_one_buckets(teacher):
     v, t, k = teacher[:, 0], 4.0, 10
     z = _student(teacher)
-    targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
     got = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
 
     tail = _tail_mask(v, k)
@@ -92,7 +92,7 @@ def test_topk_loss_is_the_kl_between_k_plus_one_buckets(teacher):
 def test_dense_minus_sparse_loss_is_the_tail_share_of_the_kl(teacher):
     v, t, k = teacher[:, 0], 8.0, 10
     z = _student(teacher)
-    targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
     sparse = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
     dense = distillation_loss(z, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0).item()
 
@@ -115,7 +115,7 @@ def test_topk_gradient_is_the_bucket_gradient_also_where_the_students_tail_is_ti
     q_tail = (q * tail).sum(axis=1)
     assert (q_tail < 1e-9).any() and (q_tail > 1e-4).any()  # both ways of computing the tail run
     z = torch.tensor(z0, dtype=torch.float32, requires_grad=True)
-    targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
     got = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
 
     p = softmax(v / t, axis=1)
@@ -124,15 +124,23 @@ def test_topk_gradient_is_the_bucket_gradient_also_where_the_students_tail_is_ti
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * t)  # float32 rounding, times T
 
 
+TAIL_FORMATS = {
+    "bucket": lambda k: TopK(k, tail="bucket"),
+    "uniform": lambda k: TopK(k, tail="uniform"),
+    "sampled-tail": lambda k: TopKSampledTail(k, draws=16, temperature=4.0),
+}
+
+
+@pytest.mark.parametrize("spread", list(TAIL_FORMATS))
 @pytest.mark.parametrize("t", [1.0, 3.0, 4.0, 12.0])
-def test_topk_gradient_error_within_the_stated_bound_and_shrinking_with_k(teacher, t):
+def test_topk_gradient_error_within_the_stated_bound_and_shrinking_with_k(teacher, t, spread):
     v = teacher[:, 0]
     z = _student(teacher)
     dense = _row_grads(lambda s: distillation_loss(s, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0), z)
     np.testing.assert_allclose(dense, t * (softmax(z.detach().double().numpy() / t, 1) - softmax(v / t, 1)), atol=1e-5)
     mean_errors = []
     for k in (3, 10, 30):
-        targets = reduce_logits(v, TopK(k)).to_torch("cpu")
+        targets = reduce_logits(v, TAIL_FORMATS[spread](k)).to_torch("cpu")
         sparse = _row_grads(lambda s, targets=targets: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
         error = np.abs(sparse - dense).sum(axis=1)  # L1 per row
         tail = _tail_mask(v, k)
@@ -211,3 +219,118 @@ def test_topk_needs_fewer_kept_classes_than_classes():
         TopK(0)
     with pytest.raises(ValueError, match="temperature"):
         Sampled(4, -1.0)
+
+
+# -- issue 21: the tail spread over the tail classes, and 8-bit values ------------------
+
+
+def _dense_target_with_spread(v: np.ndarray, t: float, k: int, tail_shares: np.ndarray) -> np.ndarray:
+    """float64 (n, C): the teacher's softmax at t on its top k, and its tail mass split
+    over the other classes in proportion to ``tail_shares`` (n, C) (zero on the head)."""
+    p = softmax(v / t, axis=1)
+    tail = _tail_mask(v, k)
+    p_tail = (p * tail).sum(axis=1, keepdims=True)
+    shares = np.where(tail, tail_shares, 0.0)
+    return np.where(tail, p_tail * shares / shares.sum(axis=1, keepdims=True), p)
+
+
+@pytest.mark.parametrize("t", [2.0, 5.0])  # on and off the grid
+def test_uniform_tail_is_the_dense_kl_with_the_tail_mass_shared_equally(teacher, t):
+    v, z, k = teacher[:, 0].astype(np.float64), _student(teacher), 10
+    targets = reduce_logits(v, TopK(k, tail="uniform")).to_torch("cpu")
+    got = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
+    grads = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
+
+    p = _dense_target_with_spread(v, t, k, np.ones_like(v))
+    if t not in GRID:  # the tail mass the summary gives off the grid (its own test is above)
+        lse = tail_logsumexp(targets, t)[:, 0].double().numpy()
+        head = np.where(_tail_mask(v, k), -np.inf, v / t)
+        p_tail = np.exp(lse - np.logaddexp(logsumexp(head, axis=1), lse))[:, None]
+        p = np.where(_tail_mask(v, k), p_tail / (v.shape[1] - k), softmax(head, axis=1) * (1 - p_tail))
+    q = softmax(z.detach().double().numpy() / t, axis=1)
+    expected = t**2 * (p * np.log(p / q)).sum(axis=1).mean()
+    assert got == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(grads, t * (q - p), atol=2e-5)  # eq. 2 with that target
+
+
+def test_sampled_tail_at_its_temperature_spreads_the_tail_mass_by_the_draws(teacher):
+    v, z, k, s, t = teacher[:, 0].astype(np.float64), _student(teacher), 10, 16, 4.0
+    targets = reduce_logits(v, TopKSampledTail(k, s, t)).to_torch("cpu")
+    counts = np.zeros_like(v)
+    for r in range(len(v)):  # the draws, as dense counts per class
+        np.add.at(counts[r], targets.tail_indices[r, 0].numpy(), targets.tail_counts[r, 0].double().numpy())
+    assert (counts.sum(axis=1) == s).all() and not (counts * ~_tail_mask(v, k)).any()  # tail classes only
+    p = _dense_target_with_spread(v, t, k, counts)
+    q = softmax(z.detach().double().numpy() / t, axis=1)
+    grads = _row_grads(lambda x: sparse_distillation_loss(x, targets, temperature=t, alpha=0.0), z)
+    np.testing.assert_allclose(grads, t * (q - p), atol=2e-5)
+    got = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
+    assert got == pytest.approx(t**2 * (p * np.log(np.where(p > 0, p, 1.0) / q)).sum(axis=1).mean(), rel=1e-4)
+
+
+def test_sampled_tail_reweights_its_draws_to_another_temperature(teacher):
+    v, z, k, s, t_draw, t = teacher[:, 0].astype(np.float64), _student(teacher), 10, 16, 4.0, 2.0
+    targets = reduce_logits(v, TopKSampledTail(k, s, t_draw)).to_torch("cpu")
+    counts = np.zeros_like(v)
+    for r in range(len(v)):
+        np.add.at(counts[r], targets.tail_indices[r, 0].numpy(), targets.tail_counts[r, 0].double().numpy())
+    # self-normalized importance weights: draws from exp(v / t_draw), target exp(v / t)
+    p = _dense_target_with_spread(v, t, k, counts * np.exp(v / t - v / t_draw - (v / t - v / t_draw).max(axis=1, keepdims=True)))
+    q = softmax(z.detach().double().numpy() / t, axis=1)
+    grads = _row_grads(lambda x: sparse_distillation_loss(x, targets, temperature=t, alpha=0.0), z)
+    np.testing.assert_allclose(grads, t * (q - p), atol=2e-5)
+
+
+def test_sampled_tail_draws_are_unbiased_for_the_tail_at_their_temperature():
+    t, k, s, repeats = 2.0, 3, 8, 3000
+    v = _teacher(2, 12, seed=3)[:, 0].astype(np.float64)
+    tail = _tail_mask(v, k)
+    expected = np.where(tail, softmax(np.where(tail, v / t, -np.inf), axis=1), 0.0)  # the tail's own softmax
+    drawn = reduce_logits(np.tile(v, (repeats, 1)), TopKSampledTail(k, s, t))  # every row draws afresh
+    counts = np.zeros((repeats * len(v), v.shape[1]))
+    rows = np.repeat(np.arange(len(counts)), s).reshape(-1, s)
+    np.add.at(counts, (rows, drawn.tail_indices[:, 0]), drawn.tail_counts[:, 0])  # unused slots add 0
+    mean = counts.reshape(repeats, len(v), -1).sum(axis=0) / (s * repeats)
+    se = np.sqrt(expected * (1 - expected) / (s * repeats))
+    z = (mean - expected)[tail] / se[tail]
+    assert np.abs(z).max() < 4.5  # 18 statistics: a 4.5-sigma miss is ~1e-4 likely by chance
+
+
+def test_uint8_values_are_within_half_a_step_of_the_cache_logits(teacher):
+    v = teacher[:, 0]
+    exact = reduce_logits(v, TopK(30, values="float"))
+    coded = reduce_logits(v, TopK(30, values="uint8"))
+    np.testing.assert_array_equal(coded.indices, exact.indices)
+    np.testing.assert_array_equal(coded.tail_lse, exact.tail_lse)
+    step = (exact.values[..., 0] - exact.tail_max) / 255  # (n, E)
+    error = np.abs(coded.values - exact.values)
+    assert (error <= step[..., None] / 2 * (1 + 1e-5) + 1e-5).all()
+    assert error.max() > step.min() / 10  # the codes are coarser than float32
+    # the stated bound on the soft targets: |p_hat - p|_1 <= exp(2 h / T) - 1, h = step / 2
+    def target(x, t):  # the k + 1 buckets at a grid temperature
+        g = GRID.index(t)
+        return softmax(np.concatenate([x.values[:, 0] / t, x.tail_lse[:, 0, g : g + 1]], axis=1), axis=1)
+
+    for t in (1.0, 4.0):
+        l1 = np.abs(target(coded, t) - target(exact, t)).sum(axis=1)
+        assert (l1 <= np.expm1(step[:, 0] / t) + 1e-6).all()
+
+
+def test_bucket_tail_whose_exp_underflows_in_float32_still_gives_the_bucket_gradient():
+    t, k = 2.0, 3
+    rng = np.random.default_rng(7)
+    v = rng.normal(scale=3.0, size=(4, 30))
+    z0 = rng.normal(size=v.shape)
+    tail = _tail_mask(v, k)
+    z0[:2] += np.where(tail, 0.0, 250.0 * t)[:2]  # two rows: the student's tail e**-250 below its head
+    z = torch.tensor(z0, dtype=torch.float32, requires_grad=True)
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
+    got = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
+    zz = z0 / t
+    q = softmax(zz, axis=1)
+    q_in_tail = softmax(np.where(tail, zz, -np.inf), axis=1)  # q_j / q_tail, in log space
+    p = softmax(v / t, axis=1)
+    p_tail = (p * tail).sum(axis=1, keepdims=True)
+    expected = t * np.where(tail, q - p_tail * q_in_tail, q - p)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * t)

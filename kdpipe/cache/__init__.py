@@ -28,6 +28,7 @@ _PUBLIC = {
     "BuildConfig": "kdpipe.cache.config",
     "SparseLogitCache": "kdpipe.cache.sparse_reader",
     "TopK": "kdpipe.cache.sparse",
+    "TopKSampledTail": "kdpipe.cache.sparse",
     "Sampled": "kdpipe.cache.sparse",
     "Views": "kdpipe.cache.views",
 }

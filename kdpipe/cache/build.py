@@ -139,11 +139,12 @@ def build_cache(
         Options of the URL's fsspec file system (``endpoint_url``, ``profile``,
         ``client_kwargs``...). They travel with every task to the workers, and are never
         written into the cache. Leave credentials to the environment or a profile.
-    sparse : TopK, Sampled or dict, optional
+    sparse : TopK, TopKSampledTail, Sampled or dict, optional
         Store a compact record per row and member instead of every logit (see
         :mod:`kdpipe.cache.sparse`): ``TopK(k)`` keeps the ``k`` largest logits and a
         tail summary (any temperature and either ensemble combination at fit time);
-        ``Sampled(draws, temperature)`` keeps classes drawn from the teacher's softmax
+        ``TopKSampledTail(k, draws, temperature)`` adds tail classes drawn at that
+        temperature; ``Sampled(draws, temperature)`` keeps classes drawn from the teacher's softmax
         at that temperature (an unbiased gradient there only). Recorded in the
         manifest: a dense cache and a sparse one, or two sparse settings, are different
         caches and a resume refuses the other. ``None`` (default): dense logits.
@@ -274,7 +275,7 @@ def _build_locked(
         if not resume:
             raise CacheError(f"a cache already exists at {root}; pass resume=True or overwrite=True")
         differences = _differences(manifest, config, source, members, order, settings)
-        if manifest.sparse != (None if spec is None else spec.to_dict()):
+        if parse_sparse(manifest.sparse) != spec:  # the settings, however a manifest spelled them
             differences.append(
                 f"sparse format: cache has {manifest.sparse or 'dense'}, this build has "
                 f"{'dense' if spec is None else spec.to_dict()}"

@@ -194,10 +194,23 @@ def _cli_words(exc: Exception) -> Exception:
     return exc if text == str(exc) else type(exc)(text)
 
 
+def _sparse_option(text: str | None) -> Any:
+    """``--sparse FORMAT`` as a sparse format (None: dense); a bad one is a :class:`UsageError`."""
+    from kdpipe.cache.sparse import parse_sparse_option
+
+    if text is None:
+        return None
+    try:
+        return parse_sparse_option(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _build(args: argparse.Namespace) -> int:
     from kdpipe.cache.build import build_cache
 
     _check_build_options(args)
+    sparse = _sparse_option(args.sparse)  # before any work
     options = parse_storage_options(args.storage_option)
     teachers = [_teacher(path, args.trust_pickled_teachers) for path in args.teachers]
     X = _open_data(args.data, args.dataset, options)
@@ -219,6 +232,7 @@ def _build(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             storage_options=options,
             trust_pickled_teachers=args.trust_pickled_teachers,
+            sparse=sparse,
         )
     except KdpipeError as exc:
         worded = _cli_words(exc)
@@ -292,6 +306,14 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--sparse",
+        default=None,
+        metavar="FORMAT",
+        help="store a sparse cache: topk:K (top K logits and a tail bucket; :uniform spreads the tail "
+        "evenly, :uint8 stores 8-bit values), topk:K+DRAWS@T (plus DRAWS tail classes drawn at T), "
+        "sampled:DRAWS@T (classes drawn at T); default: dense",
+    )
     add_storage_option(p)
     p.set_defaults(func=_build, resume_hint=_RESUME_HINT)
 

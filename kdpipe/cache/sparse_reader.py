@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kdpipe.cache.reader import LogitCache
-from kdpipe.cache.sparse import Sampled, SparseLayout, TopK, parse_sparse
+from kdpipe.cache.sparse import SparseLayout, SparseSpec, parse_sparse
 from kdpipe.errors import SparseFormatError
 from kdpipe.sparse_targets import SparseTargets
 
@@ -32,8 +32,9 @@ class SparseLogitCache(LogitCache):
     """
 
     @property
-    def sparse(self) -> TopK | Sampled:
-        """The sparse format: :class:`~kdpipe.cache.sparse.TopK` or :class:`~kdpipe.cache.sparse.Sampled`."""
+    def sparse(self) -> SparseSpec:
+        """The sparse format: :class:`~kdpipe.cache.sparse.TopK`,
+        :class:`~kdpipe.cache.sparse.TopKSampledTail` or :class:`~kdpipe.cache.sparse.Sampled`."""
         spec = parse_sparse(self.manifest.sparse)
         assert spec is not None
         return spec

@@ -1,0 +1,72 @@
+"""``kdpipe build-cache --sparse``: each format's spelling, and a bad one refused before any work."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from kdpipe.cache import LogitCache, Sampled, TopK, TopKSampledTail
+from kdpipe.cache.sparse import parse_sparse_option
+from kdpipe.cli import main
+
+N, D, C = 40, 4, 12
+
+
+@pytest.fixture
+def files(tmp_path):
+    X = np.random.default_rng(0).normal(size=(N, D)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    teacher = torch.nn.Linear(D, C).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch >= 2.10
+        torch.jit.script(teacher).save(str(tmp_path / "t.pt"))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "text, spec",
+    [
+        ("topk:8", TopK(8, tail="bucket")),
+        ("topk:8:uniform", TopK(8, tail="uniform")),
+        ("topk:8:uint8:uniform", TopK(8, tail="uniform", values="uint8")),
+        ("topk:8+16@4", TopKSampledTail(8, 16, 4.0)),
+        ("topk:8+16@2.5:uint8", TopKSampledTail(8, 16, 2.5, values="uint8")),
+        ("sampled:32@4", Sampled(32, 4.0)),
+    ],
+)
+def test_every_sparse_format_has_a_command_line_spelling(text, spec):
+    assert parse_sparse_option(text) == spec
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("topk:0", "k must be a positive integer"),
+        ("topk:x", "K must be a number, got 'x'"),
+        ("topk:8:fp8", "unknown or repeated options"),
+        ("topk:8:uint8:uint8", "unknown or repeated options"),
+        ("topk:8+16", "topk:K+DRAWS@T"),
+        ("topk:8+16@4:uniform", "topk:K+DRAWS@T"),
+        ("sampled:32", "is not a sparse format"),
+        ("sampled:32@0", "temperature must be a finite number > 0"),
+        ("sampled:70000@4", "draws must be at most 65535"),
+        ("dense", "is not a sparse format"),
+    ],
+)
+def test_a_bad_sparse_format_is_one_line_and_status_2_before_any_work(files, capsys, text, needle):
+    out = files / "cache"
+    assert main(["build-cache", str(files / "t.pt"), "--data", str(files / "missing.npy"), "-o", str(out), "--sparse", text]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"kdpipe: error: --sparse {text!r}") and needle in err, err
+    assert not out.exists()  # checked before the data (which does not exist) was even looked at
+
+
+def test_build_cache_writes_the_sparse_format_it_was_given(files):
+    out = files / "cache"
+    assert main(["build-cache", str(files / "t.pt"), "--data", str(files / "x.npy"), "-o", str(out), "--quiet", "--sparse", "topk:4+6@2"]) == 0
+    cache = LogitCache.open(out)
+    assert cache.sparse == TopKSampledTail(4, 6, 2.0) and cache.verify().ok
+    assert cache.read_rows(np.arange(N)).tail_counts.sum(axis=-1).tolist() == [[6.0]] * N
