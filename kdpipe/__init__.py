@@ -24,13 +24,14 @@ _PUBLIC = {
     "sparse_distillation_loss": "kdpipe.losses",
     "TopK": "kdpipe.cache",
     "Sampled": "kdpipe.cache",
+    "Views": "kdpipe.cache",
     "build_cache": "kdpipe.cache",
     "LogitCache": "kdpipe.cache",
     "DistilledClassifier": "kdpipe.distilled",
     "LazyRows": "kdpipe.rows",
     "SpecialistEnsembleClassifier": "kdpipe.specialists",
 }
-_SUBMODULES = {"datasets", "errors", "losses", "cache", "engine", "labels", "rows"}
+_SUBMODULES = {"augment", "datasets", "errors", "losses", "cache", "engine", "labels", "rows"}
 
 __all__ = sorted(_PUBLIC) + sorted(_SUBMODULES) + ["__version__"]
 

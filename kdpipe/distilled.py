@@ -375,7 +375,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
             history = []
         epochs = train_student(
             module,
-            MinibatchSource(X, codes, teacher_logits),
+            MinibatchSource(X, codes, teacher_logits, view_seed=seed),
             rows,
             self._training_config(has_teacher),
             seed=seed,

@@ -199,6 +199,12 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
     return move(batch.X), move(batch.y), move(batch.teacher_logits)
 
 
+def _set_epoch(source: RowSource, epoch: int) -> None:
+    set_epoch = getattr(source, "set_epoch", None)
+    if set_epoch is not None:
+        set_epoch(epoch)
+
+
 def _make_optimizer(module: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     params = module.parameters()
     if config.optimizer == "adam":
@@ -295,6 +301,7 @@ def train_student(
             module.train()
             # summed on the device: reading a loss back each step would sync a GPU
             epoch_loss = torch.zeros((), device=device)
+            _set_epoch(source, epoch)  # a cache of views: each row's view for this epoch
             batches = _row_batches(rows, config.batch_size, rng, config.shuffle_window)
             for batch in prefetched(source, batches):
                 X, y, v = _to_device(batch, device)
@@ -321,6 +328,7 @@ def train_student(
                 "seconds": seconds,
             }
             if validation_rows is not None and len(validation_rows):
+                _set_epoch(source, 0)  # validation scores the same view of each row every epoch
                 record["val_loss"], record["val_accuracy"] = _evaluate(
                     module, source, np.asarray(validation_rows), config, device
                 )

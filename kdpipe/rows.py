@@ -7,6 +7,9 @@ a :class:`kdpipe.LogitCache` (or a view of one), or, when a cache is built, a to
 1. :func:`prefetched` asks a :class:`MinibatchSource` for the rows of the next minibatch
    in a background thread, while the current one trains;
 2. :meth:`MinibatchSource.fetch` calls :func:`take_rows` on X and on the teacher logits;
+   from a cache of augmented views it picks one view per row for the epoch
+   (:func:`choose_views`), regenerates it from the stored row, checks its digest
+   against the one the teacher's input had, and reads that view's logits;
 3. :func:`take_rows` indexes numpy arrays directly, and asks on-disk sources to
    ``read_rows``: :class:`CheckedReads` (which checks each block for NaN/inf) wrapped
    around a :class:`ChunkedReader`, a :class:`LazyRows` or a ``LogitCache``;
@@ -61,6 +64,7 @@ __all__ = [
     "Batch",
     "RowSource",
     "MinibatchSource",
+    "choose_views",
     "prefetched",
     "Source",
     "as_source",
@@ -585,6 +589,27 @@ class CheckedReads:
         return block
 
 
+def choose_views(seed: int, epoch: int, rows: np.ndarray, n_views: int) -> np.ndarray:
+    """The view each row trains on in ``epoch``: uniform in ``[0, n_views)``, from
+    ``SeedSequence([seed, epoch, row])`` alone (any process, worker or resumed run picks the same).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> views = choose_views(0, 1, np.arange(6), 4)
+    >>> views.shape, bool(((views >= 0) & (views < 4)).all())
+    ((6,), True)
+    """
+    from kdpipe.augment import stream_words  # numpy only: no torch here
+
+    words = stream_words([int(seed) % 2**32, int(epoch) % 2**32, np.asarray(rows, dtype=np.int64)], 1)[:, 0]
+    return ((words.astype(np.uint64) * np.uint64(n_views)) >> np.uint64(32)).astype(np.intp)
+
+
+CHECKED_BATCHES = 4  # minibatches of a fit whose every regenerated view is checked
+SAMPLED_VIEWS = 16  # views checked per minibatch after those
+
+
 class MinibatchSource:
     """Rows of aligned inputs, labels and teacher logits, read one minibatch at a time.
 
@@ -600,9 +625,17 @@ class MinibatchSource:
         numpy, an on-disk array, or a :class:`kdpipe.LogitCache` (or a view of one);
         on-disk arrays are checked per minibatch too, a cache is not: ``build_cache``
         stores finite logits only and every chunk read is crc-checked.
+    view_seed : int, default=0
+        With a cache of augmented views (``teacher_logits.views`` set): each epoch
+        (:meth:`set_epoch`) row ``i`` trains on view :func:`choose_views` ``(view_seed,
+        epoch, i)``, regenerated from its stored row (``teacher_logits.augment_rows``) and
+        paired with that view's logits. The digests of the regenerated inputs are checked
+        against the stored ones (:meth:`kdpipe.LogitCache.check_views`): every row of the
+        first ``CHECKED_BATCHES`` minibatches, then ``SAMPLED_VIEWS`` rows of each; a
+        mismatch is a :class:`~kdpipe.errors.RowMismatchError` naming row and view.
     """
 
-    def __init__(self, X: Any, y: np.ndarray | None = None, teacher_logits: Any = None):
+    def __init__(self, X: Any, y: np.ndarray | None = None, teacher_logits: Any = None, *, view_seed: int = 0):
         n = n_rows(X)
         for name, other in (("y", y), ("teacher_logits", teacher_logits)):
             if other is not None and n_rows(other) != n:
@@ -611,6 +644,20 @@ class MinibatchSource:
         self.y = None if y is None else np.asarray(y, dtype=np.int64)
         self.teacher_logits = None if teacher_logits is None else _checked(teacher_logits, "teacher_logits")
         self._n = n
+        self.views = teacher_logits if getattr(teacher_logits, "views", None) is not None else None
+        self.view_seed = int(view_seed)
+        self.epoch = 0
+        self._fetches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick every row's view for ``epoch`` (a cache of augmented views; otherwise nothing changes)."""
+        self.epoch = int(epoch)
+
+    def views_of(self, rows: np.ndarray) -> np.ndarray | None:
+        """The views ``rows`` train on this epoch; None without a cache of views."""
+        if self.views is None:
+            return None
+        return choose_views(self.view_seed, self.epoch, rows, self.views.n_views)
 
     def __len__(self) -> int:
         return self._n
@@ -621,10 +668,26 @@ class MinibatchSource:
         return is_resident(self.X) and (self.teacher_logits is None or is_resident(self.teacher_logits))
 
     def fetch(self, rows: np.ndarray) -> Batch:
-        """Read the given rows of every array."""
-        X = to_model_dtype(take_rows(self.X, rows))  # (b, *sample_shape)
+        """Read the given rows of every array (of a views cache: this epoch's view of each row)."""
+        x = take_rows(self.X, rows)
+        views = self.views_of(rows)
+        if views is not None:
+            assert self.views is not None
+            x = self.views.augment_rows(x, rows, views)  # in the stored dtype, as the teacher saw it
+            self._fetches += 1
+            if self._fetches <= CHECKED_BATCHES or len(rows) <= SAMPLED_VIEWS:
+                self.views.check_views(x, rows, views)
+            else:  # a sample: which rows, a function of the rows and epoch (no shared RNG state)
+                pick = np.random.default_rng([self.view_seed % 2**32, self.epoch, self._fetches]).choice(
+                    len(rows), SAMPLED_VIEWS, replace=False
+                )
+                self.views.check_views(x[pick], rows[pick], views[pick])
+        X = to_model_dtype(x)  # (b, *sample_shape)
         logits = None
-        if self.teacher_logits is not None:
+        if views is not None:
+            assert self.views is not None
+            logits = self.views.read_views(rows, views)
+        elif self.teacher_logits is not None:
             logits = take_rows(self.teacher_logits, rows)
             if not isinstance(logits, (TopKTargets, SampledTargets)):  # a sparse cache's rows stay sparse
                 logits = logits.astype(np.float32, copy=False)

@@ -20,6 +20,7 @@ _PUBLIC = {
     "SparseLogitCache": "kdpipe.cache.sparse_reader",
     "TopK": "kdpipe.cache.sparse",
     "Sampled": "kdpipe.cache.sparse",
+    "Views": "kdpipe.cache.views",
 }
 
 __all__ = sorted(_PUBLIC)

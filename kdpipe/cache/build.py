@@ -20,6 +20,7 @@ from kdpipe.cache.manifest import (
     FORMAT_VERSION,
     RECORDS_DIR,
     SPARSE_FORMAT_VERSION,
+    VIEWS_FORMAT_VERSION,
     ChunkRecord,
     Manifest,
     chunk_bounds,
@@ -30,6 +31,7 @@ from kdpipe.cache.manifest import (
 )
 from kdpipe.cache.reader import LogitCache
 from kdpipe.cache.sparse import parse_sparse
+from kdpipe.cache.views import parse_views, views_differences
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source, as_source
 from kdpipe.cache.storage import hdf5_url_message, open_store
@@ -66,6 +68,7 @@ def build_cache(
     teacher_versions: Any = None,
     storage_options: dict[str, Any] | None = None,
     sparse: Any = None,
+    views: Any = None,
 ) -> LogitCache:
     """Run ``teachers`` over ``X`` once and store every member's raw logits at ``path``.
 
@@ -136,6 +139,15 @@ def build_cache(
         at that temperature (an unbiased gradient there only). Recorded in the
         manifest: a dense cache and a sparse one, or two sparse settings, are different
         caches and a resume refuses the other. ``None`` (default): dense logits.
+    views : Views, optional
+        ``kdpipe.Views(count=V, augment=..., seed=...)``: score ``V`` augmented views of
+        every row (view ``v`` of row ``r`` from the stream of ``(seed, r, v)`` alone, see
+        :mod:`kdpipe.augment`) and store every member's logits per view (dense, or per
+        view in the ``sparse`` format) and an 8-byte digest of each augmented input.
+        One task still computes and writes one whole chunk: all views of its rows.
+        ``None`` or ``Views()`` (one view, no augmentation): a plain cache, bit for bit.
+        Recorded in the manifest; a resume with another count, seed or augmentation is
+        refused.
 
     Returns
     -------
@@ -158,6 +170,10 @@ def build_cache(
         resolve_device(device)  # reject a bad device name before any work
     precision = parse_precision(precision)
     spec = parse_sparse(sparse)
+    try:
+        view_spec = parse_views(views)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     source = as_source(X)
     members = resolve_members(teachers, teacher_versions)
     order = resolve_classes(members, classes)
@@ -168,6 +184,8 @@ def build_cache(
         if spec is not None:
             manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
             manifest.sparse_layout()  # refuse settings this cache cannot hold before writing anything
+        if view_spec is not None:
+            manifest = replace(manifest, views=view_spec.to_dict(), format_version=VIEWS_FORMAT_VERSION)
         _initialize(root, manifest)
     else:
         if not resume:
@@ -178,12 +196,20 @@ def build_cache(
                 f"sparse format: cache has {manifest.sparse or 'dense'}, this build has "
                 f"{'dense' if spec is None else spec.to_dict()}"
             )
+        differences += views_differences(manifest.views, None if view_spec is None else view_spec.to_dict())
         if differences:
             raise CacheMismatchError(
                 f"the cache at {root} was built differently: " + "; ".join(differences)
                 + ". Pass overwrite=True to replace it."
             )
         _refuse_weak(root, manifest)
+        if view_spec is not None and view_spec.augment.weak:
+            raise CacheMismatchError(
+                f"cannot resume the cache at {root}: its augmentation {view_spec.augment.to_dict().get('name')} "
+                "is a callable whose code and state kdpipe cannot hash, so an edited augmentation would "
+                "silently mix old and new views. Name its version (kdpipe.augment.Function(func, "
+                "version='v1') or GlobalRandom(transform, version='v1')), or pass overwrite=True."
+            )
         for folder in (root, root / RECORDS_DIR, root / Hdf5ChunkStore.dirname):
             remove_temps(folder)
     codes = None
@@ -197,7 +223,8 @@ def build_cache(
     # on a cluster the driver ships in-memory rows itself, chunk by chunk
     ship = client is not None and source.in_memory
     job = ChunkJob(
-        root if is_remote(root) else str(root), manifest, members, device, config.batch_size, None if ship else source, codes, precision
+        root if is_remote(root) else str(root), manifest, members, device, config.batch_size, None if ship else source, codes, precision,
+        view_spec,
     )
     if num_workers is None:
         num_workers = 1 if all(m.kind in ("torch", "torchscript") for m in members) else (os.cpu_count() or 1)
@@ -319,7 +346,7 @@ def _existing_manifest(root: Location, overwrite: bool) -> Manifest | None:
             remove_tree(target)
         fsync_dir(root)
         return None
-    if manifest.format_version not in (FORMAT_VERSION, SPARSE_FORMAT_VERSION):
+    if manifest.format_version not in (FORMAT_VERSION, SPARSE_FORMAT_VERSION, VIEWS_FORMAT_VERSION):
         raise CacheMismatchError(
             f"the cache at {root} has format version {manifest.format_version}; this kdpipe writes "
             f"version {FORMAT_VERSION} (it adds row digests) and cannot finish or extend it. "

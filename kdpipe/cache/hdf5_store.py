@@ -1,5 +1,6 @@
 """Chunk storage as one small HDF5 file per chunk: ``hdf5/000012.h5``, holding datasets
-``logits`` (rows, M, C), ``labels`` (rows,) and ``row_digests`` (rows,; format 2).
+``logits`` (rows, M, C), ``labels`` (rows,) and ``row_digests`` (rows,; format 2); a
+views cache holds ``logits`` (rows, V, M, C) and ``view_digests`` (rows, V) too.
 
 A file per chunk makes parallel writers safe without a lock (no two tasks touch the
 same file) and makes a killed build harmless: each file is written under a temporary
@@ -42,8 +43,12 @@ class Hdf5ChunkStore:
         """Files that hold chunk ``index``."""
         return [self.path / f"{index:06d}.h5"]
 
-    def write_chunk(self, index: int, logits: np.ndarray, labels: np.ndarray, digests: np.ndarray) -> None:
-        """Write chunk ``index`` whole and durably: logits ``(rows, M, C)``, labels and row digests ``(rows,)``.
+    def write_chunk(
+        self, index: int, logits: np.ndarray, labels: np.ndarray, digests: np.ndarray,
+        view_digests: np.ndarray | None = None,
+    ) -> None:
+        """Write chunk ``index`` whole and durably: logits ``(rows, M, C)`` (``(rows, V, M, C)``
+        with views), labels and row digests ``(rows,)``, view digests ``(rows, V)``.
 
         The file is written under a temp name beside its target, fsynced, renamed into
         place, and the folder fsynced: a crash leaves the old file or the new one.
@@ -56,6 +61,8 @@ class Hdf5ChunkStore:
                 f.create_dataset("logits", data=logits, chunks=logits.shape, fletcher32=True)
                 f.create_dataset("labels", data=labels, chunks=labels.shape, fletcher32=True)
                 f.create_dataset("row_digests", data=digests, chunks=digests.shape, fletcher32=True)
+                if view_digests is not None:
+                    f.create_dataset("view_digests", data=view_digests, chunks=view_digests.shape, fletcher32=True)
 
         atomic_write(self.chunk_paths(index)[0], write)
 

@@ -26,6 +26,7 @@ from kdpipe.errors import CacheCorruptError
 __all__ = [
     "FORMAT_VERSION",
     "SPARSE_FORMAT_VERSION",
+    "VIEWS_FORMAT_VERSION",
     "READABLE_VERSIONS",
     "ChunkRecord",
     "TeacherInfo",
@@ -42,7 +43,8 @@ __all__ = [
 
 FORMAT_VERSION = 2  # 2: per-row digests of X stored with every chunk
 SPARSE_FORMAT_VERSION = 3  # 3: format 2 plus sparse records (Manifest.sparse); older kdpipe refuses it
-READABLE_VERSIONS = (1, 2, 3)
+VIEWS_FORMAT_VERSION = 4  # 4: augmented views per row (Manifest.views), dense or sparse; older kdpipe refuses it
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_NAME = "manifest.json"
 RECORDS_DIR = "done"
 
@@ -91,6 +93,13 @@ class ChunkRecord(_FlatRecord):
     data_sha256: str
     device: str = "cpu"
     digests_crc32c: int | None = None  # None: a format-1 chunk, without row digests
+    views_crc32c: int | None = None  # digests of the augmented inputs (rows, views); only in a views cache
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data["views_crc32c"] is None:  # a cache without views records exactly what it always did
+            del data["views_crc32c"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,7 @@ class Manifest:
     chunks: tuple[ChunkRecord, ...] = ()
     format_version: int = FORMAT_VERSION
     sparse: dict[str, Any] | None = None  # None: dense logits; else the settings of kdpipe.cache.sparse
+    views: dict[str, Any] | None = None  # None: one plain view; else kdpipe.cache.views.Views.to_dict()
 
     @property
     def has_row_digests(self) -> bool:
@@ -149,11 +159,29 @@ class Manifest:
 
         return SparseLayout(parse_sparse(self.sparse), self.dtype, self.n_classes, self.n_members)
 
+    def views_config(self) -> Any:
+        """The :class:`~kdpipe.cache.views.Views` of a views cache; None without views."""
+        if self.views is None:
+            return None
+        from kdpipe.cache.views import Views
+
+        return Views.from_dict(self.views)
+
     @property
-    def row_shape(self) -> tuple[int, ...]:
-        """Shape of one stored row: ``(M, C)`` logits, or ``(entries, record bytes)`` when sparse."""
+    def n_views(self) -> int:
+        """Views per row (1 without views)."""
+        return 1 if self.views is None else int(self.views["count"])
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        """Shape of one stored view of a row: ``(M, C)`` logits, or ``(entries, record bytes)`` when sparse."""
         layout = self.sparse_layout()
         return (self.n_members, self.n_classes) if layout is None else layout.row_shape
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one stored row: :attr:`view_shape`, preceded by ``views`` in a views cache."""
+        return self.view_shape if self.views is None else (self.n_views, *self.view_shape)
 
     @property
     def stored_dtype(self) -> str:
@@ -168,6 +196,8 @@ class Manifest:
         data["teachers"] = [t.to_dict() for t in self.teachers]
         data["chunks"] = [c.to_dict() for c in self.chunks]
         data["data_shape"] = list(self.data_shape)
+        if data["views"] is None:  # a cache without views: the manifest it always had
+            del data["views"]
         return data
 
     @classmethod
@@ -200,7 +230,17 @@ def read_manifest(root: Any) -> Manifest | None:
             f"{path} has format version {manifest.format_version}; this kdpipe reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
-    if (manifest.sparse is not None) != (manifest.format_version == SPARSE_FORMAT_VERSION):
+    if manifest.views is not None or manifest.format_version == VIEWS_FORMAT_VERSION:
+        if (manifest.views is None) or manifest.format_version != VIEWS_FORMAT_VERSION:
+            raise CacheCorruptError(
+                f"{path} has format version {manifest.format_version} and views={manifest.views!r}: "
+                f"caches with views, and only they, have version {VIEWS_FORMAT_VERSION}"
+            )
+        try:
+            manifest.views_config()
+        except ValueError as exc:
+            raise CacheCorruptError(f"{path} records views settings this kdpipe cannot read: {exc}") from exc
+    elif (manifest.sparse is not None) != (manifest.format_version == SPARSE_FORMAT_VERSION):
         raise CacheCorruptError(
             f"{path} has format version {manifest.format_version} and sparse={manifest.sparse!r}: "
             f"sparse caches, and only they, have version {SPARSE_FORMAT_VERSION}"

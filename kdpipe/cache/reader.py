@@ -13,8 +13,8 @@ from kdpipe.cache.location import Location, is_remote, parse_location
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, read_manifest, read_records
 from kdpipe.cache.storage import ChunkStore, open_store, read_checked
 from kdpipe.cache.verify import VerifyReport, verify_chunks
-from kdpipe.errors import CacheIncompleteError, CacheNotFoundError
-from kdpipe.rows import ChunkMemory, index_rows, positions
+from kdpipe.errors import CacheIncompleteError, CacheMismatchError, CacheNotFoundError, InputError, RowMismatchError
+from kdpipe.rows import ChunkMemory, index_rows, positions, take_rows
 
 __all__ = ["LogitCache"]
 
@@ -38,6 +38,17 @@ class _Handle:
         self.memory = ChunkMemory(m.chunk_rows, m.row_shape, m.stored_dtype, cache_bytes, m.n_chunks)
         self._labels: np.ndarray | None = None
         self._digests: np.ndarray | None = None
+        self._view_digests: np.ndarray | None = None
+        self.views = manifest.views_config()  # a user augmentation: its record, until with_augment
+
+    def view_digests(self) -> np.ndarray | None:
+        """All view digests ``(n, V)`` (uint64), read once; None without views."""
+        if self.manifest.views is None:
+            return None
+        if self._view_digests is None:
+            parts = [read_checked(self.store, self.record(i), "views") for i in range(self.manifest.n_chunks)]
+            self._view_digests = np.concatenate(parts).astype(np.uint64, copy=False)
+        return self._view_digests
 
     @property
     def store(self) -> ChunkStore:
@@ -74,6 +85,15 @@ class _Handle:
             parts = [read_checked(self.store, self.record(i), "labels") for i in range(self.manifest.n_chunks)]
             self._labels = np.concatenate(parts).astype(np.int64, copy=False)
         return self._labels
+
+
+def _is_user(augment: Any) -> bool:
+    """Whether ``augment`` (or a step of it) is a user's callable, not rebuilt from the manifest."""
+    from kdpipe.augment import Compose, Function, GlobalRandom
+
+    if isinstance(augment, Compose):
+        return any(_is_user(s) for s in augment.steps)
+    return isinstance(augment, (Function, GlobalRandom))
 
 
 def _soft_targets_block(logits: np.ndarray, temperature: float, combine: str) -> np.ndarray:
@@ -166,12 +186,19 @@ class LogitCache:
             "rows": self._rows,
             "allow_incomplete": not h.manifest.complete,
             "chunk_cache_bytes": h.cache_bytes,
+            # a user augmentation given by with_augment travels with the cache (pickled as the
+            # caller's object); built-ins are rebuilt from the manifest
+            "augment": None if h.views is None or not _is_user(h.views.augment) else h.views.augment,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         opened = LogitCache.open(
             state["path"], allow_incomplete=state["allow_incomplete"], chunk_cache_bytes=state["chunk_cache_bytes"]
         )
+        if state.get("augment") is not None:
+            # checked when it was first given; unpickled, its code hash can differ (the
+            # globals a function from __main__ sees there), not what it computes
+            opened = opened._bound(state["augment"])
         self._handle = opened._handle
         self._rows = state["rows"]
 
@@ -254,12 +281,149 @@ class LogitCache:
         return self._handle.memory.complete
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        self._refuse_views("np.asarray(cache)")
         out = self._read(self._rows)
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """float32 logits of the rows at positions ``rows`` of this view."""
+        self._refuse_views("read_rows(rows)")
         return self._read(rows if self._rows is None else self._rows[rows])
+
+    # -- views
+    def _refuse_views(self, what: str) -> None:
+        if self.manifest.views is not None:
+            raise InputError(
+                f"the cache at {self.path} holds {self.n_views} views of every row, so {what} is "
+                "ambiguous: read_views(rows, views) gives the logits of chosen views, and "
+                "DistilledClassifier.fit(X, y, teacher_logits=cache) trains on a view per row and epoch"
+            )
+
+    @property
+    def views(self) -> Any:
+        """The :class:`~kdpipe.cache.views.Views` the cache was built with; None without views."""
+        return self._handle.views
+
+    @property
+    def n_views(self) -> int:
+        """Views per row (1 without views)."""
+        return self.manifest.n_views
+
+    @property
+    def view_digests(self) -> np.ndarray | None:
+        """uint64 digests ``(n, V)`` of the augmented inputs the teacher scored; None without views."""
+        digests = self._handle.view_digests()
+        if digests is None:
+            return None
+        return digests.copy() if self._rows is None else digests[self._rows]
+
+    def _views_at(self, rows: np.ndarray, views: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Cache rows of positions ``rows`` of this view, and checked view numbers."""
+        rows = np.asarray(rows, dtype=np.intp)
+        views = np.broadcast_to(np.asarray(views, dtype=np.intp), rows.shape)
+        if views.size and (views.min() < 0 or views.max() >= self.n_views):
+            raise IndexError(f"views must lie in [0, {self.n_views}), got {np.unique(views[(views < 0) | (views >= self.n_views)])[:5].tolist()}")
+        return (rows if self._rows is None else self._rows[rows]), views
+
+    def read_views(self, rows: np.ndarray, views: Any) -> np.ndarray:
+        """float32 logits ``(len(rows), M, C)`` of view ``views[i]`` of the row at position ``rows[i]``.
+
+        A cache without views has view 0 only.
+        """
+        at, views = self._views_at(rows, views)
+        if self.manifest.views is None:
+            return self._read(at)
+        m = self.manifest
+        whole = self._handle.memory.gather(at, self._handle.read_chunk, np.empty((len(at), *m.row_shape), np.float32))
+        return whole[np.arange(len(at)), views]
+
+    def with_augment(self, augment: Any) -> LogitCache:
+        """This cache, replaying its views with ``augment``: the user augmentation it was built with.
+
+        kdpipe never runs code it reads from a cache, so a cache built with a callable
+        augmentation (:class:`kdpipe.augment.Function`, :class:`~kdpipe.augment.GlobalRandom`)
+        replays its views only once given the same one; its fingerprint must match.
+
+        Raises
+        ------
+        CacheMismatchError
+            ``augment`` is not the augmentation the cache recorded.
+        """
+        from kdpipe.augment import parse_augment
+
+        h = self._handle
+        if h.views is None:
+            raise InputError(f"the cache at {self.path} has no views to augment")
+        given = parse_augment(augment)
+        recorded = h.manifest.views["augment"] if h.manifest.views else None
+        if given is None or given.to_dict() != recorded:
+            raise CacheMismatchError(
+                f"the cache at {self.path} was built with the augmentation {recorded}, not "
+                f"{None if given is None else given.to_dict()}"
+            )
+        return self._bound(given)
+
+    def _bound(self, augment: Any) -> LogitCache:
+        from kdpipe.cache.views import Views
+
+        h = self._handle
+        handle = _Handle(h.root, h.manifest, h.records, h.cache_bytes)
+        handle.views = Views(count=h.views.count, augment=augment, seed=h.views.seed)
+        return type(self)(handle, self._rows)
+
+    def augment_rows(self, x: np.ndarray, rows: np.ndarray, views: Any) -> np.ndarray:
+        """The inputs the teacher scored for view ``views[i]`` of the row at position ``rows[i]``,
+        given that row's stored content ``x[i]`` (in the stored dtype). Without views: ``x``."""
+        at, views = self._views_at(rows, views)
+        if self.views is None:
+            return x
+        return self.views.apply(np.asarray(x), at, views)  # type: ignore[no-any-return]
+
+    def replay(self, X: Any, rows: Any, views: Any) -> np.ndarray:
+        """Exactly the inputs the teacher scored: view ``views[i]`` of the row at position ``rows[i]``.
+
+        Parameters
+        ----------
+        X : array-like of shape (len(self), *sample_shape)
+            The rows this cache (or this row subset of it) was built from, aligned with it.
+        rows : int array of positions in this view
+        views : int or int array, one per row, in ``[0, n_views)``
+
+        Returns
+        -------
+        ndarray of shape (len(rows), *view_shape), in ``X``'s stored dtype
+        """
+        rows = positions(rows, len(self))
+        return self.augment_rows(take_rows(X, rows), rows, views)
+
+    def check_views(self, inputs: np.ndarray, rows: np.ndarray, views: Any, *, what: str = "row") -> None:
+        """Raise :class:`~kdpipe.errors.RowMismatchError` unless ``inputs`` (regenerated views of
+        the rows at positions ``rows``) have the digests of the inputs the teacher scored."""
+        from kdpipe.cache.fingerprint import row_digests
+
+        at, views = self._views_at(rows, views)
+        stored = self._handle.view_digests()
+        if stored is None:
+            return
+        inputs = np.asarray(inputs)
+        try:
+            inputs = inputs.astype(np.dtype(self.manifest.data_dtype), copy=False)
+        except (TypeError, ValueError):
+            pass
+        wrong = np.flatnonzero(row_digests(inputs) != stored[at, views])
+        if not len(wrong):
+            return
+        shown = "; ".join(
+            f"{what} {int(np.asarray(rows)[i])} (row {int(at[i])} of the cache), view {int(views[i])}" for i in wrong[:5]
+        )
+        more = f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else ""
+        augment = None if self.views is None or self.views.augment is None else self.views.augment.to_dict()
+        raise RowMismatchError(
+            f"{len(wrong)} of {len(at)} regenerated views differ from the inputs the teacher scored "
+            f"(by their digests): {shown}{more}. The augmentation {augment} (seed "
+            f"{None if self.views is None else self.views.seed}) no longer makes the views the cache "
+            "was built from: another augmentation, another library version, or X is not the rows of the cache"
+        )
 
     def _read(self, rows: np.ndarray | None) -> np.ndarray:
         """float32 logits of cache rows ``rows`` (None: all), each touched chunk read once."""
@@ -279,6 +443,7 @@ class LogitCache:
         import dask
         import dask.array as da
 
+        self._refuse_views("cache.logits")
         m = self.manifest
         if self._rows is None:
             bounds = [chunk_bounds(i, m.chunk_rows, m.n_rows) for i in range(m.n_chunks)]
@@ -339,6 +504,7 @@ class LogitCache:
             "bytes_on_disk": size,
             "bytes_per_row": size / m.n_rows,
             "format": "dense" if m.sparse is None else m.sparse["kind"],
+            "views": m.views,
             "logit_bytes_per_row": int(np.prod(m.row_shape)) * np.dtype(m.stored_dtype).itemsize,
             "teachers": [t.to_dict() for t in m.teachers],
             "data": {

@@ -239,11 +239,15 @@ class SparseLayout:
 
     # -- build side
 
-    def uniforms(self, chunk: int, rows: int) -> np.ndarray | None:
-        """The uniform variates of chunk ``chunk``'s draws, ``(rows, E, s)``; None for top-k."""
+    def uniforms(self, chunk: int, rows: int, view: int | None = None) -> np.ndarray | None:
+        """The uniform variates of chunk ``chunk``'s draws, ``(rows, E, s)``; None for top-k.
+
+        View ``view`` of a views cache draws from the stream ``[seed, chunk, view]``.
+        """
         if not isinstance(self.spec, Sampled):
             return None
-        rng = np.random.default_rng([self.spec.seed, int(chunk)])
+        key = [self.spec.seed, int(chunk)] + ([] if view is None else [int(view)])
+        rng = np.random.default_rng(key)
         return rng.random((rows, self.n_entries, self.spec.draws))
 
     def encode(self, logits: np.ndarray, uniforms: np.ndarray | None = None) -> np.ndarray:

@@ -47,9 +47,18 @@ class SparseLogitCache(LogitCache):
 
     def read_rows(self, rows: np.ndarray) -> SparseTargets:  # type: ignore[override]
         """Sparse targets of the rows at positions ``rows`` of this view."""
+        self._refuse_views("read_rows(rows)")
         rows = np.asarray(rows, dtype=np.intp)
         at = rows if self._rows is None else self._rows[rows]
         return self.layout.decode(self._read_records(at))
+
+    def read_views(self, rows: np.ndarray, views: Any) -> SparseTargets:  # type: ignore[override]
+        """Sparse targets of view ``views[i]`` of the row at position ``rows[i]``."""
+        at, views = self._views_at(rows, views)
+        records = self._read_records(at)
+        if self.manifest.views is not None:
+            records = records[np.arange(len(at)), views]
+        return self.layout.decode(records)
 
     def _read_records(self, rows: np.ndarray) -> np.ndarray:
         """Stored records ``(len(rows), E, bytes)`` of cache rows, each touched chunk read once."""

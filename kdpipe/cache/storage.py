@@ -13,7 +13,7 @@ from kdpipe.cache.manifest import ChunkRecord, Manifest
 from kdpipe.cache.zarr_store import ZarrChunkStore
 from kdpipe.errors import CacheCorruptError, InputError
 
-__all__ = ["ChunkStore", "open_store", "hdf5_url_message", "checksum", "read_checked"]
+__all__ = ["ChunkStore", "open_store", "hdf5_url_message", "checksum", "read_checked", "chunk_parts"]
 
 ChunkStore = ZarrChunkStore | Hdf5ChunkStore
 _STORES = {"zarr": ZarrChunkStore, "hdf5": Hdf5ChunkStore}
@@ -40,7 +40,8 @@ def checksum(block: np.ndarray) -> int:
 
 
 def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -> np.ndarray:
-    """Read one chunk's ``"logits"``, ``"labels"`` or ``"digests"`` and compare it with its recorded crc32c.
+    """Read one chunk's ``"logits"``, ``"labels"``, ``"digests"`` or ``"views"`` (the view
+    digests of a views cache) and compare it with its recorded crc32c.
 
     A chunk written before row digests existed (format 1) has none: its ``"digests"``
     read is an empty array, not an error.
@@ -54,8 +55,14 @@ def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -
     """
     if what == "digests" and record.digests_crc32c is None:
         return np.zeros(0, dtype=np.uint64)
-    block = store.read({"logits": "logits", "labels": "labels", "digests": "row_digests"}[what], record.index)
-    expected = {"logits": record.logits_crc32c, "labels": record.labels_crc32c, "digests": record.digests_crc32c}[what]
+    if what == "views" and record.views_crc32c is None:
+        raise CacheCorruptError(f"chunk {record.index} has no record of view digests: it was written without views")
+    names = {"logits": "logits", "labels": "labels", "digests": "row_digests", "views": "view_digests"}
+    block = store.read(names[what], record.index)
+    expected = {
+        "logits": record.logits_crc32c, "labels": record.labels_crc32c,
+        "digests": record.digests_crc32c, "views": record.views_crc32c,
+    }[what]
     rows = record.stop - record.start
     if block.shape[0] != rows or checksum(block) != expected:
         raise CacheCorruptError(
@@ -63,3 +70,8 @@ def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -
             f"match its recorded checksum"
         )
     return block
+
+
+def chunk_parts(manifest: Manifest) -> tuple[str, ...]:
+    """What :func:`read_checked` reads of every chunk of this cache to check it whole."""
+    return ("logits", "labels", "digests") if manifest.views is None else ("logits", "labels", "digests", "views")

@@ -18,7 +18,7 @@ from kdpipe.cache.fingerprint import hash_block, row_digests
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, write_record
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source
-from kdpipe.cache.storage import checksum, open_store, read_checked
+from kdpipe.cache.storage import checksum, chunk_parts, open_store, read_checked
 from kdpipe.cache.teachers import Member
 from kdpipe.devices import resolve_device
 from kdpipe.errors import CacheCorruptError, InputError, TeacherOutputError
@@ -43,6 +43,7 @@ class ChunkJob:
     source: Source | None = None  # None: the driver sends each chunk's rows
     codes: np.ndarray | None = None  # encoded labels of all rows, when given up front
     precision: str = "model"  # torch teachers' forward precision (see teachers.parse_precision)
+    views: Any = None  # the build's kdpipe.cache.views.Views (its augmentation may be a user callable)
 
     def _inputs(self, index: int, x: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The chunk's input rows (read here unless the driver sent them) and label codes."""
@@ -61,30 +62,30 @@ class ChunkJob:
         return x, np.ascontiguousarray(codes, dtype=np.int64)
 
     def compute(self, index: int, x: np.ndarray | None = None) -> ChunkRecord:
-        """Run every member over chunk ``index``, write the chunk, then (last) its record.
+        """Run every member over chunk ``index`` (every view of it), write the chunk, then (last) its record.
 
-        Only the task that computes a chunk writes it: one writer per chunk.
+        Only the task that computes a chunk writes it: one writer per chunk. In a views
+        cache view ``v`` of row ``r`` is made from the row's stored bytes and the stream
+        of ``(seed, r, v)`` alone (:class:`~kdpipe.cache.views.Views`), so a resumed or
+        distributed build scores the views an uninterrupted one would.
         """
         m = self.manifest
         start, stop = chunk_bounds(index, m.chunk_rows, m.n_rows)
         x, codes = self._inputs(index, x)
         device = resolve_device(self.device)
-        # (rows, members, classes), or (rows, entries, record bytes) of a sparse cache
+        views = self.views
+        # (rows, members, classes), or (rows, entries, record bytes) of a sparse cache;
+        # a views cache: (rows, views, ...) of either
         logits = np.empty((stop - start, *m.row_shape), dtype=m.stored_dtype)
-        sparse = m.sparse_layout()
-        uniforms = None if sparse is None else sparse.uniforms(index, stop - start)
-        for b0 in range(0, stop - start, self.batch_size):
-            b1 = min(b0 + self.batch_size, stop - start)
-            # a sparse cache never holds a dense chunk: one batch at a time is reduced
-            dense = logits[b0:b1] if sparse is None else np.empty((b1 - b0, m.n_members, m.n_classes), m.dtype)
-            for j, member in enumerate(self.members):
-                out = member.predict(x[b0:b1], device, self.precision)
-                self._check(out, j, member, start + b0, start + b1)
-                dense[:, j] = out
-            if sparse is not None:
-                logits[b0:b1] = sparse.encode(dense, None if uniforms is None else uniforms[b0:b1])
+        view_digests = None if views is None else np.empty((stop - start, m.n_views), dtype=np.uint64)
+        for v in range(m.n_views):
+            seen = x if views is None else views.apply(x, np.arange(start, stop), v)
+            if views is not None:
+                assert view_digests is not None
+                view_digests[:, v] = row_digests(seen)
+            self._score(index, seen, start, v if views is not None else None, logits, device)
         digests = row_digests(x)
-        self._writable_store().write_chunk(index, logits, codes, digests)
+        self._writable_store().write_chunk(index, logits, codes, digests, view_digests)
         record = ChunkRecord(
             index=index,
             start=start,
@@ -94,9 +95,28 @@ class ChunkJob:
             data_sha256=hash_block(x),
             device=str(device),
             digests_crc32c=checksum(digests),
+            views_crc32c=None if view_digests is None else checksum(view_digests),
         )
         write_record(self.root, record)
         return record
+
+    def _score(self, index: int, x: np.ndarray, start: int, view: int | None, logits: np.ndarray, device: Any) -> None:
+        """Fill ``logits`` (``logits[:, view]`` of a views cache) with every member's scores of ``x``."""
+        m = self.manifest
+        rows = len(x)
+        out = logits if view is None else logits[:, view]
+        sparse = m.sparse_layout()
+        uniforms = None if sparse is None else sparse.uniforms(index, rows, view)
+        for b0 in range(0, rows, self.batch_size):
+            b1 = min(b0 + self.batch_size, rows)
+            # a sparse cache never holds a dense chunk: one batch at a time is reduced
+            dense = out[b0:b1] if sparse is None else np.empty((b1 - b0, m.n_members, m.n_classes), m.dtype)
+            for j, member in enumerate(self.members):
+                scores = member.predict(x[b0:b1], device, self.precision)
+                self._check(scores, j, member, start + b0, start + b1, view)
+                dense[:, j] = scores
+            if sparse is not None:
+                out[b0:b1] = sparse.encode(dense, None if uniforms is None else uniforms[b0:b1])
 
     def _writable_store(self) -> Any:
         """This thread's writable chunk store, opened once (not once per chunk)."""
@@ -111,12 +131,13 @@ class ChunkJob:
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_local"}
 
-    def _check(self, out: np.ndarray, j: int, member: Member, r0: int, r1: int) -> None:
+    def _check(self, out: np.ndarray, j: int, member: Member, r0: int, r1: int, view: int | None = None) -> None:
         expected = (r1 - r0, self.manifest.n_classes)
+        of_view = "" if view is None else f" (view {view})"
         if out.shape != expected:
             raise TeacherOutputError(
                 f"member {j} ({member.name}) returned logits of shape {out.shape} for rows "
-                f"{r0}-{r1 - 1}; expected {expected} ({self.manifest.n_classes} classes)"
+                f"{r0}-{r1 - 1}{of_view}; expected {expected} ({self.manifest.n_classes} classes)"
             )
         half = self.manifest.dtype == "float16"
         if np.isfinite(out).all() and not (half and np.abs(out).max() > np.finfo(np.float16).max):
@@ -125,14 +146,14 @@ class ChunkJob:
         if not finite.all():
             raise TeacherOutputError(
                 f"member {j} ({member.name}) returned NaN or inf logits for rows "
-                f"{_rows_text(r0 + np.flatnonzero(~finite))}"
+                f"{_rows_text(r0 + np.flatnonzero(~finite))}{of_view}"
             )
         if half:
             too_big = (np.abs(out) > np.finfo(np.float16).max).any(axis=1)
             if too_big.any():
                 raise TeacherOutputError(
                     f"member {j} ({member.name}) returned logits beyond the float16 range for rows "
-                    f"{_rows_text(r0 + np.flatnonzero(too_big))}; build with dtype='float32'"
+                    f"{_rows_text(r0 + np.flatnonzero(too_big))}{of_view}; build with dtype='float32'"
                 )
 
     def check(self, record: ChunkRecord, x: np.ndarray | None = None) -> str:
@@ -148,7 +169,7 @@ class ChunkJob:
             return "labels"
         store = open_store(self.root, self.manifest)
         try:
-            for what in ("logits", "labels", "digests"):
+            for what in chunk_parts(self.manifest):
                 read_checked(store, record, what)
         except CacheCorruptError:
             return "damaged"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds
-from kdpipe.cache.storage import ChunkStore, read_checked
+from kdpipe.cache.storage import ChunkStore, chunk_parts, read_checked
 from kdpipe.errors import CacheChunkMissingError, CacheCorruptError
 
 __all__ = ["ChunkProblem", "VerifyReport", "verify_chunks"]
@@ -80,7 +80,7 @@ class VerifyReport:
 def verify_chunks(
     path: str, manifest: Manifest, records: dict[int, ChunkRecord], store: ChunkStore
 ) -> VerifyReport:
-    """Read every recorded chunk (logits, labels, row digests), compare checksums, list problems."""
+    """Read every recorded chunk (logits, labels, row and view digests), compare checksums, list problems."""
     problems: list[ChunkProblem] = []
     incomplete: list[int] = []
     verified = 0
@@ -90,7 +90,7 @@ def verify_chunks(
             incomplete.append(i)
             continue
         try:
-            for what in ("logits", "labels", "digests"):
+            for what in chunk_parts(manifest):
                 read_checked(store, record, what)
         except CacheChunkMissingError as exc:
             problems.append(ChunkProblem(i, "missing", str(exc)))

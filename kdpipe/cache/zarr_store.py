@@ -1,5 +1,7 @@
 """Chunk storage in a zarr v3 group: arrays ``logits`` (n, M, C), ``labels`` (n,) and
-``row_digests`` (n,) (uint64 digests of the input rows; absent in format-1 caches).
+``row_digests`` (n,) (uint64 digests of the input rows; absent in format-1 caches). A
+views cache stores ``logits`` (n, V, M, C) and also ``view_digests`` (n, V), the digests
+of the augmented inputs the teacher scored.
 
 Every chunk carries a crc32c checksum (``Crc32cCodec``). ``write_empty_chunks`` is on,
 so a chunk that happens to equal the fill value is still written: an absent chunk file
@@ -39,7 +41,7 @@ class ZarrChunkStore:
 
     dirname = "logits.zarr"
     _config = {"write_empty_chunks": True}
-    _names = ("logits", "labels", "row_digests")
+    _names = ("logits", "labels", "row_digests", "view_digests")
 
     def __init__(self, root: str | Path | Location, manifest: Manifest, *, writable: bool = False) -> None:
         self.path = as_location(root) / self.dirname
@@ -87,6 +89,16 @@ class ZarrChunkStore:
             fill_value=0,
             config=config,
         )
+        if m.views is not None:
+            group.create_array(
+                "view_digests",
+                shape=(m.n_rows, m.n_views),
+                chunks=(m.chunk_rows, m.n_views),
+                dtype="uint64",
+                compressors=[Crc32cCodec()],
+                fill_value=0,
+                config=config,
+            )
         if is_remote(self.path):
             return
         for folder, _, files in os.walk(self.path):  # the metadata, durable before the manifest says "initialized"
@@ -100,7 +112,9 @@ class ZarrChunkStore:
         return path.zarr_store(read_only=read_only) if is_remote(path) else path
 
     def _array_names(self) -> tuple[str, ...]:
-        return self._names if self.manifest.has_row_digests else self._names[:2]
+        if self.manifest.views is not None:
+            return self._names
+        return self._names[:3] if self.manifest.has_row_digests else self._names[:2]
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None or self._pid != os.getpid():
@@ -117,19 +131,24 @@ class ZarrChunkStore:
         return self._arrays
 
     def chunk_paths(self, index: int) -> list[Location]:
-        """Files that hold chunk ``index`` (logits, labels, row digests)."""
+        """Files that hold chunk ``index`` (logits, labels, row digests, view digests)."""
         return [self._chunk_path(name, index) for name in self._array_names()]
 
     def _chunk_path(self, name: str, index: int) -> Location:
         array = self._open()[name]
-        coords = (index, 0, 0) if name == "logits" else (index,)
+        coords = (index,) + (0,) * (array.ndim - 1)
         return self.path / name / array.metadata.encode_chunk_key(coords)
 
-    def write_chunk(self, index: int, logits: np.ndarray, labels: np.ndarray, digests: np.ndarray) -> None:
-        """Write chunk ``index`` whole and durably: logits ``(rows, M, C)``, labels and row digests ``(rows,)``."""
+    def write_chunk(
+        self, index: int, logits: np.ndarray, labels: np.ndarray, digests: np.ndarray,
+        view_digests: np.ndarray | None = None,
+    ) -> None:
+        """Write chunk ``index`` whole and durably: logits ``(rows, M, C)`` (``(rows, V, M, C)``
+        with views), labels and row digests ``(rows,)``, and view digests ``(rows, V)``."""
         arrays = self._open()
         start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
-        for name, block in zip(self._names, (logits, labels, digests)):
+        blocks = (logits, labels, digests) if view_digests is None else (logits, labels, digests, view_digests)
+        for name, block in zip(self._names, blocks):
             path = self._chunk_path(name, index)
             if is_remote(path):  # one PUT per chunk object: atomic, durable once it returns
                 write_step("put", path)
@@ -151,7 +170,7 @@ class ZarrChunkStore:
                 folder = folder.parent
 
     def read(self, name: str, index: int) -> np.ndarray:
-        """Chunk ``index`` of array ``name`` (``"logits"``, ``"labels"`` or ``"row_digests"``), as stored."""
+        """Chunk ``index`` of array ``name`` (``"logits"``, ``"labels"``, ``"row_digests"``, ``"view_digests"``), as stored."""
         path = self._chunk_path(name, index)
         if not path.exists():
             raise CacheChunkMissingError(f"chunk {index} of {name} is missing: {path} does not exist")
