@@ -183,9 +183,10 @@ def bytes_part(tmp: Path, rows: int) -> dict:
 
     X, y, source = images(rows)
     torch.manual_seed(0)
-    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, IMAGENET_CLASSES)).eval()
+    linear = torch.nn.Linear(784, IMAGENET_CLASSES)
     with torch.no_grad():
-        teacher[1].weight.mul_(20)  # logits spread over several units, as a trained teacher's are
+        linear.weight.mul_(20)  # logits spread over several units, as a trained teacher's are
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), linear).eval()
     counts = (2, 6)
     out: dict = {"rows": rows, "data": source, "classes": IMAGENET_CLASSES, "view_counts": list(counts), "formats": {}}
     for name, sparse in (("dense float16", None), ("top-10 float16 (TopK(10))", TopK(10))):

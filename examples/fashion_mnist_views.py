@@ -34,23 +34,24 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from kdpipe import DistilledClassifier, Views, build_cache  # noqa: E402
-from kdpipe.augment import Shift, apply_views  # noqa: E402
-from kdpipe.cli import HelpFormatter  # noqa: E402
-from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
-from kdpipe.students import ConvNet  # noqa: E402
+from kdpipe import DistilledClassifier, Views, build_cache
+from kdpipe.augment import Shift, apply_views
+from kdpipe.cli import HelpFormatter
+from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist
+from kdpipe.students import ConvNet
 
-TEACHER = {"channels": (16, 32), "hidden": 128, "dropout": 0.3}
-STUDENTS = {
+TEACHER: dict[str, Any] = {"channels": (16, 32), "hidden": 128, "dropout": 0.3}
+STUDENTS: dict[str, dict[str, Any]] = {
     "MLP 2x800": {"hidden_layer_sizes": (800, 800)},
     "ConvNet 8-16, hidden 32": {"module": ConvNet, "module_params": {"channels": (8, 16), "hidden": 32}},
 }
