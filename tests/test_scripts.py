@@ -185,7 +185,7 @@ def test_fashion_views_example_writes_where_asked(tmp_path, fashion_dir, capsys,
             expected = (np.mean(runs["test"]) - hard["mean"]) / (teacher - hard["mean"])
             assert runs["gap_closed"] == pytest.approx(expected)
             low, high = runs["gap_closed_95"]
-            assert low <= high
+            assert low <= high or np.isnan([low, high]).all()  # nan: no resample of tiny data had a gap
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
 
 
