@@ -176,6 +176,48 @@ def epochs_part(tmp: Path, rows: int, epochs: int, repeats: int) -> dict:
     }
 
 
+def replay_part(tmp: Path, rows: int, epochs: int, repeats: int) -> dict:
+    """Only the replay cost, with more interleaved runs: caches scored by a student-sized teacher
+    (what the logits are does not change the cost of reading them), fits alternating."""
+    from kdpipe import Views, build_cache
+    from kdpipe.augment import Shift
+
+    X, y, source = images(rows)
+    torch.manual_seed(0)
+    teacher = convnet(STUDENT).eval()
+    views_cache = build_cache(teacher, X, tmp / "replay-views.zarr", y=y,
+                              views=Views(count=V, augment=Shift(2), seed=SEED), progress=False, device="cpu")
+    plain_cache = build_cache(teacher, X, tmp / "replay-plain.zarr", y=y, progress=False, device="cpu")
+    keys = [f"fit from the V={V} Shift(2) views cache", "fit from the plain cache", "fit from the plain cache, again"]
+    epoch_s: dict[str, list[float]] = {k: [] for k in keys}
+    cached_fit(X[: 2 * BATCH], y[: 2 * BATCH], plain_cache[: 2 * BATCH], 1)  # warm-up
+    for _ in range(repeats):
+        epoch_s[keys[1]] += cached_fit(X, y, plain_cache, epochs)[1:]
+        epoch_s[keys[0]] += cached_fit(X, y, views_cache, epochs)[1:]
+        epoch_s[keys[2]] += cached_fit(X, y, plain_cache, epochs)[1:]
+    median = {k: float(np.median(v)) for k, v in epoch_s.items()}
+    return {
+        "rows": rows, "data": source, "batch_size": BATCH, "epochs_per_run": epochs, "runs": repeats, "views": V,
+        "epoch_seconds": epoch_s, "median_epoch_seconds": median,
+        "ratio_vs_plain_cache": {k: median[k] / median[keys[1]] for k in keys},
+    }
+
+
+def replay_markdown(r: dict) -> str:
+    e = r["replay"]
+    return "\n".join([
+        "# Augmented views: replay cost, an epoch from a views cache against a plain cache (target <= 1.10)", "",
+        f"Machine: {r['machine']}; {r['when']}. Compare with the A/A row (the plain-cache fit again).", "",
+        load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]), "",
+        (f"{e['rows']} images (1, 28, 28) uint8 ({e['data']}), batch {e['batch_size']}, ConvNet "
+         f"{STUDENT['channels']} student, {e['runs']} interleaved runs of {e['epochs_per_run']} epochs each "
+         "(first epoch of each run dropped); caches scored by a student-sized teacher."), "",
+        "| variant | median s/epoch | / plain cache |", "|---|---|---|",
+        *[f"| {k} | {v:.3f} | {e['ratio_vs_plain_cache'][k]:.3f} |" for k, v in e["median_epoch_seconds"].items()],
+        "",
+    ])
+
+
 def bytes_part(tmp: Path, rows: int) -> dict:
     """Bytes on disk of dense float16 and TopK(10) caches with views at 1,000 classes, at V=2 and V=6."""
     from kdpipe import TopK, Views, build_cache
@@ -263,7 +305,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--bytes-rows", type=int, default=1024, help="rows of the bytes-per-view caches")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
+    parser.add_argument("--replay-only", action="store_true",
+                        help="only the replay cost, with more interleaved runs (views_replay.*)")
     args = parser.parse_args()
+    if args.replay_only:
+        load_before = os.getloadavg()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = {
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                           f"torch threads {torch.get_num_threads()}",
+                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "replay": replay_part(Path(tmp), args.rows, args.epochs, args.repeats),
+            }
+        result["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
+        write_results("views_replay", result, replay_markdown(result), folder=args.out)
+        return
     if args.quick:
         args.rows, args.epochs, args.repeats, args.bytes_rows = BATCH, 2, 1, 64
     load_before = os.getloadavg()
