@@ -321,7 +321,7 @@ def main() -> None:
         write_results("views_replay", result, replay_markdown(result), folder=args.out)
         return
     if args.quick:
-        args.rows, args.epochs, args.repeats, args.bytes_rows = BATCH, 2, 1, 64
+        args.rows, args.epochs, args.repeats, args.bytes_rows = BATCH // 2, 2, 1, 32
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         result = {
