@@ -21,7 +21,7 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path, never instal
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from kdpipe import augment, cache, datasets, engine, errors, labels, losses, rows, students
-    from kdpipe.cache import LogitCache, Sampled, TopK, Views, build_cache
+    from kdpipe.cache import LogitCache, Sampled, TopK, TopKSampledTail, Views, build_cache
     from kdpipe.distilled import DistilledClassifier
     from kdpipe.losses import (
         distillation_loss,
@@ -61,6 +61,7 @@ __all__ = [
     "Sampled",
     "SpecialistEnsembleClassifier",
     "TopK",
+    "TopKSampledTail",
     "ViewDataset",
     "Views",
     "build_cache",

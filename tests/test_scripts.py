@@ -84,7 +84,8 @@ def _wrote(stdout: str) -> list[Path]:
 
 def test_every_script_has_a_smoke_test():
     tested = {"pipelines/digits_cache.py", "pipelines/fashion_mnist_cache.py",
-              "examples/digits_sweeps.py", "examples/fashion_mnist_distill.py", "examples/cluster_sweep.py"}
+              "examples/digits_sweeps.py", "examples/fashion_mnist_distill.py", "examples/cluster_sweep.py",
+              "examples/fashion_mnist_views.py"}
     assert {str(p.relative_to(ROOT)) for p in SCRIPTS} == tested
 
 
@@ -157,6 +158,52 @@ def test_fashion_distill_example_writes_where_asked(tmp_path, fashion_dir, capsy
         assert all(0.0 <= a <= 1.0 for a in [entry["hard_labels"], *entry["distilled"].values()])
     assert all(0.0 <= a <= 1.0 for a in [results["ensemble"], *results["teacher_members"]])
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_fashion_views_example_writes_where_asked(tmp_path, fashion_dir, capsys, tracked_tree_unchanged):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "results"
+    argv = ["--data-dir", str(fashion_dir), "--out", str(out), "--train-rows", "100", "--validation-rows", "40",
+            "--test-rows", "60", "--teacher-epochs", "1", "--epochs", "1", "--seeds", "2", "--views", "1", "2",
+            "--quiet"]
+    assert _load("examples/fashion_mnist_views.py").main(argv) == 0
+    json_path, png_path = out / "fashion_mnist_views.json", out / "fashion_mnist_views.png"
+    assert sorted(out.iterdir()) == sorted([json_path, png_path])
+    assert _wrote(capsys.readouterr().out) == [json_path.resolve(), png_path.resolve()]  # --quiet: only these
+    results = json.loads(json_path.read_text())
+    s = results["settings"]
+    assert (s["train_rows"], s["validation_rows"], s["test_rows"]) == (100, 40, 60)
+    assert set(results["students"]) == {"MLP 2x800", "ConvNet 8-16, hidden 32"}
+    teacher = results["teacher"]["test"]
+    for entry in results["students"].values():
+        hard = entry["hard_labels"]
+        assert len(hard["test"]) == 2 and hard["mean"] == pytest.approx(np.mean(hard["test"]))
+        assert set(entry["distilled"]) == {"1", "2"}
+        for runs in entry["distilled"].values():
+            assert len(runs["test"]) == len(runs["validation"]) == 2
+            assert all(0.0 <= a <= 1.0 for a in [*runs["test"], *runs["validation"]])
+            expected = (np.mean(runs["test"]) - hard["mean"]) / (teacher - hard["mean"])
+            assert runs["gap_closed"] == pytest.approx(expected)
+            low, high = runs["gap_closed_95"]
+            assert low <= high or np.isnan([low, high]).all()  # nan: no resample of tiny data had a gap
+    assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_views_benchmark_quick_run_writes_its_results(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_views.py"), "--quick", "--out", str(tmp_path)],
+                          check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["views_quick.json", "views_quick.md"]
+    result = json.loads((tmp_path / "views_quick.json").read_text())
+    epochs = result["epochs"]
+    assert epochs["cost"]["mac_ratio"] >= 10
+    assert set(epochs["ratio_vs_online"]) == {k for k in epochs["median_epoch_seconds"] if "online" in k
+                                             or "views" in k}
+    dense = result["bytes"]["formats"]["dense float16"]
+    # a dense float16 view of 1,000 classes: 2 bytes a logit plus the view's 8-byte digest, uncompressed or less
+    assert 0 < dense["bytes_per_view"] <= 2 * 1000 + 8
+    assert result["bytes"]["formats"]["top-10 float16 (TopK(10))"]["bytes_per_view"] < dense["bytes_per_view"] / 10
 
 
 def test_every_install_command_in_the_readme_pins_torch_first():
