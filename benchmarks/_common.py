@@ -29,11 +29,16 @@ def fashion_or_random(rows: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 def machine() -> dict[str, object]:
     """Torch threads, platform and torch version, as every results file records them."""
-    return {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}
+    return {
+        "cpus": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
 
 
 def load_line(before: tuple[float, ...], after: tuple[float, ...], when: str = "") -> str:
     """The markdown line of the load average around the timed part (a busy machine shows)."""
+
     def fmt(values: tuple[float, ...]) -> str:
         return "/".join(f"{v:.2f}" for v in values)
 

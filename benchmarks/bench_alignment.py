@@ -38,8 +38,10 @@ def one_epoch(X: np.ndarray, y: np.ndarray, batch: int = 128, seed: int = 0) -> 
     """Seconds of one epoch of a plain torch training loop (2x800 ReLU MLP, SGD), data in memory."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
-        torch.nn.Linear(X.shape[1], 800), torch.nn.ReLU(),
-        torch.nn.Linear(800, 800), torch.nn.ReLU(),
+        torch.nn.Linear(X.shape[1], 800),
+        torch.nn.ReLU(),
+        torch.nn.Linear(800, 800),
+        torch.nn.ReLU(),
         torch.nn.Linear(800, 10),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -58,13 +60,17 @@ def one_epoch(X: np.ndarray, y: np.ndarray, batch: int = 128, seed: int = 0) -> 
 def timed_check(path: Path, zx: object, sample: int, seed: int) -> float:
     start = time.perf_counter()
     cache = LogitCache.open(path)  # a fresh handle: the digests are read from disk in the timing
-    check_alignment(cache, lambda pos: zx.get_orthogonal_selection((pos, slice(None))), sample=sample, rng=seed)
+    check_alignment(
+        cache, lambda pos: zx.get_orthogonal_selection((pos, slice(None))), sample=sample, rng=seed
+    )
     return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run (6,000 rows, one repeat)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small smoke run (6,000 rows, one repeat)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sample", type=int, default=1024)
     args = parser.parse_args(argv)
@@ -74,12 +80,20 @@ def main(argv: list[str] | None = None) -> dict:
     X, y, data_source = fashion_or_random(rows)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kdpipe-bench-") as tmp:
-        zx = zarr.create_array(Path(tmp) / "x.zarr", shape=X.shape, chunks=(4096, X.shape[1]), dtype="float32")
+        zx = zarr.create_array(
+            Path(tmp) / "x.zarr", shape=X.shape, chunks=(4096, X.shape[1]), dtype="float32"
+        )
         zx[:] = X
         path = Path(tmp) / "cache"
         build_start = time.perf_counter()
-        build_cache(lambda b: np.zeros((len(b), 10), np.float32), zx, path, chunk_rows=4096, progress=False,
-                    device="cpu")
+        build_cache(
+            lambda b: np.zeros((len(b), 10), np.float32),
+            zx,
+            path,
+            chunk_rows=4096,
+            progress=False,
+            device="cpu",
+        )
         build_s = time.perf_counter() - build_start
         timed_check(path, zx, args.sample, 0)  # warm up: imports, first-call costs
         one_epoch(X[:2048], y[:2048])
@@ -110,21 +124,29 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _markdown(r: dict) -> str:
-    return "\n".join([
-        f"# check_alignment benchmark ({r['rows']} rows x {r['features']} float32 of {r['data']})",
-        "",
-        f"X in {r['x_storage']}.",
-        "",
-        (f"- sample mode ({r['sample']} random rows read, hashed, compared; digests read from disk): "
-        f"best {min(r['check_sample_s']) * 1e3:.1f} ms = **{r['ratio_sample_to_epoch']:.4f}** of one epoch"),
-        (f"- all-rows mode (every row read from the zarr X and hashed): best {min(r['check_all_rows_s']):.2f} s "
-        f"= **{r['ratio_all_rows_to_epoch']:.3f}** of one epoch"),
-        (f"- baseline, one epoch ({r['epoch']}): best {min(r['epoch_s']):.2f} s of {len(r['epoch_s'])} "
-        f"(all: {', '.join(f'{t:.2f}' for t in r['epoch_s'])})"),
-        load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]),
-        f"- machine: {r['machine']['cpus']} torch threads, {r['machine']['platform']}, torch {r['machine']['torch']}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# check_alignment benchmark ({r['rows']} rows x {r['features']} float32 of {r['data']})",
+            "",
+            f"X in {r['x_storage']}.",
+            "",
+            (
+                f"- sample mode ({r['sample']} random rows read, hashed, compared; digests read from disk): "
+                f"best {min(r['check_sample_s']) * 1e3:.1f} ms = **{r['ratio_sample_to_epoch']:.4f}** of one epoch"
+            ),
+            (
+                f"- all-rows mode (every row read from the zarr X and hashed): best {min(r['check_all_rows_s']):.2f} s "
+                f"= **{r['ratio_all_rows_to_epoch']:.3f}** of one epoch"
+            ),
+            (
+                f"- baseline, one epoch ({r['epoch']}): best {min(r['epoch_s']):.2f} s of {len(r['epoch_s'])} "
+                f"(all: {', '.join(f'{t:.2f}' for t in r['epoch_s'])})"
+            ),
+            load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]),
+            f"- machine: {r['machine']['cpus']} torch threads, {r['machine']['platform']}, torch {r['machine']['torch']}",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def forward_only(teachers: list[torch.nn.Module], X: np.ndarray, batch_size: int
     return time.perf_counter() - start
 
 
-def timed_build(teachers: list[torch.nn.Module], X: np.ndarray, y: np.ndarray, path: Path, **kw: object) -> float:
+def timed_build(
+    teachers: list[torch.nn.Module], X: np.ndarray, y: np.ndarray, path: Path, **kw: object
+) -> float:
     start = time.perf_counter()
     build_cache(teachers, X, path, y=y, overwrite=True, progress=False, **kw)
     return time.perf_counter() - start
@@ -60,7 +62,9 @@ def read_rate(array: object, n_rows: int, batches: int, batch: int = 128) -> flo
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run (6,000 rows, one repeat)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small smoke run (6,000 rows, one repeat)"
+    )
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -70,12 +74,16 @@ def main(argv: list[str] | None = None) -> dict:
     rows, repeats = (6000, 1) if args.quick else (60000, args.repeats)
     X, y, data_source = fashion_or_random(rows)
     teachers = [mlp(seed) for seed in range(args.members)]
-    kw = dict(batch_size=args.batch_size, chunk_rows=args.chunk_rows, backend=args.backend, device="cpu")
+    kw = dict(
+        batch_size=args.batch_size, chunk_rows=args.chunk_rows, backend=args.backend, device="cpu"
+    )
     forward_only(teachers, X[:2048], args.batch_size)  # warm up
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kdpipe-bench-") as tmp:
         f32, f16 = Path(tmp) / "f32", Path(tmp) / "f16"
-        timed_build(teachers, X[:2048], y[:2048], Path(tmp) / "warm", **kw)  # imports, first-call costs
+        timed_build(
+            teachers, X[:2048], y[:2048], Path(tmp) / "warm", **kw
+        )  # imports, first-call costs
         plain, built = [], []
         for _ in range(repeats):  # interleaved, so drift in machine speed hits both alike
             plain.append(forward_only(teachers, X, args.batch_size))
@@ -116,23 +124,35 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _markdown(r: dict) -> str:
     rates = r["read_rows_per_s_batch128"]
-    return "\n".join([
-        f"# Logit cache benchmark ({r['rows']} rows of {r['data']}, {r['members']} x {r['teacher']})",
-        "",
-        (f"- build overhead (build_cache / forward passes only, best of {len(r['forward_only_s'])}): "
-        f"**{r['overhead_ratio']:.3f}** ({min(r['build_float32_s']):.2f} s vs {min(r['forward_only_s']):.2f} s; "
-        f"{r['backend']}, batch {r['batch_size']}, chunk {r['chunk_rows']} rows); "
-        f"per repeat (build / the forward passes just before it): median {r['overhead_ratio_median']:.3f}, "
-        f"min {r['overhead_ratio_min_pair']:.3f}"),
-        load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"], ' the timed repeats'),
-        (f"- bytes per row on disk: float32 {r['bytes_per_row']['float32']:.1f}, "
-        f"float16 {r['bytes_per_row']['float16']:.1f}"),
-        (f"- random minibatch reads (128 rows): in-memory numpy {rates['memory']:,.0f} rows/s; "
-        f"cache with chunk memory {rates['cache_warm']:,.0f} rows/s; "
-        f"cache without (every batch reads its chunks from disk) {rates['cache_cold']:,.0f} rows/s"),
-        f"- machine: {r['machine']['cpus']} torch threads, {r['machine']['platform']}, torch {r['machine']['torch']}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Logit cache benchmark ({r['rows']} rows of {r['data']}, {r['members']} x {r['teacher']})",
+            "",
+            (
+                f"- build overhead (build_cache / forward passes only, best of {len(r['forward_only_s'])}): "
+                f"**{r['overhead_ratio']:.3f}** ({min(r['build_float32_s']):.2f} s vs {min(r['forward_only_s']):.2f} s; "
+                f"{r['backend']}, batch {r['batch_size']}, chunk {r['chunk_rows']} rows); "
+                f"per repeat (build / the forward passes just before it): median {r['overhead_ratio_median']:.3f}, "
+                f"min {r['overhead_ratio_min_pair']:.3f}"
+            ),
+            load_line(
+                r["load_average_1_5_15"]["before"],
+                r["load_average_1_5_15"]["after"],
+                " the timed repeats",
+            ),
+            (
+                f"- bytes per row on disk: float32 {r['bytes_per_row']['float32']:.1f}, "
+                f"float16 {r['bytes_per_row']['float16']:.1f}"
+            ),
+            (
+                f"- random minibatch reads (128 rows): in-memory numpy {rates['memory']:,.0f} rows/s; "
+                f"cache with chunk memory {rates['cache_warm']:,.0f} rows/s; "
+                f"cache without (every batch reads its chunks from disk) {rates['cache_cold']:,.0f} rows/s"
+            ),
+            f"- machine: {r['machine']['cpus']} torch threads, {r['machine']['platform']}, torch {r['machine']['torch']}",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

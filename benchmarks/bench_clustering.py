@@ -145,10 +145,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "",
         f"`{command}` ({platform.platform()})",
         "",
-        (f"{args.problems} problems per setting: 3-10 groups of 2-8 classes, class "
-        "separation 1.5-4, 8-20 features; generalist: nearest class mean; clusters = "
-        "groups. standard: group separation 8-14, 60 rows per class; hard: group "
-        "separation 5-9, 20 rows per class."),
+        (
+            f"{args.problems} problems per setting: 3-10 groups of 2-8 classes, class "
+            "separation 1.5-4, 8-20 features; generalist: nearest class mean; clusters = "
+            "groups. standard: group separation 8-14, 60 rows per class; hard: group "
+            "separation 5-9, 20 rows per class."
+        ),
         "",
         "| setting | method | ARI min | q25 | median | mean | share >= 0.9 | share = 1 |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

@@ -73,7 +73,9 @@ def overhead(args: argparse.Namespace, tmp: Path) -> dict:
     return out
 
 
-def overhead_one(args: argparse.Namespace, tmp: Path, n: int, d: int, hidden: tuple, epochs: int) -> dict:
+def overhead_one(
+    args: argparse.Namespace, tmp: Path, n: int, d: int, hidden: tuple, epochs: int
+) -> dict:
     import torch
 
     from kdpipe import DistilledClassifier
@@ -83,8 +85,9 @@ def overhead_one(args: argparse.Namespace, tmp: Path, n: int, d: int, hidden: tu
     cache = build(tmp / "cache", X, members=4, classes=10)
     logits = np.asarray(cache)
     y = np.argmax(logits.mean(axis=1), axis=1)
-    params = dict(hidden_layer_sizes=hidden, max_epochs=epochs, batch_size=128, random_state=0,
-                  device="cpu")
+    params = dict(
+        hidden_layer_sizes=hidden, max_epochs=epochs, batch_size=128, random_state=0, device="cpu"
+    )
     variants = {
         "arrays": lambda: DistilledClassifier(**params).fit(X, y, teacher_logits=logits),
         "cache": lambda: DistilledClassifier(**params).fit(X, y, teacher_logits=cache),
@@ -101,10 +104,18 @@ def overhead_one(args: argparse.Namespace, tmp: Path, n: int, d: int, hidden: tu
     best = {k: float(np.min(v)) for k, v in times.items()}
     return {
         "read_seconds_per_epoch": read_cost(X, X_zarr, y, logits, cache, batch_size=128),
-        "rows": n, "features": d, "members": 4, "classes": 10,
-        "cache_bytes": int(logits.nbytes), "student": "MLP " + "x".join(map(str, hidden)),
-        "epochs": epochs, "batch_size": 128, "torch_threads": torch.get_num_threads(),
-        "seconds": times, "median_seconds": median, "min_seconds": best,
+        "rows": n,
+        "features": d,
+        "members": 4,
+        "classes": 10,
+        "cache_bytes": int(logits.nbytes),
+        "student": "MLP " + "x".join(map(str, hidden)),
+        "epochs": epochs,
+        "batch_size": 128,
+        "torch_threads": torch.get_num_threads(),
+        "seconds": times,
+        "median_seconds": median,
+        "min_seconds": best,
         "ratio_cache_vs_arrays": median["cache"] / median["arrays"],
         "ratio_zarr_X_and_cache_vs_arrays": median["zarr_X+cache"] / median["arrays"],
         "ratio_of_minima_cache_vs_arrays": best["cache"] / best["arrays"],
@@ -117,8 +128,11 @@ def read_cost(X, X_zarr, y, logits, cache, batch_size: int) -> dict[str, float]:
     the noise that the fit times suffer, and an upper bound on what reading can add."""
     from kdpipe.rows import MinibatchSource
 
-    sources = {"arrays": MinibatchSource(X, y, logits), "cache": MinibatchSource(X, y, cache),
-               "zarr_X+cache": MinibatchSource(X_zarr, y, cache)}
+    sources = {
+        "arrays": MinibatchSource(X, y, logits),
+        "cache": MinibatchSource(X, y, cache),
+        "zarr_X+cache": MinibatchSource(X_zarr, y, cache),
+    }
     order = np.random.default_rng(0).permutation(len(y))
     out = {}
     for name, source in sources.items():
@@ -154,14 +168,23 @@ def memory(args: argparse.Namespace, tmp: Path) -> dict:
     X = transfer_set(tmp / "X_big.zarr", n, d)
     cache = build(tmp / "big_cache", X, members, classes)
     build_seconds = time.perf_counter() - start
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp / "X_big.zarr"), str(cache.path)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp / "X_big.zarr"), str(cache.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     child = json.loads(out.stdout.strip().splitlines()[-1])
     cache_bytes, X_bytes = n * members * classes * 4, n * d * 4
     return {
-        "rows": n, "features": d, "members": members, "classes": classes,
-        "X_bytes_float32": X_bytes, "cache_bytes_float32": cache_bytes,
-        "build_seconds": build_seconds, **child,
+        "rows": n,
+        "features": d,
+        "members": members,
+        "classes": classes,
+        "X_bytes_float32": X_bytes,
+        "cache_bytes_float32": cache_bytes,
+        "build_seconds": build_seconds,
+        **child,
         "fit_memory_bytes": child["peak_rss"] - child["rss_before_fit"],
         "cache_over_peak_rss": cache_bytes / child["peak_rss"],
         "data_over_peak_rss": (cache_bytes + X_bytes) / child["peak_rss"],
@@ -171,39 +194,59 @@ def memory(args: argparse.Namespace, tmp: Path) -> dict:
 def markdown(r: dict) -> str:
     m, mib = r["memory"], 2**20
     lines = [
-        "# DistilledClassifier: on-disk fit benchmark", "",
-        f"Machine: {r['machine']}, shared with other jobs (timings are noisy); {r['when']}.", "",
-        "## Fit-time overhead of reading from disk (target <= 1.10)", "",
-        ("Same seed, epochs and rows; runs alternate between the inputs. Teacher logits: an "
-        "ensemble of 4 x 10 classes, from numpy or from a LogitCache (zarr); X from numpy or zarr."),
+        "# DistilledClassifier: on-disk fit benchmark",
+        "",
+        f"Machine: {r['machine']}, shared with other jobs (timings are noisy); {r['when']}.",
+        "",
+        "## Fit-time overhead of reading from disk (target <= 1.10)",
+        "",
+        (
+            "Same seed, epochs and rows; runs alternate between the inputs. Teacher logits: an "
+            "ensemble of 4 x 10 classes, from numpy or from a LogitCache (zarr); X from numpy or zarr."
+        ),
     ]
     for name, o in r["overhead"].items():
         lines += [
-            "", f"### {name}", "",
-            (f"{o['rows']} rows, {o['student']}, {o['epochs']} epochs, batch {o['batch_size']}, "
-            f"torch threads {o['torch_threads']}, {len(o['seconds']['arrays'])} runs each."), "",
+            "",
+            f"### {name}",
+            "",
+            (
+                f"{o['rows']} rows, {o['student']}, {o['epochs']} epochs, batch {o['batch_size']}, "
+                f"torch threads {o['torch_threads']}, {len(o['seconds']['arrays'])} runs each."
+            ),
+            "",
             "| inputs | median fit (s) | ratio of medians | fastest fit (s) | ratio of minima |",
             "|---|---|---|---|---|",
-            *[f"| {k} | {v:.2f} | {v / o['median_seconds']['arrays']:.3f} | "
-              f"{o['min_seconds'][k]:.2f} | {o['min_seconds'][k] / o['min_seconds']['arrays']:.3f} |"
-              for k, v in o["median_seconds"].items()],
-            "", "Reading one shuffled epoch of minibatches alone (no training), seconds: "
+            *[
+                f"| {k} | {v:.2f} | {v / o['median_seconds']['arrays']:.3f} | "
+                f"{o['min_seconds'][k]:.2f} | {o['min_seconds'][k] / o['min_seconds']['arrays']:.3f} |"
+                for k, v in o["median_seconds"].items()
+            ],
+            "",
+            "Reading one shuffled epoch of minibatches alone (no training), seconds: "
             + ", ".join(f"{k} {v:.3f}" for k, v in o["read_seconds_per_epoch"].items())
             + f"; one training epoch from arrays takes {o['min_seconds']['arrays'] / o['epochs']:.2f} s"
             " at best (the reading overlaps with it in a background thread).",
         ]
     lines += [
-        "", "## Peak memory when fitting from data larger than it", "",
-        (f"X: zarr, {m['rows']:,} x {m['features']} float32 = {m['X_bytes_float32'] / mib:.0f} MiB; "
-        f"cache: {m['members']} members x {m['classes']} classes float32 = "
-        f"{m['cache_bytes_float32'] / mib:.0f} MiB. One epoch, MLP 64, batch 1024, "
-        "shuffle_window 65536, in a fresh process."), "",
-        "| figure | value |", "|---|---|",
+        "",
+        "## Peak memory when fitting from data larger than it",
+        "",
+        (
+            f"X: zarr, {m['rows']:,} x {m['features']} float32 = {m['X_bytes_float32'] / mib:.0f} MiB; "
+            f"cache: {m['members']} members x {m['classes']} classes float32 = "
+            f"{m['cache_bytes_float32'] / mib:.0f} MiB. One epoch, MLP 64, batch 1024, "
+            "shuffle_window 65536, in a fresh process."
+        ),
+        "",
+        "| figure | value |",
+        "|---|---|",
         f"| resident memory before fit (imports, torch) | {m['rss_before_fit'] / mib:.0f} MiB |",
         f"| peak resident memory | {m['peak_rss'] / mib:.0f} MiB |",
         f"| cache size / peak RSS | {m['cache_over_peak_rss']:.1f} |",
         f"| (X + cache) / peak RSS | {m['data_over_peak_rss']:.1f} |",
-        f"| fit time | {m['fit_seconds']:.1f} s ({m['rows_per_s']:,.0f} rows/s) |", "",
+        f"| fit time | {m['fit_seconds']:.1f} s ({m['rows_per_s']:,.0f} rows/s) |",
+        "",
     ]
     return "\n".join(lines)
 
@@ -213,8 +256,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tmp", type=Path, default=None, help="scratch directory")
-    parser.add_argument("--only", choices=["overhead", "memory"], default=None,
-                        help="rerun one part, keeping the other from the last results file")
+    parser.add_argument(
+        "--only",
+        choices=["overhead", "memory"],
+        default=None,
+        help="rerun one part, keeping the other from the last results file",
+    )
     args = parser.parse_args()
     stem = "distilled_quick" if args.quick else "distilled"
     previous = RESULTS / f"{stem}.json"
@@ -222,7 +269,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         result = {
             "machine": f"{platform.processor() or platform.machine()}, "
-                       f"{__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
+            f"{__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "quick": args.quick,
             "overhead": old.get("overhead") if args.only == "memory" else overhead(args, Path(tmp)),

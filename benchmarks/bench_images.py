@@ -90,8 +90,15 @@ def kdpipe_fit(X, y, params: dict | None, epochs: int) -> list[float]:
     from kdpipe.students import ConvNet
 
     chosen = {} if params is None else {"module": ConvNet, "module_params": params}
-    clf = DistilledClassifier(hidden_layer_sizes=(800, 800), max_epochs=epochs, batch_size=BATCH,
-                              learning_rate=LR, random_state=0, device="cpu", **chosen)
+    clf = DistilledClassifier(
+        hidden_layer_sizes=(800, 800),
+        max_epochs=epochs,
+        batch_size=BATCH,
+        learning_rate=LR,
+        random_state=0,
+        device="cpu",
+        **chosen,
+    )
     clf.fit(X, y)
     return [r["seconds"] for r in clf.history_]
 
@@ -107,16 +114,21 @@ def run(tmp: Path, repeats: int, quick: bool) -> dict:
         epochs = 2 if quick else 3
         raw, y, source = images(rows)
         scaled = raw.astype(np.float32) / 255  # the plain loop's input
-        stored = zarr.create_array(store=str(tmp / f"X{rows}.zarr"), shape=raw.shape, chunks=(1024, 1, 28, 28),
-                                   dtype="u1")
+        stored = zarr.create_array(
+            store=str(tmp / f"X{rows}.zarr"), shape=raw.shape, chunks=(1024, 1, 28, 28), dtype="u1"
+        )
         stored[:] = raw
         variants = {
             "fit, float32 images in numpy": scaled,
             "fit, uint8 images in numpy": raw,
             "fit, uint8 images in zarr (LazyRows)": LazyRows(stored),
         }
-        nbytes = {"plain torch loop": scaled.nbytes, **{k: int(np.prod(raw.shape)) * np.dtype(v.dtype).itemsize
-                                                        for k, v in variants.items()}}
+        nbytes = {
+            "plain torch loop": scaled.nbytes,
+            **{
+                k: int(np.prod(raw.shape)) * np.dtype(v.dtype).itemsize for k, v in variants.items()
+            },
+        }
         plain_loop(scaled, y, params, 1)  # warm-up: first-call costs excluded
         loops = ["plain torch loop", "plain torch loop, again"]
         epoch_s: dict[str, list[float]] = {k: [] for k in [*loops, *variants]}
@@ -128,9 +140,15 @@ def run(tmp: Path, repeats: int, quick: bool) -> dict:
         median = {k: float(np.median(v)) for k, v in epoch_s.items()}
         base = median[loops[0]]
         out[name] = {
-            "rows": rows, "data": source, "batch_size": BATCH, "epochs_per_run": epochs, "runs": repeats,
-            "torch_threads": torch.get_num_threads(), "x_bytes": nbytes,
-            "epoch_seconds": epoch_s, "median_epoch_seconds": median,
+            "rows": rows,
+            "data": source,
+            "batch_size": BATCH,
+            "epochs_per_run": epochs,
+            "runs": repeats,
+            "torch_threads": torch.get_num_threads(),
+            "x_bytes": nbytes,
+            "epoch_seconds": epoch_s,
+            "median_epoch_seconds": median,
             "ratio_vs_plain_loop": {k: v / base for k, v in median.items()},
         }
     return out
@@ -138,19 +156,30 @@ def run(tmp: Path, repeats: int, quick: bool) -> dict:
 
 def markdown(r: dict) -> str:
     lines = [
-        "# Image inputs: seconds per epoch against a plain torch loop (target <= 1.05)", "",
-        f"Machine: {r['machine']}; {r['when']}. Compare with the A/A row (the plain loop again).", "",
-        load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]), "",
+        "# Image inputs: seconds per epoch against a plain torch loop (target <= 1.05)",
+        "",
+        f"Machine: {r['machine']}; {r['when']}. Compare with the A/A row (the plain loop again).",
+        "",
+        load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]),
+        "",
     ]
     for name, o in r["students"].items():
         lines += [
-            f"## {name}", "",
-            (f"{o['rows']} images (1, 28, 28) ({o['data']}), batch {o['batch_size']}, hard labels, "
-             f"{o['runs']} runs of {o['epochs_per_run']} epochs (first epoch of each run dropped), "
-             f"torch threads {o['torch_threads']}."), "",
-            "| variant | MiB of X | median s/epoch | ratio |", "|---|---|---|---|",
-            *[f"| {k} | {o['x_bytes'][k.replace(', again', '')] / 2**20:.1f} | {v:.3f} | "
-              f"{o['ratio_vs_plain_loop'][k]:.3f} |" for k, v in o["median_epoch_seconds"].items()],
+            f"## {name}",
+            "",
+            (
+                f"{o['rows']} images (1, 28, 28) ({o['data']}), batch {o['batch_size']}, hard labels, "
+                f"{o['runs']} runs of {o['epochs_per_run']} epochs (first epoch of each run dropped), "
+                f"torch threads {o['torch_threads']}."
+            ),
+            "",
+            "| variant | MiB of X | median s/epoch | ratio |",
+            "|---|---|---|---|",
+            *[
+                f"| {k} | {o['x_bytes'][k.replace(', again', '')] / 2**20:.1f} | {v:.3f} | "
+                f"{o['ratio_vs_plain_loop'][k]:.3f} |"
+                for k, v in o["median_epoch_seconds"].items()
+            ],
             "",
         ]
     return "\n".join(lines)
@@ -171,7 +200,9 @@ def main() -> None:
             "students": run(Path(tmp), args.repeats, args.quick),
         }
     result["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
-    write_results("images_quick" if args.quick else "images", result, markdown(result), folder=args.out)
+    write_results(
+        "images_quick" if args.quick else "images", result, markdown(result), folder=args.out
+    )
 
 
 if __name__ == "__main__":

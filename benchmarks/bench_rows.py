@@ -117,7 +117,9 @@ def plain_mlp(d: int, hidden: tuple[int, ...], classes: int) -> torch.nn.Module:
     return torch.nn.Sequential(*layers)
 
 
-def plain_loop(X: np.ndarray, y: np.ndarray, logits: np.ndarray, hidden: tuple, epochs: int) -> list[tuple[float, float]]:
+def plain_loop(
+    X: np.ndarray, y: np.ndarray, logits: np.ndarray, hidden: tuple, epochs: int
+) -> list[tuple[float, float]]:
     """(wall, CPU) seconds per epoch of the same training as a bare torch loop, in memory."""
     torch.manual_seed(0)
     Xt, yt, vt = torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(logits)
@@ -143,7 +145,9 @@ def plain_loop(X: np.ndarray, y: np.ndarray, logits: np.ndarray, hidden: tuple, 
     return seconds
 
 
-def kdpipe_fit(X, y, teacher_logits, hidden: tuple, epochs: int, patches: dict) -> tuple[list[float], float, float]:
+def kdpipe_fit(
+    X, y, teacher_logits, hidden: tuple, epochs: int, patches: dict
+) -> tuple[list[float], float, float]:
     """Per-epoch seconds (from ``history_``), one-off setup seconds, and CPU seconds of one fit.
 
     ``patches``: ``{(object, attribute): value}`` set during the fit (the reading
@@ -151,9 +155,16 @@ def kdpipe_fit(X, y, teacher_logits, hidden: tuple, epochs: int, patches: dict) 
     """
     from kdpipe import DistilledClassifier
 
-    clf = DistilledClassifier(hidden_layer_sizes=hidden, max_epochs=epochs, batch_size=BATCH,
-                              temperature=TEMPERATURE, alpha=ALPHA, classes=np.arange(10), random_state=0,
-                              device="cpu")
+    clf = DistilledClassifier(
+        hidden_layer_sizes=hidden,
+        max_epochs=epochs,
+        batch_size=BATCH,
+        temperature=TEMPERATURE,
+        alpha=ALPHA,
+        classes=np.arange(10),
+        random_state=0,
+        device="cpu",
+    )
     missing = object()
     saved = {key: vars(key[0]).get(key[1], missing) for key in patches}
     for (owner, name), value in patches.items():
@@ -185,10 +196,14 @@ def strategies() -> dict[str, tuple[str, dict]]:
     }
 
 
-def ratio_interval(values: list[float], base: list[float], rng: np.random.Generator) -> tuple[float, float]:
+def ratio_interval(
+    values: list[float], base: list[float], rng: np.random.Generator
+) -> tuple[float, float]:
     """95% bootstrap interval of median(values) / median(base), runs resampled."""
     a, b = np.asarray(values), np.asarray(base)
-    boots = [np.median(rng.choice(a, len(a))) / np.median(rng.choice(b, len(b))) for _ in range(2000)]
+    boots = [
+        np.median(rng.choice(a, len(a))) / np.median(rng.choice(b, len(b))) for _ in range(2000)
+    ]
     return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
@@ -230,15 +245,25 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
         base = median[loops[0]]
         rng = np.random.default_rng(0)
         out[name] = {
-            "rows": n, "features": d, "student": "MLP " + "x".join(map(str, hidden)),
-            "members": 4, "classes": 10, "batch_size": BATCH, "epochs_per_run": epochs,
-            "runs": repeats, "torch_threads": torch.get_num_threads(),
-            "epoch_seconds": epoch_s, "median_epoch_seconds": median,
+            "rows": n,
+            "features": d,
+            "student": "MLP " + "x".join(map(str, hidden)),
+            "members": 4,
+            "classes": 10,
+            "batch_size": BATCH,
+            "epochs_per_run": epochs,
+            "runs": repeats,
+            "torch_threads": torch.get_num_threads(),
+            "epoch_seconds": epoch_s,
+            "median_epoch_seconds": median,
             "setup_seconds": setup_s,
             "median_setup_seconds": {k: float(np.median(v)) for k, v in setup_s.items()},
             "ratio_vs_plain_loop": {k: v / base for k, v in median.items()},
-            "ratio_interval_95": {k: ratio_interval(v, epoch_s[loops[0]], rng) for k, v in epoch_s.items()},
-            "cpu_seconds_per_epoch": cpu_s, "median_cpu_seconds_per_epoch": cpu_median,
+            "ratio_interval_95": {
+                k: ratio_interval(v, epoch_s[loops[0]], rng) for k, v in epoch_s.items()
+            },
+            "cpu_seconds_per_epoch": cpu_s,
+            "median_cpu_seconds_per_epoch": cpu_median,
             "cpu_ratio_vs_plain_loop": {k: v / cpu_median[loops[0]] for k, v in cpu_median.items()},
         }
     return out
@@ -246,35 +271,58 @@ def epoch_costs(tmp: Path, repeats: int, quick: bool) -> dict:
 
 def markdown(r: dict) -> str:
     lines = [
-        f"# Row path benchmark ({r['label']})", "",
-        (f"Machine: {r['machine']}; {r['when']}; kdpipe from {r['kdpipe']}. Timings are noisy on "
-        "this machine: compare the A/A row."), "",
-        *([load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]), ""]
-          if "load_average_1_5_15" in r else []),
-        "## Random minibatch reads: `np.asarray(cache[idx])` / numpy `logits[idx]`", "",
-        ("Cache: 60,000 rows x 5 members x 10 classes float32, every chunk in chunk memory. "
-        "Targets: >= 0.30 at 128 rows, >= 0.80 at 4096."), "",
-        "| rows per batch | numpy rows/s | cache rows/s | median ratio | ratios |", "|---|---|---|---|---|",
+        f"# Row path benchmark ({r['label']})",
+        "",
+        (
+            f"Machine: {r['machine']}; {r['when']}; kdpipe from {r['kdpipe']}. Timings are noisy on "
+            "this machine: compare the A/A row."
+        ),
+        "",
+        *(
+            [load_line(r["load_average_1_5_15"]["before"], r["load_average_1_5_15"]["after"]), ""]
+            if "load_average_1_5_15" in r
+            else []
+        ),
+        "## Random minibatch reads: `np.asarray(cache[idx])` / numpy `logits[idx]`",
+        "",
+        (
+            "Cache: 60,000 rows x 5 members x 10 classes float32, every chunk in chunk memory. "
+            "Targets: >= 0.30 at 128 rows, >= 0.80 at 4096."
+        ),
+        "",
+        "| rows per batch | numpy rows/s | cache rows/s | median ratio | ratios |",
+        "|---|---|---|---|---|",
     ]
     for batch, o in r["reads"].items():
         m = o["median_rows_per_s"]
-        lines.append(f"| {batch} | {m['numpy']:,.0f} | {m['cache']:,.0f} | {o['median_ratio']:.3f} | "
-                     + ", ".join(f"{x:.2f}" for x in o["ratios"]) + " |")
+        lines.append(
+            f"| {batch} | {m['numpy']:,.0f} | {m['cache']:,.0f} | {o['median_ratio']:.3f} | "
+            + ", ".join(f"{x:.2f}" for x in o["ratios"])
+            + " |"
+        )
     lines += ["", "## Seconds per epoch against a plain torch loop in memory (target <= 1.05)", ""]
     for name, o in r["epochs"].items():
         lines += [
-            f"### {name}", "",
-            (f"{o['rows']} rows, {o['student']}, batch {o['batch_size']}, teacher 4 x 10 logits, "
-            f"{o['runs']} runs of {o['epochs_per_run']} epochs (first epoch of each run dropped), "
-            f"torch threads {o['torch_threads']}. Interval: 95% bootstrap of the ratio of medians, runs "
-            "resampled; the plain loop's second copy shows what the machine's noise alone gives."), "",
+            f"### {name}",
+            "",
+            (
+                f"{o['rows']} rows, {o['student']}, batch {o['batch_size']}, teacher 4 x 10 logits, "
+                f"{o['runs']} runs of {o['epochs_per_run']} epochs (first epoch of each run dropped), "
+                f"torch threads {o['torch_threads']}. Interval: 95% bootstrap of the ratio of medians, runs "
+                "resampled; the plain loop's second copy shows what the machine's noise alone gives."
+            ),
+            "",
             "| variant | median wall s/epoch | wall ratio | 95% interval | median CPU s/epoch | CPU ratio | median one-off setup (s) |",
             "|---|---|---|---|---|---|---|",
-            *[f"| {k} | {v:.3f} | {o['ratio_vs_plain_loop'][k]:.3f} | "
-              + "{:.3f}-{:.3f}".format(*o["ratio_interval_95"][k]) + " | "
-              f"{o['median_cpu_seconds_per_epoch'][k]:.3f} | {o['cpu_ratio_vs_plain_loop'][k]:.3f} | "
-              + (f"{o['median_setup_seconds'][k]:.3f}" if k in o["median_setup_seconds"] else "-") + " |"
-              for k, v in o["median_epoch_seconds"].items()],
+            *[
+                f"| {k} | {v:.3f} | {o['ratio_vs_plain_loop'][k]:.3f} | "
+                + "{:.3f}-{:.3f}".format(*o["ratio_interval_95"][k])
+                + " | "
+                f"{o['median_cpu_seconds_per_epoch'][k]:.3f} | {o['cpu_ratio_vs_plain_loop'][k]:.3f} | "
+                + (f"{o['median_setup_seconds'][k]:.3f}" if k in o["median_setup_seconds"] else "-")
+                + " |"
+                for k, v in o["median_epoch_seconds"].items()
+            ],
             "",
         ]
     return "\n".join(lines)
@@ -298,8 +346,12 @@ def main() -> None:
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "kdpipe": str(Path(kdpipe.__file__).parent),
             "quick": args.quick,
-            "reads": {} if args.only == "epochs" else read_rates(Path(tmp), args.repeats, args.quick),
-            "epochs": {} if args.only == "reads" else epoch_costs(Path(tmp), args.repeats, args.quick),
+            "reads": {}
+            if args.only == "epochs"
+            else read_rates(Path(tmp), args.repeats, args.quick),
+            "epochs": {}
+            if args.only == "reads"
+            else epoch_costs(Path(tmp), args.repeats, args.quick),
         }
     result["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
     stem = "rows_quick" if args.quick else "rows"

@@ -85,7 +85,9 @@ def problem(n_classes: int, n_train: int, n_test: int, seed: int = 0):
     X = X.astype(np.float32)
     order = np.argsort(y, kind="stable")
     rank = np.empty(len(y), dtype=np.int64)
-    rank[order] = np.arange(len(y)) - np.searchsorted(y[order], y[order])  # position within its class
+    rank[order] = np.arange(len(y)) - np.searchsorted(
+        y[order], y[order]
+    )  # position within its class
     fit = rank < FIT_ROWS_PER_CLASS
     sums = np.zeros((n_classes, X.shape[1]))
     np.add.at(sums, y[fit], X[fit])
@@ -98,7 +100,9 @@ def problem(n_classes: int, n_train: int, n_test: int, seed: int = 0):
 def fit_student(X, y, cache, epochs: int, temperature: float, seed: int = 0):
     from kdpipe import DistilledClassifier
 
-    clf = DistilledClassifier(max_epochs=epochs, temperature=temperature, **{**STUDENT, "random_state": seed})
+    clf = DistilledClassifier(
+        max_epochs=epochs, temperature=temperature, **{**STUDENT, "random_state": seed}
+    )
     wall, cpu = time.perf_counter(), time.process_time()
     clf.fit(X, y, teacher_logits=cache)
     return clf, time.perf_counter() - wall, time.process_time() - cpu
@@ -112,7 +116,9 @@ def grid_pick(X, y, cache, epochs: int, grid: list[float]) -> tuple[float, list[
 
     with sklearn.config_context(enable_metadata_routing=True):
         est = DistilledClassifier(max_epochs=epochs, **STUDENT).set_fit_request(teacher_logits=True)
-        search = GridSearchCV(est, {"temperature": grid}, cv=2, refit=False).fit(X, y, teacher_logits=cache)
+        search = GridSearchCV(est, {"temperature": grid}, cv=2, refit=False).fit(
+            X, y, teacher_logits=cache
+        )
     return float(search.best_params_["temperature"]), search.cv_results_["mean_test_score"].tolist()
 
 
@@ -127,8 +133,12 @@ def run(settings: dict, workdir: Path) -> dict:
         formats.update({f"topk{k}": TopK(k) for k in settings["ks"]})
         formats[f"sampled{settings['draws']}"] = Sampled(settings["draws"], settings["temperature"])
         entry: dict = {
-            "n_classes": n_classes, "train_rows": n_train, "test_rows": n_test, "epochs": epochs,
-            "teacher_test_accuracy": float((teacher_test == y_test).mean()), "formats": {},
+            "n_classes": n_classes,
+            "train_rows": n_train,
+            "test_rows": n_test,
+            "epochs": epochs,
+            "teacher_test_accuracy": float((teacher_test == y_test).mean()),
+            "formats": {},
         }
         caches = {}
         v = teacher(X[:2000]).astype(np.float64) / settings["temperature"]
@@ -138,8 +148,14 @@ def run(settings: dict, workdir: Path) -> dict:
         for name, sparse in formats.items():
             start = time.perf_counter()
             cache = build_cache(
-                teacher, X, workdir / f"{n_classes}-{name}", y=y, dtype="float16", sparse=sparse,
-                chunk_rows=2048, progress=False,
+                teacher,
+                X,
+                workdir / f"{n_classes}-{name}",
+                y=y,
+                dtype="float16",
+                sparse=sparse,
+                chunk_rows=2048,
+                progress=False,
             )
             build_s = time.perf_counter() - start
             info = cache.info()
@@ -147,14 +163,18 @@ def run(settings: dict, workdir: Path) -> dict:
             k = getattr(sparse, "k", None)
             entry["formats"][name] = {
                 # the teacher's mass outside its top k at the training T: the error bound's p_tail
-                "tail_mass": None if k is None else float((1 - np.exp(top[:, :k]).sum(axis=1) / total).mean()),
+                "tail_mass": None
+                if k is None
+                else float((1 - np.exp(top[:, :k]).sum(axis=1) / total).mean()),
                 "k": getattr(sparse, "k", getattr(sparse, "draws", None)),
                 "logit_bytes_per_row": info["logit_bytes_per_row"],
                 "disk_bytes_per_row": info["bytes_per_row"],
                 "build_s": build_s,
             }
         # the yardstick of the differences: the dense student with another seed
-        runs = [(name, cache, 0) for name, cache in caches.items()] + [("dense, seed 1", caches["dense"], 1)]
+        runs = [(name, cache, 0) for name, cache in caches.items()] + [
+            ("dense, seed 1", caches["dense"], 1)
+        ]
         entry["formats"]["dense, seed 1"] = dict(entry["formats"]["dense"])
         for name, cache, seed in runs:
             clf, wall, cpu = fit_student(X, y, cache, epochs, settings["temperature"], seed)
@@ -178,8 +198,12 @@ def run(settings: dict, workdir: Path) -> dict:
             dense_t, dense_scores = grid_pick(X, y, caches["dense"], epochs, settings["grid"])
             topk_t, topk_scores = grid_pick(X, y, caches[topk], epochs, settings["grid"])
             entry["grid_search"] = {
-                "grid": settings["grid"], "cache": topk, "dense_pick": dense_t, "topk_pick": topk_t,
-                "dense_scores": dense_scores, "topk_scores": topk_scores,
+                "grid": settings["grid"],
+                "cache": topk,
+                "dense_pick": dense_t,
+                "topk_pick": topk_t,
+                "dense_scores": dense_scores,
+                "topk_scores": topk_scores,
             }
             print(f"grid search: {entry['grid_search']}", flush=True)
         out["classes"].append(entry)
@@ -194,24 +218,28 @@ def markdown(result: dict, quick: bool, load: str) -> str:
         f"Machine: {result['machine']}; {result['when']}; shared with other jobs (timings are noisy).",
         load,
         "",
-        ("Teacher: Gaussian class-conditional (LDA) logits of `make_confusable_classification` "
-        f"(groups of 10 confusable classes, class separation {CLASS_SEPARATION}), class means from {FIT_ROWS_PER_CLASS} held-out rows per "
-        f"class. Student: MLP {STUDENT['hidden_layer_sizes']}, Adam lr {STUDENT['learning_rate']}, "
-        f"batch {STUDENT['batch_size']}, seed 0, alpha 0.1, T = {s['temperature']} for every fit "
-        "(sampled caches are drawn at that T). All caches float16, zarr, chunks of 2048 rows. "
-        "Differences are in points (percent), sparse minus dense, on the test rows; the row "
-        "'dense, seed 1' (the dense student with another seed) shows how large a difference "
-        "training noise alone makes. 'tail mass at T': the teacher's mean probability outside its "
-        "top k at the training T over 2,000 training rows (the p_tail of the error bound "
-        "2 T p_tail in `kdpipe.losses.sparse_distillation_loss`)."),
+        (
+            "Teacher: Gaussian class-conditional (LDA) logits of `make_confusable_classification` "
+            f"(groups of 10 confusable classes, class separation {CLASS_SEPARATION}), class means from {FIT_ROWS_PER_CLASS} held-out rows per "
+            f"class. Student: MLP {STUDENT['hidden_layer_sizes']}, Adam lr {STUDENT['learning_rate']}, "
+            f"batch {STUDENT['batch_size']}, seed 0, alpha 0.1, T = {s['temperature']} for every fit "
+            "(sampled caches are drawn at that T). All caches float16, zarr, chunks of 2048 rows. "
+            "Differences are in points (percent), sparse minus dense, on the test rows; the row "
+            "'dense, seed 1' (the dense student with another seed) shows how large a difference "
+            "training noise alone makes. 'tail mass at T': the teacher's mean probability outside its "
+            "top k at the training T over 2,000 training rows (the p_tail of the error bound "
+            "2 T p_tail in `kdpipe.losses.sparse_distillation_loss`)."
+        ),
         "",
     ]
     for e in result["classes"]:
         lines += [
             f"## {e['n_classes']} classes",
             "",
-            (f"{e['train_rows']} training rows, {e['test_rows']} test rows, {e['epochs']} epochs; "
-            f"teacher test accuracy {100 * e['teacher_test_accuracy']:.2f}%."),
+            (
+                f"{e['train_rows']} training rows, {e['test_rows']} test rows, {e['epochs']} epochs; "
+                f"teacher test accuracy {100 * e['teacher_test_accuracy']:.2f}%."
+            ),
             "",
             "| cache | logit bytes/row | of dense | disk bytes/row | tail mass at T | test acc % | diff | agreement % | diff | fit s (cpu s) | fit ratio wall (cpu) |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -228,10 +256,12 @@ def markdown(result: dict, quick: bool, load: str) -> str:
         if g:
             lines += [
                 "",
-                (f"GridSearchCV (cv=2) over T in {g['grid']}: dense picks T = {g['dense_pick']:g}, "
-                f"{g['cache']} picks T = {g['topk_pick']:g} "
-                f"({'the same' if g['dense_pick'] == g['topk_pick'] else 'DIFFERENT'}). Mean CV accuracy per T: "
-                f"dense {[round(v, 4) for v in g['dense_scores']]}, {g['cache']} {[round(v, 4) for v in g['topk_scores']]}."),
+                (
+                    f"GridSearchCV (cv=2) over T in {g['grid']}: dense picks T = {g['dense_pick']:g}, "
+                    f"{g['cache']} picks T = {g['topk_pick']:g} "
+                    f"({'the same' if g['dense_pick'] == g['topk_pick'] else 'DIFFERENT'}). Mean CV accuracy per T: "
+                    f"dense {[round(v, 4) for v in g['dense_scores']]}, {g['cache']} {[round(v, 4) for v in g['topk_scores']]}."
+                ),
             ]
         lines.append("")
     if quick:
@@ -253,19 +283,44 @@ def plots(result: dict, name: str) -> None:
         ks = sorted(topk)
         dense = e["formats"]["dense"]
         label = f"{e['n_classes']} classes"
-        line = axes[0].plot(ks, [100 * topk[k]["accuracy"] for k in ks], "o-", label=f"top-k, {label}")[0]
+        line = axes[0].plot(
+            ks, [100 * topk[k]["accuracy"] for k in ks], "o-", label=f"top-k, {label}"
+        )[0]
         axes[0].axhline(100 * dense["accuracy"], color=line.get_color(), ls="--", lw=1)
-        axes[1].plot(ks, [100 * topk[k]["agreement"] for k in ks], "o-", color=line.get_color(), label=label)
+        axes[1].plot(
+            ks, [100 * topk[k]["agreement"] for k in ks], "o-", color=line.get_color(), label=label
+        )
         axes[1].axhline(100 * dense["agreement"], color=line.get_color(), ls="--", lw=1)
         for r in sampled:
             axes[0].plot([r["k"]], [100 * r["accuracy"]], "x", color=line.get_color(), ms=8)
             axes[1].plot([r["k"]], [100 * r["agreement"]], "x", color=line.get_color(), ms=8)
-        ax2.plot(ks, [100 * topk[k]["bytes_ratio"] for k in ks], "o-", color=line.get_color(), label=label)
-    axes[0].set(xscale="log", xlabel="k (top-k; x: sampled, k = draws)", ylabel="student test accuracy %", title="accuracy (dashed: dense)")
-    axes[1].set(xscale="log", xlabel="k (top-k; x: sampled, k = draws)", ylabel="agreement with teacher %", title="agreement (dashed: dense)")
+        ax2.plot(
+            ks,
+            [100 * topk[k]["bytes_ratio"] for k in ks],
+            "o-",
+            color=line.get_color(),
+            label=label,
+        )
+    axes[0].set(
+        xscale="log",
+        xlabel="k (top-k; x: sampled, k = draws)",
+        ylabel="student test accuracy %",
+        title="accuracy (dashed: dense)",
+    )
+    axes[1].set(
+        xscale="log",
+        xlabel="k (top-k; x: sampled, k = draws)",
+        ylabel="agreement with teacher %",
+        title="agreement (dashed: dense)",
+    )
     axes[0].legend(fontsize=7)
     ax2.axhline(10, color="gray", ls=":", label="target 10%")
-    ax2.set(xscale="log", xlabel="k (top-k cache)", ylabel="logit bytes per row, % of dense float16", title="bytes")
+    ax2.set(
+        xscale="log",
+        xlabel="k (top-k cache)",
+        ylabel="logit bytes per row, % of dense float16",
+        title="bytes",
+    )
     ax2.legend(fontsize=7)
     for f, suffix in ((fig, "accuracy"), (fig2, "bytes")):
         f.tight_layout()
@@ -275,7 +330,9 @@ def plots(result: dict, name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run at small sizes")
-    parser.add_argument("--workdir", type=Path, default=None, help="where caches go (default: a temp folder)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where caches go (default: a temp folder)"
+    )
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     before = os.getloadavg()

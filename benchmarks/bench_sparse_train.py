@@ -26,15 +26,15 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kdpipe
 
-from benchmarks._common import RESULTS, load_line, machine, write_results  # noqa: E402
-from benchmarks.bench_sparse import problem  # noqa: E402
+from benchmarks._common import RESULTS, load_line, machine, write_results
+from benchmarks.bench_sparse import problem
 
 
 def formats(quick: bool) -> dict:
@@ -43,8 +43,11 @@ def formats(quick: bool) -> dict:
     from kdpipe.cache import TopK, TopKSampledTail
 
     if quick:
-        return {"topk16 bucket": TopK(16, tail="bucket"), "topk16 uniform": TopK(16, tail="uniform"),
-                "topk8+8@4": TopKSampledTail(8, 8, 4.0)}
+        return {
+            "topk16 bucket": TopK(16, tail="bucket"),
+            "topk16 uniform": TopK(16, tail="uniform"),
+            "topk8+8@4": TopKSampledTail(8, 8, 4.0),
+        }
     return {
         "topk113 bucket (before)": TopK(113, tail="bucket"),
         "topk113 uniform": TopK(113, tail="uniform"),
@@ -65,22 +68,43 @@ def sweep_only() -> dict:
 
 
 FULL = {
-    "classes": 5000, "train_rows": 4000, "test_rows": 2000, "epochs": 20, "seeds": [0, 1, 2],
-    "yardstick_seeds": [3, 4, 5], "temperature": 4.0, "sweep": [2.0, 8.0],
+    "classes": 5000,
+    "train_rows": 4000,
+    "test_rows": 2000,
+    "epochs": 20,
+    "seeds": [0, 1, 2],
+    "yardstick_seeds": [3, 4, 5],
+    "temperature": 4.0,
+    "sweep": [2.0, 8.0],
     "sweep_formats": ["topk113 uniform"],
     "timing": [(5000, 3000, 3), (15000, 2000, 3)],  # classes, rows, repeats (1 epoch each)
 }
 QUICK = {
-    "classes": 500, "train_rows": 1500, "test_rows": 500, "epochs": 3, "seeds": [0, 1], "yardstick_seeds": [2],
-    "temperature": 4.0, "sweep": [2.0], "sweep_formats": ["topk16 uniform"], "timing": [(500, 1500, 1)],
+    "classes": 500,
+    "train_rows": 1500,
+    "test_rows": 500,
+    "epochs": 3,
+    "seeds": [0, 1],
+    "yardstick_seeds": [2],
+    "temperature": 4.0,
+    "sweep": [2.0],
+    "sweep_formats": ["topk16 uniform"],
+    "timing": [(500, 1500, 1)],
 }
-STUDENT = {"hidden_layer_sizes": (), "learning_rate": 1e-2, "batch_size": 128, "alpha": 0.1}  # a linear student
+STUDENT = {
+    "hidden_layer_sizes": (),
+    "learning_rate": 1e-2,
+    "batch_size": 128,
+    "alpha": 0.1,
+}  # a linear student
 
 
 def fit_student(X, y, cache, epochs: int, temperature: float, seed: int):
     from kdpipe import DistilledClassifier
 
-    clf = DistilledClassifier(max_epochs=epochs, temperature=temperature, random_state=seed, **STUDENT)
+    clf = DistilledClassifier(
+        max_epochs=epochs, temperature=temperature, random_state=seed, **STUDENT
+    )
     start = time.perf_counter()
     clf.fit(X, y, teacher_logits=cache)
     return clf, time.perf_counter() - start
@@ -89,7 +113,9 @@ def fit_student(X, y, cache, epochs: int, temperature: float, seed: int):
 def build(teacher, X, y, path: Path, sparse):
     from kdpipe.cache import build_cache
 
-    return build_cache(teacher, X, path, y=y, dtype="float16", sparse=sparse, chunk_rows=2048, progress=False)
+    return build_cache(
+        teacher, X, path, y=y, dtype="float16", sparse=sparse, chunk_rows=2048, progress=False
+    )
 
 
 def gap(values: list[float], dense: list[float]) -> dict:
@@ -104,14 +130,21 @@ def accuracy_runs(s: dict, workdir: Path, quick: bool, temperatures: list[float]
     caches = {"dense": build(teacher, X, y, workdir / "dense", None)}
     specs = formats(quick)
     if s["temperature"] not in temperatures:  # a sweep: only the formats it compares
-        specs = {name: spec for name, spec in {**specs, **sweep_only()}.items() if name in s["sweep_formats"]}
+        specs = {
+            name: spec
+            for name, spec in {**specs, **sweep_only()}.items()
+            if name in s["sweep_formats"]
+        }
     for name, spec in specs.items():
         caches[name] = build(teacher, X, y, workdir / name.replace(" ", "_"), spec)
     dense_bytes = caches["dense"].info()["logit_bytes_per_row"]
     for cache in caches.values():  # untimed: torch's first-call costs go to no format
         fit_student(X[:512], y[:512], cache[:512], 1, temperatures[0], 0)
     v = teacher(X[:2000]).astype(np.float64)
-    out: dict = {"teacher_test_accuracy": float((teacher(X_test).argmax(1) == y_test).mean()), "runs": {}}
+    out: dict = {
+        "teacher_test_accuracy": float((teacher(X_test).argmax(1) == y_test).mean()),
+        "runs": {},
+    }
 
     def train(name: str, t: float, seeds: list[int]) -> dict:
         accs, times = [], []
@@ -119,7 +152,9 @@ def accuracy_runs(s: dict, workdir: Path, quick: bool, temperatures: list[float]
             clf, wall = fit_student(X, y, caches[name], s["epochs"], t, seed)
             accs.append(float((clf.predict(X_test) == y_test).mean()))
             times.append(wall)
-            print(f"T={t:g} {name} seed {seed}: accuracy {accs[-1]:.4f}, fit {wall:.1f} s", flush=True)
+            print(
+                f"T={t:g} {name} seed {seed}: accuracy {accs[-1]:.4f}, fit {wall:.1f} s", flush=True
+            )
         return {"accuracy": accs, "fit_wall_s": times}
 
     for t in temperatures:
@@ -141,7 +176,9 @@ def accuracy_runs(s: dict, workdir: Path, quick: bool, temperatures: list[float]
             r["mean_accuracy"] = float(np.mean(r["accuracy"]))
             k = getattr(specs.get(name), "k", None)
             r["tail_mass"] = None if k is None else float((1 - top[:, :k].sum(axis=1)).mean())
-            r["fit_ratio"] = float(np.median(r["fit_wall_s"]) / np.median(row["dense"]["fit_wall_s"]))
+            r["fit_ratio"] = float(
+                np.median(r["fit_wall_s"]) / np.median(row["dense"]["fit_wall_s"])
+            )
         out["runs"][f"{t:g}"] = row
     out["formats"] = {name: spec.to_dict() for name, spec in specs.items()}
     return out
@@ -155,10 +192,16 @@ def timing_runs(s: dict, workdir: Path, quick: bool) -> list[dict]:
         X, y, _, _, teacher = problem(n_classes, rows, 10)
         budget = n_classes * 2 // 20  # 5% of dense float16 bytes, per row
         k_uniform = max(4, (budget - 48) // 4)
-        specs = {"dense": None, f"topk{k_uniform} uniform": TopK(k_uniform, tail="uniform"),
-                 f"topk{k_uniform} bucket": TopK(k_uniform, tail="bucket"),
-                 "topk64+32@4 sampled tail": TopKSampledTail(min(64, n_classes // 4), 32, 4.0)}
-        caches = {name: build(teacher, X, y, workdir / f"t{n_classes}-{i}", spec) for i, (name, spec) in enumerate(specs.items())}
+        specs = {
+            "dense": None,
+            f"topk{k_uniform} uniform": TopK(k_uniform, tail="uniform"),
+            f"topk{k_uniform} bucket": TopK(k_uniform, tail="bucket"),
+            "topk64+32@4 sampled tail": TopKSampledTail(min(64, n_classes // 4), 32, 4.0),
+        }
+        caches = {
+            name: build(teacher, X, y, workdir / f"t{n_classes}-{i}", spec)
+            for i, (name, spec) in enumerate(specs.items())
+        }
         times: dict[str, list[float]] = {name: [] for name in caches}
         for cache in caches.values():  # untimed: torch's first-call costs go to no format
             fit_student(X[:512], y[:512], cache[:512], 1, 4.0, 0)
@@ -168,7 +211,8 @@ def timing_runs(s: dict, workdir: Path, quick: bool) -> list[dict]:
         entry = {"classes": n_classes, "rows": rows, "epochs": 1, "repeats": repeats, "fits": {}}
         for name, t in times.items():
             entry["fits"][name] = {
-                "wall_s": t, "median_s": float(np.median(t)),
+                "wall_s": t,
+                "median_s": float(np.median(t)),
                 "ratio": float(np.median(t) / np.median(times["dense"])),
                 "logit_bytes_per_row": caches[name].info()["logit_bytes_per_row"],
             }
@@ -186,19 +230,22 @@ def markdown(result: dict, quick: bool, load: str) -> str:
         f"Machine: {result['machine']}; {result['when']}; shared with other jobs (timings are noisy).",
         load,
         "",
-        f"{s['classes']} classes, {s['train_rows']} training rows, {s['test_rows']} test rows; teacher: "
-        "Gaussian class-conditional (LDA) logits as in `bench_sparse.py` (test accuracy "
-        f"{100 * acc['teacher_test_accuracy'] if acc else float('nan'):.2f}%). Student: linear, Adam lr {STUDENT['learning_rate']}, "
-        f"batch {STUDENT['batch_size']}, alpha {STUDENT['alpha']}, {s['epochs']} epochs, seeds {s['seeds']}. "
-        "Every cache float16. 'gap': the mean over seeds of (sparse - dense) test accuracy in points, "
-        "same seed, +- its standard error; 'dense, other seeds' (seeds "
-        f"{s['yardstick_seeds']} against {s['seeds']}) is the yardstick of training noise. Goal: |gap| <= 0.3 "
-        "at <= 5% of dense bytes. 'tail mass': the teacher's mean probability outside its top k at T.",
+        (
+            f"{s['classes']} classes, {s['train_rows']} training rows, {s['test_rows']} test rows; teacher: "
+            "Gaussian class-conditional (LDA) logits as in `bench_sparse.py` (test accuracy "
+            f"{100 * acc['teacher_test_accuracy'] if acc else float('nan'):.2f}%). Student: linear, Adam lr {STUDENT['learning_rate']}, "
+            f"batch {STUDENT['batch_size']}, alpha {STUDENT['alpha']}, {s['epochs']} epochs, seeds {s['seeds']}. "
+            "Every cache float16. 'gap': the mean over seeds of (sparse - dense) test accuracy in points, "
+            "same seed, +- its standard error; 'dense, other seeds' (seeds "
+            f"{s['yardstick_seeds']} against {s['seeds']}) is the yardstick of training noise. Goal: |gap| <= 0.3 "
+            "at <= 5% of dense bytes. 'tail mass': the teacher's mean probability outside its top k at T."
+        ),
         "",
     ]
     for t, row in (acc or {"runs": {}})["runs"].items():
         lines += [
-            f"## T = {t}", "",
+            f"## T = {t}",
+            "",
             "| cache | logit bytes/row | of dense | tail mass | test acc % (mean) | gap (points) | per seed | within 0.3 | fit ratio |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -212,13 +259,21 @@ def markdown(result: dict, quick: bool, load: str) -> str:
                 f"{within} | {r['fit_ratio']:.2f} |"
             )
         lines.append("")
-    lines += [] if not result["timing"] else [
-        "## Fit time against dense (1 epoch, median of alternating repeats)", "",
-        "| classes | rows | cache | logit bytes/row | median fit s | ratio to dense |", "|---|---|---|---|---|---|",
-    ]
+    lines += (
+        []
+        if not result["timing"]
+        else [
+            "## Fit time against dense (1 epoch, median of alternating repeats)",
+            "",
+            "| classes | rows | cache | logit bytes/row | median fit s | ratio to dense |",
+            "|---|---|---|---|---|---|",
+        ]
+    )
     for e in result["timing"] or []:
         for name, f in e["fits"].items():
-            lines.append(f"| {e['classes']} | {e['rows']} | {name} | {f['logit_bytes_per_row']} | {f['median_s']:.2f} | {f['ratio']:.2f} |")
+            lines.append(
+                f"| {e['classes']} | {e['rows']} | {name} | {f['logit_bytes_per_row']} | {f['median_s']:.2f} | {f['ratio']:.2f} |"
+            )
     lines.append("")
     if quick:
         lines.append("(--quick: a smoke run at small sizes; the figures are not the benchmark's.)")
@@ -239,11 +294,21 @@ def plot(result: dict, name: str, folder: Path) -> None:
             g = r["gap"]
             x = 100 * r["bytes_ratio"] if not label.startswith("dense") else 5.6
             marker = {"4": "o", "2": "s", "8": "^"}.get(t, "o")
-            ax.errorbar([x], [g["mean_points"]], yerr=[g["se_points"]], fmt=marker, capsize=3, label=f"T={t}: {label}")
+            ax.errorbar(
+                [x],
+                [g["mean_points"]],
+                yerr=[g["se_points"]],
+                fmt=marker,
+                capsize=3,
+                label=f"T={t}: {label}",
+            )
     ax.axhspan(-0.3, 0.3, color="green", alpha=0.1, label="goal: within 0.3 points")
     ax.axhline(0, color="gray", lw=1)
-    ax.set(xlabel="logit bytes per row, % of dense float16 (yardstick drawn at 5.6%)",
-           ylabel="test accuracy minus dense, points (mean +- SE)", title=f"{result['settings']['classes']} classes, {result['settings']['epochs']} epochs")
+    ax.set(
+        xlabel="logit bytes per row, % of dense float16 (yardstick drawn at 5.6%)",
+        ylabel="test accuracy minus dense, points (mean +- SE)",
+        title=f"{result['settings']['classes']} classes, {result['settings']['epochs']} epochs",
+    )
     ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     fig.savefig(folder / f"{name}.png", dpi=110)
@@ -252,15 +317,30 @@ def plot(result: dict, name: str, folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run at small sizes")
-    parser.add_argument("--workdir", type=Path, default=None, help="where caches go (default: a temp folder)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where caches go (default: a temp folder)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
     parser.add_argument(
-        "--part", choices=["accuracy", "sweep", "timing"], default="accuracy",
+        "--part",
+        choices=["accuracy", "sweep", "timing"],
+        default="accuracy",
         help="accuracy: every format at the main T; sweep: the other temperatures; timing: fit-time ratios "
         "(three runs that can go in parallel; each writes sparse_train_PART.*)",
     )
-    parser.add_argument("--temperatures", type=float, nargs="+", default=None, help="the sweep's temperatures instead")
-    parser.add_argument("--sweep-formats", nargs="+", default=None, help="the sweep's formats instead (names as in the tables)")
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the sweep's temperatures instead",
+    )
+    parser.add_argument(
+        "--sweep-formats",
+        nargs="+",
+        default=None,
+        help="the sweep's formats instead (names as in the tables)",
+    )
     parser.add_argument("--name", default=None, help="results name (default: sparse_train_PART)")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
@@ -269,17 +349,26 @@ def main() -> None:
     if args.sweep_formats:
         settings["sweep_formats"] = args.sweep_formats
     before = os.getloadavg()
-    result: dict = {"settings": {**settings, "student": STUDENT}, "part": args.part, "accuracy": None, "timing": None}
+    result: dict = {
+        "settings": {**settings, "student": STUDENT},
+        "part": args.part,
+        "accuracy": None,
+        "timing": None,
+    }
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         if args.part == "timing":
             result["timing"] = timing_runs(settings, Path(tmp), args.quick)
         else:
-            temperatures = [settings["temperature"]] if args.part == "accuracy" else settings["sweep"]
+            temperatures = (
+                [settings["temperature"]] if args.part == "accuracy" else settings["sweep"]
+            )
             result["accuracy"] = accuracy_runs(settings, Path(tmp), args.quick, temperatures)
     result["machine"] = machine()
-    result["when"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    result["when"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     name = args.name or f"sparse_train_{args.part}" + ("_quick" if args.quick else "")
-    write_results(name, result, markdown(result, args.quick, load_line(before, os.getloadavg())), args.out)
+    write_results(
+        name, result, markdown(result, args.quick, load_line(before, os.getloadavg())), args.out
+    )
     if result["accuracy"]:
         plot(result, name, args.out)
 

@@ -57,7 +57,10 @@ def run_problem(
         teacher_logits = teacher.fit(X, y).predict_log_proba(X).astype(np.float32)
     fit_kw = {} if teacher_logits is None else {"teacher_logits": teacher_logits}
     generalist, gen_s = timed(generalist.fit, X, y, **fit_kw)
-    print(f"[{name}] generalist fitted in {gen_s:.1f}s, test acc {generalist.score(X_test, y_test):.4f}", flush=True)
+    print(
+        f"[{name}] generalist fitted in {gen_s:.1f}s, test acc {generalist.score(X_test, y_test):.4f}",
+        flush=True,
+    )
 
     runs = {}
     # n_jobs=2 twice: "cold" includes starting joblib's worker processes, "warm" reuses them
@@ -71,7 +74,8 @@ def run_problem(
         print(f"[{name}] specialist phase {label}: {seconds:.1f}s", flush=True)
     clf = runs["serial"][0]
     same = np.allclose(
-        clf.predict_proba(X_test[:500]), runs["n_jobs=2 warm"][0].predict_proba(X_test[:500]),
+        clf.predict_proba(X_test[:500]),
+        runs["n_jobs=2 warm"][0].predict_proba(X_test[:500]),
         atol=1e-6,
     )
 
@@ -102,7 +106,8 @@ def run_problem(
         "inference": {
             "mean_active_specialists": float(details.n_active.mean()),
             "mean_iterations_when_active": float(details.n_iter[details.n_active > 0].mean())
-            if (details.n_active > 0).any() else 0.0,
+            if (details.n_active > 0).any()
+            else 0.0,
             "max_iterations": int(details.n_iter.max()),
             "converged_share": float(details.converged.mean()),
         },
@@ -115,8 +120,11 @@ def synthetic(quick: bool, seed: int) -> tuple[np.ndarray, ...]:
     n_classes = 50 if quick else 200
     per_class = 60 if quick else 100
     X, y = make_confusable_classification(
-        n_samples=2 * n_classes * per_class, n_classes=n_classes, group_size=10,
-        n_features=20, random_state=seed,
+        n_samples=2 * n_classes * per_class,
+        n_classes=n_classes,
+        group_size=10,
+        n_features=20,
+        random_state=seed,
     )
     half = len(X) // 2
     return X[:half], y[:half], X[half:], y[half:]
@@ -145,11 +153,18 @@ def main() -> None:
     ]
     for suffix, teacher, extra in settings:
         generalist = DistilledClassifier(
-            hidden_layer_sizes=(64,), learning_rate=3e-3, max_epochs=epochs,
+            hidden_layer_sizes=(64,),
+            learning_rate=3e-3,
+            max_epochs=epochs,
             random_state=args.seed,
         )
-        params = dict(n_specialists=n_groups, specialist_max_epochs=10,
-                      specialist_learning_rate=1e-3, random_state=args.seed, **extra)
+        params = dict(
+            n_specialists=n_groups,
+            specialist_max_epochs=10,
+            specialist_learning_rate=1e-3,
+            random_state=args.seed,
+            **extra,
+        )
         name = f"confusable-{len(np.unique(y))}{suffix}"
         results.append(run_problem(name, X, y, X_test, y_test, generalist, params, teacher))
 
@@ -159,7 +174,9 @@ def main() -> None:
         if args.quick:
             X, y = X[:10000], y[:10000]
         generalist = DistilledClassifier(
-            hidden_layer_sizes=(128,), learning_rate=1e-3, max_epochs=5 if args.quick else 10,
+            hidden_layer_sizes=(128,),
+            learning_rate=1e-3,
+            max_epochs=5 if args.quick else 10,
             random_state=args.seed,
         )
         params = dict(n_specialists=3, specialist_max_epochs=3, random_state=args.seed)
@@ -167,7 +184,8 @@ def main() -> None:
 
     meta = {
         "command": "python benchmarks/bench_specialists.py"
-        + (" --quick" if args.quick else "") + (" --fashion" if args.fashion else ""),
+        + (" --quick" if args.quick else "")
+        + (" --fashion" if args.fashion else ""),
         "seed": args.seed,
         "torch_threads_per_process": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -178,26 +196,38 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "specialists_quick" if args.quick else "specialists"
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = [(f"# Specialists benchmark\n\n`{meta['command']}` ({meta['machine']}, "
-             f"{meta['cpu_count']} CPUs, 1 torch thread per process, {meta['total_s']:.0f}s total)\n")]
+    lines = [
+        (
+            f"# Specialists benchmark\n\n`{meta['command']}` ({meta['machine']}, "
+            f"{meta['cpu_count']} CPUs, 1 torch thread per process, {meta['total_s']:.0f}s total)\n"
+        )
+    ]
     for r in results:
         inf = r["inference_us_per_example"]
         lines += [
             f"## {r['problem']}\n",
-            (f"{r['n_train']} train / {r['n_test']} test rows, {r['n_classes']} classes, "
-            f"teacher: {r['teacher']}; {r['n_specialists_fitted']} specialists covering "
-            f"{r['covered_classes']} classes (subset sizes {r['subset_sizes']}).\n"),
-            (f"- top-1: generalist {r['coverage']['overall']['generalist_accuracy']:.4f}, "
-            f"ensemble {r['coverage']['overall']['ensemble_accuracy']:.4f}"),
-            (f"- specialist phase: serial {r['specialist_phase_s']['serial']:.1f}s, "
-            f"n_jobs=2 {r['specialist_phase_s']['n_jobs=2 warm']:.1f}s (worker processes "
-            f"already started; {r['specialist_phase_s']['n_jobs=2 cold']:.1f}s when starting them) "
-            f"(parallel equals serial: {r['parallel_equals_serial']}); generalist fit "
-            f"{r['generalist_fit_s']:.1f}s"),
-            (f"- inference: generalist {inf['generalist']:.1f} µs/example, ensemble "
-            f"{inf['ensemble']:.1f} µs/example; {r['inference']['mean_active_specialists']:.2f} "
-            f"active specialists, {r['inference']['mean_iterations_when_active']:.2f} "
-            f"iterations on average, converged {100 * r['inference']['converged_share']:.1f}%\n"),
+            (
+                f"{r['n_train']} train / {r['n_test']} test rows, {r['n_classes']} classes, "
+                f"teacher: {r['teacher']}; {r['n_specialists_fitted']} specialists covering "
+                f"{r['covered_classes']} classes (subset sizes {r['subset_sizes']}).\n"
+            ),
+            (
+                f"- top-1: generalist {r['coverage']['overall']['generalist_accuracy']:.4f}, "
+                f"ensemble {r['coverage']['overall']['ensemble_accuracy']:.4f}"
+            ),
+            (
+                f"- specialist phase: serial {r['specialist_phase_s']['serial']:.1f}s, "
+                f"n_jobs=2 {r['specialist_phase_s']['n_jobs=2 warm']:.1f}s (worker processes "
+                f"already started; {r['specialist_phase_s']['n_jobs=2 cold']:.1f}s when starting them) "
+                f"(parallel equals serial: {r['parallel_equals_serial']}); generalist fit "
+                f"{r['generalist_fit_s']:.1f}s"
+            ),
+            (
+                f"- inference: generalist {inf['generalist']:.1f} µs/example, ensemble "
+                f"{inf['ensemble']:.1f} µs/example; {r['inference']['mean_active_specialists']:.2f} "
+                f"active specialists, {r['inference']['mean_iterations_when_active']:.2f} "
+                f"iterations on average, converged {100 * r['inference']['converged_share']:.1f}%\n"
+            ),
             r["coverage_markdown"] + "\n",
         ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import load_line, machine, write_results  # noqa: E402
-
-from kdpipe.losses import distillation_loss  # noqa: E402
-from kdpipe.students import MLP  # noqa: E402
+from benchmarks._common import load_line, machine, write_results
+from kdpipe.losses import distillation_loss
+from kdpipe.students import MLP
 
 SIZES = {"2x30": (30, 30), "2x800": (800, 800)}
 BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
@@ -64,11 +63,19 @@ def _step_timer(hidden: tuple[int, ...], kind: str, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps-small", type=int, default=300, help="timed steps of the 2x30 model")
-    parser.add_argument("--steps-large", type=int, default=30, help="timed steps of the 2x800 model")
-    parser.add_argument("--busy-seconds", type=int, default=300, help="upper bound of the competing process's life")
+    parser.add_argument(
+        "--steps-small", type=int, default=300, help="timed steps of the 2x30 model"
+    )
+    parser.add_argument(
+        "--steps-large", type=int, default=30, help="timed steps of the 2x800 model"
+    )
+    parser.add_argument(
+        "--busy-seconds", type=int, default=300, help="upper bound of the competing process's life"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -77,7 +84,9 @@ def main() -> None:
     for busy in (False, True):
         burner = None
         if busy:
-            burner = subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=args.busy_seconds)])
+            burner = subprocess.Popen(
+                [sys.executable, "-c", BUSY.format(seconds=args.busy_seconds)]
+            )
             time.sleep(0.5)
         try:
             for _ in range(args.repeats):
@@ -95,37 +104,64 @@ def main() -> None:
     load_after = os.getloadavg()
 
     rows = []
-    table = ["| model | pass | competing process | 1 thread (ms) | 2 threads (ms) | 2 / 1 |", "| --- | --- | --- | --- | --- | --- |"]
+    table = [
+        "| model | pass | competing process | 1 thread (ms) | 2 threads (ms) | 2 / 1 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name in SIZES:
         for kind in ("train", "forward"):
             for busy in ("quiet", "busy"):
                 one = float(np.median(results[f"{name}|{kind}|1|{busy}"]))
                 two = float(np.median(results[f"{name}|{kind}|2|{busy}"]))
-                rows.append({"model": name, "pass": kind, "competing": busy == "busy",
-                             "ms_1_thread": one * 1e3, "ms_2_threads": two * 1e3, "ratio_2_over_1": two / one,
-                             "runs_1": [v * 1e3 for v in results[f"{name}|{kind}|1|{busy}"]],
-                             "runs_2": [v * 1e3 for v in results[f"{name}|{kind}|2|{busy}"]]})
+                rows.append(
+                    {
+                        "model": name,
+                        "pass": kind,
+                        "competing": busy == "busy",
+                        "ms_1_thread": one * 1e3,
+                        "ms_2_threads": two * 1e3,
+                        "ratio_2_over_1": two / one,
+                        "runs_1": [v * 1e3 for v in results[f"{name}|{kind}|1|{busy}"]],
+                        "runs_2": [v * 1e3 for v in results[f"{name}|{kind}|2|{busy}"]],
+                    }
+                )
                 table.append(
                     f"| {name} | {'training step (128 rows)' if kind == 'train' else 'forward (512 rows)'} | "
                     f"{'yes' if busy == 'busy' else 'no'} | {one * 1e3:.3f} | {two * 1e3:.3f} | {two / one:.2f} |"
                 )
     info = machine()
-    markdown = "\n".join([
-        "# torch threads: small and large models, with and without a competing process",
-        "",
-        f"Written by `benchmarks/bench_threads.py` (median of {args.repeats} alternating runs; "
-        f"{args.steps_small} steps of 2x30, {args.steps_large} of 2x800 per run).",
-        "",
-        *table,
-        "",
-        f"- {os.cpu_count()} CPUs, torch {info['torch']}, {info['platform']}",
-        load_line(load_before, load_after),
-        "- the load average counts other processes on this shared machine too: 'no competing process'"
-        " means none started by this script, not an idle machine",
-        "",
-    ])
-    write_results("threads", {"rows": rows, "load_before": load_before, "load_after": load_after,
-                              "cpus": os.cpu_count(), **info}, markdown, args.out)
+    markdown = "\n".join(
+        [
+            "# torch threads: small and large models, with and without a competing process",
+            "",
+            (
+                f"Written by `benchmarks/bench_threads.py` (median of {args.repeats} alternating runs; "
+                f"{args.steps_small} steps of 2x30, {args.steps_large} of 2x800 per run)."
+            ),
+            "",
+            *table,
+            "",
+            f"- {os.cpu_count()} CPUs, torch {info['torch']}, {info['platform']}",
+            load_line(load_before, load_after),
+            (
+                "- the load average counts other processes on this shared machine too: 'no competing process'"
+                " means none started by this script, not an idle machine"
+            ),
+            "",
+        ]
+    )
+    write_results(
+        "threads",
+        {
+            "rows": rows,
+            "load_before": load_before,
+            "load_after": load_after,
+            "cpus": os.cpu_count(),
+            **info,
+        },
+        markdown,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -51,24 +51,51 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
-    parser.add_argument("--out", default="kdpipe-results/fashion_mnist_distill",
-                        help="folder for the results and the plot")
-    parser.add_argument("--train-rows", type=int, default=60000, help="training rows used (a random subset)")
-    parser.add_argument("--test-rows", type=int, default=10000, help="test rows used (the first ones)")
-    parser.add_argument("--teacher-epochs", type=int, default=30, help="training epochs of each teacher")
-    parser.add_argument("--jitter-copies", type=int, default=0,
-                        help="copies of the training images shifted by up to 2 pixels (teachers)")
+    parser.add_argument(
+        "--out",
+        default="kdpipe-results/fashion_mnist_distill",
+        help="folder for the results and the plot",
+    )
+    parser.add_argument(
+        "--train-rows", type=int, default=60000, help="training rows used (a random subset)"
+    )
+    parser.add_argument(
+        "--test-rows", type=int, default=10000, help="test rows used (the first ones)"
+    )
+    parser.add_argument(
+        "--teacher-epochs", type=int, default=30, help="training epochs of each teacher"
+    )
+    parser.add_argument(
+        "--jitter-copies",
+        type=int,
+        default=0,
+        help="copies of the training images shifted by up to 2 pixels (teachers)",
+    )
     parser.add_argument("--epochs", type=int, default=30, help="epochs of every student")
-    parser.add_argument("--temperatures", type=float, nargs="+",
-                        default=[1, 2, 2.5, 3, 4, 5, 8, 10, 15, 20], help="distillation temperatures")
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[1, 2, 2.5, 3, 4, 5, 8, 10, 15, 20],
+        help="distillation temperatures",
+    )
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
     parser.add_argument("--members", type=int, default=2, help="teachers in the ensemble")
-    parser.add_argument("--teacher-dropout", type=float, default=0.5, help="dropout of the teachers")
+    parser.add_argument(
+        "--teacher-dropout", type=float, default=0.5, help="dropout of the teachers"
+    )
     parser.add_argument("--tag", default="", help="suffix of the result file names")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the subset, teachers and students")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the subset, teachers and students"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--data-dir", "--data", dest="data", default=FASHION_MNIST_DIR,
-                        help="directory of the idx files")
+    parser.add_argument(
+        "--data-dir",
+        "--data",
+        dest="data",
+        default=FASHION_MNIST_DIR,
+        help="directory of the idx files",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -81,11 +108,19 @@ def main(argv: list[str] | None = None) -> int:
 
     tick = time.perf_counter()
     members = train_mlp_ensemble(
-        X, y, n_classes=10, n_members=args.members, hidden_layer_sizes=(1200, 1200),
+        X,
+        y,
+        n_classes=10,
+        n_members=args.members,
+        hidden_layer_sizes=(1200, 1200),
         dropout=args.teacher_dropout,
-        epochs=args.teacher_epochs, batch_size=128, learning_rate=1e-3,
+        epochs=args.teacher_epochs,
+        batch_size=128,
+        learning_rate=1e-3,
         augment=lambda a, rng: jitter_images(a, rng, image_shape=(28, 28), max_shift=2),
-        n_augmented_copies=args.jitter_copies, random_state=args.seed, device=args.device,
+        n_augmented_copies=args.jitter_copies,
+        random_state=args.seed,
+        device=args.device,
     )
     teacher_seconds = time.perf_counter() - tick
     member_logits = [predict_logits(m, X_test, device=args.device) for m in members]
@@ -97,15 +132,24 @@ def main(argv: list[str] | None = None) -> int:
         "teacher_seconds": teacher_seconds,
         "students": {},
     }
-    print(f"teachers {results['teacher_members']}, ensemble {results['ensemble']:.4f} "
-          f"({teacher_seconds:.0f} s)", flush=True)
+    print(
+        f"teachers {results['teacher_members']}, ensemble {results['ensemble']:.4f} "
+        f"({teacher_seconds:.0f} s)",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache = build_cache(members, X, Path(tmp) / "fashion.zarr", y=y, progress=False,
-                            device=args.device)
+        cache = build_cache(
+            members, X, Path(tmp) / "fashion.zarr", y=y, progress=False, device=args.device
+        )
         for name, sizes in STUDENTS.items():
-            common = dict(hidden_layer_sizes=sizes, max_epochs=args.epochs, batch_size=128,
-                          random_state=args.seed, device=args.device)
+            common = dict(
+                hidden_layer_sizes=sizes,
+                max_epochs=args.epochs,
+                batch_size=128,
+                random_state=args.seed,
+                device=args.device,
+            )
             tick = time.perf_counter()
             hard = DistilledClassifier(**common).fit(X, y)
             entry = {"hard_labels": hard.score(X_test, y_test), "distilled": {}, "seconds": {}}
@@ -117,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 student.fit(X, y, teacher_logits=cache)
                 entry["distilled"][str(T)] = student.score(X_test, y_test)
                 entry["seconds"][str(T)] = time.perf_counter() - tick
-                print(f"student {name}: T={T:g} distilled {entry['distilled'][str(T)]:.4f} "
-                      f"({entry['seconds'][str(T)]:.0f} s)", flush=True)
+                print(
+                    f"student {name}: T={T:g} distilled {entry['distilled'][str(T)]:.4f} "
+                    f"({entry['seconds'][str(T)]:.0f} s)",
+                    flush=True,
+                )
             results["students"][name] = entry
 
     results["total_seconds"] = time.perf_counter() - started
@@ -139,13 +186,26 @@ def plot(results: dict, path: Path) -> None:
     colors = {"2x800": "tab:blue", "2x30": "tab:orange"}
     for name, entry in results["students"].items():
         temps = [float(t) for t in entry["distilled"]]
-        ax.plot(temps, [100 * a for a in entry["distilled"].values()], "o-", color=colors[name],
-                label=f"student {name}, distilled")
-        ax.axhline(100 * entry["hard_labels"], ls="--", color=colors[name],
-                   label=f"student {name}, hard labels")
+        ax.plot(
+            temps,
+            [100 * a for a in entry["distilled"].values()],
+            "o-",
+            color=colors[name],
+            label=f"student {name}, distilled",
+        )
+        ax.axhline(
+            100 * entry["hard_labels"],
+            ls="--",
+            color=colors[name],
+            label=f"student {name}, hard labels",
+        )
     members = len(results["teacher_members"])
-    ax.axhline(100 * results["ensemble"], color="black", label=f"teacher ensemble (2x1200, x{members})")
-    ax.axhline(100 * max(results["teacher_members"]), color="gray", ls=":", label="best teacher member")
+    ax.axhline(
+        100 * results["ensemble"], color="black", label=f"teacher ensemble (2x1200, x{members})"
+    )
+    ax.axhline(
+        100 * max(results["teacher_members"]), color="gray", ls=":", label="best teacher member"
+    )
     ax.set_xscale("log")
     ax.set_xlabel("distillation temperature T")
     ax.set_ylabel("test accuracy (%)")

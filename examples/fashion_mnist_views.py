@@ -56,11 +56,16 @@ from kdpipe.students import ConvNet
 TEACHER: dict[str, Any] = {"channels": (16, 32), "hidden": 128, "dropout": 0.1}
 STUDENTS: dict[str, dict[str, Any]] = {
     "MLP 2x800": {"hidden_layer_sizes": (800, 800)},
-    "ConvNet 8-16, hidden 32": {"module": ConvNet, "module_params": {"channels": (8, 16), "hidden": 32}},
+    "ConvNet 8-16, hidden 32": {
+        "module": ConvNet,
+        "module_params": {"channels": (8, 16), "hidden": 32},
+    },
 }
 BATCH = 128
 TEACHER_BATCH, TEACHER_LR = 64, 2e-3  # more and larger steps for the teacher in few epochs
-TEACHER_SHIFT_SEED = 2**31 - 1  # the teacher's training shifts: a stream apart from the caches' (seed 0..)
+TEACHER_SHIFT_SEED = (
+    2**31 - 1
+)  # the teacher's training shifts: a stream apart from the caches' (seed 0..)
 
 
 def train_teacher(X: np.ndarray, y: np.ndarray, epochs: int, seed: int, say) -> torch.nn.Module:
@@ -75,22 +80,30 @@ def train_teacher(X: np.ndarray, y: np.ndarray, epochs: int, seed: int, say) -> 
         tick = time.perf_counter()
         for idx in np.array_split(rng.permutation(len(X)), max(1, len(X) // TEACHER_BATCH)):
             idx = np.sort(idx)
-            shifted = apply_views(Shift(2), X[idx], idx, epoch, TEACHER_SHIFT_SEED)  # uint8 (b, 1, 28, 28)
+            shifted = apply_views(
+                Shift(2), X[idx], idx, epoch, TEACHER_SHIFT_SEED
+            )  # uint8 (b, 1, 28, 28)
             loss = F.cross_entropy(model(torch.from_numpy(shifted).float() / 255), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        say(f"teacher epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} ({time.perf_counter() - tick:.0f} s)")
+        say(
+            f"teacher epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} ({time.perf_counter() - tick:.0f} s)"
+        )
     return model.eval()
 
 
 def teacher_accuracy(model: torch.nn.Module, X: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(X[i : i + 512]).float() / 255) for i in range(0, len(X), 512)])
+        logits = torch.cat(
+            [model(torch.from_numpy(X[i : i + 512]).float() / 255) for i in range(0, len(X), 512)]
+        )
     return float((logits.argmax(1).numpy() == y).mean())
 
 
-def summarize(hard: list[float], distilled: list[float], teacher: float, rng: np.random.Generator) -> dict:
+def summarize(
+    hard: list[float], distilled: list[float], teacher: float, rng: np.random.Generator
+) -> dict:
     """Mean and standard error of the distilled accuracies; the gap share, a ratio of means, with
     a bootstrap interval over seeds (hard[i] and distilled[i] are one seed's runs, resampled together)."""
     h, d = np.asarray(hard), np.asarray(distilled)
@@ -101,36 +114,81 @@ def summarize(hard: list[float], distilled: list[float], teacher: float, rng: np
         return float((ds.mean() - hs.mean()) / (teacher - hs.mean()))
 
     picks = rng.integers(0, n, size=(2000, n))
-    with np.errstate(divide="ignore", invalid="ignore"):  # a resample (or tiny data) can match the teacher
+    with np.errstate(
+        divide="ignore", invalid="ignore"
+    ):  # a resample (or tiny data) can match the teacher
         boot = [share(h[p], d[p]) for p in picks]
         gap = share(h, d)
-    finite = np.asarray(boot)[np.isfinite(boot)]  # a resample whose hard mean equals the teacher's has no gap
+    finite = np.asarray(boot)[
+        np.isfinite(boot)
+    ]  # a resample whose hard mean equals the teacher's has no gap
     low, high = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)
     return {
-        "accuracy": d.tolist(), "mean": float(d.mean()), "standard_error": se,
-        "gap_closed": gap, "gap_closed_95": [float(low), float(high)],
+        "accuracy": d.tolist(),
+        "mean": float(d.mean()),
+        "standard_error": se,
+        "gap_closed": gap,
+        "gap_closed_95": [float(low), float(high)],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    parser.add_argument("--out", default="kdpipe-results/fashion_mnist_views", help="folder for the results and the plot")
-    parser.add_argument("--train-rows", type=int, default=20000, help="transfer-set rows (a random subset)")
-    parser.add_argument("--teacher-rows", type=int, default=None,
-                        help="training rows of the teacher (default: the transfer rows; more: extra training rows)")
-    parser.add_argument("--validation-rows", type=int, default=2000, help="training rows held out for validation")
-    parser.add_argument("--test-rows", type=int, default=10000, help="test rows used (the first ones)")
-    parser.add_argument("--teacher-epochs", type=int, default=10, help="epochs of the teacher (with Shift(2))")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        default="kdpipe-results/fashion_mnist_views",
+        help="folder for the results and the plot",
+    )
+    parser.add_argument(
+        "--train-rows", type=int, default=20000, help="transfer-set rows (a random subset)"
+    )
+    parser.add_argument(
+        "--teacher-rows",
+        type=int,
+        default=None,
+        help="training rows of the teacher (default: the transfer rows; more: extra training rows)",
+    )
+    parser.add_argument(
+        "--validation-rows", type=int, default=2000, help="training rows held out for validation"
+    )
+    parser.add_argument(
+        "--test-rows", type=int, default=10000, help="test rows used (the first ones)"
+    )
+    parser.add_argument(
+        "--teacher-epochs", type=int, default=10, help="epochs of the teacher (with Shift(2))"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every student")
-    parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 16],
-                        help="views per row of each cache (1: one unaugmented view)")
-    parser.add_argument("--seeds", type=int, default=3, help="student seeds 0..N-1 (each a hard-label and a distilled run)")
+    parser.add_argument(
+        "--views",
+        type=int,
+        nargs="+",
+        default=[1, 4, 16],
+        help="views per row of each cache (1: one unaugmented view)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="student seeds 0..N-1 (each a hard-label and a distilled run)",
+    )
     parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
-    parser.add_argument("--data-dir", "--data", dest="data", default=FASHION_MNIST_DIR, help="directory of the idx files")
+    parser.add_argument(
+        "--data-dir",
+        "--data",
+        dest="data",
+        default=FASHION_MNIST_DIR,
+        help="directory of the idx files",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    if min(args.views) < 1 or args.seeds < 1 or min(args.train_rows, args.validation_rows, args.test_rows) < 1:
+    if (
+        min(args.views) < 1
+        or args.seeds < 1
+        or min(args.train_rows, args.validation_rows, args.test_rows) < 1
+    ):
         parser.error("--views, --seeds and the row counts must be positive")
     say = (lambda _: None) if args.quiet else (lambda line: print(line, flush=True))
     started = time.perf_counter()
@@ -141,19 +199,38 @@ def main(argv: list[str] | None = None) -> int:
     train = np.sort(order[: args.train_rows])
     val = np.sort(order[args.train_rows : args.train_rows + args.validation_rows])
     X, y, X_val, y_val = X_all[train], y_all[train], X_all[val], y_all[val]
-    extra = order[args.train_rows + args.validation_rows :][: max(0, (args.teacher_rows or 0) - args.train_rows)]
-    teacher_rows = np.sort(np.concatenate([train, extra]))  # the transfer rows and extra ones, never validation
+    extra = order[args.train_rows + args.validation_rows :][
+        : max(0, (args.teacher_rows or 0) - args.train_rows)
+    ]
+    teacher_rows = np.sort(
+        np.concatenate([train, extra])
+    )  # the transfer rows and extra ones, never validation
     X_test, y_test = X_test[: args.test_rows], y_test[: args.test_rows]
-    say(f"transfer {X.shape}, teacher rows {len(teacher_rows)}, validation {X_val.shape}, test {X_test.shape}")
+    say(
+        f"transfer {X.shape}, teacher rows {len(teacher_rows)}, validation {X_val.shape}, test {X_test.shape}"
+    )
 
     tick = time.perf_counter()
-    teacher = train_teacher(X_all[teacher_rows], y_all[teacher_rows], args.teacher_epochs, seed=0, say=say)
+    teacher = train_teacher(
+        X_all[teacher_rows], y_all[teacher_rows], args.teacher_epochs, seed=0, say=say
+    )
     results: dict = {
-        "settings": vars(args) | {"train_rows": len(X), "teacher_rows": len(teacher_rows), "validation_rows": len(X_val), "test_rows": len(X_test),
-                                  "teacher": {"module": "ConvNet", **TEACHER, "augment": "Shift(2)"},
-                                  "batch_size": BATCH, "teacher_batch_size": TEACHER_BATCH, "torch_threads": torch.get_num_threads()},
-        "teacher": {"validation": teacher_accuracy(teacher, X_val, y_val),
-                    "test": teacher_accuracy(teacher, X_test, y_test), "seconds": time.perf_counter() - tick},
+        "settings": vars(args)
+        | {
+            "train_rows": len(X),
+            "teacher_rows": len(teacher_rows),
+            "validation_rows": len(X_val),
+            "test_rows": len(X_test),
+            "teacher": {"module": "ConvNet", **TEACHER, "augment": "Shift(2)"},
+            "batch_size": BATCH,
+            "teacher_batch_size": TEACHER_BATCH,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "teacher": {
+            "validation": teacher_accuracy(teacher, X_val, y_val),
+            "test": teacher_accuracy(teacher, X_test, y_test),
+            "seconds": time.perf_counter() - tick,
+        },
         "students": {},
         "cache_seconds": {},
     }
@@ -166,43 +243,59 @@ def main(argv: list[str] | None = None) -> int:
         for V in args.views:
             tick = time.perf_counter()
             views = None if V == 1 else Views(count=V, augment=Shift(2), seed=0)
-            caches[V] = build_cache(teacher, X, Path(tmp) / f"V{V}.zarr", y=y, views=views, progress=False,
-                                    device="cpu")
+            caches[V] = build_cache(
+                teacher, X, Path(tmp) / f"V{V}.zarr", y=y, views=views, progress=False, device="cpu"
+            )
             results["cache_seconds"][str(V)] = time.perf_counter() - tick
             say(f"cache V={V}: {results['cache_seconds'][str(V)]:.0f} s")
         for name, chosen in STUDENTS.items():
             common = dict(max_epochs=args.epochs, batch_size=BATCH, device="cpu", **chosen)
-            entry: dict = {"hard_labels": {"validation": [], "test": [], "seconds": []}, "distilled": {}}
+            entry: dict = {
+                "hard_labels": {"validation": [], "test": [], "seconds": []},
+                "distilled": {},
+            }
             for seed in seeds:
                 tick = time.perf_counter()
                 model = DistilledClassifier(random_state=seed, **common).fit(X, y)
                 entry["hard_labels"]["seconds"].append(time.perf_counter() - tick)
                 entry["hard_labels"]["validation"].append(model.score(X_val, y_val))
                 entry["hard_labels"]["test"].append(model.score(X_test, y_test))
-                say(f"{name}, seed {seed}: hard labels {entry['hard_labels']['test'][-1]:.4f} "
-                    f"({entry['hard_labels']['seconds'][-1]:.0f} s)")
+                say(
+                    f"{name}, seed {seed}: hard labels {entry['hard_labels']['test'][-1]:.4f} "
+                    f"({entry['hard_labels']['seconds'][-1]:.0f} s)"
+                )
             hard = entry["hard_labels"]
-            hard |= {"mean": float(np.mean(hard["test"])),
-                     "standard_error": float(np.std(hard["test"], ddof=1) / np.sqrt(len(seeds))) if len(seeds) > 1
-                     else float("nan")}
+            hard |= {
+                "mean": float(np.mean(hard["test"])),
+                "standard_error": float(np.std(hard["test"], ddof=1) / np.sqrt(len(seeds)))
+                if len(seeds) > 1
+                else float("nan"),
+            }
             for V in args.views:
                 runs: dict = {"validation": [], "test": [], "seconds": []}
                 for seed in seeds:
                     tick = time.perf_counter()
-                    model = DistilledClassifier(random_state=seed, temperature=args.temperature, alpha=args.alpha,
-                                                **common).fit(X, y, teacher_logits=caches[V])
+                    model = DistilledClassifier(
+                        random_state=seed, temperature=args.temperature, alpha=args.alpha, **common
+                    ).fit(X, y, teacher_logits=caches[V])
                     runs["seconds"].append(time.perf_counter() - tick)
                     runs["validation"].append(model.score(X_val, y_val))
                     runs["test"].append(model.score(X_test, y_test))
-                    say(f"{name}, V={V}, seed {seed}: distilled {runs['test'][-1]:.4f} ({runs['seconds'][-1]:.0f} s)")
+                    say(
+                        f"{name}, V={V}, seed {seed}: distilled {runs['test'][-1]:.4f} ({runs['seconds'][-1]:.0f} s)"
+                    )
                 summary = summarize(hard["test"], runs["test"], teacher_test, boot_rng)
                 entry["distilled"][str(V)] = runs | summary
-                say(f"{name}, V={V}: {summary['mean']:.4f} +- {summary['standard_error']:.4f}, "
-                    f"gap closed {summary['gap_closed']:.2f}")
+                say(
+                    f"{name}, V={V}: {summary['mean']:.4f} +- {summary['standard_error']:.4f}, "
+                    f"gap closed {summary['gap_closed']:.2f}"
+                )
             results["students"][name] = entry
 
     results["total_seconds"] = time.perf_counter() - started
-    results["load_average_1_5_15_at_end"] = list(os.getloadavg())  # a busy machine shows in the seconds
+    results["load_average_1_5_15_at_end"] = list(
+        os.getloadavg()
+    )  # a busy machine shows in the seconds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "fashion_mnist_views.json", out / "fashion_mnist_views.png"]
@@ -221,15 +314,24 @@ def plot(results: dict, path: Path) -> None:
         views = [int(v) for v in entry["distilled"]]
         means = [100 * e["mean"] for e in entry["distilled"].values()]
         errors = [100 * e["standard_error"] for e in entry["distilled"].values()]
-        ax.errorbar(views, means, yerr=errors, fmt="o-", color=color, capsize=3, label=f"{name}, distilled")
-        ax.axhline(100 * entry["hard_labels"]["mean"], ls="--", color=color, label=f"{name}, hard labels")
-    ax.axhline(100 * results["teacher"]["test"], color="black", label="teacher ConvNet 16-32, Shift(2)")
+        ax.errorbar(
+            views, means, yerr=errors, fmt="o-", color=color, capsize=3, label=f"{name}, distilled"
+        )
+        ax.axhline(
+            100 * entry["hard_labels"]["mean"], ls="--", color=color, label=f"{name}, hard labels"
+        )
+    ax.axhline(
+        100 * results["teacher"]["test"], color="black", label="teacher ConvNet 16-32, Shift(2)"
+    )
     ax.set_xscale("log", base=2)
     ax.set_xticks([int(v) for v in s["views"]], [str(v) for v in s["views"]])
     ax.set_xlabel("views per row in the cache, V (1: no augmentation)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Fashion-MNIST, {s['train_rows']} rows, {s['epochs']} student epochs, "
-                 f"{s['seeds']} seeds (mean +- s.e.)", fontsize=10)
+    ax.set_title(
+        f"Fashion-MNIST, {s['train_rows']} rows, {s['epochs']} student epochs, "
+        f"{s['seeds']} seeds (mean +- s.e.)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

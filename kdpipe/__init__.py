@@ -52,7 +52,17 @@ _PUBLIC = {
     "ViewDataset": "kdpipe.view_dataset",
     "SpecialistEnsembleClassifier": "kdpipe.specialists",
 }
-_SUBMODULES = {"augment", "datasets", "errors", "losses", "cache", "engine", "labels", "rows", "students"}
+_SUBMODULES = {
+    "augment",
+    "datasets",
+    "errors",
+    "losses",
+    "cache",
+    "engine",
+    "labels",
+    "rows",
+    "students",
+}
 
 __all__ = [
     "DistilledClassifier",

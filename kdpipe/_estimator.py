@@ -201,7 +201,9 @@ def validate_rows(
         X, y = check_X_y(X, y, allow_nd=True, dtype=INPUT_DTYPES, estimator=estimator)
     sample_shape = tuple(int(s) for s in X.shape[1:])
     if 0 in sample_shape:
-        raise InputError(f"X has samples of shape {sample_shape}: every dimension must be at least 1")
+        raise InputError(
+            f"X has samples of shape {sample_shape}: every dimension must be at least 1"
+        )
     if reset:
         estimator.n_features_in_ = int(np.prod(sample_shape))
         if hasattr(estimator, "feature_names_in_"):
@@ -210,7 +212,10 @@ def validate_rows(
 
 
 def check_lazy_X(
-    X: Any, sample_shape: tuple[int, ...] | None = None, name: str = "X", estimator: str = "DistilledClassifier"
+    X: Any,
+    sample_shape: tuple[int, ...] | None = None,
+    name: str = "X",
+    estimator: str = "DistilledClassifier",
 ) -> tuple[int, ...]:
     """Check an on-disk ``X`` by shape and dtype without reading it; return its sample shape.
 
@@ -226,7 +231,9 @@ def check_lazy_X(
     if shape[0] < 1:
         raise InputError(f"{name} has 0 samples: a minimum of 1 is required")
     if 0 in shape[1:]:
-        raise InputError(f"{name} has samples of shape {shape[1:]}: every dimension must be at least 1")
+        raise InputError(
+            f"{name} has samples of shape {shape[1:]}: every dimension must be at least 1"
+        )
     if sample_shape is not None and shape[1:] != tuple(sample_shape):
         if len(shape) == 2 and len(sample_shape) == 1:
             raise InputError(

@@ -100,7 +100,9 @@ def stream_words(entropy: Sequence[Any], n_words: int) -> np.ndarray:
     columns = np.broadcast_arrays(*[np.asarray(e, dtype=np.int64) for e in entropy])
     for c in columns:
         if c.size and (c.min() < 0 or c.max() >= 2**32):
-            raise ValueError(f"stream entropy must lie in [0, 2**32), got values {c.min()}..{c.max()}")
+            raise ValueError(
+                f"stream entropy must lie in [0, 2**32), got values {c.min()}..{c.max()}"
+            )
     shape = columns[0].shape
     values = [c.astype(np.uint32).ravel() for c in columns]
     n = values[0].size if values else 1
@@ -184,7 +186,9 @@ def _image_axes(batch: Any, name: str) -> tuple[int, int]:
     return int(batch.shape[-2]), int(batch.shape[-1])
 
 
-def _padded_crops(batch: Any, pad: int, top: np.ndarray, left: np.ndarray, height: int, width: int) -> Any:
+def _padded_crops(
+    batch: Any, pad: int, top: np.ndarray, left: np.ndarray, height: int, width: int
+) -> Any:
     """Crops ``(b, ..., height, width)`` at ``(top, left)`` of ``batch`` zero-padded by ``pad``.
 
     Every crop position of the padded batch is a strided view (``unfold``, no copy); one
@@ -196,7 +200,9 @@ def _padded_crops(batch: Any, pad: int, top: np.ndarray, left: np.ndarray, heigh
     lead = batch.shape[1:-2]
     H, W = batch.shape[-2], batch.shape[-1]
     flat = batch.reshape(b, -1, H, W)  # (b, L, H, W)
-    padded = torch.nn.functional.pad(flat, (pad, pad, pad, pad)) if pad else flat  # zeros; any dtype
+    padded = (
+        torch.nn.functional.pad(flat, (pad, pad, pad, pad)) if pad else flat
+    )  # zeros; any dtype
     windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (b, L, tops, lefts, height, width)
     at = torch.arange(b, device=batch.device)
     out = windows[at, :, torch.from_numpy(top), torch.from_numpy(left)]  # (b, L, height, width)
@@ -435,7 +441,11 @@ class GlobalRandom(Augmentation):
         return self.fingerprint.startswith("weak:")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": _name_of(self.transform), "fingerprint": self.fingerprint}
+        return {
+            "kind": self.kind,
+            "name": _name_of(self.transform),
+            "fingerprint": self.fingerprint,
+        }
 
 
 @dataclass(frozen=True)
@@ -500,7 +510,9 @@ def augmentation_from_dict(data: dict[str, Any] | None) -> Augmentation | None:
     raise ValueError(f"unknown augmentation kind {kind!r}")
 
 
-def apply_views(augment: Augmentation | None, x: np.ndarray, rows: Any, views: Any, seed: int) -> np.ndarray:
+def apply_views(
+    augment: Augmentation | None, x: np.ndarray, rows: Any, views: Any, seed: int
+) -> np.ndarray:
     """Views ``views[i]`` of rows ``rows[i]`` (their content ``x[i]``), in ``x``'s dtype.
 
     Parameters

@@ -27,7 +27,14 @@ from typing import Any
 from kdpipe import __version__
 from kdpipe.errors import KdpipeError, UsageError
 
-__all__ = ["HelpFormatter", "build_parser", "main", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = [
+    "HelpFormatter",
+    "build_parser",
+    "main",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+]
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # argparse's own status for a bad command line
@@ -49,7 +56,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or action.default == "" or action.required:
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == ""
+            or action.required
+        ):
             return action.help or ""
         return super()._get_help_string(action) or ""
 
@@ -77,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the Python traceback of every error (also: KDPIPE_DEBUG=1)",
     )
     subparsers = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND",
+        dest="command",
+        required=True,
+        metavar="COMMAND",
         parser_class=_CommandParser,
     )
     for module_name in _COMMAND_MODULES:
@@ -86,7 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # packages whose errors are a user's setup (credentials, endpoint, bucket), not a bug in kdpipe
-_STORAGE_PACKAGES = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "adlfs", "azure", "google")
+_STORAGE_PACKAGES = (
+    "botocore",
+    "aiobotocore",
+    "s3fs",
+    "fsspec",
+    "gcsfs",
+    "adlfs",
+    "azure",
+    "google",
+)
 
 
 def _is_storage_error(exc: BaseException) -> bool:

@@ -44,8 +44,14 @@ def _read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise ValueError(f"{path}: header promises {expected} bytes of data, found {len(data) - offset}")
-    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
+        raise ValueError(
+            f"{path}: header promises {expected} bytes of data, found {len(data) - offset}"
+        )
+    return (
+        np.frombuffer(data, dtype=dtype, offset=offset)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def load_fashion_mnist(
@@ -105,7 +111,12 @@ def _positive_int(value: object, name: str, minimum: int = 1) -> int:
 
 
 def _non_negative_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(float(value)) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not np.isfinite(float(value))
+        or value < 0
+    ):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -213,7 +224,8 @@ def make_confusable_classification(
     --------
     >>> from kdpipe.datasets import make_confusable_classification
     >>> X, y, groups = make_confusable_classification(
-    ...     n_samples=600, n_classes=30, group_size=5, random_state=0, return_groups=True)
+    ...     n_samples=600, n_classes=30, group_size=5, random_state=0, return_groups=True
+    ... )
     >>> X.shape, str(X.dtype), int(y.max()), len(set(groups.tolist()))
     ((600, 20), 'float32', 29, 6)
     """

@@ -38,7 +38,9 @@ def _user_chose_threads() -> bool:
 
 
 @contextlib.contextmanager
-def small_model_threads(modules: torch.nn.Module | list[torch.nn.Module], device: torch.device) -> Iterator[None]:
+def small_model_threads(
+    modules: torch.nn.Module | list[torch.nn.Module], device: torch.device
+) -> Iterator[None]:
     """One torch thread inside this block when every module is small and on the CPU.
 
     Restores the previous thread count on exit. Does nothing on a GPU, for a module of

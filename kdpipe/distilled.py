@@ -54,6 +54,7 @@ __all__ = ["DistilledClassifier"]
 
 _D = TrainingConfig()  # the training defaults, held once, there
 
+
 class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     """Distill a teacher (or an ensemble) into a small PyTorch student.
 
@@ -200,8 +201,9 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     >>> margin = X[:, 0] + X[:, 1]
     >>> y = (margin > 0).astype(int)
     >>> teacher_logits = np.stack([-margin, margin], axis=1) * 3  # a confident teacher
-    >>> clf = DistilledClassifier(hidden_layer_sizes=(16,), learning_rate=1e-2,
-    ...                           max_epochs=20, random_state=0)
+    >>> clf = DistilledClassifier(
+    ...     hidden_layer_sizes=(16,), learning_rate=1e-2, max_epochs=20, random_state=0
+    ... )
     >>> clf.fit(X, y, teacher_logits=teacher_logits).score(X, y) > 0.9
     True
     >>> clf.predict_proba(X[:2]).shape
@@ -350,13 +352,17 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         n = X.shape[0]
         unlabeled = unlabeled_mask(y) if has_teacher else np.zeros(n, dtype=bool)
         cache_classes = getattr(teacher_logits, "classes", None)
-        classes = resolve_classes(y[~unlabeled], self.classes, cache_classes, has_teacher=has_teacher)
+        classes = resolve_classes(
+            y[~unlabeled], self.classes, cache_classes, has_teacher=has_teacher
+        )
         codes = encode_labels(y, classes, unlabeled=unlabeled)
         if has_teacher:
             teacher_logits = check_teacher_logits(teacher_logits, n, len(classes))
             sparse = getattr(teacher_logits, "sparse", None)  # a sparse cache: can it train so?
             if sparse is not None:
-                sparse.check_request(temperature=self.temperature, combine=self.combine, loss=self.loss)
+                sparse.check_request(
+                    temperature=self.temperature, combine=self.combine, loss=self.loss
+                )
         if warm and not np.array_equal(classes, self.classes_):
             raise InputError(
                 "warm_start needs the classes of the previous fit "
@@ -552,9 +558,13 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         logits = self._raw_logits(X)
         check_consistent_length(logits, y)
         keep = ~self._unlabeled(y)
-        codes = encode_labels(y[keep], self.classes_, unlabeled=np.zeros(int(keep.sum()), dtype=bool))
+        codes = encode_labels(
+            y[keep], self.classes_, unlabeled=np.zeros(int(keep.sum()), dtype=bool)
+        )
         chosen = self.classes_ if classes is None else np.asarray(classes, dtype=object).ravel()
-        chosen_codes = encode_labels(chosen, self.classes_, unlabeled=np.zeros(len(chosen), dtype=bool))
+        chosen_codes = encode_labels(
+            chosen, self.classes_, unlabeled=np.zeros(len(chosen), dtype=bool)
+        )
         if len(codes) == 0:
             raise InputError("fit_class_offsets needs labeled rows")
         self.class_offsets_ = fit_offsets(
@@ -579,4 +589,3 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self) -> Any:
         return torch_classifier_tags(super().__sklearn_tags__())
-

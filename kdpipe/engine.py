@@ -85,7 +85,9 @@ def batch_loss(
         return losses.hard_label_loss(student_logits, y, labels_checked=labels_checked)
     if isinstance(teacher_logits, (TopKTargets, SampledTargets)):
         if config.loss != "distillation":
-            raise ValueError(f"sparse teacher targets support loss='distillation' only, not {config.loss!r}")
+            raise ValueError(
+                f"sparse teacher targets support loss='distillation' only, not {config.loss!r}"
+            )
         return losses.sparse_distillation_loss(
             student_logits,
             teacher_logits,
@@ -190,7 +192,9 @@ def check_codes(y: np.ndarray | None, n_classes: int) -> bool:
     low, high = y.min(), y.max()
     if low < -1 or high >= n_classes:
         bad = np.unique(y[(y < -1) | (y >= n_classes)]).tolist()
-        raise ValueError(f"labels must be class codes in [-1, {n_classes}) (-1 = unlabeled), got {bad}")
+        raise ValueError(
+            f"labels must be class codes in [-1, {n_classes}) (-1 = unlabeled), got {bad}"
+        )
     return bool(high >= 0)
 
 
@@ -307,9 +311,13 @@ def train_student(
     best_loss, best_state, stale = np.inf, None, 0
 
     # one CPU thread for a small model (kdpipe.devices: the thread rule)
-    with seeded(seed, device), small_model_threads(module, device), tqdm(
-        total=config.max_epochs, desc="student", unit="epoch", disable=verbose != 1, leave=False
-    ) as bar:
+    with (
+        seeded(seed, device),
+        small_model_threads(module, device),
+        tqdm(
+            total=config.max_epochs, desc="student", unit="epoch", disable=verbose != 1, leave=False
+        ) as bar,
+    ):
         for epoch in range(1, config.max_epochs + 1):
             start = time.perf_counter()
             module.train()
@@ -348,7 +356,9 @@ def train_student(
                 )
             history.append(record)
             bar.update(1)
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", rows_s=f"{record['rows_per_s']:.0f}")
+            bar.set_postfix(
+                loss=f"{record['train_loss']:.4f}", rows_s=f"{record['rows_per_s']:.0f}"
+            )
             if verbose >= 2:
                 print(
                     f"epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  "

@@ -36,9 +36,9 @@ def unlabeled_mask(y: Any) -> np.ndarray:
     if y.dtype.kind in "iufb":
         return np.asarray(y == UNLABELED, dtype=bool).reshape(y.shape)
     if y.dtype.kind == "O":
-        return np.fromiter(
-            (_is_marker(v) for v in y.ravel()), dtype=bool, count=y.size
-        ).reshape(y.shape)
+        return np.fromiter((_is_marker(v) for v in y.ravel()), dtype=bool, count=y.size).reshape(
+            y.shape
+        )
     if y.dtype.kind in "US":
         return np.asarray(y == np.asarray(str(UNLABELED), dtype=y.dtype.kind), dtype=bool)
     return np.zeros(y.shape, dtype=bool)

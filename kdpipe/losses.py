@@ -74,8 +74,7 @@ def _member_logits(teacher_logits: torch.Tensor | object) -> torch.Tensor:
         return v.unsqueeze(1)
     if v.ndim != 3:
         raise ValueError(
-            "teacher_logits must have shape (n, C) or (n, M, C), "
-            f"got shape {tuple(v.shape)}"
+            f"teacher_logits must have shape (n, C) or (n, M, C), got shape {tuple(v.shape)}"
         )
     return v
 
@@ -291,9 +290,7 @@ def distillation_loss(
     return plus_hard_term(loss, z, y, alpha, labels_checked)
 
 
-def logit_matching_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor
-) -> torch.Tensor:
+def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Caruana's logit matching: ``1/2 sum_i (z_i - v_i)**2``, averaged over rows.
 
     Both sides are zero-meaned per row first (softmax ignores a per-row constant); an
@@ -372,7 +369,8 @@ def tail_logsumexp(
     beta = 1.0 / parse_temperature(temperature)
     count = targets.n_classes - targets.k
     f = torch.cat(
-        [torch.full_like(targets.tail_mean, math.log(count)).unsqueeze(-1), targets.tail_lse], dim=-1
+        [torch.full_like(targets.tail_mean, math.log(count)).unsqueeze(-1), targets.tail_lse],
+        dim=-1,
     ).double()  # (b, E, G + 1)
     d = torch.cat([targets.tail_mean.unsqueeze(-1), targets.tail_slope], dim=-1).double()
     grid = [0.0] + [1.0 / t for t in targets.temperatures]  # ascending beta
@@ -391,8 +389,10 @@ def tail_logsumexp(
         h, s = b - a, (beta - a) / (b - a)
         fa, fb, da, db = f[..., i], f[..., i + 1], d[..., i], d[..., i + 1]
         hermite = (
-            (2 * s**3 - 3 * s**2 + 1) * fa + (s**3 - 2 * s**2 + s) * h * da
-            + (-2 * s**3 + 3 * s**2) * fb + (s**3 - s**2) * h * db
+            (2 * s**3 - 3 * s**2 + 1) * fa
+            + (s**3 - 2 * s**2 + s) * h * da
+            + (-2 * s**3 + 3 * s**2) * fb
+            + (s**3 - s**2) * h * db
         )
         lower = torch.maximum(fa + da * (beta - a), fb + db * (beta - b))
         upper = fa + (fb - fa) * s
@@ -419,7 +419,9 @@ def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor, log_norm: torch.Tensor) 
         keep = torch.ones_like(e).scatter_(1, idx[:, entry], 0.0)  # 1 on the tail
         total = (e * keep).sum(dim=-1)  # (n,)
         underflow = total == 0
-        log_tail = torch.log(torch.where(underflow, torch.ones_like(total), total)) + top[:, 0]  # no inf in the replaced rows' gradient
+        log_tail = (
+            torch.log(torch.where(underflow, torch.ones_like(total), total)) + top[:, 0]
+        )  # no inf in the replaced rows' gradient
         if bool(underflow.any()):
             rows = underflow.nonzero(as_tuple=True)[0]
             masked = zt[rows].scatter(1, idx[rows, entry], float("-inf")).logsumexp(dim=-1)
@@ -429,8 +431,14 @@ def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor, log_norm: torch.Tensor) 
 
 
 def _tail_term(
-    targets: TopKTargets, zt: torch.Tensor, log_norm: torch.Tensor, entries: slice, temperature: float,
-    log_p_tail: torch.Tensor, idx: torch.Tensor, log_q_head: torch.Tensor,
+    targets: TopKTargets,
+    zt: torch.Tensor,
+    log_norm: torch.Tensor,
+    entries: slice,
+    temperature: float,
+    log_p_tail: torch.Tensor,
+    idx: torch.Tensor,
+    log_q_head: torch.Tensor,
 ) -> torch.Tensor:
     """``sum_{j not in S} p_j (log p_j - log q_j)`` per row and entry ``(n, E)``: the tail's
     share of the KL, with the teacher's tail mass ``exp(log_p_tail)`` spread as
@@ -442,14 +450,18 @@ def _tail_term(
     if spread == "uniform":
         count = targets.n_classes - targets.k
         # sum_{j not in S} log q_j = sum_all zt - sum_S zt - (C - k) log Z: no (n, E, C) tensor
-        sum_log_q = (zt.sum(dim=-1)[:, None] - (log_q_head + log_norm[..., 0:1]).sum(dim=-1)) - count * log_norm[..., 0]
+        sum_log_q = (
+            zt.sum(dim=-1)[:, None] - (log_q_head + log_norm[..., 0:1]).sum(dim=-1)
+        ) - count * log_norm[..., 0]
         return p_tail * (log_p_tail - math.log(count)) - p_tail / count * sum_log_q
     if spread == "sampled":
         assert isinstance(targets, TopKSampledTargets)
         counts = targets.tail_counts[:, entries]  # (n, E, s)
         shift = 1.0 / temperature - 1.0 / targets.draw_temperature
         log_w = torch.log(counts) + targets.tail_values[:, entries] * shift  # -inf in unused slots
-        w = p_tail.unsqueeze(-1) * F.softmax(log_w, dim=-1)  # (n, E, s): the tail's mass on the drawn classes
+        w = p_tail.unsqueeze(-1) * F.softmax(
+            log_w, dim=-1
+        )  # (n, E, s): the tail's mass on the drawn classes
         tidx = targets.tail_indices[:, entries]
         log_q = zt.gather(1, tidx.reshape(len(tidx), -1)).view(tidx.shape) - log_norm
         return (torch.xlogy(w, w) - w * log_q).sum(dim=-1)
@@ -572,7 +584,8 @@ def sparse_distillation_loss(
         assert isinstance(log_tail, torch.Tensor)  # bounds=False: the estimate alone
         tail = log_tail[:, entries]  # (n, E)
         log_p = F.log_softmax(
-            torch.cat([targets.values[:, entries] / temperature, tail.unsqueeze(-1)], dim=-1), dim=-1
+            torch.cat([targets.values[:, entries] / temperature, tail.unsqueeze(-1)], dim=-1),
+            dim=-1,
         )  # (n, E, k + 1)
         log_q_head = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm  # (n, E, k)
         log_p_head, log_p_tail = log_p[..., :-1], log_p[..., -1]
@@ -590,6 +603,8 @@ def sparse_distillation_loss(
         log_q = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm
         kl = (torch.xlogy(w, w) - w * log_q).sum(dim=-1)  # (n, E)
     else:
-        raise TypeError(f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}")
+        raise TypeError(
+            f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}"
+        )
     loss = (1.0 - alpha) * temperature**2 * kl.mean()
     return plus_hard_term(loss, z, y, alpha, labels_checked)

@@ -67,8 +67,13 @@ def run_quickstart(
     verbose : bool, default=True
         Print progress.
     """
-    check_options(n_members=n_members, temperature=temperature, alpha=alpha,
-                  student_epochs=student_epochs, teacher_epochs=teacher_epochs)
+    check_options(
+        n_members=n_members,
+        temperature=temperature,
+        alpha=alpha,
+        student_epochs=student_epochs,
+        teacher_epochs=teacher_epochs,
+    )
     # imported here, not at the top: ``kdpipe --help`` and the other commands start faster
     import numpy as np
     import torch
@@ -114,29 +119,49 @@ def run_quickstart(
             [t(torch.from_numpy(X_test)).numpy() for t in teachers], axis=1
         )  # (n_test, members, classes)
     for m in range(n_members):
-        rows.append(_row(f"teacher {m + 1}", "2x256", test_logits[:, m].argmax(1), y_test,
-                         member_seconds[m]))
+        rows.append(
+            _row(
+                f"teacher {m + 1}", "2x256", test_logits[:, m].argmax(1), y_test, member_seconds[m]
+            )
+        )
     ensemble_proba = torch.softmax(torch.from_numpy(test_logits), dim=-1).mean(1).numpy()
-    rows.append(_row(f"ensemble of {n_members}", "2x256", ensemble_proba.argmax(1), y_test,
-                     ensemble_seconds))
+    rows.append(
+        _row(
+            f"ensemble of {n_members}", "2x256", ensemble_proba.argmax(1), y_test, ensemble_seconds
+        )
+    )
 
     with tempfile.TemporaryDirectory(prefix="kdpipe-quickstart-") as tmp:
         store = Path(cache_dir or tmp) / f"digits-logits.{'zarr' if backend == 'zarr' else 'h5'}"
         start = time.perf_counter()
         cache = build_cache(
-            teachers, X_train, store, y=y_train, backend=backend, progress=verbose,
-            overwrite=True, device="cpu",
+            teachers,
+            X_train,
+            store,
+            y=y_train,
+            backend=backend,
+            progress=verbose,
+            overwrite=True,
+            device="cpu",
         )
         cache_seconds = time.perf_counter() - start
         # a temporary cache is deleted when this block ends: name only a path that stays
-        where = f"at {store.resolve()}" if cache_dir else "in a temporary folder (--cache-dir keeps it)"
-        say(f"logit cache {where}: {len(cache)} rows x {cache.n_members} members "
-            f"x {cache.n_classes} classes, {cache_seconds:.1f}s")
+        where = (
+            f"at {store.resolve()}" if cache_dir else "in a temporary folder (--cache-dir keeps it)"
+        )
+        say(
+            f"logit cache {where}: {len(cache)} rows x {cache.n_members} members "
+            f"x {cache.n_classes} classes, {cache_seconds:.1f}s"
+        )
 
         arch = "x".join(str(h) for h in student_hidden)
         for name, params, logits in (
             ("student, hard labels", dict(), None),
-            (f"student, distilled T={temperature:g}", dict(temperature=temperature, alpha=alpha), cache),
+            (
+                f"student, distilled T={temperature:g}",
+                dict(temperature=temperature, alpha=alpha),
+                cache,
+            ),
         ):
             start = time.perf_counter()
             model = DistilledClassifier(
@@ -155,8 +180,11 @@ def run_quickstart(
 
 
 _FLAGS = {
-    "n_members": "--members", "temperature": "--temperature", "alpha": "--alpha",
-    "student_epochs": "--student-epochs", "teacher_epochs": "--teacher-epochs",
+    "n_members": "--members",
+    "temperature": "--temperature",
+    "alpha": "--alpha",
+    "student_epochs": "--student-epochs",
+    "teacher_epochs": "--teacher-epochs",
 }
 
 
@@ -204,8 +232,14 @@ def format_table(rows: list[QuickstartResult]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    check_options(flags=True, n_members=args.members, temperature=args.temperature, alpha=args.alpha,
-                  student_epochs=args.student_epochs, teacher_epochs=args.teacher_epochs)
+    check_options(
+        flags=True,
+        n_members=args.members,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        student_epochs=args.student_epochs,
+        teacher_epochs=args.teacher_epochs,
+    )
     start = time.perf_counter()
     rows = run_quickstart(
         seed=args.seed,
@@ -230,13 +264,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="teacher ensemble -> logit cache -> distilled student, on digits",
         description=__doc__,
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the split, teachers and students")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, teachers and students"
+    )
     parser.add_argument("--members", type=int, default=3, help="teachers in the ensemble")
     parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard labels")
     parser.add_argument("--backend", choices=("zarr", "hdf5"), default="zarr", help="cache format")
-    parser.add_argument("--teacher-epochs", type=int, default=30, help="training epochs of each teacher")
-    parser.add_argument("--student-epochs", type=int, default=150, help="training epochs of each student")
-    parser.add_argument("--cache-dir", default=None, help="keep the cache in this folder (default: a temporary one)")
+    parser.add_argument(
+        "--teacher-epochs", type=int, default=30, help="training epochs of each teacher"
+    )
+    parser.add_argument(
+        "--student-epochs", type=int, default=150, help="training epochs of each student"
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="keep the cache in this folder (default: a temporary one)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the table")
     parser.set_defaults(func=_main)

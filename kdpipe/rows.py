@@ -126,11 +126,15 @@ def positions(key: Any, n: int) -> np.ndarray:
     if idx.size == 0:
         return np.zeros(0, dtype=np.int64)
     if idx.dtype.kind not in "iu" or idx.ndim != 1:
-        raise IndexError(f"rows must be a slice, a 1-d integer array or a boolean mask, got {key!r:.80}")
+        raise IndexError(
+            f"rows must be a slice, a 1-d integer array or a boolean mask, got {key!r:.80}"
+        )
     idx = idx.astype(np.int64, copy=False)
     low, high = idx.min(), idx.max()
     if low < -n or high >= n:
-        raise IndexError(f"row index out of range for {n} rows: {idx[(idx < -n) | (idx >= n)][:5].tolist()}")
+        raise IndexError(
+            f"row index out of range for {n} rows: {idx[(idx < -n) | (idx >= n)][:5].tolist()}"
+        )
     return np.where(idx < 0, idx + n, idx) if low < 0 else idx
 
 
@@ -234,7 +238,9 @@ class ChunkMemory:
         """Whether every chunk of the array is held: reads need no storage."""
         return self._complete
 
-    def gather(self, rows: np.ndarray, load: Callable[[int], np.ndarray], out: np.ndarray) -> np.ndarray:
+    def gather(
+        self, rows: np.ndarray, load: Callable[[int], np.ndarray], out: np.ndarray
+    ) -> np.ndarray:
         """Fill ``out[i]`` with row ``rows[i]``; ``load(c)`` reads chunk ``c`` when not held.
 
         Each chunk not held is loaded once per call, however many rows it gives.
@@ -355,14 +361,18 @@ class ChunkedReader:
         Rows per block read; default: the array's chunk rows.
     """
 
-    def __init__(self, array: Any, memory_bytes: int = DEFAULT_MEMORY_BYTES, chunk_rows: int | None = None):
+    def __init__(
+        self, array: Any, memory_bytes: int = DEFAULT_MEMORY_BYTES, chunk_rows: int | None = None
+    ):
         self.array = array if isinstance(array, _H5Dataset) else _reference(array)
         self.shape = tuple(int(s) for s in array.shape)
         self.dtype = np.dtype(array.dtype)
         self.chunk_rows = int(chunk_rows or chunk_rows_of(array))
         self.memory_bytes = int(memory_bytes)
         n_chunks = -(-self.shape[0] // self.chunk_rows)
-        self.memory = ChunkMemory(self.chunk_rows, self.shape[1:], self.dtype, self.memory_bytes, n_chunks)
+        self.memory = ChunkMemory(
+            self.chunk_rows, self.shape[1:], self.dtype, self.memory_bytes, n_chunks
+        )
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -385,7 +395,11 @@ class ChunkedReader:
     __getitem__ = read_rows
 
     def __getstate__(self) -> dict[str, Any]:  # the chunk memory stays behind
-        return {"array": self.array, "memory_bytes": self.memory_bytes, "chunk_rows": self.chunk_rows}
+        return {
+            "array": self.array,
+            "memory_bytes": self.memory_bytes,
+            "chunk_rows": self.chunk_rows,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         ChunkedReader.__init__(self, state["array"], state["memory_bytes"], state["chunk_rows"])
@@ -476,7 +490,9 @@ class LazyRows:
     @property
     def rows(self) -> np.ndarray:
         """Row numbers of this view in the wrapped array."""
-        return np.arange(self._reader.shape[0], dtype=np.int64) if self._rows is None else self._rows
+        return (
+            np.arange(self._reader.shape[0], dtype=np.int64) if self._rows is None else self._rows
+        )
 
     def __len__(self) -> int:
         return self._reader.shape[0] if self._rows is None else len(self._rows)
@@ -605,7 +621,9 @@ def choose_views(seed: int, epoch: int, rows: np.ndarray, n_views: int) -> np.nd
     """
     from kdpipe.augment import stream_words  # numpy only: no torch here
 
-    words = stream_words([int(seed) % 2**32, int(epoch) % 2**32, np.asarray(rows, dtype=np.int64)], 1)[:, 0]
+    words = stream_words(
+        [int(seed) % 2**32, int(epoch) % 2**32, np.asarray(rows, dtype=np.int64)], 1
+    )[:, 0]
     return ((words.astype(np.uint64) * np.uint64(n_views)) >> np.uint64(32)).astype(np.intp)
 
 
@@ -638,14 +656,20 @@ class MinibatchSource:
         mismatch is a :class:`~kdpipe.errors.RowMismatchError` naming row and view.
     """
 
-    def __init__(self, X: Any, y: np.ndarray | None = None, teacher_logits: Any = None, *, view_seed: int = 0):
+    def __init__(
+        self, X: Any, y: np.ndarray | None = None, teacher_logits: Any = None, *, view_seed: int = 0
+    ):
         n = n_rows(X)
         for name, other in (("y", y), ("teacher_logits", teacher_logits)):
             if other is not None and n_rows(other) != n:
-                raise ValueError(f"X has {n} rows but {name} has {n_rows(other)}: they must be aligned")
+                raise ValueError(
+                    f"X has {n} rows but {name} has {n_rows(other)}: they must be aligned"
+                )
         self.X = _checked(X, "X")
         self.y = None if y is None else np.asarray(y, dtype=np.int64)
-        self.teacher_logits = None if teacher_logits is None else _checked(teacher_logits, "teacher_logits")
+        self.teacher_logits = (
+            None if teacher_logits is None else _checked(teacher_logits, "teacher_logits")
+        )
         self._n = n
         self.views = teacher_logits if getattr(teacher_logits, "views", None) is not None else None
         self.view_seed = int(view_seed)
@@ -668,7 +692,9 @@ class MinibatchSource:
     @property
     def resident(self) -> bool:
         """Whether every row of every array is in memory: a read needs no storage."""
-        return is_resident(self.X) and (self.teacher_logits is None or is_resident(self.teacher_logits))
+        return is_resident(self.X) and (
+            self.teacher_logits is None or is_resident(self.teacher_logits)
+        )
 
     def fetch(self, rows: np.ndarray) -> Batch:
         """Read the given rows of every array (of a views cache: this epoch's view of each row)."""
@@ -676,14 +702,16 @@ class MinibatchSource:
         views = self.views_of(rows)
         if views is not None:
             assert self.views is not None
-            x = self.views.augment_rows(x, rows, views)  # in the stored dtype, as the teacher saw it
+            x = self.views.augment_rows(
+                x, rows, views
+            )  # in the stored dtype, as the teacher saw it
             self._fetches += 1
             if self._fetches <= CHECKED_BATCHES or len(rows) <= SAMPLED_VIEWS:
                 self.views.check_views(x, rows, views)
             else:  # a sample: which rows, a function of the rows and epoch (no shared RNG state)
-                pick = np.random.default_rng([self.view_seed % 2**32, self.epoch, self._fetches]).choice(
-                    len(rows), SAMPLED_VIEWS, replace=False
-                )
+                pick = np.random.default_rng(
+                    [self.view_seed % 2**32, self.epoch, self._fetches]
+                ).choice(len(rows), SAMPLED_VIEWS, replace=False)
                 self.views.check_views(x[pick], rows[pick], views[pick])
         X = to_model_dtype(x)  # (b, *sample_shape)
         logits = None
@@ -692,7 +720,9 @@ class MinibatchSource:
             logits = self.views.read_views(rows, views)
         elif self.teacher_logits is not None:
             logits = take_rows(self.teacher_logits, rows)
-            if not isinstance(logits, (TopKTargets, SampledTargets)):  # a sparse cache's rows stay sparse
+            if not isinstance(
+                logits, (TopKTargets, SampledTargets)
+            ):  # a sparse cache's rows stay sparse
                 logits = logits.astype(np.float32, copy=False)
         return Batch(X=X, y=None if self.y is None else self.y[rows], teacher_logits=logits)
 
@@ -716,7 +746,9 @@ def _reader(array: Any) -> Any:
 _DONE = object()
 
 
-def prefetched(source: RowSource, row_batches: Iterable[np.ndarray], depth: int = 2) -> Iterator[Batch]:
+def prefetched(
+    source: RowSource, row_batches: Iterable[np.ndarray], depth: int = 2
+) -> Iterator[Batch]:
     """Yield ``source.fetch(rows)`` for each batch of rows, reading ahead in a thread.
 
     Reading (disk, decompression, numpy copies) releases the GIL, so it overlaps with

@@ -107,7 +107,14 @@ class TopKTargets(_RowArrays):
     n_members: int
     tail_spread: str = "bucket"
 
-    _arrays: ClassVar[tuple[str, ...]] = ("values", "indices", "tail_max", "tail_mean", "tail_lse", "tail_slope")
+    _arrays: ClassVar[tuple[str, ...]] = (
+        "values",
+        "indices",
+        "tail_max",
+        "tail_mean",
+        "tail_lse",
+        "tail_slope",
+    )
 
     @property
     def k(self) -> int:
@@ -177,4 +184,3 @@ class SampledTargets(_RowArrays):
 
 
 SparseTargets = TopKTargets | TopKSampledTargets | SampledTargets
-

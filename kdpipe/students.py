@@ -66,7 +66,9 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, n_classes))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, *sample_shape) -> (batch, classes)
+    def forward(
+        self, x: torch.Tensor
+    ) -> torch.Tensor:  # (batch, *sample_shape) -> (batch, classes)
         return self.net(x)
 
 
@@ -101,7 +103,9 @@ class ConvNet(nn.Module):
     --------
     >>> import torch
     >>> from kdpipe.students import ConvNet
-    >>> net = ConvNet(n_features=64, n_classes=10, sample_shape=(1, 8, 8), channels=(4, 8), hidden=16)
+    >>> net = ConvNet(
+    ...     n_features=64, n_classes=10, sample_shape=(1, 8, 8), channels=(4, 8), hidden=16
+    ... )
     >>> net(torch.zeros(5, 1, 8, 8)).shape
     torch.Size([5, 10])
 
@@ -148,7 +152,10 @@ class ConvNet(nn.Module):
         depth, height, width = shape if len(shape) == 3 else (1, *shape)
         blocks: list[nn.Module] = []
         for out in widths:
-            blocks += [nn.Conv2d(depth, out, int(kernel_size), padding="same"), _ACTIVATIONS[activation]()]
+            blocks += [
+                nn.Conv2d(depth, out, int(kernel_size), padding="same"),
+                _ACTIVATIONS[activation](),
+            ]
             if height >= 2 and width >= 2:
                 blocks.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
@@ -164,7 +171,9 @@ class ConvNet(nn.Module):
         head.append(nn.Linear(flat, n_classes))
         self.head = nn.Sequential(*head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, *sample_shape) -> (batch, classes)
+    def forward(
+        self, x: torch.Tensor
+    ) -> torch.Tensor:  # (batch, *sample_shape) -> (batch, classes)
         if len(self.sample_shape) == 2:
             x = x.unsqueeze(1)  # (batch, 1, height, width)
         return self.head(self.features(x))

@@ -66,7 +66,9 @@ class ViewDataset(torch.utils.data.Dataset):
     ...     return batch.reshape(len(batch), -1)[:, :3].astype(np.float32)
     >>> teacher.kdpipe_fingerprint = "doc"
     >>> path = os.path.join(tempfile.mkdtemp(), "c.zarr")
-    >>> cache = kdpipe.build_cache(teacher, X, path, views=kdpipe.Views(2, Shift(1)), progress=False)
+    >>> cache = kdpipe.build_cache(
+    ...     teacher, X, path, views=kdpipe.Views(2, Shift(1)), progress=False
+    ... )
     >>> data = ViewDataset(X, cache)
     >>> data.set_epoch(1)
     >>> x, logits, label = data[0]
@@ -76,9 +78,13 @@ class ViewDataset(torch.utils.data.Dataset):
 
     def __init__(self, X: Any, cache: Any, y: Any = None, *, seed: int = 0) -> None:
         if getattr(cache, "sparse", None) is not None:
-            raise InputError("ViewDataset serves dense caches; a sparse cache's targets do not collate into tensors")
+            raise InputError(
+                "ViewDataset serves dense caches; a sparse cache's targets do not collate into tensors"
+            )
         if n_rows(X) != len(cache):
-            raise InputError(f"X has {n_rows(X)} rows but the cache has {len(cache)}: they must be aligned")
+            raise InputError(
+                f"X has {n_rows(X)} rows but the cache has {len(cache)}: they must be aligned"
+            )
         self.X = X
         self.cache = cache
         self.y = None if y is None else np.asarray(y, dtype=np.int64)
@@ -102,7 +108,9 @@ class ViewDataset(torch.utils.data.Dataset):
     def _rows_source(self) -> MinibatchSource:
         if self._source is None or self._pid != os.getpid():
             X, cache = self.X, self.cache
-            if _opened_elsewhere():  # a worker process: its own handles, reopened from the references
+            if (
+                _opened_elsewhere()
+            ):  # a worker process: its own handles, reopened from the references
                 X, cache = pickle.loads(pickle.dumps((X, cache)))
             labels = self.y if self.y is not None else cache.labels
             self._source = MinibatchSource(X, labels, cache, view_seed=self.seed)
@@ -110,7 +118,9 @@ class ViewDataset(torch.utils.data.Dataset):
             self._pid = os.getpid()
         return self._source
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __getitems__(
+        self, indices: list[int]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Items of many rows in one read (a ``DataLoader`` with a batch size calls this)."""
         rows = np.asarray(indices, dtype=np.intp)
         batch: Batch = self._rows_source().fetch(rows)

@@ -35,7 +35,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
     processes); profiles, instance metadata and proxies are switched off, so nothing
     reaches any address but this server.
     """
-    server_module = pytest.importorskip("moto.server", reason="the object storage tests need moto[server]")
+    server_module = pytest.importorskip(
+        "moto.server", reason="the object storage tests need moto[server]"
+    )
     pytest.importorskip("s3fs", reason="the object storage tests need s3fs")
     import socket
 
@@ -85,7 +87,14 @@ def s3_cluster(s3_endpoint: str):
     distributed = pytest.importorskip("distributed")
     # the scheduler's HTTP server on a free port, not dask's default 8787: this cluster lives
     # for the session, and a later LocalCluster finding 8787 taken warns (an error here)
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client

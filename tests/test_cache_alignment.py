@@ -42,13 +42,19 @@ def reference_digest(row_bytes: bytes) -> int:
     return mix(total ^ ((width * 0x94D049BB133111EB) & M64))
 
 
-@pytest.mark.parametrize("dtype, shape", [("<f4", (5, 6)), ("<f8", (4, 3)), ("<i2", (3, 5)), ("|u1", (4, 2, 3))])
+@pytest.mark.parametrize(
+    "dtype, shape", [("<f4", (5, 6)), ("<f8", (4, 3)), ("<i2", (3, 5)), ("|u1", (4, 2, 3))]
+)
 def test_row_digests_match_the_documented_hash(dtype, shape):
     block = np.random.default_rng(0).normal(size=shape).__mul__(50).astype(dtype)
     got = row_digests(block)
     assert got.dtype == np.uint64 and got.shape == (shape[0],)
-    expected = [reference_digest(np.ascontiguousarray(row).astype(np.dtype(dtype).newbyteorder("<")).tobytes())
-                for row in block]
+    expected = [
+        reference_digest(
+            np.ascontiguousarray(row).astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+        )
+        for row in block
+    ]
     assert got.tolist() == expected
 
 
@@ -56,9 +62,15 @@ def test_row_digests_depend_on_bytes_only_and_tell_rows_apart():
     X = np.random.default_rng(1).normal(size=(2000, 7)).astype(np.float32)
     d = row_digests(X)
     assert len(np.unique(d)) == len(X)
-    np.testing.assert_array_equal(row_digests(X.astype(">f4")), d)  # byte order of the platform does not matter
-    np.testing.assert_array_equal(row_digests(np.asfortranarray(X)), d)  # memory layout does not either
-    np.testing.assert_array_equal(row_digests(X.reshape(2000, 7, 1)), d)  # a row is its bytes, whatever its shape
+    np.testing.assert_array_equal(
+        row_digests(X.astype(">f4")), d
+    )  # byte order of the platform does not matter
+    np.testing.assert_array_equal(
+        row_digests(np.asfortranarray(X)), d
+    )  # memory layout does not either
+    np.testing.assert_array_equal(
+        row_digests(X.reshape(2000, 7, 1)), d
+    )  # a row is its bytes, whatever its shape
     flipped = X.copy()
     flipped.view(np.uint32)[:, 3] ^= 1  # one bit of one value of every row
     assert (row_digests(flipped) != d).all()
@@ -71,8 +83,13 @@ def test_row_digests_agree_across_processes():
         "import numpy as np; from kdpipe.cache.fingerprint import row_digests; "
         "print(row_digests(np.arange(60, dtype=np.float32).reshape(10, 6) / 7).tolist())"
     )
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(kdpipe.__file__))}  # this checkout's kdpipe
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.path.dirname(os.path.dirname(kdpipe.__file__)),
+    }  # this checkout's kdpipe
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
     assert json.loads(out) == row_digests(X).tolist()
 
 
@@ -83,7 +100,9 @@ def built(request, tmp_path_factory):
     y = rng.integers(-1, C, N)  # some rows unlabeled
     W = rng.normal(size=(D, C)).astype(np.float32)
     path = tmp_path_factory.mktemp("align") / "c"
-    cache = build_cache(lambda b: b @ W, X, path, y=y, backend=request.param, chunk_rows=ROWS, progress=False)
+    cache = build_cache(
+        lambda b: b @ W, X, path, y=y, backend=request.param, chunk_rows=ROWS, progress=False
+    )
     return cache, X, y
 
 
@@ -106,7 +125,9 @@ def test_aligned_rows_and_labels_pass(built, sample):
     check_alignment(cache, read_from(X), y, sample=sample, rng=0)
     idx = np.random.default_rng(4).permutation(N)[:120]  # a CV fold: a subset in any order
     check_alignment(cache[idx], read_from(X[idx]), y[idx], sample=sample, rng=1)
-    check_alignment(cache, read_from(X.astype(np.float64)), sample=sample)  # cast back to the cache's dtype
+    check_alignment(
+        cache, read_from(X.astype(np.float64)), sample=sample
+    )  # cast back to the cache's dtype
 
 
 def misalignments():
@@ -130,10 +151,18 @@ def test_misaligned_rows_are_named(built, kind, sample):
     with pytest.raises(RowMismatchError) as info:
         check_alignment(cache[view_rows], read_from(X[x_rows]), sample=sample, rng=2)
     message = str(info.value)
-    named = [tuple(map(int, m)) for m in re.findall(r"row (\d+) of X is row (\d+) of the cache \(expected row (\d+)\)",
-                                                     message)]
+    named = [
+        tuple(map(int, m))
+        for m in re.findall(
+            r"row (\d+) of X is row (\d+) of the cache \(expected row (\d+)\)", message
+        )
+    ]
     assert named, message
-    for position, found, expected in named:  # each named row is what the message says, by construction
+    for (
+        position,
+        found,
+        expected,
+    ) in named:  # each named row is what the message says, by construction
         assert found == x_rows[position] and expected == view_rows[position] and found != expected
     if sample >= len(view_rows) and kind == "two rows swapped":
         assert {p for p, _, _ in named} == {10, 11}
@@ -141,8 +170,12 @@ def test_misaligned_rows_are_named(built, kind, sample):
 
 def test_transformed_X_cannot_be_checked_and_passes(built):
     cache, X, y = built
-    check_alignment(cache, read_from(X * 2.0 + 1.0))  # e.g. scaled by an earlier Pipeline step: nothing found
-    check_alignment(cache, read_from(X[::-1] * 3.0))  # even permuted: rows cannot be recognized, labels can
+    check_alignment(
+        cache, read_from(X * 2.0 + 1.0)
+    )  # e.g. scaled by an earlier Pipeline step: nothing found
+    check_alignment(
+        cache, read_from(X[::-1] * 3.0)
+    )  # even permuted: rows cannot be recognized, labels can
     with pytest.raises(RowMismatchError, match="disagree"):
         check_alignment(cache, read_from(X * 2.0), y[::-1])
 
@@ -151,7 +184,9 @@ def test_some_rows_found_and_others_unknown_is_an_error(built):
     cache, X, _ = built
     damaged = X.copy()
     damaged[[7, 100]] = np.random.default_rng(6).normal(size=(2, D))
-    with pytest.raises(RowMismatchError, match=r"2 rows match no row of the cache: rows 7, 100 of X"):
+    with pytest.raises(
+        RowMismatchError, match=r"2 rows match no row of the cache: rows 7, 100 of X"
+    ):
         check_alignment(cache, read_from(damaged))
 
 
@@ -161,8 +196,10 @@ def test_labels_that_disagree_are_named(built):
     labeled = np.flatnonzero(y >= 0)
     target = labeled[3]
     wrong[target] = (y[target] + 1) % C
-    pattern = rf"1 of the {labeled.size} rows labeled both in y and in the cache disagree: row {target}: " \
-              rf"y says {(y[target] + 1) % C}, the cache says {y[target]}"
+    pattern = (
+        rf"1 of the {labeled.size} rows labeled both in y and in the cache disagree: row {target}: "
+        rf"y says {(y[target] + 1) % C}, the cache says {y[target]}"
+    )
     with pytest.raises(RowMismatchError, match=pattern):
         check_alignment(cache, read_from(X), wrong)
     unlabeled = y.copy()
@@ -207,8 +244,17 @@ def test_cache_without_digests_opens_reads_and_checks_labels_only(built, tmp_pat
     check_alignment(old, read_from(X[::-1]))  # rows cannot be checked
     with pytest.raises(RowMismatchError, match="disagree"):
         check_alignment(old, read_from(X), y[::-1])
-    with pytest.raises(CacheMismatchError, match="format version 1"):  # never extended with format-2 chunks
-        build_cache(lambda b: b, X, old_path, backend=cache.manifest.backend, chunk_rows=ROWS, progress=False)
+    with pytest.raises(
+        CacheMismatchError, match="format version 1"
+    ):  # never extended with format-2 chunks
+        build_cache(
+            lambda b: b,
+            X,
+            old_path,
+            backend=cache.manifest.backend,
+            chunk_rows=ROWS,
+            progress=False,
+        )
 
 
 def test_damaged_digests_are_caught(built, tmp_path):
@@ -225,7 +271,9 @@ def test_damaged_digests_are_caught(built, tmp_path):
 
         with h5py.File(path / "hdf5" / "000001.h5", "r+") as f:
             del f["row_digests"]
-            f.create_dataset("row_digests", data=np.zeros(ROWS, np.uint64))  # rewritten: checksum differs
+            f.create_dataset(
+                "row_digests", data=np.zeros(ROWS, np.uint64)
+            )  # rewritten: checksum differs
     damaged = LogitCache.open(path)
     report = damaged.verify()
     assert report.status == "FAILED" and report.corrupt == (1,)

@@ -117,7 +117,9 @@ def jitter_views(views):
     def jitter(batch, generator):
         return torch.roll(batch, int(torch.randint(0, 3, (1,), generator=generator)), dims=1)
 
-    return Views(count=views["count"], augment=Function(jitter, version="crash-jitter"), seed=views["seed"])
+    return Views(
+        count=views["count"], augment=Function(jitter, version="crash-jitter"), seed=views["seed"]
+    )
 
 
 def snapshot(cache: LogitCache) -> dict:
@@ -160,7 +162,9 @@ def snapshot(cache: LogitCache) -> dict:
         ("zarr", None, {"count": 3, "seed": 5}),
     ],
 )
-def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, backend, sparse, views, monkeypatch):
+def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(
+    tmp_path, backend, sparse, views, monkeypatch
+):
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # see the module docstring
     rng = np.random.default_rng(0)
     X = rng.normal(size=(N, D)).astype(np.float32)
@@ -171,9 +175,25 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", _CRASHER, str(tmp_path), backend, str(out), json.dumps(sparse), json.dumps(views)],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "PYTHONWARNINGS": "error", "PYTHONPATH": os.path.dirname(os.path.dirname(kdpipe.__file__))},
+        [
+            sys.executable,
+            "-c",
+            _CRASHER,
+            str(tmp_path),
+            backend,
+            str(out),
+            json.dumps(sparse),
+            json.dumps(views),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={
+            **os.environ,
+            "PYTHONWARNINGS": "error",
+            "PYTHONPATH": os.path.dirname(os.path.dirname(kdpipe.__file__)),
+        },
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
@@ -184,19 +204,29 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
     assert {"mkdir", "create-store", "write", "fsync", "rename", "fsync-dir"} <= set(kinds)
     assert sum(s.startswith("rename") and s.endswith("/manifest.json") for s in steps) == 2
     assert sum(s.startswith("rename") and "/done/" in s for s in steps) == N // ROWS
-    for i, step in enumerate(steps):  # durability order: data synced before it is named, names synced
+    for i, step in enumerate(
+        steps
+    ):  # durability order: data synced before it is named, names synced
         kind, where = step.split(" ", 1)
         if kind == "write":
             assert steps[i + 1] == f"fsync {where}", steps[i : i + 2]
         if kind == "rename":
             synced = steps[i - 1].split(" ", 1)
-            assert synced[0] == "fsync" and PurePath(synced[1]).name.startswith(f".{PurePath(where).name}."), step
+            assert synced[0] == "fsync" and PurePath(synced[1]).name.startswith(
+                f".{PurePath(where).name}."
+            ), step
             assert steps[i + 1] == f"fsync-dir {PurePath(where).parent}", steps[i : i + 2]
     print(f"{backend}: {len(steps)} crash points: {dict(kinds)}")
 
     teacher = teacher_like_the_crasher(W)
     kw = dict(
-        y=y, backend=backend, chunk_rows=ROWS, batch_size=4, progress=False, num_workers=1, sparse=sparse,
+        y=y,
+        backend=backend,
+        chunk_rows=ROWS,
+        batch_size=4,
+        progress=False,
+        num_workers=1,
+        sparse=sparse,
         views=jitter_views(views),
     )
     expected = snapshot(build_cache(teacher, X, tmp_path / "reference", **kw))
@@ -211,7 +241,9 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
         where = f"crash before step {k} ({steps[k - 1]})"
         try:  # what a crash leaves is never corrupt: unfinished, or finished
             report = LogitCache.open(crashed, allow_incomplete=True).verify()
-            assert report.status in ("OK", "INCOMPLETE") and not report.problems, f"{where}: {report}"
+            assert report.status in ("OK", "INCOMPLETE") and not report.problems, (
+                f"{where}: {report}"
+            )
         except (CacheNotFoundError, CacheIncompleteError):
             pass
         resumed_path = tmp_path / f"resumed{k}"
@@ -223,4 +255,6 @@ def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(tmp_path, 
         rebuilt = build_cache(teacher, X, crashed, overwrite=True, **kw)
         assert rebuilt.verify().ok, where
         assert snapshot(rebuilt) == expected, where
-        assert not [p for p in resumed_path.rglob("*.tmp")], f"{where}: temp files left after the resume"
+        assert not [p for p in resumed_path.rglob("*.tmp")], (
+            f"{where}: temp files left after the resume"
+        )

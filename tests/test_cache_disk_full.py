@@ -20,7 +20,12 @@ from kdpipe.cache import LogitCache, build_cache
 from kdpipe.cache.manifest import RECORDS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS, D, C, CHUNK = 4000, 8, 100, 500  # a chunk's HDF5 file is ~217 KB: the third does not fit in 512 KiB
+ROWS, D, C, CHUNK = (
+    4000,
+    8,
+    100,
+    500,
+)  # a chunk's HDF5 file is ~217 KB: the third does not fit in 512 KiB
 
 
 @pytest.fixture
@@ -29,8 +34,13 @@ def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"cannot mount a tmpfs here: {exc}")
     if done.returncode != 0:
@@ -42,7 +52,7 @@ def small_disk(tmp_path):
     try:
         yield mount, resize
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30, check=False)
 
 
 def _inputs():
@@ -76,12 +86,20 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize("backend", ["hdf5"])  # zarr writes through Python already
-def test_full_disk_is_an_oserror_and_the_rerun_resumes_to_the_same_cache(small_disk, backend, tmp_path):
+def test_full_disk_is_an_oserror_and_the_rerun_resumes_to_the_same_cache(
+    small_disk, backend, tmp_path
+):
     mount, resize = small_disk
     out = mount / "cache"
     code = _CHILD.format(tests=str(ROOT / "tests"), out=str(out), backend=backend)
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
     # before the fix, libhdf5 segfaulted here (returncode -11) after "errno = 28"
     assert child.returncode == 3, (child.returncode, child.stdout, child.stderr[-2000:])
     assert child.stdout.startswith("OSError True") and "No space left on device" in child.stdout
@@ -91,9 +109,18 @@ def test_full_disk_is_an_oserror_and_the_rerun_resumes_to_the_same_cache(small_d
 
     resize("8m")
     X, W = _inputs()
-    cache = build_cache(_teacher(W), X, out, backend=backend, chunk_rows=CHUNK, progress=False,
-                        teacher_versions="w0")
+    cache = build_cache(
+        _teacher(W),
+        X,
+        out,
+        backend=backend,
+        chunk_rows=CHUNK,
+        progress=False,
+        teacher_versions="w0",
+    )
     assert cache.verify().ok
     kept = {p.name: p.stat().st_mtime_ns for p in (out / RECORDS_DIR).glob("*.json")}
-    assert {name: kept[name] for name in records} == records  # finished chunks were kept, not recomputed
+    assert {
+        name: kept[name] for name in records
+    } == records  # finished chunks were kept, not recomputed
     np.testing.assert_allclose(np.asarray(LogitCache.open(out))[:, 0], X @ W, rtol=1e-6, atol=1e-5)

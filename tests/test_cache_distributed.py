@@ -11,9 +11,7 @@ from kdpipe.cache import build_cache
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.mark.parametrize(
-    "backend, processes", [("zarr", False), ("hdf5", False), ("zarr", True)]
-)
+@pytest.mark.parametrize("backend, processes", [("zarr", False), ("hdf5", False), ("zarr", True)])
 def test_cluster_build_equals_threaded_build(tmp_path, backend, processes):
     """Threads or worker processes: the same values, labels and fingerprint.
 
@@ -29,9 +27,12 @@ def test_cluster_build_equals_threaded_build(tmp_path, backend, processes):
     members = [hidden, torch.nn.Linear(6, 3)]
     kw = dict(y=y, backend=backend, chunk_rows=32, batch_size=16, progress=False)
     local = build_cache(members, X, tmp_path / "local", num_workers=2, **kw)
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         remote = build_cache(members, X, tmp_path / "remote", client=client, **kw)
     np.testing.assert_array_equal(np.asarray(remote), np.asarray(local))
     np.testing.assert_array_equal(remote.labels, local.labels)
@@ -52,13 +53,19 @@ class _KillsItsWorkerOnce:
         import signal
         from pathlib import Path
 
-        if os.getpid() != self.driver_pid and self.kill_row in batch[:, 0] and not Path(self.marker).exists():
+        if (
+            os.getpid() != self.driver_pid
+            and self.kill_row in batch[:, 0]
+            and not Path(self.marker).exists()
+        ):
             Path(self.marker).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
         return np.asarray(batch, dtype=np.float32) @ self.W
 
 
-def test_a_worker_killed_mid_build_costs_only_its_chunks_and_the_build_equals_an_uninterrupted_one(tmp_path):
+def test_a_worker_killed_mid_build_costs_only_its_chunks_and_the_build_equals_an_uninterrupted_one(
+    tmp_path,
+):
     import os
     import sys
 
@@ -74,9 +81,16 @@ def test_a_worker_killed_mid_build_costs_only_its_chunks_and_the_build_equals_an
     # the workers cannot import this test module: ship the teacher's class by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
-        with distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-        ) as cluster, distributed.Client(cluster) as client:
+        with (
+            distributed.LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
             remote = build_cache(teacher, X, tmp_path / "remote", client=client, **kw)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

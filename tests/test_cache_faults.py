@@ -37,6 +37,7 @@ def BuildLock(*args, **kwargs):
 
     return BuildLock(*args, **kwargs)
 
+
 N, D, C, ROWS = 60, 4, 3, 10  # 6 chunks
 REPO = Path(kdpipe.__file__).resolve().parents[1]
 
@@ -75,8 +76,12 @@ def snapshot(cache: LogitCache) -> dict:
     manifest = cache.manifest.to_dict()
     for key in ("created", "finished"):
         manifest.pop(key)
-    return {"logits": np.asarray(cache).tolist(), "labels": cache.labels.tolist(),
-            "digests": cache.row_digests.tolist(), "manifest": manifest}
+    return {
+        "logits": np.asarray(cache).tolist(),
+        "labels": cache.labels.tolist(),
+        "digests": cache.row_digests.tolist(),
+        "manifest": manifest,
+    }
 
 
 def unfinish(path: Path, *missing: int) -> None:
@@ -116,7 +121,10 @@ def test_two_builders_of_different_teachers_on_one_path(tmp_path, lock_timeout):
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     path = str(tmp_path / "shared")
-    procs = [ctx.Process(target=_race_worker, args=(seed, path, barrier, results, lock_timeout)) for seed in (1, 2)]
+    procs = [
+        ctx.Process(target=_race_worker, args=(seed, path, barrier, results, lock_timeout))
+        for seed in (1, 2)
+    ]
     for p in procs:
         p.start()
     try:
@@ -128,8 +136,14 @@ def test_two_builders_of_different_teachers_on_one_path(tmp_path, lock_timeout):
                 p.kill()
     assert all(good for _, _, good, _ in outcomes), outcomes
     assert sorted(kind == "built" for _, kind, _, _ in outcomes) == [False, True], outcomes
-    if lock_timeout == "absent":  # the default: the second fails at once, or finds the first's cache
-        assert {kind for _, kind, _, _ in outcomes} <= {"built", "CacheLockedError", "CacheMismatchError"}
+    if (
+        lock_timeout == "absent"
+    ):  # the default: the second fails at once, or finds the first's cache
+        assert {kind for _, kind, _, _ in outcomes} <= {
+            "built",
+            "CacheLockedError",
+            "CacheMismatchError",
+        }
     else:  # it waits for the first, then refuses its cache as another teacher's
         assert {kind for _, kind, _, _ in outcomes} == {"built", "CacheMismatchError"}, outcomes
     winner = next(seed for seed, kind, _, _ in outcomes if kind == "built")
@@ -145,14 +159,25 @@ def test_a_held_path_fails_at_once_naming_its_holder_or_waits_for_it(tmp_path):
     holder = BuildLock(path, timeout=0)
     with holder:
         record = json.loads((path / "build.lock.json").read_text())
-        assert record["pid"] == os.getpid() and record["host"] and record["started"] and record["kdpipe"]
-        with pytest.raises(CacheLockedError, match=rf"process {os.getpid()} on host .* since {re.escape(record['started'])}"):
+        assert (
+            record["pid"] == os.getpid()
+            and record["host"]
+            and record["started"]
+            and record["kdpipe"]
+        )
+        with pytest.raises(
+            CacheLockedError,
+            match=rf"process {os.getpid()} on host .* since {re.escape(record['started'])}",
+        ):
             build(Linear(1), X, path)
         start = time.monotonic()
         with pytest.raises(CacheLockedError, match=r"waited 0.3 s"):
             build(Linear(1), X, path, lock_timeout=0.3)
         assert time.monotonic() - start >= 0.3
-        assert sorted(p.name for p in path.iterdir()) == ["build.lock", "build.lock.json"]  # nothing else written
+        assert sorted(p.name for p in path.iterdir()) == [
+            "build.lock",
+            "build.lock.json",
+        ]  # nothing else written
     holder = BuildLock(path, timeout=0)
     holder.__enter__()
     threading.Timer(0.3, holder.__exit__, (None, None, None)).start()
@@ -173,7 +198,12 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path):
         os._exit(0)  # dies holding it: no release, the record stays
         """
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     dead = json.loads((path / "build.lock.json").read_text())
     assert dead["pid"] != os.getpid()
     cache = build(Linear(1), X, path)
@@ -202,7 +232,10 @@ def test_object_storage_lease_refused_refreshed_and_taken_over_when_stale(s3_buc
     fs = s3fs.S3FileSystem(**options)
     assert not fs.exists(f"{path}/build.lock.json")  # released
     # a dead holder's lease: written once, never refreshed
-    fs.pipe_file(f"{path}/build.lock.json", json.dumps({"pid": 1, "host": "gone", "started": "then"}).encode())
+    fs.pipe_file(
+        f"{path}/build.lock.json",
+        json.dumps({"pid": 1, "host": "gone", "started": "then"}).encode(),
+    )
     with pytest.raises(CacheLockedError, match="process 1 on host gone since then"):
         build(Linear(1), X, path, storage_options=options)
     time.sleep(3.2)
@@ -214,7 +247,9 @@ def test_object_storage_lease_refused_refreshed_and_taken_over_when_stale(s3_buc
 # -- 5. damaged records and manifests ------------------------------------------------------
 
 
-def test_damaged_records_mean_recompute_and_the_rerun_equals_the_uninterrupted_build(tmp_path, backend):
+def test_damaged_records_mean_recompute_and_the_rerun_equals_the_uninterrupted_build(
+    tmp_path, backend
+):
     X, y = _data()
     expected = snapshot(build(Linear(1), X, tmp_path / "reference", y=y, backend=backend))
     path = tmp_path / "c"
@@ -222,7 +257,9 @@ def test_damaged_records_mean_recompute_and_the_rerun_equals_the_uninterrupted_b
     unfinish(path, 4)
     (path / "done" / "000001.json").write_bytes(b"")  # zero length: a crash or a full disk
     (path / "done" / "000002.json").write_bytes(b'{"index": 2, "sta')  # cut short
-    (path / "done" / "000003.json").write_text(json.dumps({"index": 5}))  # decodes, claims nothing sound
+    (path / "done" / "000003.json").write_text(
+        json.dumps({"index": 5})
+    )  # decodes, claims nothing sound
     teacher = Linear(1)
     resumed = build(teacher, X, path, y=y, backend=backend)
     assert len(teacher.calls) == 4  # chunks 1, 2, 3 and 4, one batch each; 0 and 5 were kept
@@ -260,7 +297,11 @@ def test_a_damaged_manifest_is_recovered_from_its_initial_copy(tmp_path, finishe
 
 
 def _tree(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("link", ["done", "logits.zarr/labels", "manifest.json"])
@@ -275,7 +316,10 @@ def test_a_symbolic_link_inside_a_cache_is_refused_and_nothing_goes_through_it(t
     shutil.move(path / link, target)
     (path / link).symlink_to(target, target_is_directory=target.is_dir())
     before = _tree(outside)
-    with pytest.raises(UnsafeCacheLinkError, match=rf"{re.escape(str(path / link))} inside the cache .* is a symbolic link"):
+    with pytest.raises(
+        UnsafeCacheLinkError,
+        match=rf"{re.escape(str(path / link))} inside the cache .* is a symbolic link",
+    ):
         build(Linear(1), X, path, y=y)
     with pytest.raises(UnsafeCacheLinkError, match="symbolic link"):
         build(Linear(1), X, path, y=y, overwrite=True)
@@ -322,11 +366,18 @@ def pristine(tmp_path_factory):
 
 
 # edits that only the stores can expose run on both backends; the rest are the manifest's own checks
-STORE_EDITS = {"n_rows larger", "n_rows smaller", "dtype float16", "one class more", "a member more"}
+STORE_EDITS = {
+    "n_rows larger",
+    "n_rows smaller",
+    "dtype float16",
+    "one class more",
+    "a member more",
+}
 
 
 @pytest.mark.parametrize(
-    "backend, edit", [("zarr", e) for e in sorted(EDITS)] + [("hdf5", e) for e in sorted(STORE_EDITS)]
+    "backend, edit",
+    [("zarr", e) for e in sorted(EDITS)] + [("hdf5", e) for e in sorted(STORE_EDITS)],
 )
 def test_an_edited_manifest_field_is_corrupt_naming_the_field(tmp_path, pristine, backend, edit):
     change, field = EDITS[edit]

@@ -46,7 +46,9 @@ class Teacher:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1
         out = batch @ self.W
-        hit = self.fail_rows is not None and any(np.isclose(batch[:, 0], X0).any() for X0 in self._fail_values)
+        hit = self.fail_rows is not None and any(
+            np.isclose(batch[:, 0], X0).any() for X0 in self._fail_values
+        )
         if hit and self.mode == "raise":
             raise RuntimeError("teacher crashed")
         if hit and self.mode == "nan":
@@ -62,7 +64,9 @@ class Teacher:
 
 def build(teacher, X, path, backend="zarr", **kw):
     kw.setdefault("num_workers", 1)
-    return build_cache(teacher, X, path, backend=backend, chunk_rows=ROWS, batch_size=20, progress=False, **kw)
+    return build_cache(
+        teacher, X, path, backend=backend, chunk_rows=ROWS, batch_size=20, progress=False, **kw
+    )
 
 
 def test_refuses_other_teacher_data_or_settings(tmp_path, X):
@@ -70,7 +74,9 @@ def test_refuses_other_teacher_data_or_settings(tmp_path, X):
     a, b = torch.nn.Linear(D, C), torch.nn.Linear(D, C)
     path = tmp_path / "c"
     build(a, X, path)
-    assert np.array_equal(np.asarray(build(a, X, path)), np.asarray(LogitCache.open(path)))  # same call: reused
+    assert np.array_equal(
+        np.asarray(build(a, X, path)), np.asarray(LogitCache.open(path))
+    )  # same call: reused
     with pytest.raises(CacheMismatchError, match="teacher 0"):
         build(b, X, path)
     with pytest.raises(CacheMismatchError, match=r"input rows 80-119 \(chunk 2\)"):
@@ -79,13 +85,17 @@ def test_refuses_other_teacher_data_or_settings(tmp_path, X):
         build(a, changed, path)
     with pytest.raises(CacheMismatchError, match="labels"):
         build(a, X, path, y=np.zeros(N, int))
-    with pytest.raises(CacheMismatchError, match="dtype: cache has 'float32', this build has 'float16'"):
+    with pytest.raises(
+        CacheMismatchError, match="dtype: cache has 'float32', this build has 'float16'"
+    ):
         build(a, X, path, dtype="float16")
     with pytest.raises(CacheMismatchError, match="data shape"):
         build(a, X[:150], path)
     build(b, X, path, overwrite=True)
     with torch.no_grad():
-        np.testing.assert_array_equal(np.asarray(LogitCache.open(path))[:, 0], b(torch.from_numpy(X)).numpy())
+        np.testing.assert_array_equal(
+            np.asarray(LogitCache.open(path))[:, 0], b(torch.from_numpy(X)).numpy()
+        )
 
 
 def test_refuses_to_write_into_a_foreign_directory(tmp_path, X):
@@ -156,7 +166,12 @@ def test_unfinished_cache_is_refused_and_missing_chunks_raise(tmp_path, X):
     with pytest.raises(CacheIncompleteError, match=r"chunk 3 \(rows 120-159\)"):
         np.asarray(partial[125:126])
     report = partial.verify()  # unfinished is not corrupt: reported apart
-    assert not report.ok and report.status == "INCOMPLETE" and not report.problems and not report.corrupt
+    assert (
+        not report.ok
+        and report.status == "INCOMPLETE"
+        and not report.problems
+        and not report.corrupt
+    )
     assert list(report.incomplete) == [i for i in range(5) if i not in done]
     assert report.n_verified == len(done) and "not written yet: 2 chunks (3, 4)" in str(report)
 
@@ -178,8 +193,16 @@ def test_resume_after_failure_computes_only_missing_chunks(tmp_path, backend, X)
 @pytest.mark.parametrize(
     "teacher, error, match",
     [
-        (Teacher(range(95, 96), "nan"), TeacherOutputError, r"member 1 \(Teacher\).*NaN or inf.*rows 81"),
-        (Teacher(width=C + 1), TeacherOutputError, r"member 1 \(Teacher\) returned logits of shape \(20, 4\)"),
+        (
+            Teacher(range(95, 96), "nan"),
+            TeacherOutputError,
+            r"member 1 \(Teacher\).*NaN or inf.*rows 81",
+        ),
+        (
+            Teacher(width=C + 1),
+            TeacherOutputError,
+            r"member 1 \(Teacher\) returned logits of shape \(20, 4\)",
+        ),
     ],
 )
 def test_bad_teacher_output_names_member_and_rows(tmp_path, X, teacher, error, match):
@@ -196,7 +219,9 @@ def test_bad_teacher_output_names_member_and_rows(tmp_path, X, teacher, error, m
     done = sorted(partial._handle.records)
     assert 2 not in done  # the chunk holding row 81
     for i in done:  # chunks finished before the error are kept, intact
-        np.testing.assert_array_equal(np.asarray(partial[40 * i : 40 * i + 40])[:, 0], X[40 * i : 40 * i + 40] @ good.W)
+        np.testing.assert_array_equal(
+            np.asarray(partial[40 * i : 40 * i + 40])[:, 0], X[40 * i : 40 * i + 40] @ good.W
+        )
 
 
 def test_float16_overflow_is_an_error(tmp_path, X):
@@ -209,7 +234,9 @@ def test_class_set_mismatch_names_member(tmp_path, X):
 
     a = LogisticRegression().fit(X, np.arange(N) % 3)
     b = LogisticRegression().fit(X, np.arange(N) % 3 + 1)
-    with pytest.raises(ClassMismatchError, match=r"member 1 \(LogisticRegression\) has classes \[1, 2, 3\]"):
+    with pytest.raises(
+        ClassMismatchError, match=r"member 1 \(LogisticRegression\) has classes \[1, 2, 3\]"
+    ):
         build([a, b], X, tmp_path / "c")
     with pytest.raises(ClassMismatchError, match="label 7"):
         build(a, X, tmp_path / "d", y=np.full(N, 7))
@@ -238,12 +265,22 @@ def test_resume_after_sigkill_equals_uninterrupted_build(tmp_path, backend, X):
     model = torch.nn.Sequential(torch.nn.Linear(D, 8), torch.nn.ReLU(), torch.nn.Linear(8, C))
     script_path = tmp_path / "teacher.pt"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch >= 2.10
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # torch.jit is deprecated in torch >= 2.10
         torch.jit.trace(model, torch.zeros(1, D)).save(str(script_path))
     np.save(tmp_path / "x.npy", X)
     path = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_BUILD, str(tmp_path / "x.npy"), str(script_path), str(path), backend],
+        [
+            sys.executable,
+            "-c",
+            _KILLED_BUILD,
+            str(tmp_path / "x.npy"),
+            str(script_path),
+            str(path),
+            backend,
+        ],
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     try:
@@ -269,16 +306,32 @@ def test_resume_after_sigkill_equals_uninterrupted_build(tmp_path, backend, X):
         return compute(self, index, x)
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning
+        )
         tasks.ChunkJob.compute = counted
         try:
-            resumed = build_cache(str(script_path), X, path, backend=backend, chunk_rows=8, batch_size=4,
-                                  progress=False)
+            resumed = build_cache(
+                str(script_path),
+                X,
+                path,
+                backend=backend,
+                chunk_rows=8,
+                batch_size=4,
+                progress=False,
+            )
         finally:
             tasks.ChunkJob.compute = compute
         assert len(calls) == N // 8 - done
-        reference = build_cache(str(script_path), X, tmp_path / "ref", backend=backend, chunk_rows=8,
-                                batch_size=4, progress=False)
+        reference = build_cache(
+            str(script_path),
+            X,
+            tmp_path / "ref",
+            backend=backend,
+            chunk_rows=8,
+            batch_size=4,
+            progress=False,
+        )
     np.testing.assert_array_equal(np.asarray(resumed), np.asarray(reference))
     np.testing.assert_array_equal(resumed.labels, reference.labels)
     assert resumed.verify().ok

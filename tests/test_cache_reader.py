@@ -52,7 +52,9 @@ def test_subsets_compose_and_read_only_touched_chunks(built, reads):
     np.testing.assert_array_equal(np.asarray(subsub), full[[110, 45, 111, 45]])
     assert sorted(reads) == [0, 2]  # each touched chunk once
     reads.clear()
-    np.testing.assert_array_equal(take_rows(cache, np.array([249, 3, 3, 201])), full[[249, 3, 3, 201]])
+    np.testing.assert_array_equal(
+        take_rows(cache, np.array([249, 3, 3, 201])), full[[249, 3, 3, 201]]
+    )
     assert sorted(reads) == [0, 4]
     np.testing.assert_array_equal(subsub.labels, cache.labels[[110, 45, 111, 45]])
 
@@ -84,7 +86,13 @@ def test_a_cache_is_resident_once_chunk_memory_holds_every_chunk(built, reads):
 
 @pytest.mark.parametrize(
     "key",
-    [slice(10, 200, 3), np.arange(250) % 3 == 0, [5, 1, 249], np.array([-1, -250]), (np.array([7, 8]), Ellipsis)],
+    [
+        slice(10, 200, 3),
+        np.arange(250) % 3 == 0,
+        [5, 1, 249],
+        np.array([-1, -250]),
+        (np.array([7, 8]), Ellipsis),
+    ],
     ids=["slice", "mask", "list", "negative", "tuple-ellipsis"],
 )
 def test_indexing_forms(built, key):

@@ -44,7 +44,9 @@ def build(teacher, X, path, **kw):
 
 @pytest.mark.parametrize("where", ["manifest", "record", "chunk"])
 @pytest.mark.parametrize("finished", [True, False])
-def test_leftover_temp_files_do_not_block_resume_or_overwrite(tmp_path, X, backend, where, finished):
+def test_leftover_temp_files_do_not_block_resume_or_overwrite(
+    tmp_path, X, backend, where, finished
+):
     path = tmp_path / "c"
     cache = build(linear, X, path, backend=backend)
     reference = np.asarray(cache)
@@ -53,8 +55,11 @@ def test_leftover_temp_files_do_not_block_resume_or_overwrite(tmp_path, X, backe
         manifest.update(complete=False, chunks=[], finished=None)
         (path / "manifest.json").write_text(json.dumps(manifest))
         (path / "done" / "000001.json").unlink()
-    folder = {"manifest": path, "record": path / "done", "chunk": path / (
-        "hdf5" if backend == "hdf5" else "logits.zarr")}[where]
+    folder = {
+        "manifest": path,
+        "record": path / "done",
+        "chunk": path / ("hdf5" if backend == "hdf5" else "logits.zarr"),
+    }[where]
     target = {"manifest": "manifest.json", "record": "000001.json", "chunk": "000001.h5"}[where]
     leftover = folder / f".{target}.0123456789abcdef.tmp"
     leftover.write_bytes(b'{"half": ')  # a write cut short
@@ -115,15 +120,22 @@ def test_teacher_precision_is_explicit_recorded_and_compared(tmp_path, X):
     assert not np.array_equal(exact, low)  # the two settings give different logits
 
     model = build(module, X, tmp_path / "m", device="cpu")
-    assert model.manifest.build["precision"] == "model" and model.manifest.build["device_kind"] == "cpu"
+    assert (
+        model.manifest.build["precision"] == "model"
+        and model.manifest.build["device_kind"] == "cpu"
+    )
     np.testing.assert_array_equal(np.asarray(model)[:, 0], exact)
     half = build(module, X, tmp_path / "b", device="cpu", precision="bfloat16")
     assert half.manifest.build["precision"] == "bfloat16"
     np.testing.assert_array_equal(np.asarray(half)[:, 0], low)
 
-    with pytest.raises(CacheMismatchError, match="teacher precision: cache has 'model', this build has 'bfloat16'"):
+    with pytest.raises(
+        CacheMismatchError, match="teacher precision: cache has 'model', this build has 'bfloat16'"
+    ):
         build(module, X, tmp_path / "m", device="cpu", precision="bfloat16")
-    np.testing.assert_array_equal(np.asarray(build(module, X, tmp_path / "m", device="cpu"))[:, 0], exact)
+    np.testing.assert_array_equal(
+        np.asarray(build(module, X, tmp_path / "m", device="cpu"))[:, 0], exact
+    )
     with pytest.raises(InputError, match="precision must be one of"):
         build(module, X, tmp_path / "x", precision="fp8")
 
@@ -131,14 +143,19 @@ def test_teacher_precision_is_explicit_recorded_and_compared(tmp_path, X):
 def test_resume_on_another_device_kind_is_refused(tmp_path, X):
     torch.manual_seed(0)
     module = torch.nn.Linear(D, C)
-    for teacher, refused in ((module, True), (linear, False)):  # a numpy callable runs on the CPU anywhere
+    for teacher, refused in (
+        (module, True),
+        (linear, False),
+    ):  # a numpy callable runs on the CPU anywhere
         path = tmp_path / type(teacher).__name__
         build(teacher, X, path, device="cpu")
         manifest = json.loads((path / "manifest.json").read_text())
         manifest["build"]["device_kind"] = "cuda"  # as if it had been built on a GPU
         (path / "manifest.json").write_text(json.dumps(manifest))
         if refused:
-            with pytest.raises(CacheMismatchError, match="device kind: cache has 'cuda', this build has 'cpu'"):
+            with pytest.raises(
+                CacheMismatchError, match="device kind: cache has 'cuda', this build has 'cpu'"
+            ):
                 build(teacher, X, path, device="cpu")
         else:
             build(teacher, X, path, device="cpu")
@@ -153,10 +170,25 @@ def test_command_line_precision_flag(tmp_path, X):
         torch.jit.trace(torch.nn.Linear(D, C), torch.zeros(1, D)).save(str(script))
     np.save(tmp_path / "x.npy", X)
     out = tmp_path / "c"
-    args = ["build-cache", str(script), "--data", str(tmp_path / "x.npy"), "-o", str(out), "--quiet",
-            "--device", "cpu", "--precision", "bfloat16", "--chunk-rows", str(ROWS)]
+    args = [
+        "build-cache",
+        str(script),
+        "--data",
+        str(tmp_path / "x.npy"),
+        "-o",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--precision",
+        "bfloat16",
+        "--chunk-rows",
+        str(ROWS),
+    ]
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning
+        )
         assert main(args) == 0
     assert LogitCache.open(out).manifest.build["precision"] == "bfloat16"
 
@@ -192,7 +224,9 @@ def test_an_edited_callable_is_refused_and_the_same_one_resumes(tmp_path, X, edi
     original = make(ORIGINAL, W=W)
     first = np.asarray(build(original, X, path))
     np.testing.assert_allclose(first[:, 0], (X @ W) * 2 + 0.5, rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(build(make(ORIGINAL, W=W.copy()), X, path)), first)  # same: resumes
+    np.testing.assert_array_equal(
+        np.asarray(build(make(ORIGINAL, W=W.copy()), X, path)), first
+    )  # same: resumes
 
     if edit == "global value":
         edited = make(ORIGINAL, W=W + 1)
@@ -204,6 +238,7 @@ def test_an_edited_callable_is_refused_and_the_same_one_resumes(tmp_path, X, edi
         build(make(source, est=LogisticRegression(C=1.0).fit(X, labels)), X, tmp_path / "e")
         path, edited = tmp_path / "e", make(source, est=LogisticRegression(C=0.01).fit(X, labels))
     elif edit == "closure value":
+
         def closure(W):
             return lambda batch: batch @ W
 
@@ -232,11 +267,15 @@ def test_a_weak_callable_resumes_only_with_a_named_version(tmp_path, X):
     assert is_weak(fingerprint_callable(teacher))
     path = tmp_path / "c"
     build(teacher, X, path)
-    with pytest.raises(CacheMismatchError, match=r"teacher 0 \(.*teacher\) is a callable.*teacher_versions="):
+    with pytest.raises(
+        CacheMismatchError, match=r"teacher 0 \(.*teacher\) is a callable.*teacher_versions="
+    ):
         build(teacher, X, path)  # even unchanged: kdpipe cannot tell
 
     build(teacher, X, path, overwrite=True, teacher_versions=["v1"])
-    first = np.asarray(build(teacher, X, path, teacher_versions=["v1"]))  # the named version resumes
+    first = np.asarray(
+        build(teacher, X, path, teacher_versions=["v1"])
+    )  # the named version resumes
     np.testing.assert_allclose(first[:, 0], X @ W, rtol=1e-6)
     with pytest.raises(CacheMismatchError, match="teacher 0"):
         build(teacher, X, path, teacher_versions="v2")  # a new version: other logits
@@ -260,8 +299,13 @@ def test_dask_tokens_agree_across_processes(tmp_path, X):
     root = os.path.dirname(os.path.dirname(kdpipe.__file__))  # this checkout's kdpipe
     env = {**os.environ, "PYTHONHASHSEED": "random", "PYTHONPATH": root}
     there = [
-        subprocess.run([sys.executable, "-c", code, str(cache.path)], capture_output=True, text=True, check=True,
-                       env=env).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code, str(cache.path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout.strip()
         for _ in range(2)
     ]
     assert there == [here, here]
@@ -273,7 +317,11 @@ def test_open_without_a_cache_is_one_clear_error(tmp_path):
     plain.write_bytes(b"x")
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases = {plain: "is a file", tmp_path / "nothing": "does not exist", empty: "has no manifest.json"}
+    cases = {
+        plain: "is a file",
+        tmp_path / "nothing": "does not exist",
+        empty: "has no manifest.json",
+    }
     for path, words in cases.items():
         with pytest.raises(CacheNotFoundError, match=f"no kdpipe logit cache at {path}.*{words}"):
             LogitCache.open(path)

@@ -70,7 +70,9 @@ def test_round_trip_equals_a_local_cache(tmp_path, data, s3_bucket):
     url, options = s3_bucket
     kw = dict(y=y, chunk_rows=ROWS, batch_size=4, progress=False)
     local = build_cache(counting_teacher(W, []), X, tmp_path / "local", **kw)
-    remote = build_cache(counting_teacher(W, []), X, f"{url}/runs/a.zarr", storage_options=options, **kw)
+    remote = build_cache(
+        counting_teacher(W, []), X, f"{url}/runs/a.zarr", storage_options=options, **kw
+    )
     assert isinstance(remote.path, RemotePath) and str(remote.path) == f"{url}/runs/a.zarr"
     np.testing.assert_array_equal(np.asarray(remote), np.asarray(local))
     np.testing.assert_allclose(np.asarray(remote)[:, 0], X @ W, rtol=1e-6)
@@ -89,8 +91,14 @@ def test_round_trip_equals_a_local_cache(tmp_path, data, s3_bucket):
 def test_a_pickled_view_is_the_url_and_rows_never_data(data, s3_bucket):
     X, _y, W = data
     url, options = s3_bucket
-    cache = build_cache(counting_teacher(W, []), X, f"{url}/p.zarr", storage_options=options, chunk_rows=ROWS,
-                        progress=False)
+    cache = build_cache(
+        counting_teacher(W, []),
+        X,
+        f"{url}/p.zarr",
+        storage_options=options,
+        chunk_rows=ROWS,
+        progress=False,
+    )
     rows = np.arange(0, N, 2)
     view = cache[rows]
     blob = pickle.dumps(view)
@@ -106,27 +114,49 @@ def test_secrets_in_storage_options_are_never_written_or_printed(data, s3_bucket
     url, options = s3_bucket
     secret = "kdpipe-test-secret"  # the credentials the server accepts, here given as options
     options = {**options, "key": "kdpipe-test-key", "secret": secret}
-    cache = build_cache(counting_teacher(W, []), X, f"{url}/s.zarr", storage_options=options, chunk_rows=ROWS,
-                        progress=False)
+    cache = build_cache(
+        counting_teacher(W, []),
+        X,
+        f"{url}/s.zarr",
+        storage_options=options,
+        chunk_rows=ROWS,
+        progress=False,
+    )
     fs = fs_of(options)
     for key in fs.find(f"{url}/s.zarr"):
         assert secret.encode() not in fs.cat_file(key), key
-    shown = [repr(cache), str(cache.path), repr(cache.path), json.dumps(cache.info()), str(cache.verify())]
+    shown = [
+        repr(cache),
+        str(cache.path),
+        repr(cache.path),
+        json.dumps(cache.info()),
+        str(cache.verify()),
+    ]
     assert not any(secret in text for text in shown)
     assert "***" in repr(cache.path)
-    assert redact({"client_kwargs": {"aws_secret_access_key": "s"}, "token": "t", "anon": False}) == {
-        "client_kwargs": {"aws_secret_access_key": "***"}, "token": "***", "anon": False
-    }
+    assert redact(
+        {"client_kwargs": {"aws_secret_access_key": "s"}, "token": "t", "anon": False}
+    ) == {"client_kwargs": {"aws_secret_access_key": "***"}, "token": "***", "anon": False}
 
 
-def test_chunk_data_then_its_record_then_the_manifest_each_object_once(data, s3_bucket, monkeypatch):
+def test_chunk_data_then_its_record_then_the_manifest_each_object_once(
+    data, s3_bucket, monkeypatch
+):
     X, y, W = data
     url, options = s3_bucket
     steps: list[tuple[str, str]] = []
     previous = durable.set_write_hook(lambda step, path: steps.append((step, path)))
     try:
-        build_cache(counting_teacher(W, []), X, f"{url}/o.zarr", y=y, storage_options=options, chunk_rows=ROWS,
-                    progress=False, num_workers=2)
+        build_cache(
+            counting_teacher(W, []),
+            X,
+            f"{url}/o.zarr",
+            y=y,
+            storage_options=options,
+            chunk_rows=ROWS,
+            progress=False,
+            num_workers=2,
+        )
     finally:
         durable.set_write_hook(previous)
     puts = [path for step, path in steps if step == "put"]
@@ -136,7 +166,9 @@ def test_chunk_data_then_its_record_then_the_manifest_each_object_once(data, s3_
     chunk_puts = [p for p in puts if p != manifest]
     assert len(chunk_puts) == len(set(chunk_puts))  # no object written twice
     for i in range(N // ROWS):
-        data_at = [k for k, p in enumerate(puts) if re.search(rf"/logits.zarr/\w+/c/{i}(/0/0)?$", p)]
+        data_at = [
+            k for k, p in enumerate(puts) if re.search(rf"/logits.zarr/\w+/c/{i}(/0/0)?$", p)
+        ]
         record_at = puts.index(f"{url}/o.zarr/done/{i:06d}.json")
         assert len(data_at) == 3 and max(data_at) < record_at < len(puts) - 1
 
@@ -156,7 +188,7 @@ def test_corrupt_and_deleted_objects_raise_show_in_verify_and_are_rebuilt(data, 
 
     cache = LogitCache.open(path, storage_options=options)
     with pytest.raises(CacheCorruptError, match="chunk 1"):
-        np.asarray(cache[ROWS: 2 * ROWS])
+        np.asarray(cache[ROWS : 2 * ROWS])
     with pytest.raises(CacheChunkMissingError, match="chunk 4"):
         _ = cache.labels
     report = cache.verify()
@@ -208,7 +240,9 @@ _KILLED_BUILD = textwrap.dedent(
 )
 
 
-def test_a_build_killed_with_sigkill_resumes_computing_only_missing_chunks(tmp_path, data, s3_bucket, monkeypatch):
+def test_a_build_killed_with_sigkill_resumes_computing_only_missing_chunks(
+    tmp_path, data, s3_bucket, monkeypatch
+):
     X, y, W = data
     url, options = s3_bucket
     path = f"{url}/k.zarr"
@@ -216,8 +250,12 @@ def test_a_build_killed_with_sigkill_resumes_computing_only_missing_chunks(tmp_p
         np.save(tmp_path / f"{name}.npy", array)
     fs = fs_of(options)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(tmp_path), path, json.dumps(options)],
-                             env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_BUILD, str(tmp_path), path, json.dumps(options)],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and child.poll() is None:
@@ -241,21 +279,47 @@ def test_a_build_killed_with_sigkill_resumes_computing_only_missing_chunks(tmp_p
     # the killed build's lease is still in the bucket: refused until it goes stale (kdpipe.cache.lock),
     # here after 2 s instead of 60 (a refresh interval plus LastModified's whole second below it)
     with pytest.raises(CacheLockedError, match=f"process {child.pid} on host"):
-        build_cache(counting_teacher(W, []), X, path, y=y, storage_options=options, chunk_rows=ROWS,
-                    batch_size=ROWS, progress=False)
+        build_cache(
+            counting_teacher(W, []),
+            X,
+            path,
+            y=y,
+            storage_options=options,
+            chunk_rows=ROWS,
+            batch_size=ROWS,
+            progress=False,
+        )
     monkeypatch.setattr(lock, "LEASE_SECONDS", 2.0)
     calls: list[int] = []
-    resumed = build_cache(counting_teacher(W, calls), X, path, y=y, storage_options=options, chunk_rows=ROWS,
-                          batch_size=ROWS, progress=False, lock_timeout=30)
+    resumed = build_cache(
+        counting_teacher(W, calls),
+        X,
+        path,
+        y=y,
+        storage_options=options,
+        chunk_rows=ROWS,
+        batch_size=ROWS,
+        progress=False,
+        lock_timeout=30,
+    )
     assert len(calls) == N // ROWS - done  # one batch per missing chunk, none for the others
-    reference = build_cache(counting_teacher(W, []), X, tmp_path / "whole", y=y, chunk_rows=ROWS,
-                            batch_size=ROWS, progress=False)
+    reference = build_cache(
+        counting_teacher(W, []),
+        X,
+        tmp_path / "whole",
+        y=y,
+        chunk_rows=ROWS,
+        batch_size=ROWS,
+        progress=False,
+    )
     np.testing.assert_array_equal(np.asarray(resumed), np.asarray(reference))
     np.testing.assert_array_equal(resumed.labels, reference.labels)
     assert resumed.verify().ok
 
 
-def test_url_without_its_package_is_one_clear_error_and_creates_nothing(data, tmp_path, monkeypatch):
+def test_url_without_its_package_is_one_clear_error_and_creates_nothing(
+    data, tmp_path, monkeypatch
+):
     X, _y, W = data
     monkeypatch.chdir(tmp_path)
     registry = sys.modules["fsspec.registry"]._registry
@@ -268,8 +332,12 @@ def test_url_without_its_package_is_one_clear_error_and_creates_nothing(data, tm
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("path", ["s3:bucket/run.zarr", Path("s3://bucket/run.zarr"), "s3:/bucket/run.zarr"])
-def test_url_look_alikes_are_refused_before_a_local_folder_exists(data, tmp_path, monkeypatch, path):
+@pytest.mark.parametrize(
+    "path", ["s3:bucket/run.zarr", Path("s3://bucket/run.zarr"), "s3:/bucket/run.zarr"]
+)
+def test_url_look_alikes_are_refused_before_a_local_folder_exists(
+    data, tmp_path, monkeypatch, path
+):
     X, _y, W = data
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match="starts like a URL"):
@@ -286,7 +354,9 @@ def test_hdf5_at_a_url_says_to_use_zarr(data, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_command_line_builds_reads_and_verifies_a_bucket(data, tmp_path, s3_bucket, capsys, monkeypatch):
+def test_command_line_builds_reads_and_verifies_a_bucket(
+    data, tmp_path, s3_bucket, capsys, monkeypatch
+):
     import joblib
     from sklearn.linear_model import LogisticRegression
 
@@ -297,10 +367,25 @@ def test_command_line_builds_reads_and_verifies_a_bucket(data, tmp_path, s3_buck
     teacher = tmp_path / "teacher.joblib"
     joblib.dump(LogisticRegression().fit(X, np.abs(y)), teacher)
     np.save(tmp_path / "X.npy", X)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", options["endpoint_url"])  # the endpoint, from the environment
+    monkeypatch.setenv(
+        "AWS_ENDPOINT_URL", options["endpoint_url"]
+    )  # the endpoint, from the environment
     path = f"{url}/cli.zarr"
-    assert main(["build-cache", str(teacher), "--data", str(tmp_path / "X.npy"), "-o", path, "--quiet",
-                 "--trust-pickled-teachers"]) == 0  # a pickle this test wrote
+    assert (
+        main(
+            [
+                "build-cache",
+                str(teacher),
+                "--data",
+                str(tmp_path / "X.npy"),
+                "-o",
+                path,
+                "--quiet",
+                "--trust-pickled-teachers",
+            ]
+        )
+        == 0
+    )  # a pickle this test wrote
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     endpoint = ["--storage-option", f"endpoint_url={options['endpoint_url']}"]
     assert main(["info", path, *endpoint]) == 0
@@ -315,14 +400,50 @@ def test_command_line_builds_reads_and_verifies_a_bucket(data, tmp_path, s3_buck
 
     import zarr  # a .zarr transfer set in the bucket: the workers of a cluster could read it too
 
-    group = zarr.open_group(parse_location(f"{url}/data.zarr", options).zarr_store(read_only=False), mode="w")
+    group = zarr.open_group(
+        parse_location(f"{url}/data.zarr", options).zarr_store(read_only=False), mode="w"
+    )
     group.create_array("x", shape=X.shape, chunks=(16, D), dtype=X.dtype)[...] = X
-    assert main(["build-cache", str(teacher), "--data", f"{url}/data.zarr", "--dataset", "x", "-o", f"{url}/z.zarr",
-                 *endpoint, "--quiet", "--trust-pickled-teachers"]) == 0
+    assert (
+        main(
+            [
+                "build-cache",
+                str(teacher),
+                "--data",
+                f"{url}/data.zarr",
+                "--dataset",
+                "x",
+                "-o",
+                f"{url}/z.zarr",
+                *endpoint,
+                "--quiet",
+                "--trust-pickled-teachers",
+            ]
+        )
+        == 0
+    )
     remote_x = LogitCache.open(f"{url}/z.zarr", storage_options=options)
-    np.testing.assert_array_equal(np.asarray(remote_x), np.asarray(LogitCache.open(path, storage_options=options)))
-    assert main(["build-cache", str(teacher), "--data", str(tmp_path / "X.npy"), "-o", f"{url}/h", "--backend", "hdf5",
-                 *endpoint, "--quiet", "--trust-pickled-teachers"]) == 1
+    np.testing.assert_array_equal(
+        np.asarray(remote_x), np.asarray(LogitCache.open(path, storage_options=options))
+    )
+    assert (
+        main(
+            [
+                "build-cache",
+                str(teacher),
+                "--data",
+                str(tmp_path / "X.npy"),
+                "-o",
+                f"{url}/h",
+                "--backend",
+                "hdf5",
+                *endpoint,
+                "--quiet",
+                "--trust-pickled-teachers",
+            ]
+        )
+        == 1
+    )
     assert "Use backend='zarr'" in capsys.readouterr().err
 
 
@@ -333,7 +454,9 @@ def test_a_sparse_cache_in_a_bucket_reads_and_trains_as_the_local_one(tmp_path, 
     url, options = s3_bucket
     kw = dict(y=y, chunk_rows=ROWS, batch_size=4, progress=False, sparse=TopK(k=2))
     local = build_cache(counting_teacher(W, []), X, tmp_path / "sparse", **kw)
-    remote = build_cache(counting_teacher(W, []), X, f"{url}/sparse.zarr", storage_options=options, **kw)
+    remote = build_cache(
+        counting_teacher(W, []), X, f"{url}/sparse.zarr", storage_options=options, **kw
+    )
     reopened = LogitCache.open(f"{url}/sparse.zarr", storage_options=options)
     assert type(reopened) is type(local) and reopened.info()["format"] == local.info()["format"]
     rows = np.array([59, 0, 31, 31])
@@ -343,7 +466,8 @@ def test_a_sparse_cache_in_a_bucket_reads_and_trains_as_the_local_one(tmp_path, 
     assert remote.verify().ok
     fitted = [
         DistilledClassifier(hidden_layer_sizes=(8,), max_epochs=2, random_state=0, device="cpu")
-        .fit(X, y, teacher_logits=cache).predict_proba(X)
+        .fit(X, y, teacher_logits=cache)
+        .predict_proba(X)
         for cache in (local, pickle.loads(pickle.dumps(reopened)))
     ]
     np.testing.assert_array_equal(fitted[1], fitted[0])

@@ -40,7 +40,9 @@ class SlowTeacher(torch.nn.Module):
 
 def _torchscript(module: torch.nn.Module, path: Path) -> Path:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch >= 2.10
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # torch.jit is deprecated in torch >= 2.10
         torch.jit.script(module).save(str(path))
     return path
 
@@ -54,14 +56,21 @@ def files(tmp_path) -> dict[str, Path]:
     np.save(tmp_path / "y.npy", np.arange(N) % C)
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["x"] = X
-    teacher = torch.nn.Sequential(torch.nn.Linear(D, 8), torch.nn.ReLU(), torch.nn.Linear(8, C)).eval()
+    teacher = torch.nn.Sequential(
+        torch.nn.Linear(D, 8), torch.nn.ReLU(), torch.nn.Linear(8, C)
+    ).eval()
     torch.save(teacher, tmp_path / "pickled.pt")
     torch.save(teacher.state_dict(), tmp_path / "weights.pt")
     _torchscript(teacher, tmp_path / "script.pt")
     return {
-        "x": tmp_path / "x.npy", "y": tmp_path / "y.npy", "h5": tmp_path / "x.h5",
-        "pickled": tmp_path / "pickled.pt", "weights": tmp_path / "weights.pt",
-        "script": tmp_path / "script.pt", "out": tmp_path / "cache", "dir": tmp_path,
+        "x": tmp_path / "x.npy",
+        "y": tmp_path / "y.npy",
+        "h5": tmp_path / "x.h5",
+        "pickled": tmp_path / "pickled.pt",
+        "weights": tmp_path / "weights.pt",
+        "script": tmp_path / "script.pt",
+        "out": tmp_path / "cache",
+        "dir": tmp_path,
     }
 
 
@@ -99,24 +108,64 @@ def _user_error_cases(f: dict[str, Path]) -> dict[str, tuple[list[str], int, str
     build = ["build-cache", "--data", str(f["x"]), "-o", str(f["out"]), "--quiet"]
     return {
         "missing teacher": (build + [str(f["dir"] / "nope.pt")], 1, "nope.pt"),
-        "missing data": (["build-cache", str(f["script"]), "--data", str(f["dir"] / "nope.npy"),
-                          "-o", str(f["out"])], 1, "nope.npy"),
-        "missing labels": (build + [str(f["script"]), "--labels", str(f["dir"] / "nope.npy")], 1, "nope.npy"),
+        "missing data": (
+            [
+                "build-cache",
+                str(f["script"]),
+                "--data",
+                str(f["dir"] / "nope.npy"),
+                "-o",
+                str(f["out"]),
+            ],
+            1,
+            "nope.npy",
+        ),
+        "missing labels": (
+            build + [str(f["script"]), "--labels", str(f["dir"] / "nope.npy")],
+            1,
+            "nope.npy",
+        ),
         "pickled module": (build + [str(f["pickled"])], 1, "--trust-pickled-teachers"),
-        "state_dict, trusted": (build + [str(f["weights"]), "--trust-pickled-teachers"], 1, "is a state_dict"),
-        "hdf5 without --dataset": (["build-cache", str(f["script"]), "--data", str(f["h5"]),
-                                    "-o", str(f["out"])], 2, "--dataset"),
-        "hdf5, wrong --dataset": (["build-cache", str(f["script"]), "--data", str(f["h5"]), "--dataset",
-                                   "z", "-o", str(f["out"])], 1, "its arrays: x"),
-        "data of unknown type": (["build-cache", str(f["script"]), "--data", str(f["pickled"]),
-                                  "-o", str(f["out"])], 2, ".npy, .zarr or .h5"),
+        "state_dict, trusted": (
+            build + [str(f["weights"]), "--trust-pickled-teachers"],
+            1,
+            "is a state_dict",
+        ),
+        "hdf5 without --dataset": (
+            ["build-cache", str(f["script"]), "--data", str(f["h5"]), "-o", str(f["out"])],
+            2,
+            "--dataset",
+        ),
+        "hdf5, wrong --dataset": (
+            [
+                "build-cache",
+                str(f["script"]),
+                "--data",
+                str(f["h5"]),
+                "--dataset",
+                "z",
+                "-o",
+                str(f["out"]),
+            ],
+            1,
+            "its arrays: x",
+        ),
+        "data of unknown type": (
+            ["build-cache", str(f["script"]), "--data", str(f["pickled"]), "-o", str(f["out"])],
+            2,
+            ".npy, .zarr or .h5",
+        ),
         "info on a missing cache": (["info", str(f["dir"] / "nothing")], 1, "nothing"),
         "verify on a plain file": (["verify", str(f["x"])], 1, "x.npy"),
         "unknown option": (["info", str(f["out"]), "--colour"], 2, "--colour"),
     }
 
 
-CASES = sorted(_user_error_cases({k: Path(k) for k in ("x", "y", "h5", "pickled", "weights", "script", "out", "dir")}))
+CASES = sorted(
+    _user_error_cases(
+        {k: Path(k) for k in ("x", "y", "h5", "pickled", "weights", "script", "out", "dir")}
+    )
+)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -134,9 +183,22 @@ def test_user_errors_end_with_one_line_and_an_exit_status(case, files, capsys):
 
 def test_user_error_from_a_shell_has_no_traceback(files):
     done = subprocess.run(
-        [sys.executable, "-m", "kdpipe", "build-cache", str(files["pickled"]), "--data", str(files["x"]),
-         "-o", str(files["out"])],
-        capture_output=True, text=True, env=_subprocess_env(), timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "kdpipe",
+            "build-cache",
+            str(files["pickled"]),
+            "--data",
+            str(files["x"]),
+            "-o",
+            str(files["out"]),
+        ],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("kdpipe: error: ")
@@ -156,7 +218,10 @@ def test_debug_shows_the_original_exception(files, monkeypatch, how):
 
 def test_trusted_pickled_module_builds_the_same_cache_as_its_torchscript(files):
     argv = ["build-cache", "--data", str(files["x"]), "--labels", str(files["y"]), "--quiet"]
-    assert main([*argv, str(files["pickled"]), "--trust-pickled-teachers", "-o", str(files["out"])]) == 0
+    assert (
+        main([*argv, str(files["pickled"]), "--trust-pickled-teachers", "-o", str(files["out"])])
+        == 0
+    )
     assert main([*argv, str(files["script"]), "-o", str(files["dir"] / "ts")]) == 0
     pickled, script = LogitCache.open(files["out"]), LogitCache.open(files["dir"] / "ts")
     teacher = torch.load(files["pickled"], weights_only=False)
@@ -180,10 +245,30 @@ def test_ctrl_c_during_build_cache_exits_130_and_rerunning_resumes(tmp_path):
         module = SlowTeacher(n=1000).eval()
     teacher = _torchscript(module, tmp_path / "slow.pt")
     out = tmp_path / "cache"
-    argv = [sys.executable, "-m", "kdpipe", "build-cache", str(teacher), "--data", str(tmp_path / "x.npy"),
-            "-o", str(out), "--chunk-rows", "8", "--batch-size", "8", "--device", "cpu", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "kdpipe",
+        "build-cache",
+        str(teacher),
+        "--data",
+        str(tmp_path / "x.npy"),
+        "-o",
+        str(out),
+        "--chunk-rows",
+        "8",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env(),
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_subprocess_env(),
         # a shell gives its foreground job the default SIGINT action; pytest may run in the background
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 (one signal call, no locks)
     )
@@ -199,7 +284,9 @@ def test_ctrl_c_during_build_cache_exits_130_and_rerunning_resumes(tmp_path):
     done_before = _records(out)
     assert 2 <= len(done_before) < N // 8
 
-    rerun = subprocess.run(argv, capture_output=True, text=True, env=_subprocess_env(), timeout=120, check=False)
+    rerun = subprocess.run(
+        argv, capture_output=True, text=True, env=_subprocess_env(), timeout=120, check=False
+    )
     assert rerun.returncode == 0, rerun.stderr
     cache = LogitCache.open(out)
     assert cache.verify().ok

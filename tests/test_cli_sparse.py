@@ -21,7 +21,9 @@ def files(tmp_path):
     np.save(tmp_path / "x.npy", X)
     teacher = torch.nn.Linear(D, C).eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch >= 2.10
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # torch.jit is deprecated in torch >= 2.10
         torch.jit.script(teacher).save(str(tmp_path / "t.pt"))
     return tmp_path
 
@@ -58,15 +60,48 @@ def test_every_sparse_format_has_a_command_line_spelling(text, spec):
 )
 def test_a_bad_sparse_format_is_one_line_and_status_2_before_any_work(files, capsys, text, needle):
     out = files / "cache"
-    assert main(["build-cache", str(files / "t.pt"), "--data", str(files / "missing.npy"), "-o", str(out), "--sparse", text]) == 2
+    assert (
+        main(
+            [
+                "build-cache",
+                str(files / "t.pt"),
+                "--data",
+                str(files / "missing.npy"),
+                "-o",
+                str(out),
+                "--sparse",
+                text,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and err.startswith(f"kdpipe: error: --sparse {text!r}") and needle in err, err
+    assert (
+        len(err.splitlines()) == 1
+        and err.startswith(f"kdpipe: error: --sparse {text!r}")
+        and needle in err
+    ), err
     assert not out.exists()  # checked before the data (which does not exist) was even looked at
 
 
 def test_build_cache_writes_the_sparse_format_it_was_given(files):
     out = files / "cache"
-    assert main(["build-cache", str(files / "t.pt"), "--data", str(files / "x.npy"), "-o", str(out), "--quiet", "--sparse", "topk:4+6@2"]) == 0
+    assert (
+        main(
+            [
+                "build-cache",
+                str(files / "t.pt"),
+                "--data",
+                str(files / "x.npy"),
+                "-o",
+                str(out),
+                "--quiet",
+                "--sparse",
+                "topk:4+6@2",
+            ]
+        )
+        == 0
+    )
     cache = LogitCache.open(out)
     assert cache.sparse == TopKSampledTail(4, 6, 2.0) and cache.verify().ok
     assert cache.read_rows(np.arange(N)).tail_counts.sum(axis=-1).tolist() == [[6.0]] * N

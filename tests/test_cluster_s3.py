@@ -40,13 +40,17 @@ def data():
     return X, y, teachers
 
 
-def test_worker_processes_build_into_the_bucket_what_a_local_build_writes(tmp_path, data, s3_bucket, client):
+def test_worker_processes_build_into_the_bucket_what_a_local_build_writes(
+    tmp_path, data, s3_bucket, client
+):
     X, y, teachers = data
     url, options = s3_bucket
     kw = dict(y=y, chunk_rows=40, batch_size=16, progress=False)
     local = build_cache(teachers, X, tmp_path / "local", num_workers=1, **kw)
     with distributed.get_task_stream(client) as stream:
-        remote = build_cache(teachers, X, f"{url}/cluster.zarr", client=client, storage_options=options, **kw)
+        remote = build_cache(
+            teachers, X, f"{url}/cluster.zarr", client=client, storage_options=options, **kw
+        )
     workers = {task["worker"] for task in stream.data if task["key"].startswith("kdpipe-compute-")}
     assert len(workers) == 2  # both worker processes computed (and wrote) chunks
     np.testing.assert_array_equal(np.asarray(remote), np.asarray(local))
@@ -63,13 +67,25 @@ def test_grid_search_on_the_cluster_reading_the_bucket_equals_a_local_run(data, 
     store = FsspecStore.from_url(f"{url}/X.zarr", storage_options=options)
     z = zarr.create_array(store=store, shape=X.shape, chunks=(60, X.shape[1]), dtype=X.dtype)
     z[...] = X
-    cache = build_cache(teachers, X, f"{url}/logits.zarr", y=y, chunk_rows=60, storage_options=options,
-                        progress=False)
-    X_remote = LazyRows(zarr.open_array(FsspecStore.from_url(f"{url}/X.zarr", storage_options=options,
-                                                             read_only=True), mode="r"))
+    cache = build_cache(
+        teachers,
+        X,
+        f"{url}/logits.zarr",
+        y=y,
+        chunk_rows=60,
+        storage_options=options,
+        progress=False,
+    )
+    X_remote = LazyRows(
+        zarr.open_array(
+            FsspecStore.from_url(f"{url}/X.zarr", storage_options=options, read_only=True), mode="r"
+        )
+    )
     rows = np.arange(0, 240, 2)
     blob = pickle.dumps(X_remote[rows])
-    assert len(blob) < rows.nbytes + 4096 and not any(x.tobytes() in blob for x in X)  # URL and rows, no data
+    assert len(blob) < rows.nbytes + 4096 and not any(
+        x.tobytes() in blob for x in X
+    )  # URL and rows, no data
 
     def search(n_jobs):
         estimator = DistilledClassifier(random_state=0, **FAST)

@@ -19,7 +19,13 @@ from kdpipe import DistilledClassifier, SpecialistEnsembleClassifier
 from kdpipe.errors import InputError
 from kdpipe.students import ConvNet
 
-CONV = {"module": ConvNet, "learning_rate": 1e-2, "batch_size": 64, "random_state": 0, "device": "cpu"}
+CONV = {
+    "module": ConvNet,
+    "learning_rate": 1e-2,
+    "batch_size": 64,
+    "random_state": 0,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +43,28 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 
 
 def test_convnet_takes_its_input_channels_and_size_from_the_sample_shape():
-    net = ConvNet(n_features=3 * 32 * 32, n_classes=7, sample_shape=(3, 32, 32), channels=(4, 8, 16),
-                  kernel_size=5, hidden=12)
+    net = ConvNet(
+        n_features=3 * 32 * 32,
+        n_classes=7,
+        sample_shape=(3, 32, 32),
+        channels=(4, 8, 16),
+        kernel_size=5,
+        hidden=12,
+    )
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
     convs = _convs(net)
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
-        (3, 4, (5, 5)), (4, 8, (5, 5)), (8, 16, (5, 5))
+        (3, 4, (5, 5)),
+        (4, 8, (5, 5)),
+        (8, 16, (5, 5)),
     ]
-    assert [(lin.in_features, lin.out_features) for lin in _linears(net)] == [(16 * 4 * 4, 12), (12, 7)]
-    one_channel = ConvNet(n_features=36, n_classes=3, sample_shape=(6, 6), channels=(2, 2, 2), hidden=0)
+    assert [(lin.in_features, lin.out_features) for lin in _linears(net)] == [
+        (16 * 4 * 4, 12),
+        (12, 7),
+    ]
+    one_channel = ConvNet(
+        n_features=36, n_classes=3, sample_shape=(6, 6), channels=(2, 2, 2), hidden=0
+    )
     assert one_channel(torch.zeros(4, 6, 6)).shape == (4, 3)  # 6 -> 3 -> 1 -> 1: pooling stops at 1
     assert [(lin.in_features, lin.out_features) for lin in _linears(one_channel)] == [(2, 3)]
     assert doctest.testmod(kdpipe.students).failed == 0
@@ -90,7 +109,9 @@ def test_grid_search_tunes_the_convnet_sizes_as_module_params(digit_images):
     best = search.best_estimator_
     routed = {k.removeprefix("module__"): v for k, v in search.best_params_.items()}
     assert best.module_params == {"kernel_size": 3, **routed}
-    assert [c.out_channels for c in _convs(best.module_)] == list(search.best_params_["module__channels"])
+    assert [c.out_channels for c in _convs(best.module_)] == list(
+        search.best_params_["module__channels"]
+    )
     hidden = search.best_params_["module__hidden"]
     linears = _linears(best.module_)
     assert [lin.out_features for lin in linears] == ([hidden, 10] if hidden else [10])
@@ -104,7 +125,9 @@ def test_grid_search_tunes_the_convnet_sizes_as_module_params(digit_images):
 
 def test_convnet_student_learns_digit_images_well_above_chance(digit_images):
     X, y = digit_images
-    clf = DistilledClassifier(**CONV, module_params={"channels": (8, 16), "hidden": 32}, max_epochs=5)
+    clf = DistilledClassifier(
+        **CONV, module_params={"channels": (8, 16), "hidden": 32}, max_epochs=5
+    )
     clf.fit(X[:1200], y[:1200])
     accuracy = clf.score(X[1200:], y[1200:])
     assert accuracy > 0.8, accuracy  # chance is 0.1 (10 balanced classes); measured 0.90
@@ -114,13 +137,21 @@ def test_convnet_student_distills_from_teacher_logits_and_serves_as_a_generalist
     X, y = digit_images
     X, y = X[:300], y[:300]
     teacher = np.eye(10, dtype=np.float32)[y] * 6.0  # a confident teacher that is always right
-    generalist = DistilledClassifier(**CONV, module_params={"channels": (4,), "hidden": 16}, max_epochs=2)
+    generalist = DistilledClassifier(
+        **CONV, module_params={"channels": (4,), "hidden": 16}, max_epochs=2
+    )
     generalist.fit(X, y, teacher_logits=teacher)
     ensemble = SpecialistEnsembleClassifier(
-        generalist=generalist, n_specialists=2, specialist_max_epochs=1, random_state=0, device="cpu"
+        generalist=generalist,
+        n_specialists=2,
+        specialist_max_epochs=1,
+        random_state=0,
+        device="cpu",
     ).fit(X, y, teacher_logits=teacher)
     specialist = ensemble.specialists_[0].module
-    assert isinstance(specialist, ConvNet)  # a copy of the generalist's CNN, with a new output layer
+    assert isinstance(
+        specialist, ConvNet
+    )  # a copy of the generalist's CNN, with a new output layer
     assert _linears(specialist)[-1].out_features == len(ensemble.specialists_[0].subset) + 1
     proba = ensemble.predict_proba(X[:10])
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
@@ -138,8 +169,12 @@ def test_a_grid_search_of_convnets_over_a_cache(tmp_path, digit_images):
     with sklearn.config_context(enable_metadata_routing=True):
         student = DistilledClassifier(**CONV, module_params={"hidden": 8}, max_epochs=1)
         student.set_fit_request(teacher_logits=True)
-        search = GridSearchCV(student, {"module__channels": [(2,), (4,)], "temperature": [2.0]},
-                              cv=KFold(2), error_score="raise")
+        search = GridSearchCV(
+            student,
+            {"module__channels": [(2,), (4,)], "temperature": [2.0]},
+            cv=KFold(2),
+            error_score="raise",
+        )
         search.fit(images, y, teacher_logits=cache)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
     assert search.best_estimator_.sample_shape_ == (1, 8, 8)

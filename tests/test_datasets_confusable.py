@@ -11,7 +11,11 @@ from kdpipe.datasets import make_confusable_classification
 
 def test_shapes_dtypes_balance_and_groups():
     X, y, groups = make_confusable_classification(
-        n_samples=1003, n_classes=50, group_size=10, n_features=7, random_state=0,
+        n_samples=1003,
+        n_classes=50,
+        group_size=10,
+        n_features=7,
+        random_state=0,
         return_groups=True,
     )
     assert X.shape == (1003, 7) and X.dtype == np.float32

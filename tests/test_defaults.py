@@ -15,8 +15,12 @@ from kdpipe.engine import TrainingConfig
 
 
 def _documented_defaults(cls: type) -> dict[str, str]:
-    section = cls.__doc__.split("Parameters\n    ----------\n", 1)[1].split("\n    Attributes", 1)[0]
-    return dict(re.findall(r"^    (\w+) : [^\n]*?default=([^\n]+?)\s*$", section, flags=re.MULTILINE))
+    section = cls.__doc__.split("Parameters\n    ----------\n", 1)[1].split("\n    Attributes", 1)[
+        0
+    ]
+    return dict(
+        re.findall(r"^    (\w+) : [^\n]*?default=([^\n]+?)\s*$", section, flags=re.MULTILINE)
+    )
 
 
 def test_the_estimator_reads_its_training_defaults_from_training_config():

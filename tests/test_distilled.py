@@ -77,8 +77,14 @@ def test_bias_correction_recovers_a_class_missing_from_the_transfer_set(seed):
     logits = teacher.decision_function(X_tr)
     keep = y_tr != 3
     student = DistilledClassifier(
-        hidden_layer_sizes=(64,), learning_rate=1e-2, max_epochs=30, temperature=2.0,
-        alpha=0.0, classes=list(range(10)), random_state=seed, device="cpu",
+        hidden_layer_sizes=(64,),
+        learning_rate=1e-2,
+        max_epochs=30,
+        temperature=2.0,
+        alpha=0.0,
+        classes=list(range(10)),
+        random_state=seed,
+        device="cpu",
     ).fit(X_tr[keep], y_tr[keep], teacher_logits=logits[keep])
     assert list(student.classes_) == list(range(10))
     threes = y_te == 3
@@ -254,8 +260,13 @@ def test_hard_label_only_training_matches_the_baseline_objective(small):
     X, y, _ = small
     epochs, lr = 12, 1e-2
     clf = DistilledClassifier(
-        module=FixedInitNet, optimizer="adam", learning_rate=lr, batch_size=len(X),
-        max_epochs=epochs, random_state=0, device="cpu",
+        module=FixedInitNet,
+        optimizer="adam",
+        learning_rate=lr,
+        batch_size=len(X),
+        max_epochs=epochs,
+        random_state=0,
+        device="cpu",
     ).fit(X, y)
 
     net = FixedInitNet(X.shape[1], 5)

@@ -41,8 +41,9 @@ def cache(data, tmp_path_factory):
 
 
 def _zarr(path, array, chunk_rows=50):
-    z = zarr.create_array(store=str(path), shape=array.shape, dtype=array.dtype,
-                          chunks=(chunk_rows, *array.shape[1:]))
+    z = zarr.create_array(
+        store=str(path), shape=array.shape, dtype=array.dtype, chunks=(chunk_rows, *array.shape[1:])
+    )
     z[...] = array
     return z
 
@@ -70,7 +71,9 @@ def test_streaming_X_equals_in_memory_fit(data, tmp_path, storage):
     assert disk.n_features_in_ == 6
     np.testing.assert_array_equal(disk.predict_proba(X_disk), memory.predict_proba(X))
     np.testing.assert_array_equal(disk.predict(X), memory.predict(X))
-    narrow = X_disk[:, :4] if storage == "dask" else _zarr(tmp_path / "narrow.zarr", X[:, :4].copy())
+    narrow = (
+        X_disk[:, :4] if storage == "dask" else _zarr(tmp_path / "narrow.zarr", X[:, :4].copy())
+    )
     with pytest.raises(InputError, match="expecting 6 features"):
         disk.predict(narrow)
     if storage == "hdf5":
@@ -123,7 +126,9 @@ def test_cache_class_list_rules(data, cache):
     X, y, _, _ = data
     # a class the teacher knows but the transfer set lacks: classes_ comes from the cache
     rows = np.flatnonzero(y != "cat")
-    clf = DistilledClassifier(random_state=0, **FAST).fit(X[rows], y[rows], teacher_logits=cache[rows])
+    clf = DistilledClassifier(random_state=0, **FAST).fit(
+        X[rows], y[rows], teacher_logits=cache[rows]
+    )
     assert clf.classes_.tolist() == ["ant", "bee", "cat"]
     with pytest.raises(ClassMismatchError, match="eel"):
         DistilledClassifier(**FAST).fit(X, np.where(y == "cat", "eel", y), teacher_logits=cache)
@@ -144,7 +149,8 @@ GRID = {
 
 def _search(n_jobs):
     pipe = make_pipeline(
-        StandardScaler(), DistilledClassifier(random_state=0, **FAST).set_fit_request(teacher_logits=True)
+        StandardScaler(),
+        DistilledClassifier(random_state=0, **FAST).set_fit_request(teacher_logits=True),
     )
     return GridSearchCV(pipe, GRID, cv=2, n_jobs=n_jobs)
 
@@ -178,7 +184,9 @@ def test_chunked_reader_reads_rows_in_any_order_within_its_memory(data, tmp_path
     from kdpipe.rows import ChunkedReader
 
     X = data[0]
-    reader = ChunkedReader(_zarr(tmp_path / "X.zarr", X, chunk_rows=64), memory_bytes=3 * 64 * 6 * 4)
+    reader = ChunkedReader(
+        _zarr(tmp_path / "X.zarr", X, chunk_rows=64), memory_bytes=3 * 64 * 6 * 4
+    )
     assert reader.chunk_rows == 64
     rows = np.array([599, 3, 3, 130, 64, 0, 598])
     np.testing.assert_array_equal(reader.read_rows(rows), X[rows])

@@ -75,14 +75,26 @@ def _documented_names() -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["kdpipe", "kdpipe.cache", "kdpipe.losses", "kdpipe.students", "kdpipe.reproduce", "kdpipe.errors"]
+    "module",
+    [
+        "kdpipe",
+        "kdpipe.cache",
+        "kdpipe.losses",
+        "kdpipe.students",
+        "kdpipe.reproduce",
+        "kdpipe.errors",
+    ],
 )
 def test_the_api_reference_has_a_page_for_every_public_name(module):
     names = set(importlib.import_module(module).__all__)
     if module == "kdpipe":
         import kdpipe
 
-        names = {n for n in names if n != "__version__" and not isinstance(getattr(kdpipe, n), type(kdpipe))}
+        names = {
+            n
+            for n in names
+            if n != "__version__" and not isinstance(getattr(kdpipe, n), type(kdpipe))
+        }
     documented = _documented_names()
     # the loss functions kdpipe re-exports are documented once, under kdpipe.losses
     assert names <= documented, sorted(names - documented)

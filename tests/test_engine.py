@@ -40,8 +40,11 @@ def _train(X, y, seed, teacher_logits=None, **config) -> tuple[MLP, list]:
         module = MLP(X.shape[1], 4, (16,), dropout=0.1)
     settings = dict(loss="hard", max_epochs=5, batch_size=32, device="cpu") | config
     history = train_student(
-        module, MinibatchSource(X, y, teacher_logits), np.arange(X.shape[0]),
-        TrainingConfig(**settings), seed=seed,
+        module,
+        MinibatchSource(X, y, teacher_logits),
+        np.arange(X.shape[0]),
+        TrainingConfig(**settings),
+        seed=seed,
     )
     return module, history
 
@@ -85,17 +88,20 @@ def test_early_stopping_stops_and_restores_the_best_epoch(blobs):
     with seeded(0):
         module = MLP(X.shape[1], 4, (16,))
     config = TrainingConfig(
-        loss="hard", max_epochs=200, batch_size=32, learning_rate=5e-2,
-        early_stopping=True, n_iter_no_change=3, device="cpu",
+        loss="hard",
+        max_epochs=200,
+        batch_size=32,
+        learning_rate=5e-2,
+        early_stopping=True,
+        n_iter_no_change=3,
+        device="cpu",
     )
     history = train_student(
         module, MinibatchSource(X, y), train, config, seed=0, validation_rows=val
     )
     assert len(history) < 200
     best = min(h["val_loss"] for h in history)
-    restored = _evaluate(
-        module, MinibatchSource(X, y), val, config, torch.device("cpu")
-    )[0]
+    restored = _evaluate(module, MinibatchSource(X, y), val, config, torch.device("cpu"))[0]
     assert restored == pytest.approx(best, rel=1e-5)
 
 
@@ -141,8 +147,15 @@ def test_distilled_training_with_unlabeled_rows(blobs):
     unlabeled = y.copy()
     unlabeled[::2] = -1
     module, history = _train(
-        X, unlabeled, seed=0, teacher_logits=teacher, loss="distillation",
-        temperature=2.0, alpha=0.5, max_epochs=10, learning_rate=1e-2,
+        X,
+        unlabeled,
+        seed=0,
+        teacher_logits=teacher,
+        loss="distillation",
+        temperature=2.0,
+        alpha=0.5,
+        max_epochs=10,
+        learning_rate=1e-2,
     )
     assert np.isfinite(history[-1]["train_loss"])
     assert np.mean(predict_logits(module, X, device="cpu").argmax(1) == y) > 0.9
@@ -257,7 +270,9 @@ def test_prefetched_reads_a_resident_source_inline_and_others_in_a_thread():
 def test_a_source_is_resident_when_every_array_is_in_memory(tmp_path):
     X = np.arange(40, dtype=np.float32).reshape(20, 2)
     assert MinibatchSource(X, np.zeros(20, dtype=np.int64), X[:, :, None]).resident
-    z = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=X.shape, chunks=(8, 2), dtype="f4")
+    z = zarr.open_array(
+        str(tmp_path / "x.zarr"), mode="w", shape=X.shape, chunks=(8, 2), dtype="f4"
+    )
     z[:] = X
     source = MinibatchSource(LazyRows(z), None, X)
     assert not source.resident

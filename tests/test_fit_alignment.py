@@ -21,8 +21,14 @@ from kdpipe.errors import RowMismatchError
 
 zarr = pytest.importorskip("zarr")
 
-FAST = dict(hidden_layer_sizes=(8,), learning_rate=1e-2, max_epochs=2, batch_size=64,
-            random_state=0, device="cpu")
+FAST = dict(
+    hidden_layer_sizes=(8,),
+    learning_rate=1e-2,
+    max_epochs=2,
+    batch_size=64,
+    random_state=0,
+    device="cpu",
+)
 
 
 def _teacher(n_features: int, n_classes: int) -> torch.nn.Module:
@@ -100,7 +106,9 @@ def test_each_cross_validation_fold_is_checked(built):
     X, y, cache = built
     with sklearn.config_context(enable_metadata_routing=True):
         student = DistilledClassifier(**FAST).set_fit_request(teacher_logits=True)
-        search = GridSearchCV(student, {"temperature": [2.0, 4.0]}, cv=KFold(2), error_score="raise")
+        search = GridSearchCV(
+            student, {"temperature": [2.0, 4.0]}, cv=KFold(2), error_score="raise"
+        )
         search.fit(X, y, teacher_logits=cache)
         assert np.isfinite(search.cv_results_["mean_test_score"]).all()
         swapped = X.copy()
@@ -112,7 +120,9 @@ def test_each_cross_validation_fold_is_checked(built):
 def test_on_disk_X_is_checked_too(built, tmp_path):
     X, y, cache = built
     order = np.random.default_rng(4).permutation(len(X))
-    stored = zarr.create_array(store=str(tmp_path / "X.zarr"), shape=X.shape, chunks=(64, 6), dtype="f8")
+    stored = zarr.create_array(
+        store=str(tmp_path / "X.zarr"), shape=X.shape, chunks=(64, 6), dtype="f8"
+    )
     stored[:] = X
     DistilledClassifier(**FAST).fit(LazyRows(stored), y, teacher_logits=cache)
     stored[:] = X[order]
@@ -144,8 +154,11 @@ def test_specialists_refuse_rows_out_of_order_even_with_a_frozen_generalist(buil
     X, y, cache = built
     generalist = DistilledClassifier(**FAST).fit(X, y, teacher_logits=cache)
     ensemble = SpecialistEnsembleClassifier(
-        generalist=FrozenEstimator(generalist), class_subsets=[[0, 1]], specialist_max_epochs=1,
-        random_state=0, device="cpu",
+        generalist=FrozenEstimator(generalist),
+        class_subsets=[[0, 1]],
+        specialist_max_epochs=1,
+        random_state=0,
+        device="cpu",
     )
     ensemble.fit(X, y, teacher_logits=cache)
     order = np.random.default_rng(6).permutation(len(X))

@@ -11,8 +11,14 @@ from kdpipe import DistilledClassifier
 
 zarr = pytest.importorskip("zarr")
 
-FAST = dict(hidden_layer_sizes=(8,), learning_rate=1e-2, max_epochs=2, batch_size=32,
-            random_state=0, device="cpu")
+FAST = dict(
+    hidden_layer_sizes=(8,),
+    learning_rate=1e-2,
+    max_epochs=2,
+    batch_size=32,
+    random_state=0,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +31,9 @@ def data():
 
 
 def _zarr(path, array):
-    z = zarr.create_array(store=str(path), shape=array.shape, dtype=array.dtype,
-                          chunks=(32, *array.shape[1:]))
+    z = zarr.create_array(
+        store=str(path), shape=array.shape, dtype=array.dtype, chunks=(32, *array.shape[1:])
+    )
     z[...] = array
     return z
 
@@ -42,24 +49,33 @@ def _failures(data, tmp_path, warm_start):
         # with warm_start the width itself is the error; without it, a later check fails
         # after X (of another width) was validated
         "different number of features": (
-            {}, (X[:, :3], y), {"teacher_logits": logits if warm_start else logits[:, :2]}
+            {},
+            (X[:, :3], y),
+            {"teacher_logits": logits if warm_start else logits[:, :2]},
         ),
         "a label the classes lack": (
-            {"classes": ["a", "b", "c"]}, (X, np.where(y == "c", "d", y)), {"teacher_logits": logits}
+            {"classes": ["a", "b", "c"]},
+            (X, np.where(y == "c", "d", y)),
+            {"teacher_logits": logits},
         ),
         "wrong logits shape": ({}, (X, y), {"teacher_logits": logits[:, :2]}),
         "logits rows not aligned": ({}, (X, y), {"teacher_logits": logits[:-1]}),
         "NaN in in-memory logits": ({}, (X, y), {"teacher_logits": nan_logits}),
         "inf in on-disk logits, mid-training": (
-            {}, (X, y), {"teacher_logits": _zarr(tmp_path / "v.zarr", late_nan)}
+            {},
+            (X, y),
+            {"teacher_logits": _zarr(tmp_path / "v.zarr", late_nan)},
         ),
         "early stopping impossible": (
-            {"early_stopping": True, "validation_fraction": 0.01}, (X[:20], y[:20]),
+            {"early_stopping": True, "validation_fraction": 0.01},
+            (X[:20], y[:20]),
             {"teacher_logits": logits[:20]},
         ),
         # one SGD step moves the weights by ~1e38: the next forward pass overflows
         "non-finite loss": (
-            {"optimizer": "sgd", "learning_rate": 1e38}, (X, y), {"teacher_logits": logits}
+            {"optimizer": "sgd", "learning_rate": 1e38},
+            (X, y),
+            {"teacher_logits": logits},
         ),
         "invalid parameter": ({"temperature": -1.0}, (X, y), {"teacher_logits": logits}),
         "y of the wrong length": ({}, (X, y[:-1]), {"teacher_logits": logits}),
@@ -93,8 +109,11 @@ def test_every_kind_of_failed_fit_leaves_the_estimator_as_it_was(data, tmp_path,
         assert clf.module_ is module, name
         assert after["attrs"].keys() == before["attrs"].keys(), name
         for key, value in before["attrs"].items():
-            np.testing.assert_array_equal(np.asarray(after["attrs"][key], dtype=object),
-                                          np.asarray(value, dtype=object), err_msg=name)
+            np.testing.assert_array_equal(
+                np.asarray(after["attrs"][key], dtype=object),
+                np.asarray(value, dtype=object),
+                err_msg=name,
+            )
         assert all(torch.equal(after["weights"][k], v) for k, v in before["weights"].items()), name
         assert after["history"] == before["history"], name
         np.testing.assert_array_equal(after["proba"], before["proba"], err_msg=name)

@@ -20,11 +20,21 @@ CASES = {
     "ints with -1": ([0, -1, 2, -1], [0, 1, 2], [0, U, 2, U]),
     "strings": (["cat", "eel", "dog", "cat"], ["cat", "dog", "eel"], [0, 2, 1, 0]),
     "object strings with the int -1": (
-        np.array(["cat", -1, "dog", "eel"], dtype=object), ["cat", "dog", "eel"], [0, U, 1, 2]
+        np.array(["cat", -1, "dog", "eel"], dtype=object),
+        ["cat", "dog", "eel"],
+        [0, U, 1, 2],
     ),
-    "numpy strings with '-1'": (np.asarray(["cat", -1, "dog", -1]), ["cat", "dog", "eel"], [0, U, 1, U]),
+    "numpy strings with '-1'": (
+        np.asarray(["cat", -1, "dog", -1]),
+        ["cat", "dog", "eel"],
+        [0, U, 1, U],
+    ),
     "floats": ([0.0, 2.0, -1.0, 1.0], [0, 1, 2], [0, 2, U, 1]),
-    "a class the transfer set lacks": (["dog", "dog", "cat", -1], ["cat", "dog", "eel"], [1, 1, 0, U]),
+    "a class the transfer set lacks": (
+        ["dog", "dog", "cat", -1],
+        ["cat", "dog", "eel"],
+        [1, 1, 0, U],
+    ),
 }
 
 
@@ -57,8 +67,16 @@ def _fit_codes(monkeypatch, y, classes) -> np.ndarray:
 @pytest.mark.parametrize("case", list(CASES))
 def test_build_cache_and_fit_encode_every_label_kind_alike(tmp_path, monkeypatch, case):
     y, classes, expected = CASES[case]
-    cache = build_cache(ZeroTeacher(), _X(len(y)), tmp_path / "c", y=y, classes=classes,
-                        chunk_rows=2, progress=False, device="cpu")
+    cache = build_cache(
+        ZeroTeacher(),
+        _X(len(y)),
+        tmp_path / "c",
+        y=y,
+        classes=classes,
+        chunk_rows=2,
+        progress=False,
+        device="cpu",
+    )
     assert cache.labels.tolist() == expected
     assert cache.classes.tolist() == list(classes)
     assert _fit_codes(monkeypatch, y, classes).tolist() == expected
@@ -69,8 +87,16 @@ def test_a_label_that_is_no_class_is_an_error_naming_it_at_both_entry_points(tmp
     classes = ["cat", "dog", "eel"] if isinstance(y[0], str) else [0, 1, 2]
     bad = next(v for v in y if v not in classes)
     with pytest.raises(ClassMismatchError, match=f"label {bad!r}"):
-        build_cache(ZeroTeacher(), _X(4), tmp_path / "c", y=y, classes=classes,
-                    chunk_rows=2, progress=False, device="cpu")
+        build_cache(
+            ZeroTeacher(),
+            _X(4),
+            tmp_path / "c",
+            y=y,
+            classes=classes,
+            chunk_rows=2,
+            progress=False,
+            device="cpu",
+        )
     with pytest.raises(ClassMismatchError, match=f"label {bad!r}"):
         DistilledClassifier(classes=classes, **FAST).fit(
             _X(4), y, teacher_logits=np.zeros((4, 3), dtype=np.float32)
@@ -79,8 +105,16 @@ def test_a_label_that_is_no_class_is_an_error_naming_it_at_both_entry_points(tmp
 
 def test_minus_one_cannot_be_a_class_where_it_marks_unlabeled_rows(tmp_path):
     with pytest.raises(ClassMismatchError, match="-1"):
-        build_cache(ZeroTeacher(), _X(4), tmp_path / "c", y=[0, -1, 1, 1], classes=[-1, 0, 1],
-                    chunk_rows=2, progress=False, device="cpu")
+        build_cache(
+            ZeroTeacher(),
+            _X(4),
+            tmp_path / "c",
+            y=[0, -1, 1, 1],
+            classes=[-1, 0, 1],
+            chunk_rows=2,
+            progress=False,
+            device="cpu",
+        )
     with pytest.raises(ClassMismatchError, match="-1"):
         DistilledClassifier(classes=[-1, 0, 1], **FAST).fit(
             _X(4), [0, -1, 1, 1], teacher_logits=np.zeros((4, 3), dtype=np.float32)

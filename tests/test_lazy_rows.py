@@ -19,8 +19,14 @@ zarr = pytest.importorskip("zarr")
 h5py = pytest.importorskip("h5py")
 da = pytest.importorskip("dask.array")
 
-FAST = dict(hidden_layer_sizes=(8,), learning_rate=1e-2, max_epochs=3, batch_size=64,
-            random_state=0, device="cpu")
+FAST = dict(
+    hidden_layer_sizes=(8,),
+    learning_rate=1e-2,
+    max_epochs=3,
+    batch_size=64,
+    random_state=0,
+    device="cpu",
+)
 CV = KFold(3)  # folds of 400 training and 200 test rows
 KINDS = ["zarr", "hdf5", "dask"]
 
@@ -42,7 +48,9 @@ def stored(data, tmp_path):
 
     def make(kind: str):
         if kind == "zarr":
-            z = zarr.create_array(store=str(tmp_path / "X.zarr"), shape=X.shape, chunks=(64, 5), dtype="f4")
+            z = zarr.create_array(
+                store=str(tmp_path / "X.zarr"), shape=X.shape, chunks=(64, 5), dtype="f4"
+            )
             z[:] = X
             return z
         if kind == "hdf5":
@@ -83,8 +91,9 @@ def test_grid_search_on_a_view_reads_lazily_and_matches_memory(data, stored, kin
     # 400 training rows, let alone all 600, are ever read at once
     assert reads and max(reads) <= 200
     for result in (lazy, parallel):
-        np.testing.assert_array_equal(result.cv_results_["mean_test_score"],
-                                      memory.cv_results_["mean_test_score"])
+        np.testing.assert_array_equal(
+            result.cv_results_["mean_test_score"], memory.cv_results_["mean_test_score"]
+        )
         assert result.best_params_ == memory.best_params_
 
 
@@ -139,6 +148,8 @@ def test_build_cache_reads_a_view_like_its_rows_in_memory(data, stored, kind, tm
     rows = np.arange(0, 600, 3)[::-1]
     view = LazyRows(stored(kind))
     for name, source in (("whole", view), ("subset", view[rows])):
-        cache = build_cache(_Linear(), source, tmp_path / name, chunk_rows=64, progress=False, device="cpu")
+        cache = build_cache(
+            _Linear(), source, tmp_path / name, chunk_rows=64, progress=False, device="cpu"
+        )
         expected = X if name == "whole" else X[rows]
         np.testing.assert_allclose(np.asarray(cache)[:, 0], expected @ _Linear().W, rtol=1e-6)

@@ -220,13 +220,16 @@ def test_identical_members_equal_single_teacher(rng, combine, members):
     p_single = soft_targets(single, temperature, combine)
     p_ens = soft_targets(ensemble, temperature, combine)
     torch.testing.assert_close(p_ens, p_single, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(as_f64(p_single), np_softmax(f32(single.numpy()), temperature),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        as_f64(p_single), np_softmax(f32(single.numpy()), temperature), rtol=1e-5, atol=1e-7
+    )
 
     kwargs = dict(temperature=temperature, alpha=0.3, combine=combine)
     torch.testing.assert_close(
-        distillation_loss(z, ensemble, y, **kwargs), distillation_loss(z, single, y, **kwargs),
-        rtol=1e-6, atol=1e-6,
+        distillation_loss(z, ensemble, y, **kwargs),
+        distillation_loss(z, single, y, **kwargs),
+        rtol=1e-6,
+        atol=1e-6,
     )
 
 
@@ -291,7 +294,9 @@ def test_checked_labels_give_the_same_mean_over_labeled_rows(rng):
     zt, yt = torch.tensor(z, dtype=torch.float32), torch.tensor(y)
     checked = hard_label_loss(zt, yt, labels_checked=True)
     assert float(checked) == pytest.approx(np_cross_entropy(z, y), rel=1e-5)
-    full = distillation_loss(zt, torch.tensor(v), yt, temperature=3.0, alpha=0.4, labels_checked=True)
+    full = distillation_loss(
+        zt, torch.tensor(v), yt, temperature=3.0, alpha=0.4, labels_checked=True
+    )
     assert float(full) == pytest.approx(
         float(distillation_loss(zt, torch.tensor(v), yt, temperature=3.0, alpha=0.4)), rel=1e-6
     )
@@ -348,16 +353,19 @@ def problems(draw):
     alpha = draw(st.sampled_from([0.0, 0.3, 1.0]))
     combine = draw(st.sampled_from(COMBINES))
     # ``seed`` also drives the shifts and permutations drawn inside each test
-    return dict(z=z, v=v, y=y, temperature=temperature, alpha=alpha, combine=combine,
-                seed=seed)
+    return dict(z=z, v=v, y=y, temperature=temperature, alpha=alpha, combine=combine, seed=seed)
 
 
 def _loss(z, v, y, temperature, alpha, combine) -> float:
     return float(
-        distillation_loss(torch.from_numpy(np.ascontiguousarray(z)),
-                          torch.from_numpy(np.ascontiguousarray(v)),
-                          torch.from_numpy(np.ascontiguousarray(y)),
-                          temperature=temperature, alpha=alpha, combine=combine)
+        distillation_loss(
+            torch.from_numpy(np.ascontiguousarray(z)),
+            torch.from_numpy(np.ascontiguousarray(v)),
+            torch.from_numpy(np.ascontiguousarray(y)),
+            temperature=temperature,
+            alpha=alpha,
+            combine=combine,
+        )
     )
 
 
@@ -379,8 +387,9 @@ PROPS = settings(max_examples=50, deadline=None)
 def test_prop_per_row_shift_of_student_changes_nothing(pb):
     base = _loss(pb["z"], pb["v"], pb["y"], pb["temperature"], pb["alpha"], pb["combine"])
     shift = _aux_rng(pb).uniform(-10, 10, size=(len(pb["z"]), 1)).astype(np.float32)
-    shifted = _loss(pb["z"] + shift, pb["v"], pb["y"], pb["temperature"], pb["alpha"],
-                    pb["combine"])
+    shifted = _loss(
+        pb["z"] + shift, pb["v"], pb["y"], pb["temperature"], pb["alpha"], pb["combine"]
+    )
     assert _close(shifted, base, pb["temperature"]), (shifted, base)
 
 
@@ -421,8 +430,9 @@ def test_prop_soft_loss_is_nonnegative(pb):
 def test_prop_row_permutation_leaves_loss_unchanged(pb):
     perm = _aux_rng(pb).permutation(len(pb["z"]))
     base = _loss(pb["z"], pb["v"], pb["y"], pb["temperature"], pb["alpha"], pb["combine"])
-    permuted = _loss(pb["z"][perm], pb["v"][perm], pb["y"][perm], pb["temperature"],
-                     pb["alpha"], pb["combine"])
+    permuted = _loss(
+        pb["z"][perm], pb["v"][perm], pb["y"][perm], pb["temperature"], pb["alpha"], pb["combine"]
+    )
     assert _close(permuted, base, pb["temperature"]), (permuted, base)
 
 
@@ -435,8 +445,9 @@ def test_prop_consistent_class_permutation_leaves_loss_unchanged(pb):
     y = pb["y"]
     y_perm = np.where(y >= 0, inverse[np.maximum(y, 0)], -1)
     base = _loss(pb["z"], pb["v"], y, pb["temperature"], pb["alpha"], pb["combine"])
-    permuted = _loss(pb["z"][:, perm], pb["v"][..., perm], y_perm, pb["temperature"],
-                     pb["alpha"], pb["combine"])
+    permuted = _loss(
+        pb["z"][:, perm], pb["v"][..., perm], y_perm, pb["temperature"], pb["alpha"], pb["combine"]
+    )
     assert _close(permuted, base, pb["temperature"]), (permuted, base)
 
 
@@ -445,8 +456,12 @@ def test_prop_consistent_class_permutation_leaves_loss_unchanged(pb):
 def test_prop_loss_matches_paper_formula(pb):
     """Any shape, any mode: (1 - alpha) T^2 KL(p || q_T) + alpha CE(y, q_1), float64."""
     z, v, y, temperature, alpha = pb["z"], pb["v"], pb["y"], pb["temperature"], pb["alpha"]
-    soft = temperature**2 * np_kl(np_soft_targets(v, temperature, pb["combine"]),
-                                  np_log_softmax(z, temperature)).mean()
+    soft = (
+        temperature**2
+        * np_kl(
+            np_soft_targets(v, temperature, pb["combine"]), np_log_softmax(z, temperature)
+        ).mean()
+    )
     hard = np_cross_entropy(z, y) if (y >= 0).any() else 0.0
     expected = (1 - alpha) * soft + alpha * hard
     got = _loss(z, v, y, temperature, alpha, pb["combine"])
@@ -466,11 +481,9 @@ def test_huge_logits_are_finite(rng, temperature, combine):
     loss, grad = student_grad(z, v, y, temperature=temperature, alpha=0.5, combine=combine)
     assert math.isfinite(loss)
     assert np.all(np.isfinite(grad))
-    expected = (
-        0.5 * temperature**2
-        * np_kl(np_soft_targets(v, temperature, combine), np_log_softmax(z, temperature)).mean()
-        + 0.5 * np_cross_entropy(z, y)
-    )
+    expected = 0.5 * temperature**2 * np_kl(
+        np_soft_targets(v, temperature, combine), np_log_softmax(z, temperature)
+    ).mean() + 0.5 * np_cross_entropy(z, y)
     assert loss == pytest.approx(expected, rel=1e-4)
 
     zt = torch.tensor(z, dtype=torch.float32, requires_grad=True)
@@ -498,23 +511,20 @@ def test_half_precision_inputs_compute_in_float32(rng, dtype, temperature):
 
     reference = distillation_loss(z.float(), v.float(), y, temperature=temperature, alpha=0.3)
     torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
-    expected = (
-        0.7 * temperature**2
-        * np_kl(np_soft_targets(v64, temperature, "arithmetic"),
-                np_log_softmax(z64, temperature)).mean()
-        + 0.3 * np_cross_entropy(z64, y.numpy())
-    )
+    expected = 0.7 * temperature**2 * np_kl(
+        np_soft_targets(v64, temperature, "arithmetic"), np_log_softmax(z64, temperature)
+    ).mean() + 0.3 * np_cross_entropy(z64, y.numpy())
     assert loss.detach().item() == pytest.approx(expected, rel=1e-5)
 
     p = soft_targets(v, temperature, "geometric")
     assert p.dtype == torch.float32
-    np.testing.assert_allclose(as_f64(p), np_soft_targets(v64, temperature, "geometric"),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        as_f64(p), np_soft_targets(v64, temperature, "geometric"), rtol=1e-5, atol=1e-7
+    )
     for fn, args in [(hard_label_loss, (z, y)), (logit_matching_loss, (z, v))]:
         out = fn(*args)
         assert out.dtype == torch.float32
-    assert float(hard_label_loss(z, y)) == pytest.approx(np_cross_entropy(z64, y.numpy()),
-                                                          rel=1e-5)
+    assert float(hard_label_loss(z, y)) == pytest.approx(np_cross_entropy(z64, y.numpy()), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -525,14 +535,19 @@ def test_logit_matching_value(rng):
     z = f32(rng.normal(scale=2.0, size=(n, c)))
     v = f32(rng.normal(scale=2.0, size=(n, c)))
     expected = np.mean(0.5 * np.sum((zero_mean(z) - zero_mean(v)) ** 2, axis=1))
-    got = float(logit_matching_loss(torch.tensor(z, dtype=torch.float32),
-                                    torch.tensor(v, dtype=torch.float32)))
+    got = float(
+        logit_matching_loss(
+            torch.tensor(z, dtype=torch.float32), torch.tensor(v, dtype=torch.float32)
+        )
+    )
     assert got == pytest.approx(expected, rel=1e-5)
     # per-row shifts of either side change nothing
-    shifted = float(logit_matching_loss(
-        torch.tensor(z + rng.uniform(-50, 50, size=(n, 1)), dtype=torch.float32),
-        torch.tensor(v + rng.uniform(-50, 50, size=(n, 1)), dtype=torch.float32),
-    ))
+    shifted = float(
+        logit_matching_loss(
+            torch.tensor(z + rng.uniform(-50, 50, size=(n, 1)), dtype=torch.float32),
+            torch.tensor(v + rng.uniform(-50, 50, size=(n, 1)), dtype=torch.float32),
+        )
+    )
     assert shifted == pytest.approx(expected, rel=1e-4)
     # without zero-meaning the naive squared error would differ (the shift matters)
     assert np.mean(0.5 * np.sum((z + 3.0 - v) ** 2, axis=1)) > expected + 1.0
@@ -543,8 +558,11 @@ def test_logit_matching_ensemble_uses_mean_logits(rng):
     z = f32(rng.normal(size=(n, c)))
     v = f32(rng.normal(size=(n, m, c)))
     expected = np.mean(0.5 * np.sum((zero_mean(z) - zero_mean(v.mean(axis=1))) ** 2, axis=1))
-    got = float(logit_matching_loss(torch.tensor(z, dtype=torch.float32),
-                                    torch.tensor(v, dtype=torch.float32)))
+    got = float(
+        logit_matching_loss(
+            torch.tensor(z, dtype=torch.float32), torch.tensor(v, dtype=torch.float32)
+        )
+    )
     assert got == pytest.approx(expected, rel=1e-5)
 
 
@@ -559,8 +577,9 @@ def test_logit_matching_is_high_temperature_distillation(rng, members):
     logit_matching_loss(zt, torch.tensor(v, dtype=torch.float32)).backward()
     grad_lm = as_f64(zt.grad)
     v_mean = v if members is None else v.mean(axis=1)
-    np.testing.assert_allclose(grad_lm, (zero_mean(z) - zero_mean(v_mean)) / n,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        grad_lm, (zero_mean(z) - zero_mean(v_mean)) / n, rtol=1e-4, atol=1e-6
+    )
 
     # the geometric mean is the softmax of the mean logits, the same teacher logit matching sees
     _, grad_kd = student_grad(z, v, temperature=500.0, alpha=0.0, combine="geometric")
@@ -627,8 +646,9 @@ def test_label_range_errors(bad):
         hard_label_loss(_z(), y)
 
 
-@pytest.mark.parametrize("y", [torch.tensor([0.0, 1.0, 2.0, 0.0]),
-                               torch.tensor([True, False, True, False])])
+@pytest.mark.parametrize(
+    "y", [torch.tensor([0.0, 1.0, 2.0, 0.0]), torch.tensor([True, False, True, False])]
+)
 def test_non_integer_label_errors(y):
     with pytest.raises(ValueError, match="integer"):
         distillation_loss(_z(), _z(), y, temperature=2.0, alpha=0.5)
@@ -643,8 +663,9 @@ def test_label_shape_error():
 
 def test_unknown_combine_error():
     with pytest.raises(ValueError, match="combine must be .*'harmonic'"):
-        distillation_loss(_z(), torch.zeros(4, 2, 3), temperature=2.0, alpha=0.5,
-                          combine="harmonic")
+        distillation_loss(
+            _z(), torch.zeros(4, 2, 3), temperature=2.0, alpha=0.5, combine="harmonic"
+        )
     with pytest.raises(ValueError, match="combine"):
         soft_targets(_z(), 2.0, combine="median")
 

@@ -33,8 +33,14 @@ zarr = pytest.importorskip("zarr")
 h5py = pytest.importorskip("h5py")
 da = pytest.importorskip("dask.array")
 
-FAST = {"hidden_layer_sizes": (16,), "learning_rate": 1e-2, "max_epochs": 2, "batch_size": 64,
-        "random_state": 0, "device": "cpu"}
+FAST = {
+    "hidden_layer_sizes": (16,),
+    "learning_rate": 1e-2,
+    "max_epochs": 2,
+    "batch_size": 64,
+    "random_state": 0,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +107,9 @@ def test_to_model_dtype_divides_uint8_by_255_in_float32_and_only_casts_others():
 def test_student_receives_batches_in_the_sample_shape_and_fit_records_it(digits):
     images, y = digits
     ShapeRecorder.seen = []
-    clf = DistilledClassifier(module=ShapeRecorder, max_epochs=1, batch_size=100, random_state=0,
-                              device="cpu").fit(images, y)
+    clf = DistilledClassifier(
+        module=ShapeRecorder, max_epochs=1, batch_size=100, random_state=0, device="cpu"
+    ).fit(images, y)
     assert set(ShapeRecorder.seen) == {((100, 1, 8, 8), torch.float32)}
     assert clf.sample_shape_ == (1, 8, 8) and clf.n_features_in_ == 64
     ShapeRecorder.seen = []
@@ -117,8 +124,9 @@ def _container(kind: str, images: np.ndarray, tmp_path):
     if kind == "numpy":
         return images
     if kind == "zarr":
-        z = zarr.create_array(store=str(tmp_path / "X.zarr"), shape=images.shape, chunks=chunks,
-                              dtype=images.dtype)
+        z = zarr.create_array(
+            store=str(tmp_path / "X.zarr"), shape=images.shape, chunks=chunks, dtype=images.dtype
+        )
         z[:] = images
         return LazyRows(z)
     if kind == "hdf5":
@@ -129,7 +137,9 @@ def _container(kind: str, images: np.ndarray, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["zarr", "hdf5", "dask"])
-def test_every_container_of_nd_uint8_X_trains_the_model_numpy_trains(digits, nd_cache, kind, tmp_path):
+def test_every_container_of_nd_uint8_X_trains_the_model_numpy_trains(
+    digits, nd_cache, kind, tmp_path
+):
     images, y = digits
     reference = DistilledClassifier(**FAST).fit(images, y, teacher_logits=nd_cache)
     X = _container(kind, images, tmp_path)
@@ -163,16 +173,26 @@ def test_uint8_trains_bit_for_bit_the_model_of_float32_divided_by_255(digits, tm
 def test_predict_refuses_another_sample_shape(digits, tmp_path):
     images, y = digits
     clf = DistilledClassifier(**FAST).fit(images, y)
-    for wrong in (images.reshape(300, 64), images.reshape(300, 1, 4, 16), images.reshape(300, 1, 1, 8, 8)):
-        with pytest.raises(InputError, match=r"samples of shape .* fitted on samples of shape \(1, 8, 8\)"):
+    for wrong in (
+        images.reshape(300, 64),
+        images.reshape(300, 1, 4, 16),
+        images.reshape(300, 1, 1, 8, 8),
+    ):
+        with pytest.raises(
+            InputError, match=r"samples of shape .* fitted on samples of shape \(1, 8, 8\)"
+        ):
             clf.predict(wrong)
-    z = zarr.create_array(store=str(tmp_path / "w.zarr"), shape=(300, 64), chunks=(64, 64), dtype="u1")
+    z = zarr.create_array(
+        store=str(tmp_path / "w.zarr"), shape=(300, 64), chunks=(64, 64), dtype="u1"
+    )
     with pytest.raises(InputError, match=r"fitted on samples of shape \(1, 8, 8\)"):
         clf.predict(LazyRows(z))
     flat = DistilledClassifier(**FAST).fit(images.reshape(300, 64), y)
     with pytest.raises(InputError, match=r"fitted on samples of shape \(64,\)"):
         flat.predict(images)
-    with pytest.raises(ValueError, match="X has 63 features, but DistilledClassifier is expecting 64"):
+    with pytest.raises(
+        ValueError, match="X has 63 features, but DistilledClassifier is expecting 64"
+    ):
         flat.predict(images.reshape(300, 64)[:, :63])  # 2-D keeps scikit-learn's message
 
 
@@ -188,19 +208,25 @@ def test_warm_start_keeps_the_sample_shape_and_a_refused_fit_changes_nothing(dig
     assert len(clf.history_) == 4
 
 
-def test_build_cache_runs_a_torch_cnn_on_uint8_images_scaled_and_hashes_the_uint8_bytes(digits, teacher, nd_cache):
+def test_build_cache_runs_a_torch_cnn_on_uint8_images_scaled_and_hashes_the_uint8_bytes(
+    digits, teacher, nd_cache
+):
     images, _ = digits
     with torch.no_grad():
         expected = teacher(torch.from_numpy(images).float() / 255).numpy()  # (n, 10)
     stored = nd_cache.read_rows(np.arange(len(images)))  # (n, 1 member, 10)
     np.testing.assert_allclose(stored[:, 0], expected, rtol=0, atol=1e-6)
     manifest = nd_cache.manifest
-    assert tuple(manifest.data_shape) == (300, 1, 8, 8) and np.dtype(manifest.data_dtype) == np.uint8
+    assert (
+        tuple(manifest.data_shape) == (300, 1, 8, 8) and np.dtype(manifest.data_dtype) == np.uint8
+    )
     assert np.array_equal(nd_cache.row_digests, row_digests(images))
     assert nd_cache.verify().ok
 
 
-def test_a_torch_dataset_of_uint8_image_tensors_builds_the_cache_the_array_builds(digits, teacher, nd_cache, tmp_path):
+def test_a_torch_dataset_of_uint8_image_tensors_builds_the_cache_the_array_builds(
+    digits, teacher, nd_cache, tmp_path
+):
     images, y = digits
 
     class Images(torch.utils.data.Dataset):
@@ -226,8 +252,9 @@ def test_sklearn_teachers_get_nd_rows_flattened_in_their_stored_dtype(digits, tm
     # a kdpipe estimator fitted on images takes them whole
     student = DistilledClassifier(**FAST).fit(images, y)
     cache = build_cache(student, images, tmp_path / "student.zarr", y=y, progress=False)
-    np.testing.assert_allclose(cache.read_rows(np.arange(300))[:, 0], student.decision_function(images),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        cache.read_rows(np.arange(300))[:, 0], student.decision_function(images), rtol=0, atol=1e-5
+    )
 
 
 def test_alignment_checks_nd_uint8_rows(digits, nd_cache):
@@ -246,27 +273,39 @@ def test_grid_search_over_an_nd_cache_with_lazy_uint8_X(digits, nd_cache, tmp_pa
     X = _container("zarr", images, tmp_path)
     with sklearn.config_context(enable_metadata_routing=True):
         student = DistilledClassifier(**FAST).set_fit_request(teacher_logits=True)
-        search = GridSearchCV(student, {"temperature": [2.0, 8.0]}, cv=KFold(2), error_score="raise")
+        search = GridSearchCV(
+            student, {"temperature": [2.0, 8.0]}, cv=KFold(2), error_score="raise"
+        )
         search.fit(X, y, teacher_logits=LogitCache.open(nd_cache.path))
-        in_memory = GridSearchCV(student, {"temperature": [2.0, 8.0]}, cv=KFold(2), error_score="raise")
+        in_memory = GridSearchCV(
+            student, {"temperature": [2.0, 8.0]}, cv=KFold(2), error_score="raise"
+        )
         in_memory.fit(images, y, teacher_logits=LogitCache.open(nd_cache.path))
-    assert np.array_equal(search.cv_results_["mean_test_score"], in_memory.cv_results_["mean_test_score"])
+    assert np.array_equal(
+        search.cv_results_["mean_test_score"], in_memory.cv_results_["mean_test_score"]
+    )
     assert search.best_estimator_.sample_shape_ == (1, 8, 8)
 
 
 def test_specialists_take_nd_uint8_images_and_refuse_another_shape(digits, nd_cache):
     images, y = digits
     ensemble = SpecialistEnsembleClassifier(
-        generalist=DistilledClassifier(**FAST), n_specialists=2, specialist_max_epochs=1,
-        random_state=0, device="cpu",
+        generalist=DistilledClassifier(**FAST),
+        n_specialists=2,
+        specialist_max_epochs=1,
+        random_state=0,
+        device="cpu",
     ).fit(images, y, teacher_logits=nd_cache)
     assert ensemble.sample_shape_ == (1, 8, 8) and ensemble.n_features_in_ == 64
     proba = ensemble.predict_proba(images[:20])
     assert proba.shape == (20, 10)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
     same = SpecialistEnsembleClassifier(
-        generalist=DistilledClassifier(**FAST), n_specialists=2, specialist_max_epochs=1,
-        random_state=0, device="cpu",
+        generalist=DistilledClassifier(**FAST),
+        n_specialists=2,
+        specialist_max_epochs=1,
+        random_state=0,
+        device="cpu",
     ).fit(images.astype(np.float32) / 255, y)
     assert same.sample_shape_ == (1, 8, 8)
     with pytest.raises(InputError, match=r"fitted on samples of shape \(1, 8, 8\)"):
@@ -277,8 +316,13 @@ def test_fashion_mnist_loads_as_uint8_images_whose_scaling_is_the_flat_rows(tmp_
     from kdpipe.datasets import load_fashion_mnist
 
     pixels = np.random.default_rng(2).integers(0, 256, size=(5, 28, 28)).astype(np.uint8)
-    for stem, array in (("train-images-idx3-ubyte", pixels), ("train-labels-idx1-ubyte", np.arange(5))):
-        header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    for stem, array in (
+        ("train-images-idx3-ubyte", pixels),
+        ("train-labels-idx1-ubyte", np.arange(5)),
+    ):
+        header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+            int(n).to_bytes(4, "big") for n in array.shape
+        )
         (tmp_path / stem).write_bytes(header + array.astype(np.uint8).tobytes())
     images, y = load_fashion_mnist(tmp_path, images=True)
     assert images.dtype == np.uint8 and images.shape == (5, 1, 28, 28)

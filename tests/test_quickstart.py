@@ -19,12 +19,20 @@ TINY = ["--members", "2", "--teacher-epochs", "1", "--student-epochs", "1"]
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_quickstart_runs_end_to_end_through_the_cache(tmp_path, backend):
     rows = run_quickstart(
-        seed=1, n_members=2, teacher_epochs=2, student_epochs=3, cache_dir=tmp_path,
-        backend=backend, verbose=False,
+        seed=1,
+        n_members=2,
+        teacher_epochs=2,
+        student_epochs=3,
+        cache_dir=tmp_path,
+        backend=backend,
+        verbose=False,
     )
     names = [r.model for r in rows]
     assert names == [
-        "teacher 1", "teacher 2", "ensemble of 2", "student, hard labels",
+        "teacher 1",
+        "teacher 2",
+        "ensemble of 2",
+        "student, hard labels",
         "student, distilled T=4",
     ]
     assert all(0.0 <= r.accuracy <= 1.0 and r.errors >= 0 for r in rows)
@@ -79,7 +87,13 @@ def test_ensemble_training_times_each_member_with_its_own_timer(monkeypatch):
     X = rng.normal(size=(60, 4)).astype(np.float32)
     y = np.arange(60) % 3
     members, seconds = train_mlp_ensemble(
-        X, y, n_classes=3, n_members=3, hidden_layer_sizes=(8,), epochs=1, device="cpu",
+        X,
+        y,
+        n_classes=3,
+        n_members=3,
+        hidden_layer_sizes=(8,),
+        epochs=1,
+        device="cpu",
         return_seconds=True,
     )
     assert len(members) == len(seconds) == 3

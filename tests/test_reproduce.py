@@ -117,7 +117,9 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
     assert str((out / "REPORT.md").resolve()) in printed
 
 
-def test_a_run_stopped_part_way_leaves_the_report_of_the_experiments_it_finished(tmp_path, monkeypatch):
+def test_a_run_stopped_part_way_leaves_the_report_of_the_experiments_it_finished(
+    tmp_path, monkeypatch
+):
     from kdpipe.reproduce import experiments, run
 
     def interrupted(lab):
@@ -133,7 +135,9 @@ def test_a_run_stopped_part_way_leaves_the_report_of_the_experiments_it_finished
     assert "| 4 | " in report and "not finished" in report
 
 
-def test_a_profile_of_ones_own_adds_unlabeled_rows_to_the_ensembles_transfer_set(tmp_path, monkeypatch):
+def test_a_profile_of_ones_own_adds_unlabeled_rows_to_the_ensembles_transfer_set(
+    tmp_path, monkeypatch
+):
     import dataclasses
 
     from kdpipe.reproduce import run
@@ -154,8 +158,12 @@ def test_a_profile_of_ones_own_adds_unlabeled_rows_to_the_ensembles_transfer_set
     assert record["profile"]["ensemble_unlabeled_rows"] == 250
     assert "with the fields below" in record["command"]
     with pytest.raises(ValueError, match="unlabeled rows"):
-        run(profile=dataclasses.replace(profile, ensemble_unlabeled_rows=10_000), experiments=[4],
-            out=tmp_path / "too-many", verbose=False)
+        run(
+            profile=dataclasses.replace(profile, ensemble_unlabeled_rows=10_000),
+            experiments=[4],
+            out=tmp_path / "too-many",
+            verbose=False,
+        )
 
 
 def test_unknown_experiment_is_a_usage_error_and_writes_nothing(tmp_path, capsys):

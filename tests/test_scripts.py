@@ -40,7 +40,9 @@ def _load(relative: str) -> ModuleType:
 
 def _write_idx(path: Path, array: np.ndarray, *, gzipped: bool) -> None:
     """MNIST's idx format: 0, 0, type code 0x08 (uint8), ndim, big-endian int32 dims, data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
     data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     if gzipped:
         path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
@@ -70,8 +72,11 @@ def tracked_tree_unchanged():
 
     def snapshot() -> dict[str, str]:
         files = [p for d in ("examples", "pipelines") for p in (ROOT / d).rglob("*") if p.is_file()]
-        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
-                if "__pycache__" not in p.parts}
+        return {
+            str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files
+            if "__pycache__" not in p.parts
+        }
 
     before = snapshot()
     yield
@@ -79,18 +84,27 @@ def tracked_tree_unchanged():
 
 
 def _wrote(stdout: str) -> list[Path]:
-    return [Path(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("wrote /")]
+    return [
+        Path(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("wrote /")
+    ]
 
 
 def test_every_script_has_a_smoke_test():
-    tested = {"pipelines/digits_cache.py", "pipelines/fashion_mnist_cache.py",
-              "examples/digits_sweeps.py", "examples/fashion_mnist_distill.py", "examples/cluster_sweep.py",
-              "examples/fashion_mnist_views.py"}
+    tested = {
+        "pipelines/digits_cache.py",
+        "pipelines/fashion_mnist_cache.py",
+        "examples/digits_sweeps.py",
+        "examples/fashion_mnist_distill.py",
+        "examples/cluster_sweep.py",
+        "examples/fashion_mnist_views.py",
+    }
     assert {str(p.relative_to(ROOT)) for p in SCRIPTS} == tested
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_digits_cache_pipeline_builds_a_verified_cache(tmp_path, capsys, backend, tracked_tree_unchanged):
+def test_digits_cache_pipeline_builds_a_verified_cache(
+    tmp_path, capsys, backend, tracked_tree_unchanged
+):
     out = tmp_path / "digits-cache"
     argv = ["--out", str(out), "--members", "2", "--epochs", "1", "--backend", backend]
     assert _load("pipelines/digits_cache.py").main(argv) == 0
@@ -100,14 +114,36 @@ def test_digits_cache_pipeline_builds_a_verified_cache(tmp_path, capsys, backend
     assert _wrote(capsys.readouterr().out) == [out.resolve()]
 
 
-def test_fashion_cache_pipeline_with_jitter_as_a_user_runs_it(tmp_path, fashion_dir, tracked_tree_unchanged):
+def test_fashion_cache_pipeline_with_jitter_as_a_user_runs_it(
+    tmp_path, fashion_dir, tracked_tree_unchanged
+):
     out = tmp_path / "fashion-cache"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's kdpipe, not an installed one
     done = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines/fashion_mnist_cache.py"), "--data-dir", str(fashion_dir),
-         "--out", str(out), "--members", "2", "--epochs", "1", "--jitter-copies", "1",
-         "--chunk-rows", "100", "--device", "cpu"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
+        [
+            sys.executable,
+            str(ROOT / "pipelines/fashion_mnist_cache.py"),
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(out),
+            "--members",
+            "2",
+            "--epochs",
+            "1",
+            "--jitter-copies",
+            "1",
+            "--chunk-rows",
+            "100",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     cache = LogitCache.open(out)
@@ -118,11 +154,26 @@ def test_fashion_cache_pipeline_with_jitter_as_a_user_runs_it(tmp_path, fashion_
     assert 0 <= errors <= 120
 
 
-def test_digits_sweeps_example_writes_into_its_default_folder(tmp_path, monkeypatch, capsys, tracked_tree_unchanged):
+def test_digits_sweeps_example_writes_into_its_default_folder(
+    tmp_path, monkeypatch, capsys, tracked_tree_unchanged
+):
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
-    argv = ["--members", "2", "--teacher-epochs", "1", "--epochs", "2", "--temperatures", "1", "4",
-            "--cv", "2", "--n-jobs", "1"]
+    argv = [
+        "--members",
+        "2",
+        "--teacher-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--temperatures",
+        "1",
+        "4",
+        "--cv",
+        "2",
+        "--n-jobs",
+        "1",
+    ]
     assert _load("examples/digits_sweeps.py").main(argv) == 0
     folder = tmp_path / "kdpipe-results" / "digits_sweeps"
     names = ["digits_sweeps.json", "digits_temperature_sweep.png", "digits_accuracy_vs_members.png"]
@@ -132,21 +183,50 @@ def test_digits_sweeps_example_writes_into_its_default_folder(tmp_path, monkeypa
     assert set(results["temperature_cv_accuracy"]) == {"1.0", "4.0"}
     assert results["best_temperature"] in (1.0, 4.0)
     assert list(results["accuracy_by_members"]) == ["1", "2"]
-    scores = [results["hard_label_accuracy"], results["distilled_test_accuracy"],
-              *results["temperature_cv_accuracy"].values(), *results["accuracy_by_members"].values()]
+    scores = [
+        results["hard_label_accuracy"],
+        results["distilled_test_accuracy"],
+        *results["temperature_cv_accuracy"].values(),
+        *results["accuracy_by_members"].values(),
+    ]
     assert all(0.0 <= s <= 1.0 for s in scores)
     for name in names[1:]:
         assert (folder / name).read_bytes()[:8] == PNG_SIGNATURE
 
 
-def test_fashion_distill_example_writes_where_asked(tmp_path, fashion_dir, capsys, tracked_tree_unchanged):
+def test_fashion_distill_example_writes_where_asked(
+    tmp_path, fashion_dir, capsys, tracked_tree_unchanged
+):
     pytest.importorskip("matplotlib")
     out = tmp_path / "results"
-    argv = ["--data-dir", str(fashion_dir), "--out", str(out), "--train-rows", "200", "--test-rows", "100",
-            "--teacher-epochs", "1", "--epochs", "1", "--members", "2", "--temperatures", "2", "8",
-            "--device", "cpu", "--tag", "smoke"]
+    argv = [
+        "--data-dir",
+        str(fashion_dir),
+        "--out",
+        str(out),
+        "--train-rows",
+        "200",
+        "--test-rows",
+        "100",
+        "--teacher-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--members",
+        "2",
+        "--temperatures",
+        "2",
+        "8",
+        "--device",
+        "cpu",
+        "--tag",
+        "smoke",
+    ]
     assert _load("examples/fashion_mnist_distill.py").main(argv) == 0
-    json_path, png_path = out / "fashion_mnist_distill_smoke.json", out / "fashion_mnist_distill_smoke.png"
+    json_path, png_path = (
+        out / "fashion_mnist_distill_smoke.json",
+        out / "fashion_mnist_distill_smoke.png",
+    )
     assert sorted(out.iterdir()) == sorted([json_path, png_path])
     assert _wrote(capsys.readouterr().out) == [json_path.resolve(), png_path.resolve()]
     results = json.loads(json_path.read_text())
@@ -160,16 +240,40 @@ def test_fashion_distill_example_writes_where_asked(tmp_path, fashion_dir, capsy
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
 
 
-def test_fashion_views_example_writes_where_asked(tmp_path, fashion_dir, capsys, tracked_tree_unchanged):
+def test_fashion_views_example_writes_where_asked(
+    tmp_path, fashion_dir, capsys, tracked_tree_unchanged
+):
     pytest.importorskip("matplotlib")
     out = tmp_path / "results"
-    argv = ["--data-dir", str(fashion_dir), "--out", str(out), "--train-rows", "100", "--validation-rows", "40",
-            "--test-rows", "60", "--teacher-epochs", "1", "--epochs", "1", "--seeds", "2", "--views", "1", "2",
-            "--quiet"]
+    argv = [
+        "--data-dir",
+        str(fashion_dir),
+        "--out",
+        str(out),
+        "--train-rows",
+        "100",
+        "--validation-rows",
+        "40",
+        "--test-rows",
+        "60",
+        "--teacher-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--views",
+        "1",
+        "2",
+        "--quiet",
+    ]
     assert _load("examples/fashion_mnist_views.py").main(argv) == 0
     json_path, png_path = out / "fashion_mnist_views.json", out / "fashion_mnist_views.png"
     assert sorted(out.iterdir()) == sorted([json_path, png_path])
-    assert _wrote(capsys.readouterr().out) == [json_path.resolve(), png_path.resolve()]  # --quiet: only these
+    assert _wrote(capsys.readouterr().out) == [
+        json_path.resolve(),
+        png_path.resolve(),
+    ]  # --quiet: only these
     results = json.loads(json_path.read_text())
     s = results["settings"]
     assert (s["train_rows"], s["validation_rows"], s["test_rows"]) == (100, 40, 60)
@@ -185,25 +289,44 @@ def test_fashion_views_example_writes_where_asked(tmp_path, fashion_dir, capsys,
             expected = (np.mean(runs["test"]) - hard["mean"]) / (teacher - hard["mean"])
             assert runs["gap_closed"] == pytest.approx(expected)
             low, high = runs["gap_closed_95"]
-            assert low <= high or np.isnan([low, high]).all()  # nan: no resample of tiny data had a gap
+            assert (
+                low <= high or np.isnan([low, high]).all()
+            )  # nan: no resample of tiny data had a gap
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_views_benchmark_quick_run_writes_its_results(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_views.py"), "--quick", "--out", str(tmp_path)],
-                          check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/bench_views.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["views_quick.json", "views_quick.md"]
     result = json.loads((tmp_path / "views_quick.json").read_text())
     epochs = result["epochs"]
     assert epochs["cost"]["mac_ratio"] >= 10
-    assert set(epochs["ratio_vs_online"]) == {k for k in epochs["median_epoch_seconds"] if "online" in k
-                                             or "views" in k}
+    assert set(epochs["ratio_vs_online"]) == {
+        k for k in epochs["median_epoch_seconds"] if "online" in k or "views" in k
+    }
     dense = result["bytes"]["formats"]["dense float16"]
     # a dense float16 view of 1,000 classes: 2 bytes a logit plus the view's 8-byte digest, uncompressed or less
     assert 0 < dense["bytes_per_view"] <= 2 * 1000 + 8
-    assert result["bytes"]["formats"]["top-10 float16 (TopK(10))"]["bytes_per_view"] < dense["bytes_per_view"] / 10
+    assert (
+        result["bytes"]["formats"]["top-10 float16 (TopK(10))"]["bytes_per_view"]
+        < dense["bytes_per_view"] / 10
+    )
 
 
 def test_every_install_command_in_the_readme_pins_torch_first():
@@ -215,24 +338,47 @@ def test_every_install_command_in_the_readme_pins_torch_first():
         assert after[0] == "torch==2.13.0", line
 
 
-def test_cluster_sweep_example_reads_and_writes_only_the_bucket(tmp_path, monkeypatch, capsys, s3_bucket,
-                                                               s3_cluster, tracked_tree_unchanged):
+def test_cluster_sweep_example_reads_and_writes_only_the_bucket(
+    tmp_path, monkeypatch, capsys, s3_bucket, s3_cluster, tracked_tree_unchanged
+):
     """On a running cluster (worker processes); X, the cache and every read go through the bucket."""
     import s3fs
 
     url, options = s3_bucket
     monkeypatch.chdir(tmp_path)
-    argv = ["--url", f"{url}/demo", "--storage-option", f"endpoint_url={options['endpoint_url']}",
-            "--scheduler", s3_cluster.scheduler.address, "--members", "2", "--teacher-epochs", "1", "--epochs", "1",
-            "--temperatures", "1", "4", "--alphas", "0.5", "--cv", "2"]
+    argv = [
+        "--url",
+        f"{url}/demo",
+        "--storage-option",
+        f"endpoint_url={options['endpoint_url']}",
+        "--scheduler",
+        s3_cluster.scheduler.address,
+        "--members",
+        "2",
+        "--teacher-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--temperatures",
+        "1",
+        "4",
+        "--alphas",
+        "0.5",
+        "--cv",
+        "2",
+    ]
     assert _load("examples/cluster_sweep.py").main(argv) == 0
     written = tmp_path / "kdpipe-results" / "cluster_sweep" / "cluster_sweep.json"
     assert _wrote(capsys.readouterr().out) == [written.resolve()]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kdpipe-results"]  # no local X, no local cache
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "kdpipe-results"
+    ]  # no local X, no local cache
     results = json.loads(written.read_text())
     assert set(results["cv_accuracy"]) == {"T=1, alpha=0.5", "T=4, alpha=0.5"}
     assert results["best_params"]["temperature"] in (1.0, 4.0)
-    assert all(0.0 <= v <= 1.0 for v in [*results["cv_accuracy"].values(), results["test_accuracy"]])
+    assert all(
+        0.0 <= v <= 1.0 for v in [*results["cv_accuracy"].values(), results["test_accuracy"]]
+    )
     cache = LogitCache.open(f"{url}/demo/logits.zarr", storage_options=options)
     assert (cache.n_members, cache.n_classes) == (2, 10) and cache.verify().ok
     assert s3fs.S3FileSystem(**options).exists(f"{url}/demo/X.zarr/zarr.json")

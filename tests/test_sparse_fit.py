@@ -21,7 +21,9 @@ FAST = dict(hidden_layer_sizes=(16,), learning_rate=1e-2, batch_size=64, max_epo
 
 @pytest.fixture(scope="module")
 def data():
-    X, y = make_confusable_classification(600, C, group_size=4, n_features=6, class_separation=5.0, random_state=0)
+    X, y = make_confusable_classification(
+        600, C, group_size=4, n_features=6, class_separation=5.0, random_state=0
+    )
     X = X.astype(np.float32)
     mu = np.stack([X[y == c].mean(axis=0) for c in range(C)])
 
@@ -48,7 +50,9 @@ def topk_all_but_one(tmp_path_factory, data):
     return _cache(tmp_path_factory, data, TopK(C - 1), "topk")
 
 
-def test_student_from_a_topk_cache_of_all_but_one_class_is_the_dense_student(data, dense, topk_all_but_one):
+def test_student_from_a_topk_cache_of_all_but_one_class_is_the_dense_student(
+    data, dense, topk_all_but_one
+):
     X, y, _ = data
     for temperature in (2.0, 3.0):  # on and off the tail grid: a one-class tail is exact everywhere
         kw = dict(random_state=0, temperature=temperature, **FAST)
@@ -82,7 +86,9 @@ def test_fit_from_a_sparse_cache_trains_on_sparse_batches_only(data, tmp_path_fa
     assert clf.score(X, y) > 0.5
 
 
-def test_grid_search_over_temperature_reads_fold_subsets_and_picks_the_dense_choice(data, dense, topk_all_but_one):
+def test_grid_search_over_temperature_reads_fold_subsets_and_picks_the_dense_choice(
+    data, dense, topk_all_but_one
+):
     X, y, _ = data
     grid = {"temperature": [1.0, 4.0, 20.0]}
     with sklearn.config_context(enable_metadata_routing=True):
@@ -95,10 +101,14 @@ def test_grid_search_over_temperature_reads_fold_subsets_and_picks_the_dense_cho
     )
 
 
-def test_a_sampled_cache_refuses_another_temperature_and_leaves_the_estimator_as_it_was(data, tmp_path_factory):
+def test_a_sampled_cache_refuses_another_temperature_and_leaves_the_estimator_as_it_was(
+    data, tmp_path_factory
+):
     X, y, _ = data
     cache = _cache(tmp_path_factory, data, Sampled(draws=16, temperature=4.0), "sampled")
-    clf = DistilledClassifier(random_state=0, temperature=4.0, **FAST).fit(X, y, teacher_logits=cache)
+    clf = DistilledClassifier(random_state=0, temperature=4.0, **FAST).fit(
+        X, y, teacher_logits=cache
+    )
     weights = {k: v.clone() for k, v in clf.module_.state_dict().items()}
     for bad in (dict(temperature=2.0), dict(loss="logit_matching")):
         with pytest.raises(SparseFormatError):
@@ -109,12 +119,18 @@ def test_a_sampled_cache_refuses_another_temperature_and_leaves_the_estimator_as
     assert len(clf.history_) == FAST["max_epochs"]
 
 
-def test_specialists_refuse_a_sparse_cache_and_take_a_generalist_fitted_from_one(data, topk_all_but_one):
+def test_specialists_refuse_a_sparse_cache_and_take_a_generalist_fitted_from_one(
+    data, topk_all_but_one
+):
     X, y, _ = data
     quick = dict(n_specialists=3, specialist_max_epochs=2, random_state=0)
     with pytest.raises(SparseFormatError, match="FrozenEstimator"):
-        SpecialistEnsembleClassifier(DistilledClassifier(**FAST), **quick).fit(X, y, teacher_logits=topk_all_but_one)
-    generalist = DistilledClassifier(random_state=0, **FAST).fit(X, y, teacher_logits=topk_all_but_one)
+        SpecialistEnsembleClassifier(DistilledClassifier(**FAST), **quick).fit(
+            X, y, teacher_logits=topk_all_but_one
+        )
+    generalist = DistilledClassifier(random_state=0, **FAST).fit(
+        X, y, teacher_logits=topk_all_but_one
+    )
     clf = SpecialistEnsembleClassifier(FrozenEstimator(generalist), **quick).fit(X, y)
     assert clf.generalist_.estimator is generalist and len(clf.specialists_) == 3
     assert clf.score(X, y) > 0.5

@@ -64,7 +64,9 @@ def test_tail_logsumexp_exact_at_grid_temperatures_and_within_exact_bounds_elsew
         tail = _tail_mask(v, k)
         for t in (0.5, 1.0, 1.5, 3.0, 4.0, 6.0, 12.0, 16.0, 24.0, 50.0, 1e4):
             exact = logsumexp(np.where(tail, v / t, -np.inf), axis=1)
-            estimate, lower, upper = (a[:, 0].double().numpy() for a in tail_logsumexp(targets, t, bounds=True))
+            estimate, lower, upper = (
+                a[:, 0].double().numpy() for a in tail_logsumexp(targets, t, bounds=True)
+            )
             slack = 1e-5 * np.abs(exact).max()  # float32 storage of the summary
             assert (lower - slack <= exact).all() and (exact <= upper + slack).all()
             assert (lower - slack <= estimate).all() and (estimate <= upper + slack).all()
@@ -94,7 +96,9 @@ def test_dense_minus_sparse_loss_is_the_tail_share_of_the_kl(teacher):
     z = _student(teacher)
     targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
     sparse = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
-    dense = distillation_loss(z, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0).item()
+    dense = distillation_loss(
+        z, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0
+    ).item()
 
     tail = _tail_mask(v, k)
     p, q = softmax(v / t, axis=1), softmax(z.detach().double().numpy() / t, axis=1)
@@ -110,7 +114,9 @@ def test_topk_gradient_is_the_bucket_gradient_also_where_the_students_tail_is_ti
     rng = np.random.default_rng(5)
     z0 = rng.normal(scale=2.0, size=v.shape)
     tail = _tail_mask(v, k)
-    z0[: len(v) // 2] += np.where(tail, 0.0, 30.0 * t)[: len(v) // 2]  # half the rows: tail mass ~e**-30 at t
+    z0[: len(v) // 2] += np.where(tail, 0.0, 30.0 * t)[
+        : len(v) // 2
+    ]  # half the rows: tail mass ~e**-30 at t
     q = softmax(z0 / t, axis=1)
     q_tail = (q * tail).sum(axis=1)
     assert (q_tail < 1e-9).any() and (q_tail > 1e-4).any()  # both ways of computing the tail run
@@ -136,12 +142,24 @@ TAIL_FORMATS = {
 def test_topk_gradient_error_within_the_stated_bound_and_shrinking_with_k(teacher, t, spread):
     v = teacher[:, 0]
     z = _student(teacher)
-    dense = _row_grads(lambda s: distillation_loss(s, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0), z)
-    np.testing.assert_allclose(dense, t * (softmax(z.detach().double().numpy() / t, 1) - softmax(v / t, 1)), atol=1e-5)
+    dense = _row_grads(
+        lambda s: distillation_loss(
+            s, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0
+        ),
+        z,
+    )
+    np.testing.assert_allclose(
+        dense, t * (softmax(z.detach().double().numpy() / t, 1) - softmax(v / t, 1)), atol=1e-5
+    )
     mean_errors = []
     for k in (3, 10, 30):
         targets = reduce_logits(v, TAIL_FORMATS[spread](k)).to_torch("cpu")
-        sparse = _row_grads(lambda s, targets=targets: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
+        sparse = _row_grads(
+            lambda s, targets=targets: sparse_distillation_loss(
+                s, targets, temperature=t, alpha=0.0
+            ),
+            z,
+        )
         error = np.abs(sparse - dense).sum(axis=1)  # L1 per row
         tail = _tail_mask(v, k)
         lse_tail = logsumexp(np.where(tail, v / t, -np.inf), axis=1)
@@ -163,8 +181,18 @@ def test_topk_of_all_but_one_class_gives_the_dense_ensemble_gradient(combine):
     targets = reduce_logits(v, TopK(39)).to_torch("cpu")
     assert targets.n_entries == 4
     for t in (2.0, 5.0):  # on and off the grid: a one-class tail is exact at every T
-        dense = _row_grads(lambda s, t=t: distillation_loss(s, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0, combine=combine), z)
-        sparse = _row_grads(lambda s, t=t: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0, combine=combine), z)
+        dense = _row_grads(
+            lambda s, t=t: distillation_loss(
+                s, torch.tensor(v, dtype=torch.float32), temperature=t, alpha=0.0, combine=combine
+            ),
+            z,
+        )
+        sparse = _row_grads(
+            lambda s, t=t: sparse_distillation_loss(
+                s, targets, temperature=t, alpha=0.0, combine=combine
+            ),
+            z,
+        )
         np.testing.assert_allclose(sparse, dense, atol=2e-5)
 
 
@@ -172,7 +200,9 @@ def test_topk_hard_term_is_the_dense_one(teacher):
     v, z = teacher[:, 0], _student(teacher)
     y = torch.tensor(np.argmax(v, axis=1))
     targets = reduce_logits(v, TopK(199)).to_torch("cpu")
-    dense = distillation_loss(z, torch.tensor(v, dtype=torch.float32), y, temperature=3.0, alpha=0.3)
+    dense = distillation_loss(
+        z, torch.tensor(v, dtype=torch.float32), y, temperature=3.0, alpha=0.3
+    )
     sparse = sparse_distillation_loss(z, targets, y, temperature=3.0, alpha=0.3)
     assert sparse.item() == pytest.approx(dense.item(), rel=1e-4)
 
@@ -186,12 +216,17 @@ def test_sampled_gradient_is_unbiased_by_the_standard_error_of_many_draws(combin
     def dense_grad(temperature: float) -> np.ndarray:
         zr = z0.clone().requires_grad_(True)
         vt = torch.tensor(v, dtype=torch.float32)
-        return _row_grads(lambda s: distillation_loss(s, vt, temperature=temperature, alpha=0.0, combine=combine), zr)
+        return _row_grads(
+            lambda s: distillation_loss(s, vt, temperature=temperature, alpha=0.0, combine=combine),
+            zr,
+        )
 
     # `repeats` independent draws of every row: the rows repeated, each with its own uniforms
     targets = reduce_logits(np.tile(v, (repeats, 1, 1)), Sampled(draws, t, seed=7)).to_torch("cpu")
     z = z0.repeat(repeats, 1).requires_grad_(True)
-    grads = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0, combine=combine), z)
+    grads = _row_grads(
+        lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0, combine=combine), z
+    )
     grads = grads.reshape(repeats, n, c)
     mean, se = grads.mean(axis=0), grads.std(axis=0, ddof=1) / np.sqrt(repeats)
     z_at_t = np.abs(mean - dense_grad(t)) / np.maximum(se, 1e-9)
@@ -224,7 +259,9 @@ def test_topk_needs_fewer_kept_classes_than_classes():
 # -- issue 21: the tail spread over the tail classes, and 8-bit values ------------------
 
 
-def _dense_target_with_spread(v: np.ndarray, t: float, k: int, tail_shares: np.ndarray) -> np.ndarray:
+def _dense_target_with_spread(
+    v: np.ndarray, t: float, k: int, tail_shares: np.ndarray
+) -> np.ndarray:
     """float64 (n, C): the teacher's softmax at t on its top k, and its tail mass split
     over the other classes in proportion to ``tail_shares`` (n, C) (zero on the head)."""
     p = softmax(v / t, axis=1)
@@ -246,7 +283,9 @@ def test_uniform_tail_is_the_dense_kl_with_the_tail_mass_shared_equally(teacher,
         lse = tail_logsumexp(targets, t)[:, 0].double().numpy()
         head = np.where(_tail_mask(v, k), -np.inf, v / t)
         p_tail = np.exp(lse - np.logaddexp(logsumexp(head, axis=1), lse))[:, None]
-        p = np.where(_tail_mask(v, k), p_tail / (v.shape[1] - k), softmax(head, axis=1) * (1 - p_tail))
+        p = np.where(
+            _tail_mask(v, k), p_tail / (v.shape[1] - k), softmax(head, axis=1) * (1 - p_tail)
+        )
     q = softmax(z.detach().double().numpy() / t, axis=1)
     expected = t**2 * (p * np.log(p / q)).sum(axis=1).mean()
     assert got == pytest.approx(expected, rel=1e-4)
@@ -258,14 +297,22 @@ def test_sampled_tail_at_its_temperature_spreads_the_tail_mass_by_the_draws(teac
     targets = reduce_logits(v, TopKSampledTail(k, s, t)).to_torch("cpu")
     counts = np.zeros_like(v)
     for r in range(len(v)):  # the draws, as dense counts per class
-        np.add.at(counts[r], targets.tail_indices[r, 0].numpy(), targets.tail_counts[r, 0].double().numpy())
-    assert (counts.sum(axis=1) == s).all() and not (counts * ~_tail_mask(v, k)).any()  # tail classes only
+        np.add.at(
+            counts[r],
+            targets.tail_indices[r, 0].numpy(),
+            targets.tail_counts[r, 0].double().numpy(),
+        )
+    assert (counts.sum(axis=1) == s).all() and not (
+        counts * ~_tail_mask(v, k)
+    ).any()  # tail classes only
     p = _dense_target_with_spread(v, t, k, counts)
     q = softmax(z.detach().double().numpy() / t, axis=1)
     grads = _row_grads(lambda x: sparse_distillation_loss(x, targets, temperature=t, alpha=0.0), z)
     np.testing.assert_allclose(grads, t * (q - p), atol=2e-5)
     got = sparse_distillation_loss(z, targets, temperature=t, alpha=0.0).item()
-    assert got == pytest.approx(t**2 * (p * np.log(np.where(p > 0, p, 1.0) / q)).sum(axis=1).mean(), rel=1e-4)
+    assert got == pytest.approx(
+        t**2 * (p * np.log(np.where(p > 0, p, 1.0) / q)).sum(axis=1).mean(), rel=1e-4
+    )
 
 
 def test_sampled_tail_reweights_its_draws_to_another_temperature(teacher):
@@ -273,9 +320,18 @@ def test_sampled_tail_reweights_its_draws_to_another_temperature(teacher):
     targets = reduce_logits(v, TopKSampledTail(k, s, t_draw)).to_torch("cpu")
     counts = np.zeros_like(v)
     for r in range(len(v)):
-        np.add.at(counts[r], targets.tail_indices[r, 0].numpy(), targets.tail_counts[r, 0].double().numpy())
+        np.add.at(
+            counts[r],
+            targets.tail_indices[r, 0].numpy(),
+            targets.tail_counts[r, 0].double().numpy(),
+        )
     # self-normalized importance weights: draws from exp(v / t_draw), target exp(v / t)
-    p = _dense_target_with_spread(v, t, k, counts * np.exp(v / t - v / t_draw - (v / t - v / t_draw).max(axis=1, keepdims=True)))
+    p = _dense_target_with_spread(
+        v,
+        t,
+        k,
+        counts * np.exp(v / t - v / t_draw - (v / t - v / t_draw).max(axis=1, keepdims=True)),
+    )
     q = softmax(z.detach().double().numpy() / t, axis=1)
     grads = _row_grads(lambda x: sparse_distillation_loss(x, targets, temperature=t, alpha=0.0), z)
     np.testing.assert_allclose(grads, t * (q - p), atol=2e-5)
@@ -285,11 +341,17 @@ def test_sampled_tail_draws_are_unbiased_for_the_tail_at_their_temperature():
     t, k, s, repeats = 2.0, 3, 8, 3000
     v = _teacher(2, 12, seed=3)[:, 0].astype(np.float64)
     tail = _tail_mask(v, k)
-    expected = np.where(tail, softmax(np.where(tail, v / t, -np.inf), axis=1), 0.0)  # the tail's own softmax
-    drawn = reduce_logits(np.tile(v, (repeats, 1)), TopKSampledTail(k, s, t))  # every row draws afresh
+    expected = np.where(
+        tail, softmax(np.where(tail, v / t, -np.inf), axis=1), 0.0
+    )  # the tail's own softmax
+    drawn = reduce_logits(
+        np.tile(v, (repeats, 1)), TopKSampledTail(k, s, t)
+    )  # every row draws afresh
     counts = np.zeros((repeats * len(v), v.shape[1]))
     rows = np.repeat(np.arange(len(counts)), s).reshape(-1, s)
-    np.add.at(counts, (rows, drawn.tail_indices[:, 0]), drawn.tail_counts[:, 0])  # unused slots add 0
+    np.add.at(
+        counts, (rows, drawn.tail_indices[:, 0]), drawn.tail_counts[:, 0]
+    )  # unused slots add 0
     mean = counts.reshape(repeats, len(v), -1).sum(axis=0) / (s * repeats)
     se = np.sqrt(expected * (1 - expected) / (s * repeats))
     z = (mean - expected)[tail] / se[tail]
@@ -306,10 +368,13 @@ def test_uint8_values_are_within_half_a_step_of_the_cache_logits(teacher):
     error = np.abs(coded.values - exact.values)
     assert (error <= step[..., None] / 2 * (1 + 1e-5) + 1e-5).all()
     assert error.max() > step.min() / 10  # the codes are coarser than float32
+
     # the stated bound on the soft targets: |p_hat - p|_1 <= exp(2 h / T) - 1, h = step / 2
     def target(x, t):  # the k + 1 buckets at a grid temperature
         g = GRID.index(t)
-        return softmax(np.concatenate([x.values[:, 0] / t, x.tail_lse[:, 0, g : g + 1]], axis=1), axis=1)
+        return softmax(
+            np.concatenate([x.values[:, 0] / t, x.tail_lse[:, 0, g : g + 1]], axis=1), axis=1
+        )
 
     for t in (1.0, 4.0):
         l1 = np.abs(target(coded, t) - target(exact, t)).sum(axis=1)
@@ -322,7 +387,9 @@ def test_bucket_tail_whose_exp_underflows_in_float32_still_gives_the_bucket_grad
     v = rng.normal(scale=3.0, size=(4, 30))
     z0 = rng.normal(size=v.shape)
     tail = _tail_mask(v, k)
-    z0[:2] += np.where(tail, 0.0, 250.0 * t)[:2]  # two rows: the student's tail e**-250 below its head
+    z0[:2] += np.where(tail, 0.0, 250.0 * t)[
+        :2
+    ]  # two rows: the student's tail e**-250 below its head
     z = torch.tensor(z0, dtype=torch.float32, requires_grad=True)
     targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
     got = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)

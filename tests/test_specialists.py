@@ -33,8 +33,13 @@ def small_generalist(**kw) -> DistilledClassifier:
 @pytest.fixture(scope="module")
 def problem():
     X, y, groups = make_confusable_classification(
-        n_samples=3000, n_classes=20, group_size=5, n_features=10, class_separation=2.5,
-        random_state=0, return_groups=True,
+        n_samples=3000,
+        n_classes=20,
+        group_size=5,
+        n_features=10,
+        class_separation=2.5,
+        random_state=0,
+        return_groups=True,
     )
     return X[:1500], y[:1500], X[1500:], y[1500:], groups
 
@@ -128,8 +133,16 @@ def test_dustbin_correction_restores_the_natural_rate():
 
     config = TrainingConfig(loss="hard", learning_rate=1e-2, max_epochs=15, device="cpu")
     spec = fit_specialist(
-        generalist.module_, X, rows, collapse_labels(y[rows], subset), None, subset,
-        "dustbin", correction, config, seed=0,
+        generalist.module_,
+        X,
+        rows,
+        collapse_labels(y[rows], subset),
+        None,
+        subset,
+        "dustbin",
+        correction,
+        config,
+        seed=0,
     )
     corrected = spec.predict_proba(X_test)[:, -1]
     z = predict_logits(spec.module, X_test, device="cpu").astype(np.float64)
@@ -157,7 +170,9 @@ def test_teacher_logits_and_unlabeled_rows(problem):
     y_part = y.copy()
     y_part[::3] = -1  # a third unlabeled
     clf = SpecialistEnsembleClassifier(
-        small_generalist(max_epochs=8), n_specialists=4, specialist_max_epochs=3,
+        small_generalist(max_epochs=8),
+        n_specialists=4,
+        specialist_max_epochs=3,
         random_state=0,
     ).fit(X, y_part, teacher_logits=teacher)
     assert [s.kind for s in clf.specialists_] == ["dustbin"] * 4
@@ -225,9 +240,13 @@ def test_dask_backend(problem, generalist):
     from joblib import parallel_backend
 
     X, y, X_test, _, _ = problem
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-    ) as cluster, distributed.Client(cluster), parallel_backend("dask"):
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+        parallel_backend("dask"),
+    ):
         clf = quick_frozen(generalist, n_jobs=2).fit(X, y)
     serial = quick_frozen(generalist, n_jobs=1).fit(X, y)
     np.testing.assert_allclose(
@@ -240,7 +259,11 @@ def test_dask_backend(problem, generalist):
     [
         ({"top_n": 21}, InputError, r"top_n=21 is larger than the number of classes \(20\)"),
         ({"n_specialists": 21}, InputError, r"n_specialists=21 is larger than the number of"),
-        ({"class_subsets": [[0, 1], [2, 99]]}, ClassMismatchError, r"class_subsets\[1\] holds \[99\]"),
+        (
+            {"class_subsets": [[0, 1], [2, 99]]},
+            ClassMismatchError,
+            r"class_subsets\[1\] holds \[99\]",
+        ),
         ({"class_subsets": [list(range(20))]}, InputError, "non-empty dustbin"),
         ({"class_subsets": []}, InputError, "class_subsets is empty"),
         ({"classes_per_specialist": 20}, InputError, "classes_per_specialist=20 must be smaller"),

@@ -62,11 +62,18 @@ def test_groups_are_recovered_on_random_problems(seed):
 def test_forty_classes_in_eight_groups_of_five_with_a_trained_generalist():
     # the case of issue 8, where one K-means start merged two groups (ARI 0.71)
     X, y, groups = make_confusable_classification(
-        n_samples=4000, n_classes=40, group_size=5, n_features=20, random_state=0,
+        n_samples=4000,
+        n_classes=40,
+        group_size=5,
+        n_features=20,
+        random_state=0,
         return_groups=True,
     )
     generalist = DistilledClassifier(
-        hidden_layer_sizes=(32,), learning_rate=1e-2, max_epochs=8, random_state=0,
+        hidden_layer_sizes=(32,),
+        learning_rate=1e-2,
+        max_epochs=8,
+        random_state=0,
         device="cpu",
     ).fit(X, y)
     subsets = cluster_classes(generalist.predict_proba(X), 8)
@@ -111,7 +118,8 @@ def test_partition_overlap_and_fixed_size_modes():
         wide = cluster_classes(proba, n_groups, overlap=overlap)
         expected = [
             [
-                c for c in range(n_classes)
+                c
+                for c in range(n_classes)
                 if c in small or mean_distance(c, small) <= (1 + overlap) * own[c]
             ]
             for small in partition
@@ -132,7 +140,9 @@ def test_one_cluster_and_one_cluster_per_class():
     np.testing.assert_array_equal(everything, np.arange(n_classes))
     singletons = cluster_classes(proba, n_classes)
     assert [s.tolist() for s in singletons] == [[c] for c in range(n_classes)]
-    with pytest.raises(ValueError, match=rf"n_clusters={n_classes + 1} must lie in \[1, {n_classes}\]"):
+    with pytest.raises(
+        ValueError, match=rf"n_clusters={n_classes + 1} must lie in \[1, {n_classes}\]"
+    ):
         cluster_classes(proba, n_classes + 1)
     with pytest.raises(ValueError, match="features must be"):
         cluster_classes(proba, 2, features="cosine")

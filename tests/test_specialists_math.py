@@ -107,7 +107,7 @@ def test_full_softmax_members_give_the_arithmetic_mean():
     active[:5, 2] = False  # the first five rows have two specialists
     subsets = [np.array([0, 1])] * 3
     res = combine_distributions(p_g, p_m, subsets, active, full=[True] * 3, tol=1e-12)
-    expected = (p_g + p_m[0] + p_m[1] + np.where(active[:, 2:3], p_m[2], 0.0))
+    expected = p_g + p_m[0] + p_m[1] + np.where(active[:, 2:3], p_m[2], 0.0)
     expected /= 1.0 + active.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(res.proba, expected, atol=1e-12)
     geometric = softmax(np.mean([np.log(p) for p in [p_g, *p_m]], axis=0), axis=1)
@@ -141,8 +141,9 @@ def test_dustbin_combination_matches_a_generic_optimizer():
     for i in range(n):
         on = np.flatnonzero(active[i])
         args = (p_g[i], [p_m[m][i] for m in on], [subsets[m] for m in on])
-        ref = minimize(np_objective, np.log(p_g[i]), args=args, method="BFGS",
-                       options={"gtol": 1e-10})
+        ref = minimize(
+            np_objective, np.log(p_g[i]), args=args, method="BFGS", options={"gtol": 1e-10}
+        )
         np.testing.assert_allclose(res.proba[i], softmax(ref.x), atol=1e-6)
         assert np_objective(np.log(res.proba[i]), *args) <= ref.fun + 1e-10
 

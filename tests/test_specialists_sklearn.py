@@ -13,7 +13,10 @@ def tiny() -> SpecialistEnsembleClassifier:
     # on the CPU: the contract includes "same seed, same model", which CUDA kernels
     # do not promise
     generalist = DistilledClassifier(
-        hidden_layer_sizes=(16,), learning_rate=3e-2, max_epochs=15, random_state=0,
+        hidden_layer_sizes=(16,),
+        learning_rate=3e-2,
+        max_epochs=15,
+        random_state=0,
         device="cpu",
     )
     return SpecialistEnsembleClassifier(

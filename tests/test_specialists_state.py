@@ -94,44 +94,54 @@ def with_nan(X: np.ndarray) -> np.ndarray:
 
 FAILURES = {
     # name: (which fitted estimator, parameters to set, how to build the bad fit arguments)
-    "fewer features than the frozen generalist": (
-        "frozen", {}, lambda X, y: ((X[:, :5], y), {})
-    ),
+    "fewer features than the frozen generalist": ("frozen", {}, lambda X, y: ((X[:, :5], y), {})),
     "NaN in X": ("plain", {}, lambda X, y: ((with_nan(X), y), {})),
     "y of another length": ("plain", {}, lambda X, y: ((X, y[:-3]), {})),
     "continuous y": ("plain", {}, lambda X, y: ((X, y + 0.5), {})),
     "a label the frozen generalist lacks": (
-        "frozen", {}, lambda X, y: ((X, np.where(y == 0, 99, y)), {})
+        "frozen",
+        {},
+        lambda X, y: ((X, np.where(y == 0, 99, y)), {}),
     ),
     "no y and no teacher": ("plain", {}, lambda X, y: ((X, None), {})),
     "top_n above the classes": ("plain", {"top_n": 13}, lambda X, y: ((X, y), {})),
     "more specialists than classes": ("frozen", {"n_specialists": 13}, lambda X, y: ((X, y), {})),
     "a subset with an unknown class": (
-        "frozen", {"class_subsets": [[0, 1], [2, 99]]}, lambda X, y: ((X, y), {})
+        "frozen",
+        {"class_subsets": [[0, 1], [2, 99]]},
+        lambda X, y: ((X, y), {}),
     ),
     "a subset of every class": (
-        "frozen", {"class_subsets": [list(range(12))]}, lambda X, y: ((X, y), {})
+        "frozen",
+        {"class_subsets": [list(range(12))]},
+        lambda X, y: ((X, y), {}),
     ),
     "overlap with classes_per_specialist": (
-        "plain", {"classes_per_specialist": 3, "overlap": 0.5}, lambda X, y: ((X, y), {})
+        "plain",
+        {"classes_per_specialist": 3, "overlap": 0.5},
+        lambda X, y: ((X, y), {}),
     ),
     "subset_share out of range": ("plain", {"subset_share": 1.0}, lambda X, y: ((X, y), {})),
     "teacher logits with a class too many (frozen generalist)": (
-        "frozen", {}, lambda X, y: ((X, y), {"teacher_logits": logits_like(X, 13)})
+        "frozen",
+        {},
+        lambda X, y: ((X, y), {"teacher_logits": logits_like(X, 13)}),
     ),
     "teacher logits with a class too many (generalist fitted here)": (
-        "plain", {}, lambda X, y: ((X, y), {"teacher_logits": logits_like(X, 13)})
+        "plain",
+        {},
+        lambda X, y: ((X, y), {"teacher_logits": logits_like(X, 13)}),
     ),
     "teacher logits with rows missing": (
-        "frozen", {}, lambda X, y: ((X, y), {"teacher_logits": logits_like(X[:-1], 12)})
+        "frozen",
+        {},
+        lambda X, y: ((X, y), {"teacher_logits": logits_like(X[:-1], 12)}),
     ),
 }
 
 
 @pytest.mark.parametrize("failure", list(FAILURES))
-def test_a_failed_fit_leaves_the_fitted_estimator_as_it_was(
-    data, fitted, fitted_frozen, failure
-):
+def test_a_failed_fit_leaves_the_fitted_estimator_as_it_was(data, fitted, fitted_frozen, failure):
     X, y, X_test, _ = data
     which, params, make_args = FAILURES[failure]
     est = copy.deepcopy(fitted if which == "plain" else fitted_frozen)

@@ -40,18 +40,28 @@ def files(tmp_path) -> dict[str, Path]:
     np.save(tmp_path / "int.npy", rng.integers(0, 16, (N, D)))  # int64
     np.save(tmp_path / "y.npy", np.arange(N) % C)
     torch.manual_seed(0)
-    teacher = torch.nn.Sequential(torch.nn.Linear(D, 8), torch.nn.ReLU(), torch.nn.Linear(8, C)).eval()
+    teacher = torch.nn.Sequential(
+        torch.nn.Linear(D, 8), torch.nn.ReLU(), torch.nn.Linear(8, C)
+    ).eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch >= 2.10
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # torch.jit is deprecated in torch >= 2.10
         torch.jit.script(teacher).save(str(tmp_path / "script.pt"))
     torch.save(teacher.state_dict(), tmp_path / "weights.pt")
     marker = tmp_path / "UNPICKLED"
     for suffix in (".joblib", ".pkl", ".pickle"):
         joblib.dump(_Marker(str(marker)), tmp_path / f"crafted{suffix}")
     return {
-        "x": tmp_path / "x.npy", "narrow": tmp_path / "narrow.npy", "int": tmp_path / "int.npy",
-        "y": tmp_path / "y.npy", "script": tmp_path / "script.pt", "weights": tmp_path / "weights.pt",
-        "marker": marker, "out": tmp_path / "cache", "dir": tmp_path,
+        "x": tmp_path / "x.npy",
+        "narrow": tmp_path / "narrow.npy",
+        "int": tmp_path / "int.npy",
+        "y": tmp_path / "y.npy",
+        "script": tmp_path / "script.pt",
+        "weights": tmp_path / "weights.pt",
+        "marker": marker,
+        "out": tmp_path / "cache",
+        "dir": tmp_path,
     }
 
 
@@ -63,16 +73,34 @@ def _one_line(capsys) -> str:
 
 
 def _build(f: dict[str, Path], *extra: str, teacher: str = "script", data: str = "x") -> list[str]:
-    return ["build-cache", str(f[teacher]), "--data", str(f[data]), "-o", str(f["out"]), "--quiet", *extra]
+    return [
+        "build-cache",
+        str(f[teacher]),
+        "--data",
+        str(f[data]),
+        "-o",
+        str(f["out"]),
+        "--quiet",
+        *extra,
+    ]
 
 
 # -- pickled teacher files --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("suffix", [".joblib", ".pkl", ".pickle"])
-def test_cli_refuses_a_pickled_sklearn_file_without_the_opt_in_and_unpickles_nothing(files, suffix, capsys):
-    argv = ["build-cache", str(files["dir"] / f"crafted{suffix}"), "--data", str(files["x"]),
-            "-o", str(files["out"]), "--quiet"]
+def test_cli_refuses_a_pickled_sklearn_file_without_the_opt_in_and_unpickles_nothing(
+    files, suffix, capsys
+):
+    argv = [
+        "build-cache",
+        str(files["dir"] / f"crafted{suffix}"),
+        "--data",
+        str(files["x"]),
+        "-o",
+        str(files["out"]),
+        "--quiet",
+    ]
     assert main(argv) == 1
     assert "--trust-pickled-teachers" in _one_line(capsys)
     assert not files["marker"].exists() and not files["out"].exists()
@@ -86,7 +114,13 @@ def test_build_cache_refuses_a_pickled_sklearn_file_unless_trusted(files, suffix
     assert not files["marker"].exists() and not files["out"].exists()
     # trusted, the file is unpickled: the marker appears (and the object is no teacher)
     with pytest.raises(InputError):
-        build_cache(str(path), np.load(files["x"]), files["out"], progress=False, trust_pickled_teachers=True)
+        build_cache(
+            str(path),
+            np.load(files["x"]),
+            files["out"],
+            progress=False,
+            trust_pickled_teachers=True,
+        )
     assert files["marker"].exists()
 
 
@@ -96,11 +130,26 @@ def test_trusted_joblib_teacher_builds_from_the_cli_and_the_api_alike(files):
     X, y = np.load(files["x"]), np.load(files["y"])
     joblib.dump(LogisticRegression(max_iter=200).fit(X, y), files["dir"] / "lr.joblib")
     teacher = str(files["dir"] / "lr.joblib")
-    assert main(["build-cache", teacher, "--data", str(files["x"]), "-o", str(files["out"]),
-                 "--quiet", "--trust-pickled-teachers"]) == 0
+    assert (
+        main(
+            [
+                "build-cache",
+                teacher,
+                "--data",
+                str(files["x"]),
+                "-o",
+                str(files["out"]),
+                "--quiet",
+                "--trust-pickled-teachers",
+            ]
+        )
+        == 0
+    )
     api = build_cache(teacher, X, files["dir"] / "api", progress=False, trust_pickled_teachers=True)
     np.testing.assert_array_equal(np.asarray(LogitCache.open(files["out"])), np.asarray(api))
-    np.testing.assert_allclose(np.asarray(api)[:, 0], joblib.load(teacher).decision_function(X), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(api)[:, 0], joblib.load(teacher).decision_function(X), rtol=1e-6
+    )
 
 
 def test_a_state_dict_is_told_it_is_a_state_dict_the_first_time(files, capsys):
@@ -120,8 +169,11 @@ def test_a_state_dict_is_told_it_is_a_state_dict_the_first_time(files, capsys):
     [
         (["--chunk-rows", "0"], "--chunk-rows"),
         (["--batch-size", "-3"], "--batch-size"),
-        pytest.param(["--device", "cuda"], "CUDA", marks=pytest.mark.skipif(
-            torch.cuda.is_available(), reason="CUDA is available here")),
+        pytest.param(
+            ["--device", "cuda"],
+            "CUDA",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
         (["--device", "tpu9"], "--device"),
     ],
 )
@@ -132,7 +184,9 @@ def test_bad_build_options_exit_2_with_one_line_before_any_work(files, extra, ne
 
 
 @pytest.mark.parametrize("data, needle", [("narrow", "5 values"), ("int", "int64")])
-def test_teacher_that_cannot_take_the_rows_is_one_error_before_anything_is_written(files, data, needle, capsys):
+def test_teacher_that_cannot_take_the_rows_is_one_error_before_anything_is_written(
+    files, data, needle, capsys
+):
     assert main(_build(files, data=data)) == 1
     err = _one_line(capsys)
     assert "script.pt" in err and needle in err, err
@@ -144,10 +198,16 @@ def test_teacher_that_cannot_take_the_rows_is_one_error_before_anything_is_writt
 
 @pytest.mark.parametrize(
     "extra, needle",
-    [(["--temperature", "-1"], "--temperature"), (["--temperature", "0"], "--temperature"),
-     (["--alpha", "5"], "--alpha"), (["--members", "0"], "--members")],
+    [
+        (["--temperature", "-1"], "--temperature"),
+        (["--temperature", "0"], "--temperature"),
+        (["--alpha", "5"], "--alpha"),
+        (["--members", "0"], "--members"),
+    ],
 )
-def test_quickstart_checks_its_options_before_any_teacher_trains(extra, needle, capsys, monkeypatch):
+def test_quickstart_checks_its_options_before_any_teacher_trains(
+    extra, needle, capsys, monkeypatch
+):
     import kdpipe.teacher_training as training
 
     def trained(*args, **kwargs):
@@ -183,7 +243,20 @@ def test_info_says_whether_labels_are_stored(files, capsys):
     assert main(["info", str(files["out"])]) == 0
     assert json.loads(capsys.readouterr().out)["labels_stored"] is True
     unlabeled = files["dir"] / "unlabeled"
-    assert main(["build-cache", str(files["script"]), "--data", str(files["x"]), "-o", str(unlabeled), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "build-cache",
+                str(files["script"]),
+                "--data",
+                str(files["x"]),
+                "-o",
+                str(unlabeled),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["info", str(unlabeled)]) == 0
     assert json.loads(capsys.readouterr().out)["labels_stored"] is False
@@ -212,7 +285,10 @@ def test_x_of_a_non_numeric_dtype_is_an_input_error_before_anything_is_written(t
 @pytest.mark.parametrize("dtype", ["uint8", "int32", "float16", "float64", "bool"])
 def test_numeric_x_still_builds(tmp_path, dtype):
     X = np.random.default_rng(0).integers(0, 2, (N, D)).astype(dtype)
-    teacher = lambda batch: np.asarray(batch, dtype=np.float32)[:, :C]
+
+    def teacher(batch):
+        return np.asarray(batch, dtype=np.float32)[:, :C]
+
     cache = build_cache(teacher, X, tmp_path / "c", progress=False)
     np.testing.assert_array_equal(np.asarray(cache)[:, 0], X[:, :C].astype(np.float32))
 
@@ -222,7 +298,10 @@ def test_numeric_x_still_builds(tmp_path, dtype):
 
 @pytest.mark.parametrize(
     "option",
-    ['client_kwargs={"aws_secret_access_key": "abc"}', 'config_kwargs={"a": [{"session_token": "t"}]}'],
+    [
+        'client_kwargs={"aws_secret_access_key": "abc"}',
+        'config_kwargs={"a": [{"session_token": "t"}]}',
+    ],
 )
 def test_storage_option_guard_looks_into_nested_values(option, capsys):
     assert main(["info", "s3://bucket/run.zarr", "--storage-option", option]) == 2

@@ -66,7 +66,9 @@ def linear_teacher(seed=1, width=36):
 
 def build(tmp_path, name, X, views, **kw):
     kw = {"chunk_rows": 10, "progress": False, "batch_size": 7, **kw}
-    return build_cache(linear_teacher(width=int(np.prod(X.shape[1:]))), X, tmp_path / name, views=views, **kw)
+    return build_cache(
+        linear_teacher(width=int(np.prod(X.shape[1:]))), X, tmp_path / name, views=views, **kw
+    )
 
 
 # -- streams and augmentations ----------------------------------------------------------
@@ -78,7 +80,10 @@ def test_stream_words_are_numpys_seed_sequence_for_every_row_and_view(seed):
     for view in (0, 7):
         words = stream_words([seed, rows, view], 6)
         for i, r in enumerate(rows):
-            assert words[i].tolist() == np.random.SeedSequence([seed, int(r), view]).generate_state(6).tolist()
+            assert (
+                words[i].tolist()
+                == np.random.SeedSequence([seed, int(r), view]).generate_state(6).tolist()
+            )
     many = [3, 1, 4, 1, 5, 9]  # more entropy words than SeedSequence's pool of 4
     assert stream_words(many, 9).tolist() == np.random.SeedSequence(many).generate_state(9).tolist()
 
@@ -101,7 +106,9 @@ def test_crop_and_hflip_match_per_image_references():
     for i in range(6):
         w = words_of(3, rows[i], 2, 2)
         top, left = below(w[0], 6 + 2 - 4 + 1), below(w[1], 6 + 2 - 4 + 1)
-        assert np.array_equal(out[i], np.pad(x[i], [(0, 0), (1, 1), (1, 1)])[:, top : top + 4, left : left + 4])
+        assert np.array_equal(
+            out[i], np.pad(x[i], [(0, 0), (1, 1), (1, 1)])[:, top : top + 4, left : left + 4]
+        )
     flipped = apply_views(HFlip(), x, rows, views, seed=3)
     for i in range(6):
         flip = words_of(3, rows[i], 2, 1)[0] / 2**32 < 0.5
@@ -153,10 +160,14 @@ def test_views_cache_stores_the_teachers_logits_of_each_view_and_its_digest(tmp_
     rows = np.repeat(np.arange(N), 3)
     views = np.tile(np.arange(3), N)
     seen = np.stack([shift_reference(X[r], 1, 4, r, v) for r, v in zip(rows, views)])
-    assert np.array_equal(cache.replay(X, rows, views), seen)  # bitwise: the inputs the teacher scored
+    assert np.array_equal(
+        cache.replay(X, rows, views), seen
+    )  # bitwise: the inputs the teacher scored
     np.testing.assert_array_equal(cache.read_views(rows, views)[:, 0], teacher(seen))
     assert cache.view_digests.reshape(-1).tolist() == row_digests(seen).tolist()
-    assert cache.row_digests.tolist() == row_digests(X).tolist()  # the stored rows, for fit's alignment check
+    assert (
+        cache.row_digests.tolist() == row_digests(X).tolist()
+    )  # the stored rows, for fit's alignment check
     assert cache.manifest.format_version == 4 and cache.verify().ok
     with pytest.raises(InputError, match="3 views"):
         np.asarray(cache)
@@ -209,7 +220,9 @@ def test_a_views_manifest_is_readable_only_with_its_own_format_version(tmp_path)
     from kdpipe.errors import CacheCorruptError
 
     cache = build(tmp_path, "v", images(), Views(count=2, augment=Shift(1), seed=0))
-    assert cache.manifest.format_version == VIEWS_FORMAT_VERSION == 4  # kdpipe before views reads versions 1-3
+    assert (
+        cache.manifest.format_version == VIEWS_FORMAT_VERSION == 4
+    )  # kdpipe before views reads versions 1-3
     assert VIEWS_FORMAT_VERSION in READABLE_VERSIONS
     path = cache.path / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -237,8 +250,14 @@ def test_sparse_views_hold_each_views_top_k(tmp_path):
     rows, chosen = np.arange(N), np.arange(N) % 3
     got = sparse.read_views(rows, chosen)
     expected = reduce_logits(dense.read_views(rows, chosen), TopK(k=2, temperatures=(2.0,)))
-    assert np.array_equal(got.indices, expected.indices) and np.array_equal(got.values, expected.values)
-    assert sparse.verify().ok and sparse.manifest.sparse is not None and sparse.manifest.views is not None
+    assert np.array_equal(got.indices, expected.indices) and np.array_equal(
+        got.values, expected.values
+    )
+    assert (
+        sparse.verify().ok
+        and sparse.manifest.sparse is not None
+        and sparse.manifest.views is not None
+    )
 
 
 def jitter(batch, generator):
@@ -271,7 +290,9 @@ def test_minibatches_pair_each_rows_view_of_the_epoch_with_its_logits(tmp_path):
     for epoch in (1, 2):
         source.set_epoch(epoch)
         batch = source.fetch(rows)
-        views = np.array([below(np.random.SeedSequence([11, epoch, r]).generate_state(1)[0], 4) for r in rows])
+        views = np.array(
+            [below(np.random.SeedSequence([11, epoch, r]).generate_state(1)[0], 4) for r in rows]
+        )
         assert np.array_equal(choose_views(11, epoch, rows, 4), views)
         inputs = np.stack([shift_reference(X[r], 1, 4, r, v) for r, v in zip(rows, views)])
         assert np.array_equal(batch.X, inputs.astype(np.float32) / 255)  # the uint8 rule
@@ -304,7 +325,15 @@ def test_distilled_classifier_and_grid_search_train_from_a_views_cache(tmp_path)
     X = rng.normal(size=(60, 6)).astype(np.float32)
     y = rng.integers(0, C, 60)
     teacher = linear_teacher(width=6)
-    cache = build_cache(teacher, X, tmp_path / "f", y=y, views=Views(3, shift_features, seed=2), chunk_rows=25, progress=False)
+    cache = build_cache(
+        teacher,
+        X,
+        tmp_path / "f",
+        y=y,
+        views=Views(3, shift_features, seed=2),
+        chunk_rows=25,
+        progress=False,
+    )
     est = DistilledClassifier(hidden_layer_sizes=(8,), max_epochs=2, random_state=0, batch_size=16)
     a = est.fit(X, y, teacher_logits=cache).predict_proba(X)
     b = sklearn.clone(est).fit(X, y, teacher_logits=cache).predict_proba(X)
@@ -312,11 +341,14 @@ def test_distilled_classifier_and_grid_search_train_from_a_views_cache(tmp_path)
     with sklearn.config_context(enable_metadata_routing=True):
         search = GridSearchCV(
             sklearn.clone(est).set_fit_request(teacher_logits=True),
-            {"temperature": [1.0, 4.0], "alpha": [0.5]}, cv=2,
+            {"temperature": [1.0, 4.0], "alpha": [0.5]},
+            cv=2,
         )
         search.fit(X, y, teacher_logits=cache)  # each fold: a lazy subset of the views cache
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
-    with pytest.raises(RowMismatchError):  # rows out of order: the alignment check, as without views
+    with pytest.raises(
+        RowMismatchError
+    ):  # rows out of order: the alignment check, as without views
         sklearn.clone(est).fit(X[::-1], y[::-1], teacher_logits=cache)
 
 
@@ -346,7 +378,9 @@ def test_a_convnet_student_trains_on_shifted_uint8_images_of_a_views_cache(tmp_p
     X = images(40)
     y = np.arange(40) % C
     cache = build(tmp_path, "img", X, Views(count=4, augment=Shift(1), seed=4), y=y)
-    est = DistilledClassifier(module=ConvNet, module_params={"channels": (4,)}, max_epochs=2, random_state=0, batch_size=8)
+    est = DistilledClassifier(
+        module=ConvNet, module_params={"channels": (4,)}, max_epochs=2, random_state=0, batch_size=8
+    )
     est.fit(X, y, teacher_logits=cache)
     assert est.sample_shape_ == (1, 6, 6) and len(est.history_) == 2
     assert est.predict(X).shape == (40,)

@@ -27,8 +27,14 @@ X = (X / 16.0).astype(np.float32)
 X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
 
 teachers = train_mlp_ensemble(
-    X_train, y_train, n_classes=10, n_members=2, hidden_layer_sizes=(128,), epochs=8,
-    random_state=0, device="cpu",
+    X_train,
+    y_train,
+    n_classes=10,
+    n_members=2,
+    hidden_layer_sizes=(128,),
+    epochs=8,
+    random_state=0,
+    device="cpu",
 )
 
 # %%
@@ -48,8 +54,13 @@ print(cache.shape, "=", "(rows, members, classes)")
 scores = {}
 for name, logits in (("hard labels", None), ("distilled, T=4", cache)):
     student = kdpipe.DistilledClassifier(
-        hidden_layer_sizes=(16,), temperature=4.0, alpha=0.1, max_epochs=30,
-        learning_rate=3e-3, random_state=0, device="cpu",
+        hidden_layer_sizes=(16,),
+        temperature=4.0,
+        alpha=0.1,
+        max_epochs=30,
+        learning_rate=3e-3,
+        random_state=0,
+        device="cpu",
     )
     student.fit(X_train, y_train, teacher_logits=logits)
     scores[name] = student.score(X_test, y_test)

@@ -15,8 +15,14 @@ import torch
 from kdpipe import soft_targets
 
 # logits of one row from an ensemble of two members: (rows, members, classes)
-logits = torch.tensor([[[9.0, 1.0, 0.5, 5.5, 0.0, 1.5, 0.0, 2.0, 6.0, 1.0],
-                        [8.0, 0.5, 1.0, 6.0, 0.5, 1.0, 0.5, 1.5, 5.0, 1.5]]])
+logits = torch.tensor(
+    [
+        [
+            [9.0, 1.0, 0.5, 5.5, 0.0, 1.5, 0.0, 2.0, 6.0, 1.0],
+            [8.0, 0.5, 1.0, 6.0, 0.5, 1.0, 0.5, 1.5, 5.0, 1.5],
+        ]
+    ]
+)
 
 fig, ax = plt.subplots(figsize=(6, 3))
 width = 0.2

@@ -25,10 +25,18 @@ teacher = LogisticRegression(max_iter=2000).fit(X_train, y_train)
 
 folder = tempfile.TemporaryDirectory()
 caches = {
-    "dense": kdpipe.build_cache(teacher, X_train, f"{folder.name}/dense.zarr", y=y_train,
-                                progress=False, device="cpu"),
-    "top-3": kdpipe.build_cache(teacher, X_train, f"{folder.name}/top3.zarr", y=y_train,
-                                progress=False, device="cpu", sparse=kdpipe.TopK(k=3)),
+    "dense": kdpipe.build_cache(
+        teacher, X_train, f"{folder.name}/dense.zarr", y=y_train, progress=False, device="cpu"
+    ),
+    "top-3": kdpipe.build_cache(
+        teacher,
+        X_train,
+        f"{folder.name}/top3.zarr",
+        y=y_train,
+        progress=False,
+        device="cpu",
+        sparse=kdpipe.TopK(k=3),
+    ),
 }
 accuracy, logit_bytes = {}, {}
 for name, cache in caches.items():

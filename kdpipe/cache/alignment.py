@@ -75,17 +75,23 @@ def check_alignment(
         _check_labels(cache_view, np.asarray(y_codes), n)
 
 
-def _check_rows(cache_view: Any, read_rows: Callable[[np.ndarray], np.ndarray], n: int, sample: int, rng: Any) -> None:
+def _check_rows(
+    cache_view: Any, read_rows: Callable[[np.ndarray], np.ndarray], n: int, sample: int, rng: Any
+) -> None:
     digests = cache_view.row_digests
     if digests is None or n == 0:
         return
     if n <= sample:
         positions = np.arange(n, dtype=np.int64)
     else:
-        positions = np.sort(np.random.default_rng(rng).choice(n, size=sample, replace=False)).astype(np.int64)
+        positions = np.sort(
+            np.random.default_rng(rng).choice(n, size=sample, replace=False)
+        ).astype(np.int64)
     rows = np.asarray(read_rows(positions))
     if rows.ndim == 0 or len(rows) != len(positions):
-        raise ValueError(f"read_rows returned {np.shape(rows)[:1]} rows for {len(positions)} positions")
+        raise ValueError(
+            f"read_rows returned {np.shape(rows)[:1]} rows for {len(positions)} positions"
+        )
     try:
         cast = rows.astype(np.dtype(cache_view.manifest.data_dtype), copy=False)
     except (TypeError, ValueError):  # another kind of data altogether: nothing to compare
@@ -100,7 +106,9 @@ def _check_rows(cache_view: Any, read_rows: Callable[[np.ndarray], np.ndarray], 
     _explain(cache_view, positions, got, wrong)
 
 
-def check_fit_alignment(X: Any, y_codes: np.ndarray | None, teacher_logits: Any, *, seed: int) -> None:
+def check_fit_alignment(
+    X: Any, y_codes: np.ndarray | None, teacher_logits: Any, *, seed: int
+) -> None:
     """The check an estimator's ``fit`` runs: are ``X`` and ``y`` the rows of its cache?
 
     Does nothing unless ``teacher_logits`` is a :class:`~kdpipe.LogitCache` (or a row
@@ -108,7 +116,9 @@ def check_fit_alignment(X: Any, y_codes: np.ndarray | None, teacher_logits: Any,
     their rows. ``X`` is numpy or anything :func:`kdpipe.rows.take_rows` reads.
     """
     if isinstance(teacher_logits, LogitCache):
-        check_alignment(teacher_logits, lambda positions: take_rows(X, positions), y_codes, rng=seed)
+        check_alignment(
+            teacher_logits, lambda positions: take_rows(X, positions), y_codes, rng=seed
+        )
 
 
 def _check_labels(cache_view: Any, y: np.ndarray, n: int) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from pathlib import Path
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,13 +43,26 @@ from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, reso
 from kdpipe.cache.views import parse_views, views_differences
 from kdpipe.cache.zarr_store import ZarrChunkStore
 from kdpipe.devices import resolve_device, small_model_threads
-from kdpipe.errors import CacheCorruptError, CacheError, CacheMismatchError, InputError, UnsafeCacheLinkError
+from kdpipe.errors import (
+    CacheCorruptError,
+    CacheError,
+    CacheMismatchError,
+    InputError,
+    UnsafeCacheLinkError,
+)
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source, as_source
 
 __all__ = ["build_cache"]
 
-_OWN_NAMES = {MANIFEST_NAME, MANIFEST_COPY, RECORDS_DIR, ZarrChunkStore.dirname, Hdf5ChunkStore.dirname, *LOCK_NAMES}
+_OWN_NAMES = {
+    MANIFEST_NAME,
+    MANIFEST_COPY,
+    RECORDS_DIR,
+    ZarrChunkStore.dirname,
+    Hdf5ChunkStore.dirname,
+    *LOCK_NAMES,
+}
 
 
 def build_cache(
@@ -215,7 +228,9 @@ def build_cache(
     The second call found the finished cache and computed nothing.
     """
     config = BuildConfig(backend=backend, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
-    root = parse_location(path, storage_options)  # before any work: a URL may need a missing package
+    root = parse_location(
+        path, storage_options
+    )  # before any work: a URL may need a missing package
     if is_remote(root) and config.backend != "zarr":
         raise InputError(hdf5_url_message(root))
     if client is None:
@@ -232,25 +247,51 @@ def build_cache(
     settings = {"precision": precision, "device_kind": _device_kind(device, client)}
     _refuse_foreign(root)  # before the lock file is created in someone else's folder
     fresh = None
-    if overwrite or not (root / MANIFEST_NAME).exists():  # refuse what a new cache cannot hold before any write
+    if (
+        overwrite or not (root / MANIFEST_NAME).exists()
+    ):  # refuse what a new cache cannot hold before any write
         fresh = _fresh_manifest(config, source, members, order, device, settings, spec, view_spec)
     with BuildLock(root, timeout=lock_timeout) as lock:
         return _build_locked(
-            root, lock, config, source, members, order, settings, spec, view_spec, y, device, client, overwrite,
-            resume, num_workers, progress, precision, fresh,
+            root,
+            lock,
+            config,
+            source,
+            members,
+            order,
+            settings,
+            spec,
+            view_spec,
+            y,
+            device,
+            client,
+            overwrite,
+            resume,
+            num_workers,
+            progress,
+            precision,
+            fresh,
         )
 
 
 def _fresh_manifest(
-    config: BuildConfig, source: Source, members: list[Member], order: np.ndarray | None, device: Any,
-    settings: dict[str, str], spec: Any, view_spec: Any,
+    config: BuildConfig,
+    source: Source,
+    members: list[Member],
+    order: np.ndarray | None,
+    device: Any,
+    settings: dict[str, str],
+    spec: Any,
+    view_spec: Any,
 ) -> Manifest:
     """The manifest of a new cache for this request; raises for settings such a cache cannot hold.
 
     Every member first runs on two rows: a teacher that cannot take these rows fails here,
     before anything is written.
     """
-    manifest = _new_manifest(config, source, members, order, device, settings, _probe(members, source))
+    manifest = _new_manifest(
+        config, source, members, order, device, settings, _probe(members, source)
+    )
     if spec is not None:
         manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
         manifest.sparse_layout()
@@ -260,30 +301,51 @@ def _fresh_manifest(
 
 
 def _build_locked(
-    root: Location, lock: BuildLock, config: BuildConfig, source: Source, members: list[Member],
-    order: np.ndarray | None, settings: dict[str, str], spec: Any, view_spec: Any, y: Any, device: Any, client: Any,
-    overwrite: bool, resume: bool, num_workers: int | None, progress: bool, precision: str,
+    root: Location,
+    lock: BuildLock,
+    config: BuildConfig,
+    source: Source,
+    members: list[Member],
+    order: np.ndarray | None,
+    settings: dict[str, str],
+    spec: Any,
+    view_spec: Any,
+    y: Any,
+    device: Any,
+    client: Any,
+    overwrite: bool,
+    resume: bool,
+    num_workers: int | None,
+    progress: bool,
+    precision: str,
     fresh: Manifest | None,
 ) -> LogitCache:
     """The build, with this process holding the path's lock: every destructive step happens here."""
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
-        manifest = fresh or _fresh_manifest(config, source, members, order, device, settings, spec, view_spec)
+        manifest = fresh or _fresh_manifest(
+            config, source, members, order, device, settings, spec, view_spec
+        )
         lock.check()
         _initialize(root, manifest)
     else:
         if not resume:
-            raise CacheError(f"a cache already exists at {root}; pass resume=True or overwrite=True")
+            raise CacheError(
+                f"a cache already exists at {root}; pass resume=True or overwrite=True"
+            )
         differences = _differences(manifest, config, source, members, order, settings)
         if parse_sparse(manifest.sparse) != spec:  # the settings, however a manifest spelled them
             differences.append(
                 f"sparse format: cache has {manifest.sparse or 'dense'}, this build has "
                 f"{'dense' if spec is None else spec.to_dict()}"
             )
-        differences += views_differences(manifest.views, None if view_spec is None else view_spec.to_dict())
+        differences += views_differences(
+            manifest.views, None if view_spec is None else view_spec.to_dict()
+        )
         if differences:
             raise CacheMismatchError(
-                f"the cache at {root} was built differently: " + "; ".join(differences)
+                f"the cache at {root} was built differently: "
+                + "; ".join(differences)
                 + ". Pass overwrite=True to replace it."
             )
         _refuse_weak(root, manifest)
@@ -307,26 +369,46 @@ def _build_locked(
     # on a cluster the driver ships in-memory rows itself, chunk by chunk
     ship = client is not None and source.in_memory
     job = ChunkJob(
-        root if is_remote(root) else str(root), manifest, members, device, config.batch_size, None if ship else source, codes, precision,
+        root if is_remote(root) else str(root),
+        manifest,
+        members,
+        device,
+        config.batch_size,
+        None if ship else source,
+        codes,
+        precision,
         view_spec,
     )
     if num_workers is None:
-        num_workers = 1 if all(m.kind in ("torch", "torchscript") for m in members) else (os.cpu_count() or 1)
+        num_workers = (
+            1 if all(m.kind in ("torch", "torchscript") for m in members) else (os.cpu_count() or 1)
+        )
     run = dict(
-        client=client, num_workers=num_workers, progress=progress, read_block=_block_reader(source) if ship else None
+        client=client,
+        num_workers=num_workers,
+        progress=progress,
+        read_block=_block_reader(source) if ship else None,
     )
     models = [m.teacher() for m in members if m.kind in ("torch", "torchscript")]
     inline = client is None and models and len(models) == len(members) and num_workers == 1
 
-    def threads() -> Any:  # one CPU thread for small torch teachers run here (kdpipe.devices: the thread rule)
-        return small_model_threads(models, resolve_device(device)) if inline else contextlib.nullcontext()
+    def threads() -> (
+        Any
+    ):  # one CPU thread for small torch teachers run here (kdpipe.devices: the thread rule)
+        return (
+            small_model_threads(models, resolve_device(device))
+            if inline
+            else contextlib.nullcontext()
+        )
 
     try:
         with threads():
             records = _check_complete(root, job, manifest, run)
         missing = [i for i in range(manifest.n_chunks) if i not in records]
         if missing and manifest.complete:
-            manifest = Manifest.from_dict({**manifest.to_dict(), "complete": False, "chunks": [], "finished": None})
+            manifest = Manifest.from_dict(
+                {**manifest.to_dict(), "complete": False, "chunks": [], "finished": None}
+            )
             write_manifest(root, manifest)
         tasks = [_task("compute", i, i, manifest) for i in missing]
         with threads():
@@ -405,14 +487,20 @@ def _block_reader(source: Source) -> Any:
     return read_block
 
 
-def _check_complete(root: Location, job: ChunkJob, manifest: Manifest, run: dict[str, Any]) -> dict[int, ChunkRecord]:
+def _check_complete(
+    root: Location, job: ChunkJob, manifest: Manifest, run: dict[str, Any]
+) -> dict[int, ChunkRecord]:
     """Records of complete chunks that still match this build's inputs.
 
     Chunks whose stored data is missing or corrupt, or whose record cannot be decoded,
     are dropped (and recomputed later); changed input rows or labels refuse the build.
     """
     damaged: list[Any] = []
-    records = {r.index: r for r in manifest.chunks} if manifest.complete else read_records(root, manifest, damaged)
+    records = (
+        {r.index: r for r in manifest.chunks}
+        if manifest.complete
+        else read_records(root, manifest, damaged)
+    )
     for path in damaged:  # an unreadable record claims nothing: its chunk is recomputed
         write_step("unlink", path)
         path.unlink(missing_ok=True)
@@ -430,7 +518,9 @@ def _check_complete(root: Location, job: ChunkJob, manifest: Manifest, run: dict
         parts = []
         for i, what in changed[:5]:
             start, stop = chunk_bounds(i, manifest.chunk_rows, manifest.n_rows)
-            parts.append(f"{'input rows' if what == 'data' else 'labels'} {start}-{stop - 1} (chunk {i})")
+            parts.append(
+                f"{'input rows' if what == 'data' else 'labels'} {start}-{stop - 1} (chunk {i})"
+            )
         more = f" and {len(changed) - 5} more chunks" if len(changed) > 5 else ""
         raise CacheMismatchError(
             f"the cache at {root} was built from other data: {', '.join(parts)}{more} differ. "
@@ -473,7 +563,11 @@ def _refuse_links(root: Location) -> None:
         links = [top] if top.is_symlink() else []
         if not links and top.is_dir():
             for folder, dirs, files in os.walk(top):
-                links += [Path(folder, n) for n in (*dirs, *files) if os.path.islink(os.path.join(folder, n))]
+                links += [
+                    Path(folder, n)
+                    for n in (*dirs, *files)
+                    if os.path.islink(os.path.join(folder, n))
+                ]
         if links:
             raise UnsafeCacheLinkError(
                 f"{links[0]} inside the cache at {root} is a symbolic link; kdpipe does not write or delete "
@@ -567,7 +661,9 @@ def _probe(members: list[Member], source: Source) -> np.ndarray:
             if x.dtype.kind in "iub" and member.kind in ("torch", "torchscript"):
                 hint = f"; X holds {x.dtype} values: convert it to the model's dtype, e.g. X.astype(np.float32)"
             # TorchScript's message is its interpreter's traceback; the reason is its last line
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [
+                type(exc).__name__
+            ]
             reason = lines[-1].removeprefix("RuntimeError: ")
             raise InputError(
                 f"member {j} ({member.name}) cannot compute logits of X's rows (each of shape "
@@ -588,7 +684,9 @@ def _new_manifest(
     if order is None:  # nobody declares classes: range(C), C from the two-row probe
         width = np.shape(probe)
         if len(width) != 2:
-            raise InputError(f"member 0 ({members[0].name}) returned logits of shape {width}; expected (rows, classes)")
+            raise InputError(
+                f"member 0 ({members[0].name}) returned logits of shape {width}; expected (rows, classes)"
+            )
         order = np.arange(width[1])
     return Manifest(
         backend=config.backend,
@@ -650,7 +748,11 @@ def _differences(
     }
     if not any(m.kind in ("torch", "torchscript") for m in members):
         del wanted["device kind"]  # other teachers compute on the CPU wherever the build runs
-    out = [f"{k}: cache has {have[k]!r}, this build has {wanted[k]!r}" for k in wanted if have[k] != wanted[k]]
+    out = [
+        f"{k}: cache has {have[k]!r}, this build has {wanted[k]!r}"
+        for k in wanted
+        if have[k] != wanted[k]
+    ]
     for i, (old, new) in enumerate(zip(manifest.teachers, members)):
         if (old.kind, old.fingerprint) != (new.kind, new.fingerprint):
             out.append(
@@ -658,7 +760,9 @@ def _differences(
                 f"this build has {new.kind} {new.name} (fingerprint {new.fingerprint[:16]})"
             )
     if order is not None and encode_classes(order) != manifest.classes:
-        out.append(f"classes: cache has {manifest.classes['values']}, this build has {encode_classes(order)['values']}")
+        out.append(
+            f"classes: cache has {manifest.classes['values']}, this build has {encode_classes(order)['values']}"
+        )
     return out
 
 

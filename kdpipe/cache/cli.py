@@ -51,7 +51,9 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
         except ValueError:
             value = text
         secret = _secret_key({key: value}, redact)
-        if secret is not None:  # at the top, or nested: client_kwargs={"aws_secret_access_key": ...}
+        if (
+            secret is not None
+        ):  # at the top, or nested: client_kwargs={"aws_secret_access_key": ...}
             raise UsageError(
                 f"--storage-option {secret}=... looks like a credential; a command line lands in shell "
                 "history. Set it in the environment or a profile instead (AWS_ACCESS_KEY_ID, "
@@ -80,7 +82,9 @@ def _secret_key(value: Any, redact: Any, where: str = "") -> str | None:
 
 def add_storage_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--storage-option KEY=VALUE`` (read it with :func:`parse_storage_options`)."""
-    parser.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help=_STORAGE_HELP)
+    parser.add_argument(
+        "--storage-option", action="append", metavar="KEY=VALUE", help=_STORAGE_HELP
+    )
 
 
 def _shown(location: Any) -> str:
@@ -88,7 +92,9 @@ def _shown(location: Any) -> str:
     return str(location.resolve())
 
 
-def _open_data(path: str, dataset: str | None, storage_options: dict[str, Any] | None = None) -> Any:
+def _open_data(
+    path: str, dataset: str | None, storage_options: dict[str, Any] | None = None
+) -> Any:
     """A lazily read array: ``.npy`` (memory-mapped), ``.zarr`` (a folder or a URL) or ``.h5``/``.hdf5`` + dataset name."""
     from kdpipe.cache.location import is_remote, looks_like_url, parse_location
 
@@ -97,7 +103,9 @@ def _open_data(path: str, dataset: str | None, storage_options: dict[str, Any] |
     if suffix not in (".npy", ".zarr", ".h5", ".hdf5"):
         raise UsageError(f"--data must be a .npy, .zarr or .h5/.hdf5 file, got {path!r}")
     if suffix != ".npy" and dataset is None:
-        raise UsageError(f"--data {path} is a {suffix} file: name the array inside it with --dataset")
+        raise UsageError(
+            f"--data {path} is a {suffix} file: name the array inside it with --dataset"
+        )
     if is_remote(location) and suffix != ".zarr":
         raise UsageError(f"--data {path}: only a .zarr group can be read from a URL")
     if is_remote(location) and not location.exists():
@@ -114,7 +122,9 @@ def _open_data(path: str, dataset: str | None, storage_options: dict[str, Any] |
     if suffix == ".zarr":
         import zarr
 
-        group: Any = zarr.open_group(location.zarr_store(read_only=True) if is_remote(location) else path, mode="r")
+        group: Any = zarr.open_group(
+            location.zarr_store(read_only=True) if is_remote(location) else path, mode="r"
+        )
         names = sorted(group.array_keys())
     else:
         import h5py
@@ -126,7 +136,9 @@ def _open_data(path: str, dataset: str | None, storage_options: dict[str, Any] |
     except KeyError:
         array = None
     if not hasattr(array, "shape"):  # missing, or a group
-        raise InputError(f"{path} has no array {dataset!r}; its arrays: {', '.join(names) or 'none'}")
+        raise InputError(
+            f"{path} has no array {dataset!r}; its arrays: {', '.join(names) or 'none'}"
+        )
     return array
 
 
@@ -145,7 +157,12 @@ def _teacher(path: str, trust_pickled: bool) -> str:
     Nothing is unpickled here: :func:`~kdpipe.cache.build.build_cache` loads the file,
     given ``trust_pickled_teachers``.
     """
-    from kdpipe.cache.teachers import PICKLE_SUFFIXES, STATE_DICT_HINT, holds_state_dict, torch_file_format
+    from kdpipe.cache.teachers import (
+        PICKLE_SUFFIXES,
+        STATE_DICT_HINT,
+        holds_state_dict,
+        torch_file_format,
+    )
 
     if not Path(path).is_file():
         raise FileNotFoundError(errno.ENOENT, "no such teacher file", path)
@@ -169,7 +186,9 @@ def _teacher(path: str, trust_pickled: bool) -> str:
             f"teacher {path} is a torch.save() pickle, not TorchScript; unpickling runs code from "
             "the file: pass --trust-pickled-teachers if you trust it, or save it as TorchScript"
         )
-    raise InputError(f"teacher {path} is neither TorchScript nor a torch.save() file; accepted: {_TEACHER_FORMATS}")
+    raise InputError(
+        f"teacher {path} is neither TorchScript nor a torch.save() file; accepted: {_TEACHER_FORMATS}"
+    )
 
 
 def _check_build_options(args: argparse.Namespace) -> None:
@@ -279,14 +298,31 @@ def register(subparsers: Any) -> None:
             "Teacher files:\n" + "".join(f"  {line}\n" for line in _TEACHER_FORMATS.split("; "))
         ),
     )
-    p.add_argument("teachers", nargs="+", metavar="TEACHER", help="teacher files; several make an ensemble")
-    p.add_argument("--data", required=True, help="transfer set: .npy, .zarr (a folder or URL) or .h5/.hdf5")
-    p.add_argument("--dataset", default=None, help="array name inside a .zarr group or .h5 file (required for them)")
+    p.add_argument(
+        "teachers", nargs="+", metavar="TEACHER", help="teacher files; several make an ensemble"
+    )
+    p.add_argument(
+        "--data", required=True, help="transfer set: .npy, .zarr (a folder or URL) or .h5/.hdf5"
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="array name inside a .zarr group or .h5 file (required for them)",
+    )
     p.add_argument("--labels", default=None, help="labels .npy (-1 marks unlabeled rows)")
-    p.add_argument("-o", "--output", required=True, help="cache directory or URL (s3://bucket/prefix) to write")
+    p.add_argument(
+        "-o", "--output", required=True, help="cache directory or URL (s3://bucket/prefix) to write"
+    )
     p.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"], help="storage format")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the logits")
-    p.add_argument("--chunk-rows", type=int, default=4096, help="rows per storage chunk (one task each)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16"],
+        help="storage dtype of the logits",
+    )
+    p.add_argument(
+        "--chunk-rows", type=int, default=4096, help="rows per storage chunk (one task each)"
+    )
     p.add_argument("--batch-size", type=int, default=512, help="rows per teacher forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument(
@@ -295,7 +331,9 @@ def register(subparsers: Any) -> None:
         choices=["model", "float16", "bfloat16"],
         help="teacher forward precision: the model's own dtype, or autocast to float16/bfloat16",
     )
-    p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (default: in-process)")
+    p.add_argument(
+        "--scheduler", default=None, help="dask.distributed scheduler address (default: in-process)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     p.add_argument(
         "--trust-pickled-teachers",
@@ -322,7 +360,9 @@ def register(subparsers: Any) -> None:
     add_storage_option(p)
     p.set_defaults(func=_info)
 
-    p = subparsers.add_parser("verify", help="re-read every chunk of a logit cache; exit 1 on problems")
+    p = subparsers.add_parser(
+        "verify", help="re-read every chunk of a logit cache; exit 1 on problems"
+    )
     p.add_argument("path", help="cache directory or URL")
     add_storage_option(p)
     p.set_defaults(func=_verify)

@@ -60,7 +60,13 @@ def run_tasks(
     """
     if not tasks:
         return []
-    with tqdm(total=sum(t.rows for t in tasks), unit="row", unit_scale=True, desc=desc, disable=not progress) as bar:
+    with tqdm(
+        total=sum(t.rows for t in tasks),
+        unit="row",
+        unit_scale=True,
+        desc=desc,
+        disable=not progress,
+    ) as bar:
         if client is None:
             return _run_threads(job, tasks, num_workers, bar)
         return _run_distributed(job, tasks, client, bar, read_block)
@@ -102,7 +108,11 @@ def _run_inline(job: ChunkJob, tasks: Sequence[Task], bar: tqdm) -> list[Any]:
 
 
 def _run_distributed(
-    job: ChunkJob, tasks: Sequence[Task], client: Any, bar: tqdm, read_block: Callable[[Task], Any] | None
+    job: ChunkJob,
+    tasks: Sequence[Task],
+    client: Any,
+    bar: tqdm,
+    read_block: Callable[[Task], Any] | None,
 ) -> list[Any]:
     import uuid
 

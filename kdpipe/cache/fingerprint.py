@@ -175,7 +175,9 @@ def _feed_callable(h: Any, func: Any, depth: int, seen: set[int]) -> None:
     raise _Unhashable(type(func).__qualname__)
 
 
-def _feed_code(h: Any, code: types.CodeType, namespace: dict[str, Any], depth: int, seen: set[int]) -> None:
+def _feed_code(
+    h: Any, code: types.CodeType, namespace: dict[str, Any], depth: int, seen: set[int]
+) -> None:
     h.update(code.co_code)
     h.update(repr(code.co_names).encode())
     h.update(repr(code.co_varnames).encode())
@@ -192,7 +194,13 @@ def _feed_code(h: Any, code: types.CodeType, namespace: dict[str, Any], depth: i
 
 def _library_roots() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
-    return tuple({str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths})
+    return tuple(
+        {
+            str(Path(paths[k]).resolve())
+            for k in ("stdlib", "platstdlib", "purelib", "platlib")
+            if k in paths
+        }
+    )
 
 
 def _from_library(obj: Any) -> bool:
@@ -201,7 +209,9 @@ def _from_library(obj: Any) -> bool:
     Those are identified by their qualified name: their code changes only with the
     package's version (recorded in the manifest), and hashing it would walk whole libraries.
     """
-    if not (hasattr(obj, "__module__") and hasattr(obj, "__qualname__")) or isinstance(obj, functools.partial):
+    if not (hasattr(obj, "__module__") and hasattr(obj, "__qualname__")) or isinstance(
+        obj, functools.partial
+    ):
         return False
     module = sys.modules.get(str(obj.__module__))
     if module is None or module.__name__ == "__main__":

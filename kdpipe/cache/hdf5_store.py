@@ -66,13 +66,19 @@ class Hdf5ChunkStore:
         try:
             with h5py.File(path, "r") as f:
                 logits = f["logits"]
-                stored = [("n_rows", logits.shape[0], stop - start), ("dtype", str(logits.dtype), m.stored_dtype)]
+                stored = [
+                    ("n_rows", logits.shape[0], stop - start),
+                    ("dtype", str(logits.dtype), m.stored_dtype),
+                ]
                 row = tuple(logits.shape[1:])  # (views,) + one view's shape in a views cache
                 if m.views is not None:
                     stored.append(("views", row[:1], (m.n_views,)))
                     row = row[1:]
                 if m.sparse is None:
-                    stored += [("teachers", row[:1], (m.n_members,)), ("classes", row[1:], (m.n_classes,))]
+                    stored += [
+                        ("teachers", row[:1], (m.n_members,)),
+                        ("classes", row[1:], (m.n_classes,)),
+                    ]
                 else:
                     stored.append(("sparse", row, tuple(m.view_shape)))
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
@@ -90,7 +96,11 @@ class Hdf5ChunkStore:
         return [self.path / f"{index:06d}.h5"]
 
     def write_chunk(
-        self, index: int, logits: np.ndarray, labels: np.ndarray, digests: np.ndarray,
+        self,
+        index: int,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        digests: np.ndarray,
         view_digests: np.ndarray | None = None,
     ) -> None:
         """Write chunk ``index`` whole and durably: logits ``(rows, M, C)`` (``(rows, V, M, C)``
@@ -114,7 +124,9 @@ class Hdf5ChunkStore:
             f.create_dataset("labels", data=labels, chunks=labels.shape, fletcher32=True)
             f.create_dataset("row_digests", data=digests, chunks=digests.shape, fletcher32=True)
             if view_digests is not None:
-                f.create_dataset("view_digests", data=view_digests, chunks=view_digests.shape, fletcher32=True)
+                f.create_dataset(
+                    "view_digests", data=view_digests, chunks=view_digests.shape, fletcher32=True
+                )
         target = self.chunk_paths(index)[0]
         try:
             atomic_write_bytes(target, image.getbuffer().tobytes())

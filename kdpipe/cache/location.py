@@ -44,8 +44,15 @@ __all__ = [
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
 _SECRET = re.compile(r"key|secret|token|password|passwd|credential|signature|sas", re.IGNORECASE)
 # the pip package and kdpipe extra that give fsspec a protocol
-_PACKAGES = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", None), "gcs": ("gcsfs", None),
-             "az": ("adlfs", None), "abfs": ("adlfs", None), "abfss": ("adlfs", None)}
+_PACKAGES = {
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", None),
+    "gcs": ("gcsfs", None),
+    "az": ("adlfs", None),
+    "abfs": ("adlfs", None),
+    "abfss": ("adlfs", None),
+}
 
 
 def looks_like_url(path: str | os.PathLike[str]) -> bool:
@@ -90,11 +97,16 @@ class RemotePath:
         return self.url
 
     def __repr__(self) -> str:
-        options = f", storage_options={redact(self.storage_options)!r}" if self.storage_options else ""
+        options = (
+            f", storage_options={redact(self.storage_options)!r}" if self.storage_options else ""
+        )
         return f"RemotePath({self.url!r}{options})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, RemotePath) and (self.url, self.storage_options) == (other.url, other.storage_options)
+        return isinstance(other, RemotePath) and (self.url, self.storage_options) == (
+            other.url,
+            other.storage_options,
+        )
 
     def __hash__(self) -> int:
         return hash(self.url)
@@ -148,7 +160,11 @@ class RemotePath:
 
     def iterdir(self) -> list[RemotePath]:
         self.fs.invalidate_cache(self.key)
-        return [self._child(k.rstrip("/")) for k in self.fs.ls(self.key, detail=False) if k.rstrip("/") != self.key]
+        return [
+            self._child(k.rstrip("/"))
+            for k in self.fs.ls(self.key, detail=False)
+            if k.rstrip("/") != self.key
+        ]
 
     def glob(self, pattern: str) -> list[RemotePath]:
         self.fs.invalidate_cache(self.key)
@@ -215,13 +231,17 @@ def _filesystem_class(protocol: str) -> Any:
     except ImportError as exc:
         package, extra = _PACKAGES.get(protocol, (None, None))
         if package is None:
-            raise MissingDependencyError(f"{protocol}:// URLs need a package that is not installed: {exc}") from exc
+            raise MissingDependencyError(
+                f"{protocol}:// URLs need a package that is not installed: {exc}"
+            ) from exc
         how = f"pip install 'kdpipe[{extra}]'" if extra else f"pip install {package}"
         raise MissingDependencyError(
             f"{protocol}:// URLs need the package {package}, which is not installed: {how}"
         ) from exc
     except ValueError as exc:
-        raise InputError(f"unknown storage protocol {protocol!r} (fsspec knows no such file system)") from exc
+        raise InputError(
+            f"unknown storage protocol {protocol!r} (fsspec knows no such file system)"
+        ) from exc
 
 
 def _filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
@@ -255,7 +275,7 @@ def parse_location(path: Any, storage_options: dict[str, Any] | None = None) -> 
             raise InputError(f"storage_options are for URLs; {text!r} is a local path")
         return Path(text)
     protocol = match.group(1).lower()
-    if not text[match.end():].startswith("//"):
+    if not text[match.end() :].startswith("//"):
         raise InputError(
             f"{text!r} starts like a URL ({protocol}:) but is not one: write {protocol}://bucket/prefix "
             "(as a str: pathlib.Path collapses '//'), or ./" + text + " for a local folder"
@@ -263,9 +283,9 @@ def parse_location(path: Any, storage_options: dict[str, Any] | None = None) -> 
     if protocol == "file":
         if storage_options:
             raise InputError(f"storage_options are for object storage; {text!r} is a local path")
-        return Path(text[len("file://"):])
+        return Path(text[len("file://") :])
     _filesystem_class(protocol)
-    rest = text[match.end() + 2:].strip("/")
+    rest = text[match.end() + 2 :].strip("/")
     if not rest:
         raise InputError(f"{text!r} names no bucket")
     return RemotePath(f"{protocol}://{rest}", storage_options)

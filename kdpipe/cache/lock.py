@@ -166,7 +166,9 @@ class BuildLock:
                     f"{root / name} is a symbolic link; kdpipe does not write or delete through links "
                     "inside a cache. Remove the link"
                 )
-        lock = filelock.FileLock(root / LOCK_NAME, timeout=-1, thread_local=False, is_singleton=False)
+        lock = filelock.FileLock(
+            root / LOCK_NAME, timeout=-1, thread_local=False, is_singleton=False
+        )
         deadline = self._deadline()
         while True:
             try:
@@ -208,7 +210,9 @@ class BuildLock:
         return self.root / RECORD_NAME
 
     def _lease_body(self) -> bytes:
-        return json.dumps({**self.record, "refreshed": _now(), "lease_seconds": LEASE_SECONDS}).encode()
+        return json.dumps(
+            {**self.record, "refreshed": _now(), "lease_seconds": LEASE_SECONDS}
+        ).encode()
 
     def _acquire_lease(self) -> None:
         lease = self._lease()
@@ -236,7 +240,9 @@ class BuildLock:
             time.sleep(_POLL_SECONDS * 4)
         if self._etag is None:  # pragma: no cover - every S3 PUT answers with an ETag
             self._etag = fs.info(key).get("ETag")
-        self._refresher = threading.Thread(target=self._refresh_loop, name="kdpipe-lease", daemon=True)
+        self._refresher = threading.Thread(
+            target=self._refresh_loop, name="kdpipe-lease", daemon=True
+        )
         self._refresher.start()
 
     def _read_lease(self) -> tuple[dict[str, Any] | None, str | None, bool]:
@@ -254,7 +260,11 @@ class BuildLock:
         except ValueError:
             holder = None
         modified = info.get("LastModified")
-        age = (datetime.now(UTC) - modified).total_seconds() if isinstance(modified, datetime) else 0.0
+        age = (
+            (datetime.now(UTC) - modified).total_seconds()
+            if isinstance(modified, datetime)
+            else 0.0
+        )
         return holder if isinstance(holder, dict) else None, info.get("ETag"), age > LEASE_SECONDS
 
     def _refresh_loop(self) -> None:

@@ -46,8 +46,12 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2  # 2: per-row digests of X stored with every chunk
-SPARSE_FORMAT_VERSION = 3  # 3: format 2 plus sparse records (Manifest.sparse); older kdpipe refuses it
-VIEWS_FORMAT_VERSION = 4  # 4: augmented views per row (Manifest.views), dense or sparse; older kdpipe refuses it
+SPARSE_FORMAT_VERSION = (
+    3  # 3: format 2 plus sparse records (Manifest.sparse); older kdpipe refuses it
+)
+VIEWS_FORMAT_VERSION = (
+    4  # 4: augmented views per row (Manifest.views), dense or sparse; older kdpipe refuses it
+)
 READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_NAME = "manifest.json"
 MANIFEST_COPY = "manifest.initial.json"  # written once at creation, never rewritten: recovers a damaged manifest
@@ -98,7 +102,9 @@ class ChunkRecord(_FlatRecord):
     data_sha256: str
     device: str = "cpu"
     digests_crc32c: int | None = None  # None: a format-1 chunk, without row digests
-    views_crc32c: int | None = None  # digests of the augmented inputs (rows, views); only in a views cache
+    views_crc32c: int | None = (
+        None  # digests of the augmented inputs (rows, views); only in a views cache
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -136,8 +142,12 @@ class Manifest:
     data_fingerprint: str | None = None
     chunks: tuple[ChunkRecord, ...] = ()
     format_version: int = FORMAT_VERSION
-    sparse: dict[str, Any] | None = None  # None: dense logits; else the settings of kdpipe.cache.sparse
-    views: dict[str, Any] | None = None  # None: one plain view; else kdpipe.cache.views.Views.to_dict()
+    sparse: dict[str, Any] | None = (
+        None  # None: dense logits; else the settings of kdpipe.cache.sparse
+    )
+    views: dict[str, Any] | None = (
+        None  # None: one plain view; else kdpipe.cache.views.Views.to_dict()
+    )
 
     @property
     def has_row_digests(self) -> bool:
@@ -215,9 +225,15 @@ class Manifest:
         data["data_shape"] = tuple(data["data_shape"])
         return cls(**data)
 
-    def finished_with(self, records: list[ChunkRecord], data_fingerprint: str, when: str) -> Manifest:
+    def finished_with(
+        self, records: list[ChunkRecord], data_fingerprint: str, when: str
+    ) -> Manifest:
         return replace(
-            self, chunks=tuple(records), complete=True, data_fingerprint=data_fingerprint, finished=when
+            self,
+            chunks=tuple(records),
+            complete=True,
+            data_fingerprint=data_fingerprint,
+            finished=when,
         )
 
 
@@ -258,7 +274,9 @@ def read_manifest(root: Any, name: str = MANIFEST_NAME) -> Manifest | None:
         try:
             manifest.views_config()
         except ValueError as exc:
-            raise CacheCorruptError(f"{path} records views settings this kdpipe cannot read: {exc}") from exc
+            raise CacheCorruptError(
+                f"{path} records views settings this kdpipe cannot read: {exc}"
+            ) from exc
     elif (manifest.sparse is not None) != (manifest.format_version == SPARSE_FORMAT_VERSION):
         raise CacheCorruptError(
             f"{path} has format version {manifest.format_version} and sparse={manifest.sparse!r}: "
@@ -268,7 +286,9 @@ def read_manifest(root: Any, name: str = MANIFEST_NAME) -> Manifest | None:
     try:
         manifest.sparse_layout()
     except (ValueError, TypeError, KeyError) as exc:
-        raise CacheCorruptError(f"{path} records sparse settings this kdpipe cannot read: {exc}") from exc
+        raise CacheCorruptError(
+            f"{path} records sparse settings this kdpipe cannot read: {exc}"
+        ) from exc
     return manifest
 
 
@@ -299,13 +319,17 @@ def check_manifest(m: Manifest, path: Any) -> None:
     if not (m.data_shape and all(_is_int(d) and d >= 0 for d in m.data_shape)):
         raise _field_error(path, "data_shape", list(m.data_shape), "is not a shape")
     if m.data_shape[0] != m.n_rows:
-        raise _field_error(path, "n_rows", m.n_rows, f"differs from the rows of data_shape {list(m.data_shape)}")
+        raise _field_error(
+            path, "n_rows", m.n_rows, f"differs from the rows of data_shape {list(m.data_shape)}"
+        )
     try:
         np.dtype(m.data_dtype)
     except TypeError as exc:
         raise _field_error(path, "data_dtype", m.data_dtype, "is not a numpy dtype") from exc
     classes = m.classes
-    if not (isinstance(classes, dict) and isinstance(classes.get("values"), list) and "dtype" in classes):
+    if not (
+        isinstance(classes, dict) and isinstance(classes.get("values"), list) and "dtype" in classes
+    ):
         raise _field_error(path, "classes", classes, "is not {'dtype': ..., 'values': [...]}")
     try:
         values = decode_classes(classes)
@@ -313,8 +337,15 @@ def check_manifest(m: Manifest, path: Any) -> None:
         raise _field_error(path, "classes", classes, f"cannot be decoded ({exc})") from exc
     if len(values) < 1 or len(np.unique(values)) != len(values):
         raise _field_error(path, "classes", classes["values"], "is not a list of distinct classes")
-    if not m.teachers or not all(isinstance(t.fingerprint, str) and t.fingerprint for t in m.teachers):
-        raise _field_error(path, "teachers", [t.to_dict() for t in m.teachers], "is not a list of fingerprinted teachers")
+    if not m.teachers or not all(
+        isinstance(t.fingerprint, str) and t.fingerprint for t in m.teachers
+    ):
+        raise _field_error(
+            path,
+            "teachers",
+            [t.to_dict() for t in m.teachers],
+            "is not a list of fingerprinted teachers",
+        )
     for name in ("versions", "build"):
         if not isinstance(getattr(m, name), dict):
             raise _field_error(path, name, getattr(m, name), "is not a JSON object")
@@ -322,24 +353,39 @@ def check_manifest(m: Manifest, path: Any) -> None:
         raise _field_error(path, "complete", m.complete, "is not true or false")
     if m.complete:
         if not isinstance(m.data_fingerprint, str):
-            raise _field_error(path, "data_fingerprint", m.data_fingerprint, "is missing from a finished cache")
+            raise _field_error(
+                path, "data_fingerprint", m.data_fingerprint, "is missing from a finished cache"
+            )
         if len(m.chunks) != m.n_chunks:
             raise _field_error(
-                path, "chunks", f"{len(m.chunks)} records", f"in a finished cache of {m.n_chunks} chunks "
-                f"(n_rows {m.n_rows}, chunk_rows {m.chunk_rows})"
+                path,
+                "chunks",
+                f"{len(m.chunks)} records",
+                f"in a finished cache of {m.n_chunks} chunks "
+                f"(n_rows {m.n_rows}, chunk_rows {m.chunk_rows})",
             )
         for i, record in enumerate(m.chunks):
             problem = record_problem(record, i, m)
             if problem:
                 raise _field_error(path, "chunks", f"record {i}", problem)
     elif m.chunks:
-        raise _field_error(path, "chunks", f"{len(m.chunks)} records", "in a cache not marked complete")
+        raise _field_error(
+            path, "chunks", f"{len(m.chunks)} records", "in a cache not marked complete"
+        )
 
 
 def record_problem(record: ChunkRecord, index: int, manifest: Manifest) -> str | None:
     """Why ``record`` cannot be the completion record of chunk ``index`` of ``manifest``; None when it can."""
-    if not all(_is_int(v) for v in (record.index, record.start, record.stop, record.logits_crc32c,
-                                     record.labels_crc32c)):
+    if not all(
+        _is_int(v)
+        for v in (
+            record.index,
+            record.start,
+            record.stop,
+            record.logits_crc32c,
+            record.labels_crc32c,
+        )
+    ):
         return "holds a non-integer index, row or checksum"
     if record.index != index:
         return f"names chunk {record.index}"
@@ -366,7 +412,9 @@ def write_record(root: Any, record: ChunkRecord) -> None:
     """Mark a chunk complete. Call only after its data is written."""
     directory = as_location(root) / RECORDS_DIR
     directory.mkdir(exist_ok=True)
-    atomic_write_bytes(directory / f"{record.index:06d}.json", json.dumps(record.to_dict()).encode())
+    atomic_write_bytes(
+        directory / f"{record.index:06d}.json", json.dumps(record.to_dict()).encode()
+    )
 
 
 def read_records(
@@ -390,8 +438,10 @@ def read_records(
             index = int(path.name.split(".")[0])
         except (ValueError, KeyError, TypeError, AttributeError):
             record = None
-        if record is None or record.index != index or (
-            manifest is not None and record_problem(record, index, manifest)
+        if (
+            record is None
+            or record.index != index
+            or (manifest is not None and record_problem(record, index, manifest))
         ):
             if damaged is not None:
                 damaged.append(path)

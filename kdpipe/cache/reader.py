@@ -37,14 +37,18 @@ class _Handle:
     unfinished or corrupt chunk raises instead of returning fill values.
     """
 
-    def __init__(self, root: Location, manifest: Manifest, records: dict[int, ChunkRecord], cache_bytes: int) -> None:
+    def __init__(
+        self, root: Location, manifest: Manifest, records: dict[int, ChunkRecord], cache_bytes: int
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self.records = records
         self.cache_bytes = cache_bytes
         self._store: ChunkStore | None = None
         m = manifest
-        self.memory = ChunkMemory(m.chunk_rows, m.row_shape, m.stored_dtype, cache_bytes, m.n_chunks)
+        self.memory = ChunkMemory(
+            m.chunk_rows, m.row_shape, m.stored_dtype, cache_bytes, m.n_chunks
+        )
         self._labels: np.ndarray | None = None
         self._digests: np.ndarray | None = None
         self._view_digests: np.ndarray | None = None
@@ -55,7 +59,10 @@ class _Handle:
         if self.manifest.views is None:
             return None
         if self._view_digests is None:
-            parts = [read_checked(self.store, self.record(i), "views") for i in range(self.manifest.n_chunks)]
+            parts = [
+                read_checked(self.store, self.record(i), "views")
+                for i in range(self.manifest.n_chunks)
+            ]
             self._view_digests = np.concatenate(parts).astype(np.uint64, copy=False)
         return self._view_digests
 
@@ -84,14 +91,20 @@ class _Handle:
         if not self.manifest.has_row_digests:
             return None
         if self._digests is None:
-            parts = [read_checked(self.store, self.record(i), "digests") for i in range(self.manifest.n_chunks)]
+            parts = [
+                read_checked(self.store, self.record(i), "digests")
+                for i in range(self.manifest.n_chunks)
+            ]
             self._digests = np.concatenate(parts).astype(np.uint64, copy=False)
         return self._digests
 
     def labels(self) -> np.ndarray:
         """All label codes (int64, -1 unlabeled), read once."""
         if self._labels is None:
-            parts = [read_checked(self.store, self.record(i), "labels") for i in range(self.manifest.n_chunks)]
+            parts = [
+                read_checked(self.store, self.record(i), "labels")
+                for i in range(self.manifest.n_chunks)
+            ]
             self._labels = np.concatenate(parts).astype(np.int64, copy=False)
         return self._labels
 
@@ -111,7 +124,9 @@ def _soft_targets_block(logits: np.ndarray, temperature: float, combine: Combine
 
     from kdpipe.losses import soft_targets
 
-    return soft_targets(torch.from_numpy(np.ascontiguousarray(logits)), temperature, combine).numpy()
+    return soft_targets(
+        torch.from_numpy(np.ascontiguousarray(logits)), temperature, combine
+    ).numpy()
 
 
 class LogitCache:
@@ -157,8 +172,12 @@ class LogitCache:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str] | Location, *, allow_incomplete: bool = False,
-        chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES, storage_options: dict[str, Any] | None = None,
+        cls,
+        path: str | os.PathLike[str] | Location,
+        *,
+        allow_incomplete: bool = False,
+        chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES,
+        storage_options: dict[str, Any] | None = None,
     ) -> LogitCache:
         """Open the cache at ``path``.
 
@@ -190,10 +209,16 @@ class LogitCache:
         root = parse_location(path, storage_options)
         if not is_remote(root) and not root.is_dir():  # in object storage, the manifest read tells
             what = "is a file" if root.exists() else "does not exist"
-            raise CacheNotFoundError(f"no kdpipe logit cache at {root}: it {what} (a cache is a folder)")
+            raise CacheNotFoundError(
+                f"no kdpipe logit cache at {root}: it {what} (a cache is a folder)"
+            )
         manifest = read_manifest(root)
         if manifest is None:
-            where = "there is no manifest.json under it" if is_remote(root) else "the folder has no manifest.json"
+            where = (
+                "there is no manifest.json under it"
+                if is_remote(root)
+                else "the folder has no manifest.json"
+            )
             raise CacheNotFoundError(f"no kdpipe logit cache at {root}: {where}")
         store = open_store(root, manifest)
         store.check_layout()  # every manifest field against the stores
@@ -226,12 +251,16 @@ class LogitCache:
             "chunk_cache_bytes": h.cache_bytes,
             # a user augmentation given by with_augment travels with the cache (pickled as the
             # caller's object); built-ins are rebuilt from the manifest
-            "augment": None if h.views is None or not _is_user(h.views.augment) else h.views.augment,
+            "augment": None
+            if h.views is None or not _is_user(h.views.augment)
+            else h.views.augment,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         opened = LogitCache.open(
-            state["path"], allow_incomplete=state["allow_incomplete"], chunk_cache_bytes=state["chunk_cache_bytes"]
+            state["path"],
+            allow_incomplete=state["allow_incomplete"],
+            chunk_cache_bytes=state["chunk_cache_bytes"],
         )
         if state.get("augment") is not None:
             # checked when it was first given; unpickled, its code hash can differ (the
@@ -243,7 +272,11 @@ class LogitCache:
     def __dask_tokenize__(self) -> Any:
         m = self._handle.manifest
         # a stable hash (Python's hash of bytes is salted per process)
-        rows = None if self._rows is None else (len(self._rows), hashlib.blake2b(self._rows.tobytes()).hexdigest())
+        rows = (
+            None
+            if self._rows is None
+            else (len(self._rows), hashlib.blake2b(self._rows.tobytes()).hexdigest())
+        )
         return ("kdpipe.LogitCache", str(self._handle.root), m.created, m.data_fingerprint, rows)
 
     # -- metadata
@@ -282,7 +315,9 @@ class LogitCache:
 
     def __repr__(self) -> str:
         view = "" if self._rows is None else f" (subset of {self.manifest.n_rows})"
-        return f"LogitCache({str(self.path)!r}, shape={self.shape}{view}, dtype={self.manifest.dtype})"
+        return (
+            f"LogitCache({str(self.path)!r}, shape={self.shape}{view}, dtype={self.manifest.dtype})"
+        )
 
     @property
     def labels(self) -> np.ndarray:
@@ -360,7 +395,9 @@ class LogitCache:
         rows = np.asarray(rows, dtype=np.intp)
         views = np.broadcast_to(np.asarray(views, dtype=np.intp), rows.shape)
         if views.size and (views.min() < 0 or views.max() >= self.n_views):
-            raise IndexError(f"views must lie in [0, {self.n_views}), got {np.unique(views[(views < 0) | (views >= self.n_views)])[:5].tolist()}")
+            raise IndexError(
+                f"views must lie in [0, {self.n_views}), got {np.unique(views[(views < 0) | (views >= self.n_views)])[:5].tolist()}"
+            )
         return (rows if self._rows is None else self._rows[rows]), views
 
     def read_views(self, rows: np.ndarray, views: Any) -> np.ndarray:
@@ -372,7 +409,9 @@ class LogitCache:
         if self.manifest.views is None:
             return self._read(at)
         m = self.manifest
-        whole = self._handle.memory.gather(at, self._handle.read_chunk, np.empty((len(at), *m.row_shape), np.float32))
+        whole = self._handle.memory.gather(
+            at, self._handle.read_chunk, np.empty((len(at), *m.row_shape), np.float32)
+        )
         return whole[np.arange(len(at)), views]
 
     def with_augment(self, augment: Any) -> LogitCache:
@@ -435,7 +474,9 @@ class LogitCache:
         rows = positions(rows, len(self))
         return self.augment_rows(take_rows(X, rows), rows, views)
 
-    def check_views(self, inputs: np.ndarray, rows: np.ndarray, views: Any, *, what: str = "row") -> None:
+    def check_views(
+        self, inputs: np.ndarray, rows: np.ndarray, views: Any, *, what: str = "row"
+    ) -> None:
         """Raise :class:`~kdpipe.errors.RowMismatchError` unless ``inputs`` (regenerated views of
         the rows at positions ``rows``) have the digests of the inputs the teacher scored."""
         from kdpipe.cache.fingerprint import row_digests
@@ -453,10 +494,15 @@ class LogitCache:
         if not len(wrong):
             return
         shown = "; ".join(
-            f"{what} {int(np.asarray(rows)[i])} (row {int(at[i])} of the cache), view {int(views[i])}" for i in wrong[:5]
+            f"{what} {int(np.asarray(rows)[i])} (row {int(at[i])} of the cache), view {int(views[i])}"
+            for i in wrong[:5]
         )
         more = f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else ""
-        augment = None if self.views is None or self.views.augment is None else self.views.augment.to_dict()
+        augment = (
+            None
+            if self.views is None or self.views.augment is None
+            else self.views.augment.to_dict()
+        )
         raise RowMismatchError(
             f"{len(wrong)} of {len(at)} regenerated views differ from the inputs the teacher scored "
             f"(by their digests): {shown}{more}. The augmentation {augment} (seed "
@@ -487,11 +533,15 @@ class LogitCache:
         if self._rows is None:
             bounds = [chunk_bounds(i, m.chunk_rows, m.n_rows) for i in range(m.n_chunks)]
         else:
-            bounds = [(s, min(s + m.chunk_rows, len(self))) for s in range(0, len(self), m.chunk_rows)]
+            bounds = [
+                (s, min(s + m.chunk_rows, len(self))) for s in range(0, len(self), m.chunk_rows)
+            ]
         token = dask.base.tokenize(self)
         parts = [
             da.from_delayed(
-                dask.delayed(np.asarray, pure=True)(self.take(slice(a, b)), dask_key_name=f"kdpipe-logits-{token}-{k}"),
+                dask.delayed(np.asarray, pure=True)(
+                    self.take(slice(a, b)), dask_key_name=f"kdpipe-logits-{token}-{k}"
+                ),
                 shape=(b - a, m.n_members, m.n_classes),
                 dtype=np.float32,
             )
@@ -509,7 +559,12 @@ class LogitCache:
 
         t, combine = parse_temperature(temperature), parse_combine(combine)
         return self.logits.map_blocks(
-            _soft_targets_block, t, combine, drop_axis=1, dtype=np.float32, meta=np.empty((0, 0), np.float32)
+            _soft_targets_block,
+            t,
+            combine,
+            drop_axis=1,
+            dtype=np.float32,
+            meta=np.empty((0, 0), np.float32),
         )
 
     # -- checks
@@ -533,7 +588,11 @@ class LogitCache:
         if is_remote(self.path):
             size = sum(self.path.sizes().values())
         else:
-            size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file() and not is_temp_name(p.name))
+            size = sum(
+                p.stat().st_size
+                for p in self.path.rglob("*")
+                if p.is_file() and not is_temp_name(p.name)
+            )
         return {
             "path": str(self.path),
             "format_version": m.format_version,
@@ -547,7 +606,9 @@ class LogitCache:
             "n_chunks": m.n_chunks,
             "complete_chunks": len(records),
             "complete": m.complete,
-            "labels_stored": any(r.labels_crc32c != unlabeled[r.stop - r.start] for r in records.values()),
+            "labels_stored": any(
+                r.labels_crc32c != unlabeled[r.stop - r.start] for r in records.values()
+            ),
             "bytes_on_disk": size,
             "bytes_per_row": size / m.n_rows,
             "format": "dense" if m.sparse is None else m.sparse["kind"],

@@ -95,8 +95,14 @@ from kdpipe.losses import parse_temperature
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKSampledTargets, TopKTargets
 
 __all__ = [
-    "TopK", "TopKSampledTail", "Sampled", "SparseSpec", "SparseLayout", "parse_sparse",
-    "parse_sparse_option", "reduce_logits",
+    "TopK",
+    "TopKSampledTail",
+    "Sampled",
+    "SparseSpec",
+    "SparseLayout",
+    "parse_sparse",
+    "parse_sparse_option",
+    "reduce_logits",
 ]
 
 DEFAULT_GRID = (16.0, 8.0, 4.0, 2.0, 1.0)  # temperatures of the tail summary
@@ -185,8 +191,14 @@ class TopK:
         object.__setattr__(self, "values", _parse_choice(self.values, "values", VALUE_CODES))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "k": self.k, "temperatures": list(self.temperatures)}
-        if self.tail != "bucket":  # absent: what every cache before issue 21 is, and older kdpipe reads it
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "k": self.k,
+            "temperatures": list(self.temperatures),
+        }
+        if (
+            self.tail != "bucket"
+        ):  # absent: what every cache before issue 21 is, and older kdpipe reads it
             out["tail"] = self.tail
         if self.values != "float":
             out["values"] = self.values
@@ -243,8 +255,13 @@ class TopKSampledTail:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "k": self.k, "draws": self.draws, "temperature": self.temperature,
-            "temperatures": list(self.temperatures), "values": self.values, "seed": self.seed,
+            "kind": self.kind,
+            "k": self.k,
+            "draws": self.draws,
+            "temperature": self.temperature,
+            "temperatures": list(self.temperatures),
+            "values": self.values,
+            "seed": self.seed,
         }
 
     def check_request(self, *, temperature: float, combine: str, loss: str) -> None:
@@ -280,7 +297,12 @@ class Sampled:
         object.__setattr__(self, "seed", _parse_seed(self.seed))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "draws": self.draws, "temperature": self.temperature, "seed": self.seed}
+        return {
+            "kind": self.kind,
+            "draws": self.draws,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
 
     def check_request(self, *, temperature: float, combine: str, loss: str) -> None:
         """Raise :class:`SparseFormatError` unless training can use this format so."""
@@ -300,7 +322,9 @@ class Sampled:
 
 SparseSpec = TopK | TopKSampledTail | Sampled
 _KINDS: dict[str, type[TopK | TopKSampledTail | Sampled]] = {
-    "topk": TopK, "topk+sampled": TopKSampledTail, "sampled": Sampled,
+    "topk": TopK,
+    "topk+sampled": TopKSampledTail,
+    "sampled": Sampled,
 }
 
 
@@ -318,7 +342,9 @@ def parse_sparse(value: Any) -> SparseSpec | None:
         kind = data.pop("kind", None)
         cls = _KINDS.get(kind)
         if cls is None:
-            raise ValueError(f"sparse kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
+            raise ValueError(
+                f"sparse kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}"
+            )
         try:
             return cls(**data)
         except TypeError as exc:
@@ -354,7 +380,9 @@ def parse_sparse_option(text: str) -> SparseSpec:
         try:
             return cast(value)
         except ValueError:
-            raise ValueError(f"--sparse {text!r}: {what} must be a number, got {value!r}; {usage}") from None
+            raise ValueError(
+                f"--sparse {text!r}: {what} must be a number, got {value!r}; {usage}"
+            ) from None
 
     try:
         if kind == "sampled" and "@" in rest:
@@ -363,7 +391,9 @@ def parse_sparse_option(text: str) -> SparseSpec:
         if kind == "topk" and rest:
             head, *options = rest.split(":")
             if len(set(options)) != len(options) or not set(options) <= {"uniform", "uint8"}:
-                raise ValueError(f"--sparse {text!r}: unknown or repeated options {options}; {usage}")
+                raise ValueError(
+                    f"--sparse {text!r}: unknown or repeated options {options}; {usage}"
+                )
             values = "uint8" if "uint8" in options else "float"
             if "+" in head:
                 if "uniform" in options or "@" not in head:
@@ -371,7 +401,10 @@ def parse_sparse_option(text: str) -> SparseSpec:
                 k, _, draw = head.partition("+")
                 draws, _, t = draw.partition("@")
                 return TopKSampledTail(
-                    number(k, "K", int), number(draws, "DRAWS", int), number(t, "T", float), values=values
+                    number(k, "K", int),
+                    number(draws, "DRAWS", int),
+                    number(t, "T", float),
+                    values=values,
                 )
             tail = "uniform" if "uniform" in options else "bucket"
             return TopK(number(head, "K", int), tail=tail, values=values)
@@ -445,15 +478,24 @@ class SparseLayout:
                 )
             k, g = spec.k, len(spec.temperatures)
             head: list[tuple[Any, ...]] = (
-                [("values", "u1", (k,)), ("head_max", "<f4")] if spec.values == "uint8" else [("values", value, (k,))]
+                [("values", "u1", (k,)), ("head_max", "<f4")]
+                if spec.values == "uint8"
+                else [("values", value, (k,))]
             )
             fields = head + [
-                ("indices", idx, (k,)), ("tail_max", "<f4"),
-                ("tail_mean", "<f4"), ("tail_lse", "<f4", (g,)), ("tail_slope", "<f4", (g,)),
+                ("indices", idx, (k,)),
+                ("tail_max", "<f4"),
+                ("tail_mean", "<f4"),
+                ("tail_lse", "<f4", (g,)),
+                ("tail_slope", "<f4", (g,)),
             ]
             if isinstance(spec, TopKSampledTail):
                 s = spec.draws
-                fields += [("tail_indices", idx, (s,)), ("tail_counts", "<u2", (s,)), ("tail_values", value, (s,))]
+                fields += [
+                    ("tail_indices", idx, (s,)),
+                    ("tail_counts", "<u2", (s,)),
+                    ("tail_values", value, (s,)),
+                ]
             record = np.dtype(fields)
         else:
             s = spec.draws
@@ -494,9 +536,13 @@ class SparseLayout:
         """
         v = np.asarray(logits).astype(self.dtype).astype(np.float64)  # as a dense cache stores them
         if v.ndim != 3 or v.shape[1:] != (self.n_members, self.n_classes):
-            raise ValueError(f"logits must have shape (b, {self.n_members}, {self.n_classes}), got {v.shape}")
+            raise ValueError(
+                f"logits must have shape (b, {self.n_members}, {self.n_classes}), got {v.shape}"
+            )
         out = np.zeros((v.shape[0], self.n_entries), dtype=self.record)
-        step = max(1, _BLOCK_VALUES // self.n_classes)  # float64 temporaries of ~16 MB, not (b, C) ones
+        step = max(
+            1, _BLOCK_VALUES // self.n_classes
+        )  # float64 temporaries of ~16 MB, not (b, C) ones
         for r0 in range(0, v.shape[0], step):
             rows = slice(r0, r0 + step)
             for e in range(self.n_entries):
@@ -557,7 +603,9 @@ class SparseLayout:
         """Targets of stored records ``(b, E, record bytes)`` uint8."""
         raw = np.ascontiguousarray(raw, dtype=np.uint8)
         if raw.ndim != 3 or raw.shape[1:] != self.row_shape:
-            raise ValueError(f"records must have shape (b, {self.row_shape[0]}, {self.row_shape[1]}), got {raw.shape}")
+            raise ValueError(
+                f"records must have shape (b, {self.row_shape[0]}, {self.row_shape[1]}), got {raw.shape}"
+            )
         rec = raw.view(self.record)[..., 0]  # (b, E)
         spec = self.spec
         if isinstance(spec, Sampled):
@@ -600,7 +648,11 @@ class SparseLayout:
 
     def info(self) -> dict[str, Any]:
         """The settings, entries and record bytes, for :meth:`kdpipe.LogitCache.info`."""
-        return {**self.spec.to_dict(), "entries": self.n_entries, "record_bytes": self.record.itemsize}
+        return {
+            **self.spec.to_dict(),
+            "entries": self.n_entries,
+            "record_bytes": self.record.itemsize,
+        }
 
 
 def reduce_logits(

@@ -13,10 +13,20 @@ from kdpipe.cache.manifest import ChunkRecord, Manifest
 from kdpipe.cache.zarr_store import ZarrChunkStore
 from kdpipe.errors import CacheCorruptError, InputError
 
-__all__ = ["ChunkStore", "open_store", "hdf5_url_message", "checksum", "read_checked", "chunk_parts"]
+__all__ = [
+    "ChunkStore",
+    "open_store",
+    "hdf5_url_message",
+    "checksum",
+    "read_checked",
+    "chunk_parts",
+]
 
 ChunkStore = ZarrChunkStore | Hdf5ChunkStore
-_STORES: dict[str, type[ZarrChunkStore | Hdf5ChunkStore]] = {"zarr": ZarrChunkStore, "hdf5": Hdf5ChunkStore}
+_STORES: dict[str, type[ZarrChunkStore | Hdf5ChunkStore]] = {
+    "zarr": ZarrChunkStore,
+    "hdf5": Hdf5ChunkStore,
+}
 
 
 def open_store(root: Any, manifest: Manifest, *, writable: bool = False) -> ChunkStore:
@@ -56,12 +66,21 @@ def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -
     if what == "digests" and record.digests_crc32c is None:
         return np.zeros(0, dtype=np.uint64)
     if what == "views" and record.views_crc32c is None:
-        raise CacheCorruptError(f"chunk {record.index} has no record of view digests: it was written without views")
-    names = {"logits": "logits", "labels": "labels", "digests": "row_digests", "views": "view_digests"}
+        raise CacheCorruptError(
+            f"chunk {record.index} has no record of view digests: it was written without views"
+        )
+    names = {
+        "logits": "logits",
+        "labels": "labels",
+        "digests": "row_digests",
+        "views": "view_digests",
+    }
     block = store.read(names[what], record.index)
     expected = {
-        "logits": record.logits_crc32c, "labels": record.labels_crc32c,
-        "digests": record.digests_crc32c, "views": record.views_crc32c,
+        "logits": record.logits_crc32c,
+        "labels": record.labels_crc32c,
+        "digests": record.digests_crc32c,
+        "views": record.views_crc32c,
     }[what]
     rows = record.stop - record.start
     if block.shape[0] != rows or checksum(block) != expected:
@@ -74,4 +93,8 @@ def read_checked(store: ChunkStore, record: ChunkRecord, what: str = "logits") -
 
 def chunk_parts(manifest: Manifest) -> tuple[str, ...]:
     """What :func:`read_checked` reads of every chunk of this cache to check it whole."""
-    return ("logits", "labels", "digests") if manifest.views is None else ("logits", "labels", "digests", "views")
+    return (
+        ("logits", "labels", "digests")
+        if manifest.views is None
+        else ("logits", "labels", "digests", "views")
+    )

@@ -43,7 +43,9 @@ class ChunkJob:
     source: Source | None = None  # None: the driver sends each chunk's rows
     codes: np.ndarray | None = None  # encoded labels of all rows, when given up front
     precision: str = "model"  # torch teachers' forward precision (see teachers.parse_precision)
-    views: Any = None  # the build's kdpipe.cache.views.Views (its augmentation may be a user callable)
+    views: Any = (
+        None  # the build's kdpipe.cache.views.Views (its augmentation may be a user callable)
+    )
 
     def _inputs(self, index: int, x: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The chunk's input rows (read here unless the driver sent them) and label codes."""
@@ -56,9 +58,15 @@ class ChunkJob:
             codes = self.codes[start:stop]
         else:
             classes = self.manifest.class_array()
-            codes = encode_labels(y, classes, start) if y is not None else np.full(stop - start, -1, np.int64)
+            codes = (
+                encode_labels(y, classes, start)
+                if y is not None
+                else np.full(stop - start, -1, np.int64)
+            )
         if len(x) != stop - start:
-            raise InputError(f"chunk {index}: the input gave {len(x)} rows, expected {stop - start}")
+            raise InputError(
+                f"chunk {index}: the input gave {len(x)} rows, expected {stop - start}"
+            )
         return x, np.ascontiguousarray(codes, dtype=np.int64)
 
     def compute(self, index: int, x: np.ndarray | None = None) -> ChunkRecord:
@@ -77,7 +85,9 @@ class ChunkJob:
         # (rows, members, classes), or (rows, entries, record bytes) of a sparse cache;
         # a views cache: (rows, views, ...) of either
         logits = np.empty((stop - start, *m.row_shape), dtype=m.stored_dtype)
-        view_digests = None if views is None else np.empty((stop - start, m.n_views), dtype=np.uint64)
+        view_digests = (
+            None if views is None else np.empty((stop - start, m.n_views), dtype=np.uint64)
+        )
         for v in range(m.n_views):
             seen = x if views is None else views.apply(x, np.arange(start, stop), v)
             if views is not None:
@@ -100,7 +110,15 @@ class ChunkJob:
         write_record(self.root, record)
         return record
 
-    def _score(self, index: int, x: np.ndarray, start: int, view: int | None, logits: np.ndarray, device: Any) -> None:
+    def _score(
+        self,
+        index: int,
+        x: np.ndarray,
+        start: int,
+        view: int | None,
+        logits: np.ndarray,
+        device: Any,
+    ) -> None:
         """Fill ``logits`` (``logits[:, view]`` of a views cache) with every member's scores of ``x``."""
         m = self.manifest
         rows = len(x)
@@ -110,7 +128,11 @@ class ChunkJob:
         for b0 in range(0, rows, self.batch_size):
             b1 = min(b0 + self.batch_size, rows)
             # a sparse cache never holds a dense chunk: one batch at a time is reduced
-            dense = out[b0:b1] if sparse is None else np.empty((b1 - b0, m.n_members, m.n_classes), m.dtype)
+            dense = (
+                out[b0:b1]
+                if sparse is None
+                else np.empty((b1 - b0, m.n_members, m.n_classes), m.dtype)
+            )
             for j, member in enumerate(self.members):
                 scores = member.predict(x[b0:b1], device, self.precision)
                 self._check(scores, j, member, start + b0, start + b1, view)
@@ -131,7 +153,9 @@ class ChunkJob:
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_local"}
 
-    def _check(self, out: np.ndarray, j: int, member: Member, r0: int, r1: int, view: int | None = None) -> None:
+    def _check(
+        self, out: np.ndarray, j: int, member: Member, r0: int, r1: int, view: int | None = None
+    ) -> None:
         expected = (r1 - r0, self.manifest.n_classes)
         of_view = "" if view is None else f" (view {view})"
         if out.shape != expected:

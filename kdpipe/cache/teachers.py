@@ -65,7 +65,9 @@ def _load_torchscript(path: str) -> Any:
 
     with warnings.catch_warnings():
         # torch >= 2.10 deprecates TorchScript; loading existing files is still supported
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning
+        )
         return torch.jit.load(path, map_location="cpu")
 
 
@@ -181,7 +183,9 @@ STATE_DICT_HINT = (
 
 
 def _is_sklearn(obj: Any) -> bool:
-    return hasattr(obj, "classes_") and (hasattr(obj, "decision_function") or hasattr(obj, "predict_proba"))
+    return hasattr(obj, "classes_") and (
+        hasattr(obj, "decision_function") or hasattr(obj, "predict_proba")
+    )
 
 
 @dataclass
@@ -347,7 +351,9 @@ def _member(teacher: Any, trust_pickled: bool = False) -> Member:
             kind = "torchscript"
             found = torch_file_format(path)
             if found == "pickle" and holds_state_dict(path):
-                raise InputError(f"teacher file {teacher!r} is a state_dict, not a teacher: {STATE_DICT_HINT}")
+                raise InputError(
+                    f"teacher file {teacher!r} is a state_dict, not a teacher: {STATE_DICT_HINT}"
+                )
             if found == "pickle" and trust_pickled:
                 kind = "torch"
             elif found != "torchscript":
@@ -364,24 +370,32 @@ def _member(teacher: Any, trust_pickled: bool = False) -> Member:
                     f"kdpipe does not do it unless asked: pass {_TRUST} if you trust the file"
                 )
         else:
-            raise InputError(f"teacher file {teacher!r}: expected .pt/.pth/.ts (TorchScript) or .joblib/.pkl/.pickle")
+            raise InputError(
+                f"teacher file {teacher!r}: expected .pt/.pth/.ts (TorchScript) or .joblib/.pkl/.pickle"
+            )
         return Member(kind, Path(path).name, "file:" + fp.fingerprint_file(path), path=path)
     try:
         import torch
 
         if isinstance(teacher, torch.nn.Module):
-            return Member("torch", type(teacher).__name__, fp.fingerprint_torch_module(teacher), obj=teacher)
+            return Member(
+                "torch", type(teacher).__name__, fp.fingerprint_torch_module(teacher), obj=teacher
+            )
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     if _is_sklearn(teacher):
-        return Member("sklearn", type(teacher).__name__, fp.fingerprint_sklearn(teacher), obj=teacher)
+        return Member(
+            "sklearn", type(teacher).__name__, fp.fingerprint_sklearn(teacher), obj=teacher
+        )
     if callable(teacher):
         name = getattr(teacher, "__qualname__", type(teacher).__qualname__)
         return Member("callable", name, fp.fingerprint_callable(teacher), obj=teacher)
     raise InputError(f"cannot use a {type(teacher).__name__} as a teacher")
 
 
-def resolve_members(teachers: Any, versions: Any = None, trust_pickled: bool = False) -> list[Member]:
+def resolve_members(
+    teachers: Any, versions: Any = None, trust_pickled: bool = False
+) -> list[Member]:
     """Wrap a teacher or a list of teachers into :class:`Member` objects.
 
     Teacher files that unpickle (``.joblib``, ``.pkl``, ``.pickle``, a ``torch.save()``

@@ -67,12 +67,16 @@ class VerifyReport:
         )
         lines = [head]
         if self.incomplete:
-            shown = ", ".join(map(str, self.incomplete[:10])) + (", ..." if len(self.incomplete) > 10 else "")
+            shown = ", ".join(map(str, self.incomplete[:10])) + (
+                ", ..." if len(self.incomplete) > 10 else ""
+            )
             lines.append(
                 f"  not written yet: {len(self.incomplete)} chunks ({shown}); rerun the build to finish it"
             )
         elif not self.finished:
-            lines.append("  every chunk is written but the build was not finalized; rerun the build to finish it")
+            lines.append(
+                "  every chunk is written but the build was not finalized; rerun the build to finish it"
+            )
         lines += [f"  chunk {p.index}: {p.kind}: {p.message}" for p in self.problems]
         return "\n".join(lines)
 

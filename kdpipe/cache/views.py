@@ -64,7 +64,11 @@ class Views:
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
             raise ValueError(f"views count must be a positive integer, got {count!r}")
         seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed < 2**32
+        ):
             raise ValueError(f"views seed must be an integer in [0, 2**32), got {seed!r}")
         augment = parse_augment(self.augment)
         if augment is None and count > 1:
@@ -83,14 +87,22 @@ class Views:
 
     def to_dict(self) -> dict[str, Any]:
         augment: Augmentation | None = self.augment
-        return {"count": self.count, "seed": self.seed, "augment": None if augment is None else augment.to_dict()}
+        return {
+            "count": self.count,
+            "seed": self.seed,
+            "augment": None if augment is None else augment.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Views:
         """Views from :meth:`to_dict`; a user augmentation comes back as its record only
         (:class:`kdpipe.augment.RecordedAugment`: kdpipe never runs code it reads)."""
         try:
-            return cls(count=data["count"], augment=augmentation_from_dict(data.get("augment")), seed=data["seed"])
+            return cls(
+                count=data["count"],
+                augment=augmentation_from_dict(data.get("augment")),
+                seed=data["seed"],
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad views settings {data!r}: {exc}") from None
 
@@ -108,7 +120,10 @@ def parse_views(value: Any) -> Views | None:
     elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = Views(count=int(value))
     if not isinstance(value, Views):
-        raise ValueError(f"views must be None or kdpipe.Views(count=..., augment=..., seed=...), got {value!r:.80}")  # noqa: TRY004 (parse_* helpers raise ValueError, as in kdpipe.cache.config)
+        # parse_* helpers raise ValueError, as in kdpipe.cache.config
+        raise ValueError(  # noqa: TRY004
+            f"views must be None or kdpipe.Views(count=..., augment=..., seed=...), got {value!r:.80}"
+        )
     return None if value.trivial else value
 
 
@@ -131,5 +146,7 @@ def views_differences(have: dict[str, Any] | None, wanted: dict[str, Any] | None
     out = []
     for key in ("count", "seed", "augment"):
         if comparable(have.get(key)) != comparable(wanted.get(key)):
-            out.append(f"views {key}: cache has {have.get(key)!r}, this build has {wanted.get(key)!r}")
+            out.append(
+                f"views {key}: cache has {have.get(key)!r}, this build has {wanted.get(key)!r}"
+            )
     return out

@@ -47,7 +47,9 @@ class ZarrChunkStore:
     _config: ClassVar[ArrayConfigParams] = {"write_empty_chunks": True}
     _names = ("logits", "labels", "row_digests", "view_digests")
 
-    def __init__(self, root: str | Path | Location, manifest: Manifest, *, writable: bool = False) -> None:
+    def __init__(
+        self, root: str | Path | Location, manifest: Manifest, *, writable: bool = False
+    ) -> None:
         self.path = as_location(root) / self.dirname
         self.manifest = manifest
         self.writable = writable
@@ -105,7 +107,9 @@ class ZarrChunkStore:
             )
         if is_remote(self.path):
             return
-        for folder, _, files in os.walk(self.path):  # the metadata, durable before the manifest says "initialized"
+        for folder, _, files in os.walk(
+            self.path
+        ):  # the metadata, durable before the manifest says "initialized"
             for name in files:
                 fsync_file(Path(folder) / name)
             fsync_dir(Path(folder))
@@ -128,7 +132,10 @@ class ZarrChunkStore:
                 store = self._zarr_store(read_only=not self.writable)
                 group = zarr.open_group(store, mode="r+" if self.writable else "r")
                 # write_empty_chunks is a runtime setting, not stored with the array
-                self._arrays = {k: cast("zarr.Array[Any]", group[k]).with_config(self._config) for k in self._array_names()}
+                self._arrays = {
+                    k: cast("zarr.Array[Any]", group[k]).with_config(self._config)
+                    for k in self._array_names()
+                }
             except Exception as exc:  # zarr raises several types for a damaged group
                 raise CacheCorruptError(f"cannot open the zarr store {self.path}: {exc}") from exc
             self._pid = os.getpid()
@@ -156,14 +163,22 @@ class ZarrChunkStore:
             expected.append(("views", row[:1], (m.n_views,)))
             row = row[1:]
         if dense:
-            expected += [("teachers", row[:1], (m.n_members,)), ("classes", row[1:], (m.n_classes,))]
+            expected += [
+                ("teachers", row[:1], (m.n_members,)),
+                ("classes", row[1:], (m.n_classes,)),
+            ]
         else:
             expected.append(("sparse", row, tuple(m.view_shape)))
         for name in self._array_names()[1:]:
-            expected += [("n_rows", arrays[name].shape[0], m.n_rows), ("chunk_rows", arrays[name].chunks[0], m.chunk_rows)]
+            expected += [
+                ("n_rows", arrays[name].shape[0], m.n_rows),
+                ("chunk_rows", arrays[name].chunks[0], m.chunk_rows),
+            ]
         for field_name, stored, claimed in expected:
             if stored != claimed:
-                what = {"teachers": "members", "classes": "classes", "sparse": "record shape"}.get(field_name, field_name)
+                what = {"teachers": "members", "classes": "classes", "sparse": "record shape"}.get(
+                    field_name, field_name
+                )
                 raise CacheCorruptError(
                     f"the manifest of {self.path.parent} is corrupt: field {field_name!r} says {what} {claimed!r}, "
                     f"but the zarr store holds {stored!r}"
@@ -179,14 +194,22 @@ class ZarrChunkStore:
         return self.path / name / array.metadata.encode_chunk_key(coords)
 
     def write_chunk(
-        self, index: int, logits: np.ndarray, labels: np.ndarray, digests: np.ndarray,
+        self,
+        index: int,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        digests: np.ndarray,
         view_digests: np.ndarray | None = None,
     ) -> None:
         """Write chunk ``index`` whole and durably: logits ``(rows, M, C)`` (``(rows, V, M, C)``
         with views), labels and row digests ``(rows,)``, and view digests ``(rows, V)``."""
         arrays = self._open()
         start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
-        blocks = (logits, labels, digests) if view_digests is None else (logits, labels, digests, view_digests)
+        blocks = (
+            (logits, labels, digests)
+            if view_digests is None
+            else (logits, labels, digests, view_digests)
+        )
         for name, block in zip(self._names, blocks):
             path = self._chunk_path(name, index)
             if is_remote(path):  # one PUT per chunk object: atomic, durable once it returns
@@ -212,9 +235,13 @@ class ZarrChunkStore:
         """Chunk ``index`` of array ``name`` (``"logits"``, ``"labels"``, ``"row_digests"``, ``"view_digests"``), as stored."""
         path = self._chunk_path(name, index)
         if not path.exists():
-            raise CacheChunkMissingError(f"chunk {index} of {name} is missing: {path} does not exist")
+            raise CacheChunkMissingError(
+                f"chunk {index} of {name} is missing: {path} does not exist"
+            )
         start, stop = chunk_bounds(index, self.manifest.chunk_rows, self.manifest.n_rows)
         try:
             return np.asarray(self._open()[name][start:stop])
         except Exception as exc:  # checksum or decode failure inside zarr's codec pipeline
-            raise CacheCorruptError(f"chunk {index} of {name} ({path}) cannot be read: {exc}") from exc
+            raise CacheCorruptError(
+                f"chunk {index} of {name} ({path}) cannot be read: {exc}"
+            ) from exc

@@ -15,8 +15,16 @@ import numpy as np
 __all__ = ["Splits", "load_splits", "confusable_splits", "FASHION_MNIST_CLASSES"]
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 
@@ -98,8 +106,18 @@ def load_splits(
     if n_train is not None:
         train = train[:n_train]
     train = np.sort(train)  # the cache rows keep the data's order
-    return Splits(dataset, X_pool[train], y_pool[train], X_pool[val], y_pool[val],
-                  X_test, y_test, shape, names, X_pool[unused])
+    return Splits(
+        dataset,
+        X_pool[train],
+        y_pool[train],
+        X_pool[val],
+        y_pool[val],
+        X_test,
+        y_test,
+        shape,
+        names,
+        X_pool[unused],
+    )
 
 
 def confusable_splits(n_samples: int, n_classes: int, group_size: int, *, seed: int = 0) -> Splits:
@@ -116,6 +134,10 @@ def confusable_splits(n_samples: int, n_classes: int, group_size: int, *, seed: 
     X, y = X.astype(np.float32), y.astype(np.int64)
     order = _stratified_order(y, np.random.default_rng(seed))
     n_test, n_val = round(0.25 * len(y)), round(0.15 * len(y))
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], np.sort(order[n_test + n_val :])
+    test, val, train = (
+        order[:n_test],
+        order[n_test : n_test + n_val],
+        np.sort(order[n_test + n_val :]),
+    )
     names = tuple(f"g{int(groups[c])}/c{c}" for c in range(n_classes))
     return Splits("confusable", X[train], y[train], X[val], y[val], X[test], y[test], None, names)

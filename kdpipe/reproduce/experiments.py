@@ -55,8 +55,16 @@ def choose_alpha(lab: Lab) -> float:
         p, s = lab.profile, lab.splits
         scores = {}
         for alpha in p.alphas:
-            model = lab.fit(lab.student(p.student_hidden, p.student_epochs, 0,
-                                        temperature=p.exp1_temperature, alpha=alpha), teacher="big")
+            model = lab.fit(
+                lab.student(
+                    p.student_hidden,
+                    p.student_epochs,
+                    0,
+                    temperature=p.exp1_temperature,
+                    alpha=alpha,
+                ),
+                teacher="big",
+            )
             lab.models[(f"distilled alpha={alpha}", 0)] = model
             scores[alpha] = _acc(model, s.X_val, s.y_val)
         lab.choices["alpha"] = max(scores, key=lambda a: scores[a])  # ties: the first listed
@@ -70,9 +78,16 @@ def distilled_student(lab: Lab, seed: int) -> Any:
     alpha = choose_alpha(lab)
     key = (f"distilled alpha={alpha}", seed)
     if key not in lab.models:
-        lab.models[key] = lab.fit(lab.student(p.student_hidden, p.student_epochs, seed,
-                                              temperature=p.exp1_temperature, alpha=alpha),
-                                  teacher="big")
+        lab.models[key] = lab.fit(
+            lab.student(
+                p.student_hidden,
+                p.student_epochs,
+                seed,
+                temperature=p.exp1_temperature,
+                alpha=alpha,
+            ),
+            teacher="big",
+        )
     return lab.models[key]
 
 
@@ -100,15 +115,15 @@ def experiment_1(lab: Lab) -> dict[str, Any]:
     return {
         "title": "A big regularized teacher distilled into a smaller student at T=20 (section 3)",
         "paper": "MNIST: teacher 2x1200 (dropout, 2-pixel jitter) 67 test errors; 2x800 student on "
-                 "hard labels 146 errors, distilled at T=20 74 errors: 91% of the gap closed.",
+        "hard labels 146 errors, distilled at T=20 74 errors: 91% of the gap closed.",
         "criterion": "The distilled student closes at least 80% of the gap between the hard-label "
-                     "student and the teacher (reproduced when mean - 2 SE >= 0.8; partly when "
-                     "mean - 2 SE > 0; otherwise not).",
+        "student and the teacher (reproduced when mean - 2 SE >= 0.8; partly when "
+        "mean - 2 SE > 0; otherwise not).",
         "settings": {
             "teacher": f"{len(teacher.members)} x MLP{p.teacher_hidden}, dropout {p.teacher_dropout}, "
-                       f"{p.teacher_epochs} epochs, {p.jitter_copies} copies jittered by <= {p.jitter_pixels} px",
+            f"{p.teacher_epochs} epochs, {p.jitter_copies} copies jittered by <= {p.jitter_pixels} px",
             "student": f"MLP{p.student_hidden}, {p.student_epochs} epochs, Adam lr {p.learning_rate}, "
-                       f"batch {p.batch_size}",
+            f"batch {p.batch_size}",
             "temperature": p.exp1_temperature,
             "alpha": alpha,
             "alpha_val_accuracy": lab.choices["alpha_val_accuracy"],
@@ -122,9 +137,12 @@ def experiment_1(lab: Lab) -> dict[str, Any]:
             "distilled_test_errors_mean": (1 - float(np.mean(distilled))) * n_test,
             "gap_closed": gap,
         },
-        "headline": (f"gap closed {gap['mean']:.0%} (paper 91%)" if not math.isnan(gap["mean"]) else
-                     f"no gap to close: teacher {teacher.test_accuracy:.4f}, hard-label student "
-                     f"{np.mean(hard):.4f}; distilled {np.mean(distilled):.4f}"),
+        "headline": (
+            f"gap closed {gap['mean']:.0%} (paper 91%)"
+            if not math.isnan(gap["mean"])
+            else f"no gap to close: teacher {teacher.test_accuracy:.4f}, hard-label student "
+            f"{np.mean(hard):.4f}; distilled {np.mean(distilled):.4f}"
+        ),
         "verdict": _judge(lab, share_verdict(gap["mean"], gap["se"], 0.8)),
     }
 
@@ -138,10 +156,16 @@ def experiment_2(lab: Lab) -> dict[str, Any]:
     test = np.empty((p.seeds, len(temps)))
     hard = []
     for seed in range(p.seeds):
-        hard.append(_acc(hard_student(lab, p.small_hidden, p.small_epochs, seed), s.X_test, s.y_test))
+        hard.append(
+            _acc(hard_student(lab, p.small_hidden, p.small_epochs, seed), s.X_test, s.y_test)
+        )
         for j, T in enumerate(temps):
-            model = lab.fit(lab.student(p.small_hidden, p.small_epochs, seed,
-                                        temperature=T, alpha=p.small_alpha), teacher="big")
+            model = lab.fit(
+                lab.student(
+                    p.small_hidden, p.small_epochs, seed, temperature=T, alpha=p.small_alpha
+                ),
+                teacher="big",
+            )
             val[seed, j] = _acc(model, s.X_val, s.y_val)
             test[seed, j] = _acc(model, s.X_test, s.y_test)
     softness = _teacher_softness(teacher.test_logits, temps)
@@ -162,30 +186,34 @@ def experiment_2(lab: Lab) -> dict[str, Any]:
         high = _summary(list(test[:, inner] - test[:, -1]))
         results.update(chosen_temperature=temps[inner], beats_lowest=low, beats_highest=high)
         verdict = beats_verdict([(low["mean"], low["se"]), (high["mean"], high["se"])])
-        headline = (f"T={temps[inner]:g} (chosen on validation) vs T={temps[0]:g}: "
-                    f"{low['mean']:+.4f}, vs T={temps[-1]:g}: {high['mean']:+.4f}")
+        headline = (
+            f"T={temps[inner]:g} (chosen on validation) vs T={temps[0]:g}: "
+            f"{low['mean']:+.4f}, vs T={temps[-1]:g}: {high['mean']:+.4f}"
+        )
     return {
         "title": "A tiny student's accuracy against the temperature (section 3)",
         "paper": "MNIST, 2x30 student: temperatures of 2.5 to 4 worked best; higher and lower ones "
-                 "were worse.",
+        "were worse.",
         "criterion": "The intermediate temperature with the best validation accuracy beats both the "
-                     "lowest and the highest temperature on test, each paired difference over seeds "
-                     "beyond 2 SE (reproduced: both; partly: one; not: neither).",
+        "lowest and the highest temperature on test, each paired difference over seeds "
+        "beyond 2 SE (reproduced: both; partly: one; not: neither).",
         "settings": {
             "student": f"MLP{p.small_hidden}, {p.small_epochs} epochs, Adam lr {p.learning_rate}, "
-                       f"batch {p.batch_size}",
+            f"batch {p.batch_size}",
             "alpha": p.small_alpha,
             "temperatures": temps,
         },
         "results": results,
         "notes": [
-            (f"How soft the targets are: at T={temps[0]:g} the teacher's mean top probability on "
-            f"test rows is {softness['top_probability'][0]:.3f} (entropy "
-            f"{softness['entropy'][0]:.3f} nats); at T={temps[-1]:g} it is "
-            f"{softness['top_probability'][-1]:.3f}. The paper's MNIST teacher made 67 errors in "
-            "10,000, so its T=1 targets were close to one-hot and a higher T was needed to show the "
-            "small logits; a teacher that is already unsure at T=1 gives dark knowledge at T=1, and "
-            "the best T moves down."),
+            (
+                f"How soft the targets are: at T={temps[0]:g} the teacher's mean top probability on "
+                f"test rows is {softness['top_probability'][0]:.3f} (entropy "
+                f"{softness['entropy'][0]:.3f} nats); at T={temps[-1]:g} it is "
+                f"{softness['top_probability'][-1]:.3f}. The paper's MNIST teacher made 67 errors in "
+                "10,000, so its T=1 targets were close to one-hot and a higher T was needed to show the "
+                "small logits; a teacher that is already unsure at T=1 gives dark knowledge at T=1, and "
+                "the best T moves down."
+            ),
         ],
         "headline": headline,
         "verdict": _judge(lab, verdict),
@@ -217,8 +245,17 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
     for seed in range(p.seeds):
         reference = distilled_student(lab, seed)
         ref_c.append(_acc(reference, s.X_test[in_class], s.y_test[in_class]))
-        model = lab.fit(lab.student(p.student_hidden, p.student_epochs, seed,
-                                    temperature=p.exp1_temperature, alpha=alpha), keep, teacher="big")
+        model = lab.fit(
+            lab.student(
+                p.student_hidden,
+                p.student_epochs,
+                seed,
+                temperature=p.exp1_temperature,
+                alpha=alpha,
+            ),
+            keep,
+            teacher="big",
+        )
         before_c.append(_acc(model, s.X_test[in_class], s.y_test[in_class]))
         before.append(_acc(model, s.X_test, s.y_test))
         model.fit_class_offsets(s.X_val, s.y_val, classes=[c])
@@ -230,8 +267,17 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
     only_pair = np.flatnonzero(np.isin(s.y_train, pair))
     pair_before, pair_after, pair_shifts = [], [], []
     for seed in range(p.seeds):
-        model = lab.fit(lab.student(p.student_hidden, p.student_epochs, seed,
-                                    temperature=p.exp1_temperature, alpha=alpha), only_pair, teacher="big")
+        model = lab.fit(
+            lab.student(
+                p.student_hidden,
+                p.student_epochs,
+                seed,
+                temperature=p.exp1_temperature,
+                alpha=alpha,
+            ),
+            only_pair,
+            teacher="big",
+        )
         pair_before.append(_acc(model, s.X_test, s.y_test))
         model.fit_class_offsets(s.X_val, s.y_val, classes=pair)
         pair_shifts.append([float(model.class_offsets_[k]) for k in pair])
@@ -247,16 +293,16 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
     return {
         "title": f"Class {c} ({name}) left out of the transfer set, then its bias shifted (section 3)",
         "paper": "MNIST without any 3 in the transfer set: 206 test errors, 133 of them on the 1010 "
-                 "test 3s; raising the bias of class 3 by 3.5 (chosen on test) gave 109 errors, "
-                 "98.6% of the 3s right.",
+        "test 3s; raising the bias of class 3 by 3.5 (chosen on test) gave 109 errors, "
+        "98.6% of the 3s right.",
         "criterion": f"After the shift of class {c}, fitted on validation rows (never on test), the "
-                     f"student gets at least 90% of the test accuracy on class {c} that the same "
-                     f"student gets when its transfer set has the class (reproduced when the ratio's "
-                     f"mean - 2 SE >= 0.9; partly when the shift raises that class's accuracy beyond "
-                     f"2 SE; otherwise not).",
+        f"student gets at least 90% of the test accuracy on class {c} that the same "
+        f"student gets when its transfer set has the class (reproduced when the ratio's "
+        f"mean - 2 SE >= 0.9; partly when the shift raises that class's accuracy beyond "
+        f"2 SE; otherwise not).",
         "settings": {
             "student": f"MLP{p.student_hidden}, {p.student_epochs} epochs, T={p.exp1_temperature:g}, "
-                       f"alpha={alpha}",
+            f"alpha={alpha}",
             "left_out_class": c,
             "left_out_name": name,
             "transfer_rows": len(keep),
@@ -271,24 +317,30 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
             "shift": _summary(shift),
             "class_recovery_ratio": ratio,  # after the shift / with the class in the transfer set
             "two_classes_only": f"transfer set of classes {pair} ({', '.join(pair_names)}) only, "
-                                f"{len(only_pair)} rows",
+            f"{len(only_pair)} rows",
             "two_classes_test_accuracy_before": _summary(pair_before),
             "two_classes_test_accuracy_after": _summary(pair_after),
             "two_classes_gain": pair_gain,
-            "two_classes_shifts": [float(np.mean([sh[i] for sh in pair_shifts])) for i in range(len(pair))],
-            "two_classes_verdict": _judge(lab, beats_verdict([(pair_gain["mean"], pair_gain["se"])])),
+            "two_classes_shifts": [
+                float(np.mean([sh[i] for sh in pair_shifts])) for i in range(len(pair))
+            ],
+            "two_classes_verdict": _judge(
+                lab, beats_verdict([(pair_gain["mean"], pair_gain["se"])])
+            ),
         },
         "notes": [
-            (f"The paper's second variant kept only 7s and 8s in the transfer set (47.3% test errors), "
-            f"then lowered the biases of 7 and 8 by 7.6, chosen on test (13.2% errors). Here the "
-            f"two shifts are fitted on validation rows; that variant is judged apart (reproduced when "
-            f"the shift raises test accuracy beyond 2 SE): "
-            f"{_judge(lab, beats_verdict([(pair_gain['mean'], pair_gain['se'])])) or 'no verdict'}."),
+            (
+                f"The paper's second variant kept only 7s and 8s in the transfer set (47.3% test errors), "
+                f"then lowered the biases of 7 and 8 by 7.6, chosen on test (13.2% errors). Here the "
+                f"two shifts are fitted on validation rows; that variant is judged apart (reproduced when "
+                f"the shift raises test accuracy beyond 2 SE): "
+                f"{_judge(lab, beats_verdict([(pair_gain['mean'], pair_gain['se'])])) or 'no verdict'}."
+            ),
         ],
         "headline": f"class {name}: {np.mean(before_c):.1%} -> {np.mean(after_c):.1%} after a shift of "
-                    f"{np.mean(shift):+.2f} (with the class in the transfer set: {np.mean(ref_c):.1%}); "
-                    f"only {pair_names[0]}/{pair_names[1]}: {1 - np.mean(pair_before):.1%} -> "
-                    f"{1 - np.mean(pair_after):.1%} errors (paper 47.3% -> 13.2%)",
+        f"{np.mean(shift):+.2f} (with the class in the transfer set: {np.mean(ref_c):.1%}); "
+        f"only {pair_names[0]}/{pair_names[1]}: {1 - np.mean(pair_before):.1%} -> "
+        f"{1 - np.mean(pair_after):.1%} errors (paper 47.3% -> 13.2%)",
         "verdict": _judge(lab, verdict),
     }
 
@@ -300,35 +352,57 @@ def experiment_4(lab: Lab) -> dict[str, Any]:
     member = float(np.mean(ens.member_test_accuracy))
     scores, fitted = {}, {}
     for T in p.ensemble_temperatures:  # chosen on validation, seed 0
-        fitted[T] = lab.fit(lab.student(p.member_hidden, p.member_epochs, 0, temperature=T,
-                                        alpha=p.ensemble_alpha, dropout=p.member_dropout),
-                            teacher="ensemble")
+        fitted[T] = lab.fit(
+            lab.student(
+                p.member_hidden,
+                p.member_epochs,
+                0,
+                temperature=T,
+                alpha=p.ensemble_alpha,
+                dropout=p.member_dropout,
+            ),
+            teacher="ensemble",
+        )
         scores[T] = _acc(fitted[T], s.X_val, s.y_val)
     T = max(scores, key=lambda t: scores[t])
     distilled, kept = [], []
     for seed in range(p.seeds):
-        model = fitted[T] if seed == 0 else lab.fit(
-            lab.student(p.member_hidden, p.member_epochs, seed, temperature=T,
-                        alpha=p.ensemble_alpha, dropout=p.member_dropout), teacher="ensemble")
+        model = (
+            fitted[T]
+            if seed == 0
+            else lab.fit(
+                lab.student(
+                    p.member_hidden,
+                    p.member_epochs,
+                    seed,
+                    temperature=T,
+                    alpha=p.ensemble_alpha,
+                    dropout=p.member_dropout,
+                ),
+                teacher="ensemble",
+            )
+        )
         distilled.append(_acc(model, s.X_test, s.y_test))
         kept.append(_share(distilled[-1], member, ens.test_accuracy))
     import torch
 
     proba = torch.softmax(torch.from_numpy(ens.test_logits), dim=-1).numpy()  # (n, M, C)
-    by_size = [float(np.mean(proba[:, :k].mean(1).argmax(1) == s.y_test)) for k in range(1, p.members + 1)]
+    by_size = [
+        float(np.mean(proba[:, :k].mean(1).argmax(1) == s.y_test)) for k in range(1, p.members + 1)
+    ]
     share = _summary(kept)
     return {
         "title": "An ensemble distilled into a single model (section 4)",
         "paper": "Speech: an ensemble of 10 DNNs 61.1% frame accuracy, one model 58.9%, the "
-                 "distilled single model 60.8%: more than 80% of the ensemble's gain kept.",
+        "distilled single model 60.8%: more than 80% of the ensemble's gain kept.",
         "criterion": "The distilled model keeps at least 80% of the ensemble's gain over the mean "
-                     "single member (reproduced when mean - 2 SE >= 0.8; partly when mean - 2 SE > 0; "
-                     "otherwise not). Fashion-MNIST stands in for the speech data.",
+        "single member (reproduced when mean - 2 SE >= 0.8; partly when mean - 2 SE > 0; "
+        "otherwise not). Fashion-MNIST stands in for the speech data.",
         "settings": {
             "members": f"{p.members} x MLP{p.member_hidden}, dropout {p.member_dropout}, "
-                       f"{p.member_epochs} epochs, different seeds",
+            f"{p.member_epochs} epochs, different seeds",
             "student": f"MLP{p.member_hidden} (a member's size), dropout {p.member_dropout}, "
-                       f"{p.member_epochs} epochs",
+            f"{p.member_epochs} epochs",
             "alpha": p.ensemble_alpha,
             "temperatures_tried": list(p.ensemble_temperatures),
             "temperature_val_accuracy": {str(t): v for t, v in scores.items()},
@@ -363,8 +437,11 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
     temps = sorted({2.0, 5.0, float(p.exp1_temperature)})
     scores = {}
     for T in temps:  # the soft students' temperature, chosen on validation at the smallest fraction
-        model = lab.fit(lab.student(p.student_hidden, p.fraction_epochs, 0, temperature=T, alpha=alpha),
-                        rows(small, 0), teacher="big")
+        model = lab.fit(
+            lab.student(p.student_hidden, p.fraction_epochs, 0, temperature=T, alpha=alpha),
+            rows(small, 0),
+            teacher="big",
+        )
         scores[T] = _acc(model, s.X_val, s.y_val)
     T = max(scores, key=lambda t: scores[t])
     hard = np.empty((p.seeds, len(fractions)))
@@ -373,15 +450,33 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
     for seed in range(p.seeds):
         for j, f in enumerate(fractions):
             r = rows(f, seed)
-            h = lab.fit(lab.student(p.student_hidden, p.fraction_epochs, seed, early_stopping=True,
-                                    n_iter_no_change=p.early_stopping_patience), r)
+            h = lab.fit(
+                lab.student(
+                    p.student_hidden,
+                    p.fraction_epochs,
+                    seed,
+                    early_stopping=True,
+                    n_iter_no_change=p.early_stopping_patience,
+                ),
+                r,
+            )
             hard[seed, j] = _acc(h, s.X_test, s.y_test)
-            d = lab.fit(lab.student(p.student_hidden, p.fraction_epochs, seed, temperature=T, alpha=alpha),
-                        r, teacher="big")
+            d = lab.fit(
+                lab.student(p.student_hidden, p.fraction_epochs, seed, temperature=T, alpha=alpha),
+                r,
+                teacher="big",
+            )
             soft[seed, j] = _acc(d, s.X_test, s.y_test)
         if fractions[-1] < 1.0:
-            h = lab.fit(lab.student(p.student_hidden, p.fraction_epochs, seed, early_stopping=True,
-                                    n_iter_no_change=p.early_stopping_patience))
+            h = lab.fit(
+                lab.student(
+                    p.student_hidden,
+                    p.fraction_epochs,
+                    seed,
+                    early_stopping=True,
+                    n_iter_no_change=p.early_stopping_patience,
+                )
+            )
             hard_all.append(_acc(h, s.X_test, s.y_test))
         else:
             hard_all.append(float(hard[seed, -1]))
@@ -389,15 +484,15 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
     return {
         "title": f"Soft targets from {small:.0%} of the data (section 6)",
         "paper": "Speech, 3% of the training set: hard labels (early stopping) 44.5% test frame "
-                 "accuracy, soft targets (no early stopping) 57.0%, all the data with hard labels 58.9%.",
+        "accuracy, soft targets (no early stopping) 57.0%, all the data with hard labels 58.9%.",
         "criterion": f"Soft targets on {small:.0%} of the rows recover at least 80% of the gap between "
-                     f"hard labels on {small:.0%} and hard labels on all rows (reproduced when "
-                     f"mean - 2 SE >= 0.8; partly when mean - 2 SE > 0; otherwise not).",
+        f"hard labels on {small:.0%} and hard labels on all rows (reproduced when "
+        f"mean - 2 SE >= 0.8; partly when mean - 2 SE > 0; otherwise not).",
         "settings": {
             "student": f"MLP{p.student_hidden}, up to {p.fraction_epochs} epochs",
             "hard": f"early stopping on 10% of the subset's own rows, patience {p.early_stopping_patience}",
             "soft": f"no early stopping, alpha={alpha}, T={T:g} chosen on validation among "
-                    f"{temps} at {small:.0%}",
+            f"{temps} at {small:.0%}",
             "temperature_val_accuracy": {str(t): v for t, v in scores.items()},
             "fractions": fractions,
             "rows": {str(f): len(rows(f, 0)) for f in fractions},
@@ -410,13 +505,14 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
             "gap_recovered": recovered,
         },
         "headline": f"{small:.0%} of the data: hard {hard[:, 0].mean():.4f}, soft {soft[:, 0].mean():.4f}, "
-                    f"all data {np.mean(hard_all):.4f}; gap recovered {recovered['mean']:.0%} (paper 87%)",
+        f"all data {np.mean(hard_all):.4f}; gap recovered {recovered['mean']:.0%} (paper 87%)",
         "verdict": _judge(lab, share_verdict(recovered["mean"], recovered["se"], 0.8)),
     }
 
 
-def _specialists(lab: Lab, splits: Any, teacher: str, n_specialists: int, classes_per_specialist: int,
-                 seed: int) -> Any:
+def _specialists(
+    lab: Lab, splits: Any, teacher: str, n_specialists: int, classes_per_specialist: int, seed: int
+) -> Any:
     """A generalist plus specialists fitted from the cache of ``teacher``; charges the student clock."""
     import time
 
@@ -424,22 +520,36 @@ def _specialists(lab: Lab, splits: Any, teacher: str, n_specialists: int, classe
 
     p = lab.profile
     generalist = DistilledClassifier(
-        hidden_layer_sizes=p.generalist_hidden, max_epochs=p.generalist_epochs,
-        batch_size=p.batch_size, learning_rate=p.learning_rate, temperature=2.0, alpha=_SPECIALIST_ALPHA,
-        random_state=seed, device=lab.device)
+        hidden_layer_sizes=p.generalist_hidden,
+        max_epochs=p.generalist_epochs,
+        batch_size=p.batch_size,
+        learning_rate=p.learning_rate,
+        temperature=2.0,
+        alpha=_SPECIALIST_ALPHA,
+        random_state=seed,
+        device=lab.device,
+    )
     model = SpecialistEnsembleClassifier(
-        generalist, n_specialists=n_specialists, classes_per_specialist=classes_per_specialist,
+        generalist,
+        n_specialists=n_specialists,
+        classes_per_specialist=classes_per_specialist,
         specialist_max_epochs=p.specialist_epochs,
-        specialist_learning_rate=p.learning_rate, specialist_batch_size=p.batch_size,
-        specialist_temperature=2.0, specialist_alpha=_SPECIALIST_ALPHA, device=lab.device,
-        random_state=seed)
+        specialist_learning_rate=p.learning_rate,
+        specialist_batch_size=p.batch_size,
+        specialist_temperature=2.0,
+        specialist_alpha=_SPECIALIST_ALPHA,
+        device=lab.device,
+        random_state=seed,
+    )
     start = time.perf_counter()
     model.fit(splits.X_train, splits.y_train, teacher_logits=lab.teachers[teacher].cache)
     seconds = time.perf_counter() - start
     lab.student_seconds += seconds
     lab.student_fits += 1 + len(model.specialists_)
-    lab.say(f"  generalist + {len(model.specialists_)} specialists on {splits.name}, seed {seed}: "
-            f"{seconds:.1f}s")
+    lab.say(
+        f"  generalist + {len(model.specialists_)} specialists on {splits.name}, seed {seed}: "
+        f"{seconds:.1f}s"
+    )
     row_epochs = model.generalist_.n_iter_ * len(splits.y_train)
     row_epochs += sum(len(sp.history) * sp.n_rows for sp in model.specialists_)
     lab.distilled_row_epochs[teacher] = lab.distilled_row_epochs.get(teacher, 0) + row_epochs
@@ -455,14 +565,18 @@ def _image_specialists(lab: Lab) -> dict[str, Any]:
     lab.big_teacher()
     general, ensemble, clusters = [], [], []
     for seed in range(p.seeds):
-        model = _specialists(lab, s, "big", p.image_specialists, p.image_classes_per_specialist, seed)
+        model = _specialists(
+            lab, s, "big", p.image_specialists, p.image_classes_per_specialist, seed
+        )
         general.append(_acc(model.generalist_, s.X_test, s.y_test))
         ensemble.append(_acc(model, s.X_test, s.y_test))
         if seed == 0:
-            clusters = [", ".join(s.class_names[int(c)] for c in cluster) for cluster in model.clusters_]
+            clusters = [
+                ", ".join(s.class_names[int(c)] for c in cluster) for cluster in model.clusters_
+            ]
     return {
         "image_specialists": f"{p.image_specialists} specialists of {p.image_classes_per_specialist} "
-                             f"classes on {s.name}, from the big teacher's cache",
+        f"classes on {s.name}, from the big teacher's cache",
         "image_clusters_seed0": clusters,
         "image_generalist_test_accuracy": _summary(general),
         "image_ensemble_test_accuracy": _summary(ensemble),
@@ -476,9 +590,15 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
 
     p = lab.profile
     s = confusable_splits(p.confusable_rows, p.confusable_classes, p.confusable_group_size)
-    teacher = lab.train_teacher("confusable", n_members=1, hidden=p.confusable_teacher_hidden,
-                                dropout=0.0, epochs=p.confusable_teacher_epochs, jitter_copies=0,
-                                splits=s)
+    teacher = lab.train_teacher(
+        "confusable",
+        n_members=1,
+        hidden=p.confusable_teacher_hidden,
+        dropout=0.0,
+        epochs=p.confusable_teacher_epochs,
+        jitter_copies=0,
+        splits=s,
+    )
     alpha = _SPECIALIST_ALPHA
 
     def fit(n_specialists: int, seed: int) -> Any:
@@ -502,16 +622,24 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
     by_covering: dict[int, dict[str, list[float]]] = {}
     for table in tables:
         for row in table["rows"]:
-            entry = by_covering.setdefault(row["n_covering"], {"count": [], "generalist": [], "ensemble": []})
+            entry = by_covering.setdefault(
+                row["n_covering"], {"count": [], "generalist": [], "ensemble": []}
+            )
             entry["count"].append(row["count"])
             entry["generalist"].append(row["generalist_accuracy"])
             entry["ensemble"].append(row["ensemble_accuracy"])
     table4 = [
-        {"n_covering": n, "test_rows_mean": float(np.mean(e["count"])),
-         "generalist_accuracy": float(np.mean(e["generalist"])),
-         "ensemble_accuracy": float(np.mean(e["ensemble"])),
-         "relative_improvement": (np.mean(e["ensemble"]) / np.mean(e["generalist"]) - 1.0
-                                  if np.mean(e["generalist"]) > 0 else math.nan)}
+        {
+            "n_covering": n,
+            "test_rows_mean": float(np.mean(e["count"])),
+            "generalist_accuracy": float(np.mean(e["generalist"])),
+            "ensemble_accuracy": float(np.mean(e["ensemble"])),
+            "relative_improvement": (
+                np.mean(e["ensemble"]) / np.mean(e["generalist"]) - 1.0
+                if np.mean(e["generalist"]) > 0
+                else math.nan
+            ),
+        }
         for n, e in sorted(by_covering.items())
     ]
     delta = _summary(gain)
@@ -520,21 +648,21 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
     return {
         "title": "A generalist plus specialists on confusable classes (section 5, table 4)",
         "paper": "JFT (15,000 classes): 61 specialists raised test accuracy from 25.0% to 26.1% "
-                 "(+4.4% relative); the gain grew with the number of specialists covering a test "
-                 "case (table 4).",
+        "(+4.4% relative); the gain grew with the number of specialists covering a test "
+        "case (table 4).",
         "criterion": "The generalist + specialists beat the generalist alone on test, the paired "
-                     "difference over seeds beyond 2 SE (reproduced); table 4 is reported, not judged.",
+        "difference over seeds beyond 2 SE (reproduced); table 4 is reported, not judged.",
         "settings": {
             "data": f"make_confusable_classification: {p.confusable_rows} rows, "
-                    f"{p.confusable_classes} classes in groups of {p.confusable_group_size}, "
-                    f"split {s.sizes()}",
+            f"{p.confusable_classes} classes in groups of {p.confusable_group_size}, "
+            f"split {s.sizes()}",
             "teacher": f"MLP{p.confusable_teacher_hidden}, {p.confusable_teacher_epochs} epochs, "
-                       f"test accuracy {teacher.test_accuracy:.4f}",
+            f"test accuracy {teacher.test_accuracy:.4f}",
             "generalist": f"MLP{p.generalist_hidden} distilled at T=2, alpha={alpha}, "
-                          f"{p.generalist_epochs} epochs",
+            f"{p.generalist_epochs} epochs",
             "specialists": f"dustbin, {p.classes_per_specialist} classes each (overlapping), "
-                           f"{p.specialist_epochs} epochs, T=2, alpha={alpha}, clusters from the "
-                           f"generalist's predictions",
+            f"{p.specialist_epochs} epochs, T=2, alpha={alpha}, clusters from the "
+            f"generalist's predictions",
             "n_specialists_val_accuracy": {str(n): v for n, v in scores.items()},
             "n_specialists": k,
         },
@@ -549,12 +677,18 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
             **image,
         },
         "headline": f"{k} specialists: {np.mean(general):.4f} -> {np.mean(ensemble):.4f} "
-                    f"({relative:+.1%} relative; paper +4.4%); on {lab.splits.name}: "
-                    f"{image['image_generalist_test_accuracy']['mean']:.4f} -> "
-                    f"{image['image_ensemble_test_accuracy']['mean']:.4f}",
+        f"({relative:+.1%} relative; paper +4.4%); on {lab.splits.name}: "
+        f"{image['image_generalist_test_accuracy']['mean']:.4f} -> "
+        f"{image['image_ensemble_test_accuracy']['mean']:.4f}",
         "verdict": _judge(lab, beats_verdict([(delta["mean"], delta["se"])])),
     }
 
 
-RUNNERS = {1: experiment_1, 2: experiment_2, 3: experiment_3, 4: experiment_4, 5: experiment_5,
-           6: experiment_6}
+RUNNERS = {
+    1: experiment_1,
+    2: experiment_2,
+    3: experiment_3,
+    4: experiment_4,
+    5: experiment_5,
+    6: experiment_6,
+}

@@ -61,9 +61,18 @@ class Lab:
     # teacher key -> rows x epochs that distilled students read from its cache
     distilled_row_epochs: dict[str, int] = field(default_factory=dict)
 
-    def train_teacher(self, key: str, *, n_members: int, hidden: tuple[int, ...], dropout: float,
-                      epochs: int, jitter_copies: int, splits: Splits | None = None,
-                      unlabeled_rows: int = 0) -> Teacher:
+    def train_teacher(
+        self,
+        key: str,
+        *,
+        n_members: int,
+        hidden: tuple[int, ...],
+        dropout: float,
+        epochs: int,
+        jitter_copies: int,
+        splits: Splits | None = None,
+        unlabeled_rows: int = 0,
+    ) -> Teacher:
         """Train ``n_members`` MLPs on ``splits`` (the run's by default), run them once over
         its training rows and ``unlabeled_rows`` of its unlabeled ones into the cache ``key``,
         and keep them under :attr:`teachers`."""
@@ -78,10 +87,17 @@ class Lab:
             augment = partial(jitter_images, image_shape=s.image_shape, max_shift=p.jitter_pixels)
         start = time.perf_counter()
         members = train_mlp_ensemble(
-            s.X_train, s.y_train, n_classes=s.n_classes, n_members=n_members,
-            hidden_layer_sizes=hidden, dropout=dropout, epochs=epochs, batch_size=p.batch_size,
+            s.X_train,
+            s.y_train,
+            n_classes=s.n_classes,
+            n_members=n_members,
+            hidden_layer_sizes=hidden,
+            dropout=dropout,
+            epochs=epochs,
+            batch_size=p.batch_size,
             learning_rate=p.learning_rate,
-            augment=augment, n_augmented_copies=jitter_copies if augment else 0,
+            augment=augment,
+            n_augmented_copies=jitter_copies if augment else 0,
             random_state=_TEACHER_SEEDS.get(key, 0),
             device=self.device,
         )
@@ -90,25 +106,41 @@ class Lab:
         if unlabeled_rows:
             extra = s.X_unlabeled[:unlabeled_rows] if s.X_unlabeled is not None else s.X_train[:0]
             if len(extra) < unlabeled_rows:
-                raise ValueError(f"{unlabeled_rows} unlabeled rows asked for, the data has {len(extra)} left")
+                raise ValueError(
+                    f"{unlabeled_rows} unlabeled rows asked for, the data has {len(extra)} left"
+                )
             X_transfer = np.concatenate([s.X_train, extra])
             y_transfer = np.concatenate([s.y_train, np.full(len(extra), -1, dtype=s.y_train.dtype)])
         start = time.perf_counter()
         cache = build_cache(
-            members, X_transfer, self.cache_dir / f"{key}.zarr", y=y_transfer, overwrite=True,
-            progress=False, device=self.device, classes=np.arange(s.n_classes),
+            members,
+            X_transfer,
+            self.cache_dir / f"{key}.zarr",
+            y=y_transfer,
+            overwrite=True,
+            progress=False,
+            device=self.device,
+            classes=np.arange(s.n_classes),
         )
         pass_seconds = time.perf_counter() - start
         with torch.inference_mode():
             logits = np.stack([m(torch.from_numpy(s.X_test)).numpy() for m in members], axis=1)
         proba = torch.softmax(torch.from_numpy(logits), dim=-1).mean(1).numpy()
         teacher = Teacher(
-            members, cache, float(np.mean(proba.argmax(1) == s.y_test)),
+            members,
+            cache,
+            float(np.mean(proba.argmax(1) == s.y_test)),
             [float(np.mean(logits[:, m].argmax(1) == s.y_test)) for m in range(n_members)],
-            logits, train_seconds, pass_seconds, X_transfer, y_transfer,
+            logits,
+            train_seconds,
+            pass_seconds,
+            X_transfer,
+            y_transfer,
         )
-        self.say(f"teacher {key!r}: {n_members} x {hidden}, trained in {train_seconds:.1f}s, "
-                 f"cache built in {pass_seconds:.1f}s, test accuracy {teacher.test_accuracy:.4f}")
+        self.say(
+            f"teacher {key!r}: {n_members} x {hidden}, trained in {train_seconds:.1f}s, "
+            f"cache built in {pass_seconds:.1f}s, test accuracy {teacher.test_accuracy:.4f}"
+        )
         self.teachers[key] = teacher
         return teacher
 
@@ -117,8 +149,12 @@ class Lab:
         if "big" not in self.teachers:
             p = self.profile
             self.train_teacher(
-                "big", n_members=1, hidden=p.teacher_hidden, dropout=p.teacher_dropout,
-                epochs=p.teacher_epochs, jitter_copies=p.jitter_copies,
+                "big",
+                n_members=1,
+                hidden=p.teacher_hidden,
+                dropout=p.teacher_dropout,
+                epochs=p.teacher_epochs,
+                jitter_copies=p.jitter_copies,
             )
         return self.teachers["big"]
 
@@ -127,8 +163,13 @@ class Lab:
         if "ensemble" not in self.teachers:
             p = self.profile
             self.train_teacher(
-                "ensemble", n_members=p.members, hidden=p.member_hidden, dropout=p.member_dropout,
-                epochs=p.member_epochs, jitter_copies=0, unlabeled_rows=p.ensemble_unlabeled_rows,
+                "ensemble",
+                n_members=p.members,
+                hidden=p.member_hidden,
+                dropout=p.member_dropout,
+                epochs=p.member_epochs,
+                jitter_copies=0,
+                unlabeled_rows=p.ensemble_unlabeled_rows,
             )
         return self.teachers["ensemble"]
 
@@ -137,8 +178,12 @@ class Lab:
         from kdpipe import DistilledClassifier
 
         return DistilledClassifier(
-            hidden_layer_sizes=hidden, max_epochs=epochs, batch_size=self.profile.batch_size,
-            learning_rate=self.profile.learning_rate, random_state=seed, device=self.device,
+            hidden_layer_sizes=hidden,
+            max_epochs=epochs,
+            batch_size=self.profile.batch_size,
+            learning_rate=self.profile.learning_rate,
+            random_state=seed,
+            device=self.device,
             **params,
         )
 
@@ -163,14 +208,19 @@ class Lab:
         seconds = time.perf_counter() - start
         self.student_seconds += seconds
         self.student_fits += 1
-        self.say(f"  student {self.student_fits}: MLP{model.hidden_layer_sizes}, {len(rows)} rows, "
-                 + (f"T={model.temperature:g}, alpha={model.alpha:g} from {teacher!r}" if teacher
-                    else "hard labels")
-                 + f", {model.n_iter_} epochs, {seconds:.1f}s")
-        if teacher is not None:
-            self.distilled_row_epochs[teacher] = (
-                self.distilled_row_epochs.get(teacher, 0) + int(model.n_iter_) * len(rows)
+        self.say(
+            f"  student {self.student_fits}: MLP{model.hidden_layer_sizes}, {len(rows)} rows, "
+            + (
+                f"T={model.temperature:g}, alpha={model.alpha:g} from {teacher!r}"
+                if teacher
+                else "hard labels"
             )
+            + f", {model.n_iter_} epochs, {seconds:.1f}s"
+        )
+        if teacher is not None:
+            self.distilled_row_epochs[teacher] = self.distilled_row_epochs.get(teacher, 0) + int(
+                model.n_iter_
+            ) * len(rows)
         return model
 
     def timings(self) -> dict[str, float]:

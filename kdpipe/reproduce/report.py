@@ -51,14 +51,32 @@ def _fmt(value: Any) -> str:
 
 def _section(number: int, exp: dict[str, Any], figures: list[Path], verdicts: bool) -> list[str]:
     lines = [f"## {number}. {exp['title']}", ""]
-    lines += ["| the paper | this run |", "|---|---|", f"| {exp['paper']} | {exp['headline']} |", ""]
-    lines += [f"**Criterion for \"reproduced\"** (fixed before the run): {exp['criterion']}", ""]
+    lines += [
+        "| the paper | this run |",
+        "|---|---|",
+        f"| {exp['paper']} | {exp['headline']} |",
+        "",
+    ]
+    lines += [f'**Criterion for "reproduced"** (fixed before the run): {exp["criterion"]}', ""]
     lines += ["**Settings**", ""] + [f"- {k}: {_fmt(v)}" for k, v in exp["settings"].items()] + [""]
-    lines += ["**Numbers** (test accuracy unless named otherwise; mean ± standard error over seeds)", ""]
+    lines += [
+        "**Numbers** (test accuracy unless named otherwise; mean ± standard error over seeds)",
+        "",
+    ]
     for key, value in exp["results"].items():
-        if isinstance(value, list) and value and isinstance(value[0], dict) and not _is_summary(value[0]):
-            lines += ["", f"{key}:", "", "| " + " | ".join(value[0]) + " |",
-                      "|" + "---|" * len(value[0])]
+        if (
+            isinstance(value, list)
+            and value
+            and isinstance(value[0], dict)
+            and not _is_summary(value[0])
+        ):
+            lines += [
+                "",
+                f"{key}:",
+                "",
+                "| " + " | ".join(value[0]) + " |",
+                "|" + "---|" * len(value[0]),
+            ]
             lines += ["| " + " | ".join(_fmt(v) for v in row.values()) + " |" for row in value]
             lines.append("")
         elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
@@ -85,29 +103,40 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
         f"# kdpipe reproduce: Hinton, Vinyals & Dean (2015), profile `{p['name']}`",
         "",
         f"Command: `{run['command']}`  ",
-        (f"Data: {run['data']['name']} ({run['data']['sizes']}), device {run['device']} "
-        f"({run.get('torch_threads', '?')} torch threads), "
-        f"kdpipe {run['kdpipe_version']}, {run['finished_utc']}, wall time {run['wall_seconds']:.1f}s."),
+        (
+            f"Data: {run['data']['name']} ({run['data']['sizes']}), device {run['device']} "
+            f"({run.get('torch_threads', '?')} torch threads), "
+            f"kdpipe {run['kdpipe_version']}, {run['finished_utc']}, wall time {run['wall_seconds']:.1f}s."
+        ),
         "",
-        ("Method: every choice (temperature, hard-label weight, bias shift) is made on validation "
-        "rows held out of every training set; the test rows are scored once per final model. "
-        "Epochs are fixed by the profile, not tuned. Each teacher is trained once and run once over "
-        "the transfer set into a logit cache (`kdpipe.build_cache`); every student reads that cache. "
-        "Seeds vary the students (initialization, order, subsets), not the teachers, so the standard "
-        "errors measure student variation only. Fashion-MNIST stands in for MNIST and for the speech "
-        "data of sections 4 and 6."),
+        (
+            "Method: every choice (temperature, hard-label weight, bias shift) is made on validation "
+            "rows held out of every training set; the test rows are scored once per final model. "
+            "Epochs are fixed by the profile, not tuned. Each teacher is trained once and run once over "
+            "the transfer set into a logit cache (`kdpipe.build_cache`); every student reads that cache. "
+            "Seeds vary the students (initialization, order, subsets), not the teachers, so the standard "
+            "errors measure student variation only. Fashion-MNIST stands in for MNIST and for the speech "
+            "data of sections 4 and 6."
+        ),
         "",
     ]
     if not p["verdicts"]:
-        lines += [("**Smoke profile: tiny sizes, no verdicts.** It checks that every experiment runs "
-                  "and that the report and plots are written; its numbers mean nothing."), ""]
+        lines += [
+            (
+                "**Smoke profile: tiny sizes, no verdicts.** It checks that every experiment runs "
+                "and that the report and plots are written; its numbers mean nothing."
+            ),
+            "",
+        ]
     lines += ["| # | experiment | this run | verdict |", "|---|---|---|---|"]
     for n, exp in experiments.items():
         lines.append(f"| {n} | {exp['title']} | {exp['headline']} | {exp['verdict'] or '-'} |")
     for n, name in run["not_implemented"].items():
         lines.append(f"| {n} | {name} | not implemented yet | - |")
     for n in run.get("pending", []):
-        lines.append(f"| {n} | {EXPERIMENTS[n]} | not finished: the run is still going or was stopped | - |")
+        lines.append(
+            f"| {n} | {EXPERIMENTS[n]} | not finished: the run is still going or was stopped | - |"
+        )
     lines += [
         "",
         "## Time: teachers once, students many times",
@@ -115,14 +144,19 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
         f"- teacher training: {t['teacher_training_s']:.1f}s",
         f"- teacher passes over the transfer set (building the caches): {t['teacher_passes_s']:.1f}s",
         f"- {t['student_fits']} student fits: {t['students_s']:.1f}s",
-        (f"- re-running the teachers inside every distilled student instead (one teacher pass per "
-        f"row and epoch, {t['distilled_row_epochs']} row-epochs, priced at the cache build's cost per "
-        f"row): about {t['online_teacher_passes_estimate_s']:.1f}s more, against "
-        f"{t['teacher_passes_s']:.1f}s for the caches"),
+        (
+            f"- re-running the teachers inside every distilled student instead (one teacher pass per "
+            f"row and epoch, {t['distilled_row_epochs']} row-epochs, priced at the cache build's cost per "
+            f"row): about {t['online_teacher_passes_estimate_s']:.1f}s more, against "
+            f"{t['teacher_passes_s']:.1f}s for the caches"
+        ),
         "",
     ]
     if figures is None:
-        lines += ["Plots: not drawn, matplotlib is not installed (`pip install kdpipe[plots]`).", ""]
+        lines += [
+            "Plots: not drawn, matplotlib is not installed (`pip install kdpipe[plots]`).",
+            "",
+        ]
     for n, exp in experiments.items():
         lines += _section(int(n), exp, (figures or {}).get(int(n), []), p["verdicts"])
     lines += ["## Profile", "", "```json", json.dumps(p, indent=1), "```", ""]

@@ -74,17 +74,23 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    splits = load_splits(settings.dataset, n_train=settings.n_train, n_val=settings.n_val,
-                         n_test=settings.n_test, data_dir=data_dir)
+    splits = load_splits(
+        settings.dataset,
+        n_train=settings.n_train,
+        n_val=settings.n_val,
+        n_test=settings.n_test,
+        data_dir=data_dir,
+    )
     say(f"{settings.dataset}: {splits.sizes()}")
     results: dict[int, dict[str, Any]] = {}
 
     def write(lab: Lab) -> tuple[dict[str, Any], dict[int, list[Path]] | None, list[Path]]:
         """The record so far, written out: a run stopped part-way leaves the experiments it finished."""
         record: dict[str, Any] = {
-            "command": command or f"kdpipe.reproduce.run(profile={settings.name!r}"
-                                  f"{'' if isinstance(profile, str) else ' with the fields below'}, "
-                                  f"experiments={list(chosen)})",
+            "command": command
+            or f"kdpipe.reproduce.run(profile={settings.name!r}"
+            f"{'' if isinstance(profile, str) else ' with the fields below'}, "
+            f"experiments={list(chosen)})",
             "kdpipe_version": __version__,
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
@@ -92,14 +98,21 @@ def run(
             "finished_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_seconds": time.perf_counter() - start,
             "profile": settings.to_dict(),
-            "data": {"name": splits.name, "sizes": splits.sizes(), "classes": list(splits.class_names)},
+            "data": {
+                "name": splits.name,
+                "sizes": splits.sizes(),
+                "classes": list(splits.class_names),
+            },
             "timings": lab.timings(),
             "experiments": {str(n): results[n] for n in sorted(results)},  # the paper's order
             "not_implemented": {str(n): name for n, name in NOT_IMPLEMENTED.items()},
             "pending": [n for n in chosen if n not in results],
         }
         figures = draw(dict(sorted(results.items())), out)
-        paths = [write_json(record, out / "results.json"), write_markdown(record, figures, out / "REPORT.md")]
+        paths = [
+            write_json(record, out / "results.json"),
+            write_markdown(record, figures, out / "REPORT.md"),
+        ]
         return record, figures, paths
 
     cache_root = Path(tempfile.mkdtemp(prefix="kdpipe-reproduce-"))
@@ -111,8 +124,10 @@ def run(
                 say(f"experiment {number} ...")
                 results[number] = RUNNERS[number](lab)
                 results[number]["seconds"] = time.perf_counter() - began
-                say(f"experiment {number}: {results[number]['headline']} "
-                    f"({results[number]['seconds']:.1f}s)")
+                say(
+                    f"experiment {number}: {results[number]['headline']} "
+                    f"({results[number]['seconds']:.1f}s)"
+                )
                 record, figures, paths = write(lab)
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)

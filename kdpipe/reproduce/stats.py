@@ -11,7 +11,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["REPRODUCED", "PARTLY", "NOT", "NO_GAP", "UNDETERMINED", "mean_se", "share_verdict", "beats_verdict"]
+__all__ = [
+    "REPRODUCED",
+    "PARTLY",
+    "NOT",
+    "NO_GAP",
+    "UNDETERMINED",
+    "mean_se",
+    "share_verdict",
+    "beats_verdict",
+]
 
 REPRODUCED = "reproduced"
 PARTLY = "partly"

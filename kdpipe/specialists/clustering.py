@@ -40,9 +40,7 @@ def prediction_covariance(proba: np.ndarray) -> np.ndarray:
     """Covariance ``(C, C)`` of the columns of predicted probabilities ``(n, C)``."""
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[0] < 2:
-        raise ValueError(
-            f"need predicted probabilities of shape (n >= 2, C), got {proba.shape}"
-        )
+        raise ValueError(f"need predicted probabilities of shape (n >= 2, C), got {proba.shape}")
     centered = proba - proba.mean(axis=0)  # (n, C)
     return centered.T @ centered / (proba.shape[0] - 1)  # (C, C)
 

@@ -184,10 +184,14 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     >>> from kdpipe import DistilledClassifier, SpecialistEnsembleClassifier
     >>> from kdpipe.datasets import make_confusable_classification
     >>> X, y = make_confusable_classification(
-    ...     n_samples=600, n_classes=12, group_size=4, random_state=0)
+    ...     n_samples=600, n_classes=12, group_size=4, random_state=0
+    ... )
     >>> clf = SpecialistEnsembleClassifier(
     ...     DistilledClassifier(hidden_layer_sizes=(16,), max_epochs=5),
-    ...     n_specialists=3, specialist_max_epochs=2, random_state=0).fit(X, y)
+    ...     n_specialists=3,
+    ...     specialist_max_epochs=2,
+    ...     random_state=0,
+    ... ).fit(X, y)
     >>> len(clf.specialists_), clf.predict_proba(X[:2]).shape
     (3, (2, 12))
 
@@ -195,7 +199,8 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
     >>> prefit = FrozenEstimator(clf.generalist_)
     >>> clf2 = SpecialistEnsembleClassifier(
-    ...     prefit, n_specialists=3, specialist_max_epochs=2, random_state=0).fit(X, y)
+    ...     prefit, n_specialists=3, specialist_max_epochs=2, random_state=0
+    ... ).fit(X, y)
     >>> clf2.generalist_ is prefit
     True
     """
@@ -273,7 +278,9 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=False)  # the generalist validates itself
-    def fit(self, X: Any, y: Any = None, teacher_logits: Any = None) -> SpecialistEnsembleClassifier:
+    def fit(
+        self, X: Any, y: Any = None, teacher_logits: Any = None
+    ) -> SpecialistEnsembleClassifier:
         """Fit the generalist, find confusable subsets, train the specialists.
 
         Parameters
@@ -369,8 +376,16 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         )
         specialists = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
             delayed(fit_specialist)(
-                base, X, p.rows, p.y, p.targets, p.subset, self.specialist_type,
-                p.correction, config, int(seed),
+                base,
+                X,
+                p.rows,
+                p.y,
+                p.targets,
+                p.subset,
+                self.specialist_type,
+                p.correction,
+                config,
+                int(seed),
             )
             for p, seed in zip(plans, seeds)
         )
@@ -394,12 +409,18 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
             X, _, sample_shape = validate_rows(probe, X, reset=True)
             y = np.full(X.shape[0], UNLABELED)
         else:
-            X, y, sample_shape = validate_rows(probe, X, y, reset=True)  # raises "requires y" on None
+            X, y, sample_shape = validate_rows(
+                probe, X, y, reset=True
+            )  # raises "requires y" on None
             y = column_or_1d(y)
         return X, y, {**vars(probe), "sample_shape_": sample_shape}
 
     def _fit_generalist(
-        self, X: np.ndarray, y: np.ndarray, teacher_logits: Any, unlabeled: np.ndarray,
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        teacher_logits: Any,
+        unlabeled: np.ndarray,
         rng: np.random.RandomState,
     ) -> Any:
         """A fitted clone of the generalist (a ``FrozenEstimator`` clones to itself)."""

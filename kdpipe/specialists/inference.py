@@ -76,7 +76,10 @@ def _weights(
 
 
 def _gradient(
-    q: torch.Tensor, w: torch.Tensor, dust: torch.Tensor, total: torch.Tensor,
+    q: torch.Tensor,
+    w: torch.Tensor,
+    dust: torch.Tensor,
+    total: torch.Tensor,
     outside: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dF/dz, u)``, both ``(b, C)``; ``outside`` is the ``(M, C)`` dustbin mask."""

@@ -36,9 +36,7 @@ class SpecialistPlan:
     correction: float  # log(r_s / r_d)
 
 
-def row_classes(
-    codes: np.ndarray, teacher_logits: Any, chunk: int = 8192
-) -> np.ndarray:
+def row_classes(codes: np.ndarray, teacher_logits: Any, chunk: int = 8192) -> np.ndarray:
     """The class each row counts as when sampling: its label, else the teacher's argmax.
 
     Unlabeled rows (code ``-1``) exist only with teacher logits; they count as the
@@ -107,7 +105,9 @@ def plan_specialist(
         else:
             p = np.asarray(generalist_proba, dtype=np.float64)[rows]  # (r, C)
         if p.ndim == 3:
-            members = [full_specialist_targets(p[:, m], row_codes, subset) for m in range(p.shape[1])]
+            members = [
+                full_specialist_targets(p[:, m], row_codes, subset) for m in range(p.shape[1])
+            ]
             t = np.stack(members, axis=1)  # (r, M, C)
         else:
             t = full_specialist_targets(p, row_codes, subset)  # (r, C)

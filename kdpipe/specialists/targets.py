@@ -111,9 +111,7 @@ def probabilities_as_logits(p: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p, _TINY, None)).astype(np.float32)
 
 
-def full_specialist_targets(
-    p: np.ndarray, codes: np.ndarray, subset: np.ndarray
-) -> np.ndarray:
+def full_specialist_targets(p: np.ndarray, codes: np.ndarray, subset: np.ndarray) -> np.ndarray:
     """Targets of a full-softmax specialist (section 6.1): hard inside, soft outside.
 
     For a row labeled with a class of ``subset``, the mass ``p`` gives the subset moves

@@ -83,9 +83,7 @@ class SpecialistSource:
     target logits are already mapped to the specialist's outputs.
     """
 
-    def __init__(
-        self, X: Any, rows: np.ndarray, y: np.ndarray | None, targets: np.ndarray | None
-    ):
+    def __init__(self, X: Any, rows: np.ndarray, y: np.ndarray | None, targets: np.ndarray | None):
         self.X, self.rows, self.y, self.targets = X, np.asarray(rows, np.intp), y, targets
 
     def __len__(self) -> int:
@@ -182,9 +180,7 @@ def init_specialist_module(
                 layer.bias[torch.from_numpy(outside)] += shift
             return module
         W = layer.weight.double().numpy()  # (C, hidden)
-        b = (
-            layer.bias.double().numpy() if layer.bias is not None else np.zeros(len(W))
-        )  # (C,)
+        b = layer.bias.double().numpy() if layer.bias is not None else np.zeros(len(W))  # (C,)
         h = _penultimate(module, layer, X_fit)  # (n, hidden)
         z_out = h @ W[outside].T + b[outside]  # (n, C - k)
         lse = logsumexp(z_out, axis=1)  # (n,)

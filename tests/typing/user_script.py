@@ -25,7 +25,12 @@ def main() -> float:
     y = np.arange(60) % 3
     folder = tempfile.mkdtemp()
     cache: LogitCache = build_cache(
-        teacher, X, f"{folder}/cache.zarr", y=y, chunk_rows=32, progress=False,
+        teacher,
+        X,
+        f"{folder}/cache.zarr",
+        y=y,
+        chunk_rows=32,
+        progress=False,
         teacher_versions="v1",
     )
     report = cache.verify()
@@ -33,16 +38,24 @@ def main() -> float:
     reopened = LogitCache.open(f"{folder}/cache.zarr")
     shape: tuple[int, int, int] = reopened.shape
     try:
-        build_cache(teacher, X[::-1].copy(), f"{folder}/cache.zarr", y=y, chunk_rows=32, progress=False,
-                    teacher_versions="v1")
+        build_cache(
+            teacher,
+            X[::-1].copy(),
+            f"{folder}/cache.zarr",
+            y=y,
+            chunk_rows=32,
+            progress=False,
+            teacher_versions="v1",
+        )
     except CacheMismatchError as error:
         print(error)
     student = DistilledClassifier(hidden_layer_sizes=(8,), temperature=2.0, max_epochs=2)
     fitted: DistilledClassifier = student.fit(X, y, teacher_logits=cache)
     module: torch.nn.Module = fitted.module_
     p: torch.Tensor = soft_targets(torch.from_numpy(np.asarray(cache)), 2.0)
-    loss: torch.Tensor = distillation_loss(torch.zeros(60, 3), torch.from_numpy(np.asarray(cache)),
-                                           temperature=2.0, alpha=0.1)
+    loss: torch.Tensor = distillation_loss(
+        torch.zeros(60, 3), torch.from_numpy(np.asarray(cache)), temperature=2.0, alpha=0.1
+    )
     print(ok, shape, module, p.shape, float(loss), kdpipe.__version__)
     accuracy: float = fitted.score(X, y)
     return accuracy
