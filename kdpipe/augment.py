@@ -519,7 +519,7 @@ def apply_views(
     ----------
     augment : Augmentation or None
         None returns ``x`` unchanged.
-    x : ndarray of shape (b, *sample_shape)
+    x : ndarray of shape ``(b, *sample_shape)``
         The stored rows, in the stored dtype.
     rows, views : int arrays of shape (b,)
         Absolute row numbers (in the transfer set) and view numbers.

@@ -306,7 +306,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *sample_shape), \
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *sample_shape)``, \
                 a zarr, h5py or dask array, or a :class:`kdpipe.LazyRows` view of one
             The transfer set: a table, or images such as ``(n, 1, 28, 28)``, which the
             student receives in their own shape. ``uint8`` rows stay ``uint8`` in

@@ -35,7 +35,7 @@ class ViewDataset(torch.utils.data.Dataset):
 
     Parameters
     ----------
-    X : array-like of shape (n, *sample_shape)
+    X : array-like of shape ``(n, *sample_shape)``
         The rows the cache (or this row subset of it) was built from: numpy, or a
         :class:`kdpipe.LazyRows` view of an on-disk array.
     cache : LogitCache

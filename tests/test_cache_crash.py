@@ -157,9 +157,13 @@ def snapshot(cache: LogitCache) -> dict:
     "backend, sparse, views",
     [
         ("zarr", None, None),
-        ("hdf5", None, None),
-        ("zarr", {"kind": "topk", "k": 2, "temperatures": [2.0]}, None),
-        ("zarr", None, {"count": 3, "seed": 5}),
+        # the other stores and formats take the same write steps (~20 s each): CI runs them
+        # with the slow tests (.ci/run: pytest -m slow)
+        pytest.param("hdf5", None, None, marks=pytest.mark.slow),
+        pytest.param(
+            "zarr", {"kind": "topk", "k": 2, "temperatures": [2.0]}, None, marks=pytest.mark.slow
+        ),
+        pytest.param("zarr", None, {"count": 3, "seed": 5}, marks=pytest.mark.slow),
     ],
 )
 def test_crash_at_every_write_step_resumes_to_the_uninterrupted_build(

@@ -63,6 +63,7 @@ class _KillsItsWorkerOnce:
         return np.asarray(batch, dtype=np.float32) @ self.W
 
 
+@pytest.mark.slow  # a cluster of worker processes, one killed and restarted (~15 s); CI runs it (.ci/run: pytest -m slow)
 def test_a_worker_killed_mid_build_costs_only_its_chunks_and_the_build_equals_an_uninterrupted_one(
     tmp_path,
 ):

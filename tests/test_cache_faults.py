@@ -210,6 +210,7 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path):
     np.testing.assert_allclose(np.asarray(cache)[:, 0], X @ Linear(1).W, rtol=1e-6)
 
 
+@pytest.mark.slow  # waits for a lease to go stale (~9 s); CI runs it (.ci/run: pytest -m slow)
 def test_object_storage_lease_refused_refreshed_and_taken_over_when_stale(s3_bucket, monkeypatch):
     import s3fs
 

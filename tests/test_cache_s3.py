@@ -240,6 +240,7 @@ _KILLED_BUILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a build killed and resumed in a bucket (~11 s; the local variant runs in the quick suite); CI runs it (.ci/run: pytest -m slow)
 def test_a_build_killed_with_sigkill_resumes_computing_only_missing_chunks(
     tmp_path, data, s3_bucket, monkeypatch
 ):

@@ -237,6 +237,7 @@ def _records(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")} if folder.is_dir() else {}
 
 
+@pytest.mark.slow  # a build interrupted from a shell and resumed (~16 s); CI runs it (.ci/run: pytest -m slow)
 def test_ctrl_c_during_build_cache_exits_130_and_rerunning_resumes(tmp_path):
     X = np.random.default_rng(1).normal(size=(N, D)).astype(np.float32)
     np.save(tmp_path / "x.npy", X)

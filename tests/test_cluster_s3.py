@@ -40,6 +40,7 @@ def data():
     return X, y, teachers
 
 
+@pytest.mark.slow  # worker processes and an S3 server (~15 s); CI runs it (.ci/run: pytest -m slow)
 def test_worker_processes_build_into_the_bucket_what_a_local_build_writes(
     tmp_path, data, s3_bucket, client
 ):
@@ -59,6 +60,7 @@ def test_worker_processes_build_into_the_bucket_what_a_local_build_writes(
     assert LogitCache.open(f"{url}/cluster.zarr", storage_options=options).verify().ok
 
 
+@pytest.mark.slow  # a grid search on worker processes (~11 s); CI runs it (.ci/run: pytest -m slow)
 def test_grid_search_on_the_cluster_reading_the_bucket_equals_a_local_run(data, s3_bucket, client):
     X, y, teachers = data
     url, options = s3_bucket

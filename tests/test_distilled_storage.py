@@ -155,6 +155,7 @@ def _search(n_jobs):
     return GridSearchCV(pipe, GRID, cv=2, n_jobs=n_jobs)
 
 
+@pytest.mark.slow  # a process-parallel grid search (~25 s); CI runs it (.ci/run: pytest -m slow)
 def test_grid_search_pipeline_reads_only_fold_rows_from_the_cache(data, cache, monkeypatch):
     X, y, _, _ = data
     reads: list[int] = []

@@ -53,9 +53,9 @@ def _fit_codes(monkeypatch, y, classes) -> np.ndarray:
     seen = {}
     source = kdpipe.distilled.MinibatchSource
 
-    def spy(X, codes, teacher_logits):
+    def spy(X, codes, teacher_logits, **options):
         seen["codes"] = codes
-        return source(X, codes, teacher_logits)
+        return source(X, codes, teacher_logits, **options)
 
     monkeypatch.setattr(kdpipe.distilled, "MinibatchSource", spy)
     logits = np.zeros((len(y), len(classes)), dtype=np.float32)

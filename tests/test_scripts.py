@@ -295,6 +295,7 @@ def test_fashion_views_example_writes_where_asked(
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
 
 
+@pytest.mark.slow  # trains a teacher and builds views caches (~17 s); CI runs it (.ci/run: pytest -m slow)
 def test_views_benchmark_quick_run_writes_its_results(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     from kdpipe.cache.build import build_cache
     from kdpipe.cache.config import BuildConfig
     from kdpipe.cache.reader import LogitCache
-    from kdpipe.cache.sparse import Sampled, TopK
+    from kdpipe.cache.sparse import Sampled, TopK, TopKSampledTail
     from kdpipe.cache.sparse_reader import SparseLogitCache
     from kdpipe.cache.verify import VerifyReport
     from kdpipe.cache.views import Views
@@ -39,6 +39,7 @@ __all__ = [
     "Sampled",
     "SparseLogitCache",
     "TopK",
+    "TopKSampledTail",
     "VerifyReport",
     "Views",
     "build_cache",

@@ -98,7 +98,7 @@ def build_cache(
         A ``torch.nn.Module``, a TorchScript file, a fitted scikit-learn classifier (or a
         ``.joblib`` file of one, with ``trust_pickled_teachers``), or a callable
         ``batch -> logits``; a list is an ensemble.
-    X : array-like of shape (n, *sample_shape), or torch Dataset
+    X : array-like of shape ``(n, *sample_shape)``, or torch Dataset
         The transfer set: numpy, zarr, h5py or dask array, or a Dataset whose items are
         tensors or ``(x, y)`` tuples. Read one chunk at a time. Rows keep their shape
         (images ``(n, 1, 28, 28)`` reach a torch teacher as ``(b, 1, 28, 28)``) and are

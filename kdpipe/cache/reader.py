@@ -462,14 +462,14 @@ class LogitCache:
 
         Parameters
         ----------
-        X : array-like of shape (len(self), *sample_shape)
+        X : array-like of shape ``(len(self), *sample_shape)``
             The rows this cache (or this row subset of it) was built from, aligned with it.
         rows : int array of positions in this view
         views : int or int array, one per row, in ``[0, n_views)``
 
         Returns
         -------
-        ndarray of shape (len(rows), *view_shape), in ``X``'s stored dtype
+        ndarray of shape ``(len(rows), *view_shape)``, in ``X``'s stored dtype
         """
         rows = positions(rows, len(self))
         return self.augment_rows(take_rows(X, rows), rows, views)

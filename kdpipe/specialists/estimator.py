@@ -285,7 +285,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *sample_shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *sample_shape)``
             The transfer set, held in memory (on-disk arrays are loaded; ``uint8``
             stays ``uint8`` and is scaled per minibatch by the uint8 rule,
             :func:`kdpipe.rows.to_model_dtype`). Images reach the generalist and the
@@ -489,7 +489,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *sample_shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *sample_shape)``
 
         Returns
         -------
@@ -539,7 +539,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *sample_shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *sample_shape)``
         y : array-like of shape (n_samples,)
             True labels; rows labeled ``-1`` (when not a class) are skipped.
 
