@@ -18,7 +18,9 @@ from kdpipe.reproduce.stats import (
     REPRODUCED,
     UNDETERMINED,
     beats_verdict,
+    difference_interval,
     mean_se,
+    share_interval,
     share_verdict,
 )
 
@@ -67,8 +69,15 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
     record = json.loads((out / "results.json").read_text())
     report = (out / "REPORT.md").read_text()
     assert set(record["experiments"]) == {str(n) for n in EXPERIMENTS}
-    # three teachers (the big one, the ensemble, the confusable one): each run once
-    assert len(builds) == 3
+    # three teachers (the big one, the ensemble, the confusable one): each run once over its
+    # transfer set, the two on images also once over their jittered views
+    assert sorted(p.name for p in builds) == [
+        "big-views.zarr",
+        "big.zarr",
+        "confusable.zarr",
+        "ensemble-views.zarr",
+        "ensemble.zarr",
+    ]
     timings = record["timings"]
     assert timings["teacher_passes_s"] > 0 and timings["students_s"] > 0
     assert timings["student_fits"] > len(builds)
@@ -91,9 +100,17 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
     top = record["experiments"]["2"]["results"]["teacher_top_probability"]
     assert len(top) == 3 and top[0] > top[1] > top[2] > 0.1
     # experiment 3's variant: a transfer set of two classes, then their two offsets
-    r3 = record["experiments"]["3"]["results"]
-    assert len(r3["two_classes_shifts"]) == 2 and r3["two_classes_verdict"] is None
-    assert len(r3["two_classes_test_accuracy_after"]["per_seed"]) == 2
+    v3 = record["experiments"]["3"]["variant"]
+    assert len(v3["results"]["shifts"]) == 2 and v3["verdict"] is None
+    assert len(v3["results"]["test_errors_after"]["per_seed"]) == 2
+    assert "| 3b |" in report
+    # the students of experiments 1 and 4 that train on the teachers' views are reported
+    assert (
+        len(record["experiments"]["1"]["results"]["distilled_on_views_test_accuracy"]["per_seed"])
+        == 2
+    )
+    assert "gap_closed_on_views" in record["experiments"]["1"]["results"]
+    assert record["git_commit"] is None or len(record["git_commit"]) >= 40
     # experiment 6 also runs specialists on the image data and names their classes
     r6 = record["experiments"]["6"]["results"]
     digits = {str(d) for d in range(10)}
@@ -153,7 +170,8 @@ def test_a_profile_of_ones_own_adds_unlabeled_rows_to_the_ensembles_transfer_set
     monkeypatch.setattr(kdpipe.cache, "build_cache", recording_build)
     profile = dataclasses.replace(get_profile("smoke"), n_train=700, ensemble_unlabeled_rows=250)
     record = run(profile=profile, experiments=[4], out=tmp_path, verbose=False)
-    (y,) = labels_built
+    y, views_y = labels_built  # the transfer set, then its jittered views: the same rows
+    assert np.array_equal(y, views_y)
     assert len(y) == 950 and np.count_nonzero(y == -1) == 250 and np.all(y[:700] >= 0)
     assert record["profile"]["ensemble_unlabeled_rows"] == 250
     assert "with the fields below" in record["command"]
@@ -182,31 +200,78 @@ def test_mean_se_is_the_sample_standard_error():
     assert math.isnan(mean_se([0.5])[1])
 
 
+def _interval(share, low):
+    return {"share": share, "low": low, "high": math.inf}
+
+
 @pytest.mark.parametrize(
-    ("mean", "se", "expected"),
+    ("share", "low", "expected"),
     [
-        (0.91, 0.02, REPRODUCED),  # 0.87 >= 0.8 two SE below the mean
-        (0.80, 0.00, REPRODUCED),  # exactly the bar
-        (0.85, 0.04, PARTLY),  # 0.77: short of the bar, still above zero
-        (0.30, 0.10, PARTLY),
-        (0.10, 0.06, NOT),  # -0.02: not beyond 2 SE of zero
-        (-0.5, 0.01, NOT),
+        (0.91, 0.50, REPRODUCED),  # the ratio reaches the bar, the interval is above zero
+        (0.80, 0.01, REPRODUCED),  # exactly the bar
+        (0.79, 0.40, PARTLY),  # the effect is there, short of the bar
+        (0.95, -0.01, NOT),  # the interval reaches zero
         (0.95, math.nan, UNDETERMINED),
         (math.nan, math.nan, NO_GAP),  # nothing to close: the teacher was no better
     ],
 )
-def test_share_verdict_against_hand_made_numbers(mean, se, expected):
-    assert share_verdict(mean, se, 0.8) == expected
+def test_share_verdict_against_hand_made_numbers(share, low, expected):
+    assert share_verdict(_interval(share, low), 0.8) == expected
 
 
 @pytest.mark.parametrize(
-    ("differences", "expected"),
+    ("lows", "expected"),
     [
-        ([(0.02, 0.005), (0.03, 0.01)], REPRODUCED),
-        ([(0.02, 0.005), (0.01, 0.01)], PARTLY),  # the second is within 2 SE of zero
-        ([(0.01, 0.01), (-0.03, 0.01)], NOT),
-        ([(0.02, math.nan), (0.03, 0.01)], UNDETERMINED),
+        ([0.01, 0.02], REPRODUCED),
+        ([0.01, -0.01], PARTLY),
+        ([-0.01, -0.03], NOT),
+        ([math.nan, 0.03], UNDETERMINED),
     ],
 )
-def test_beats_verdict_against_hand_made_numbers(differences, expected):
-    assert beats_verdict(differences) == expected
+def test_beats_verdict_against_hand_made_numbers(lows, expected):
+    assert beats_verdict([{"low": low} for low in lows]) == expected
+
+
+def test_difference_interval_adds_the_test_rows_bootstrap_to_student_t_over_seeds():
+    from scipy import stats
+
+    rng = np.random.default_rng(12345)  # not the interval's own bootstrap seed (0)
+    n = 20_000
+    base = rng.random(n) < 0.8
+    a = np.array([base | (rng.random(n) < q) for q in (0.05, 0.15, 0.30)])
+    b = np.array([base, base, base])
+    out = difference_interval(a, b, n_boot=2000)
+    d = a.mean(1) - b.mean(1)
+    # the test rows' part: the standard error of a mean over rows of the seed-averaged
+    # per-row difference, which the bootstrap estimates
+    per_row = (a.astype(float) - b).mean(0)
+    assert out["se_test_rows"] == pytest.approx(per_row.std() / math.sqrt(n), rel=0.1)
+    assert out["se_seeds"] == pytest.approx(stats.sem(d))
+    half = stats.t.ppf(0.975, 2) * math.hypot(stats.sem(d), out["se_test_rows"])
+    assert out["mean"] == pytest.approx(d.mean())
+    assert out["low"] == pytest.approx(d.mean() - half)
+    assert out["high"] == pytest.approx(d.mean() + half)
+
+
+def test_share_interval_is_the_ratio_of_means_and_covers_the_test_rows_noise():
+    rng = np.random.default_rng(1)
+    n = 10_000
+    top = rng.random(n) < 0.90
+    base = np.array([rng.random(n) < 0.88 for _ in range(3)])
+    value = np.array([rng.random(n) < 0.89 for _ in range(3)])
+    out = share_interval(value, base, top, n_boot=1000)
+    expected = (value.mean() - base.mean()) / (top.mean() - base.mean())
+    assert out["share"] == pytest.approx(expected)
+    # a gap of 2 points measured on 10,000 rows is unsure: the interval is wide
+    assert out["low"] < expected - 0.2 and out["high"] > expected + 0.2
+    # per-seed shares are kept for reading, not for the verdict
+    assert len(out["per_seed"]) == 3
+
+
+def test_share_interval_without_a_gap_is_nan_and_says_so():
+    rng = np.random.default_rng(2)
+    top = rng.random(1000) < 0.5
+    base = np.array([rng.random(1000) < 0.9 for _ in range(2)])
+    out = share_interval(base, base, top, n_boot=100)
+    assert math.isnan(out["share"])
+    assert share_verdict(out, 0.8) == NO_GAP

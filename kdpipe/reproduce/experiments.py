@@ -1,9 +1,10 @@
 """The paper's experiments, each a function of a :class:`~kdpipe.reproduce.lab.Lab`.
 
 Each returns a plain dict (JSON-able): the paper's result, the criterion for
-"reproduced" (fixed before any number is seen), the exact settings, every measured
-number per seed, and the verdict. Choices are made on the validation rows; the test
-rows are scored once per final model.
+"reproduced" (written before the run), the exact settings, every measured number per
+seed, the intervals (:mod:`kdpipe.reproduce.stats`) and the verdict. Choices are made
+on the validation rows; the test rows are scored once per final model, and every
+interval resamples them as well as the seeds.
 """
 
 from __future__ import annotations
@@ -17,19 +18,55 @@ from kdpipe.reproduce.data import _stratified_order
 from kdpipe.reproduce.lab import Lab
 from kdpipe.reproduce.stats import (
     NOT,
-    PARTLY,
-    REPRODUCED,
-    UNDETERMINED,
     beats_verdict,
+    difference_interval,
     mean_se,
+    share_interval,
     share_verdict,
 )
 
 __all__ = ["RUNNERS", "distilled_student", "choose_alpha"]
 
 
+def _correct(model: Any, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row correctness; ``X`` takes the sample shape the model was fitted on (flat
+    rows for a student of the rows, images for one of the views)."""
+    shape = getattr(model, "sample_shape_", None)
+    if shape is not None and tuple(X.shape[1:]) != tuple(shape):
+        X = X.reshape(len(X), *shape)
+    return np.asarray(model.predict(X) == y)
+
+
 def _acc(model: Any, X: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(model.predict(X) == y))
+    return float(np.mean(_correct(model, X, y)))
+
+
+def _pct(interval: dict[str, Any]) -> str:
+    """A share and its interval, in percent."""
+    if math.isnan(interval["share"]):
+        return "n/a (no gap)"
+    return f"{interval['share']:.0%} [{interval['low']:.0%}, {interval['high']:.0%}]"
+
+
+def _pts(interval: dict[str, Any]) -> str:
+    """A difference of accuracies and its interval, in points."""
+    return (
+        f"{100 * interval['mean']:+.2f} [{100 * interval['low']:+.2f}, "
+        f"{100 * interval['high']:+.2f}] points"
+    )
+
+
+SHARE_RULE = (
+    "reproduced when the ratio of the means reaches {bar:.0%} and its 95% bootstrap interval "
+    "(seeds and test rows resampled together) lies above zero; partly when the interval lies "
+    "above zero but the ratio falls short; not reproduced when the interval reaches zero or "
+    "there is no gap to close"
+)
+BEATS_RULE = (
+    "each difference of mean test accuracy has a 95% Student-t interval (t with seeds - 1 "
+    "degrees of freedom, the standard error adding the seeds' spread to the test rows' "
+    "bootstrap spread)"
+)
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
@@ -49,34 +86,39 @@ def _judge(lab: Lab, verdict: str) -> str | None:
 def choose_alpha(lab: Lab) -> float:
     """The hard-label weight of the big student at the paper's T, chosen on validation rows.
 
-    Each candidate is fitted with seed 0; the fitted students are kept for reuse.
+    Each candidate is fitted with seed 0; the fitted students are kept for reuse. A
+    single candidate is taken as it is, without a fit.
     """
     if "alpha" not in lab.choices:
         p, s = lab.profile, lab.splits
-        scores = {}
-        for alpha in p.alphas:
-            model = lab.fit(
-                lab.student(
-                    p.student_hidden,
-                    p.student_epochs,
-                    0,
-                    temperature=p.exp1_temperature,
-                    alpha=alpha,
-                ),
-                teacher="big",
-            )
-            lab.models[(f"distilled alpha={alpha}", 0)] = model
-            scores[alpha] = _acc(model, s.X_val, s.y_val)
-        lab.choices["alpha"] = max(scores, key=lambda a: scores[a])  # ties: the first listed
+        scores: dict[float, float] = {}
+        if len(p.alphas) > 1:
+            for alpha in p.alphas:
+                model = lab.fit(
+                    lab.student(
+                        p.student_hidden,
+                        p.student_epochs,
+                        0,
+                        temperature=p.exp1_temperature,
+                        alpha=alpha,
+                    ),
+                    teacher="big",
+                )
+                lab.models[(f"distilled alpha={alpha}", 0)] = model
+                scores[alpha] = _acc(model, s.X_val, s.y_val)
+        lab.choices["alpha"] = (
+            max(scores, key=lambda a: scores[a]) if scores else p.alphas[0]
+        )  # ties: the first listed
         lab.choices["alpha_val_accuracy"] = {str(a): v for a, v in scores.items()}
     return lab.choices["alpha"]
 
 
-def distilled_student(lab: Lab, seed: int) -> Any:
-    """The big student distilled from the big teacher at the paper's T (shared by #1, #3)."""
+def distilled_student(lab: Lab, seed: int, *, views: bool = False) -> Any:
+    """The big student distilled from the big teacher at the paper's T (shared by #1, #3),
+    from the plain rows or from the jittered views the teacher scored."""
     p = lab.profile
     alpha = choose_alpha(lab)
-    key = (f"distilled alpha={alpha}", seed)
+    key = (f"distilled alpha={alpha}" + (" views" if views else ""), seed)
     if key not in lab.models:
         lab.models[key] = lab.fit(
             lab.student(
@@ -87,6 +129,7 @@ def distilled_student(lab: Lab, seed: int) -> Any:
                 alpha=alpha,
             ),
             teacher="big",
+            views=views,
         )
     return lab.models[key]
 
@@ -98,52 +141,98 @@ def hard_student(lab: Lab, hidden: tuple[int, ...], epochs: int, seed: int) -> A
     return lab.models[key]
 
 
+def _has_views(lab: Lab, teacher: str) -> bool:
+    return lab.teachers[teacher].views_cache is not None
+
+
 def experiment_1(lab: Lab) -> dict[str, Any]:
-    """A 2x800 student distilled at T=20 from the 2x1200 teacher, against hard labels."""
+    """A 2x800 student distilled at T=20 from the big teacher, against hard labels."""
     p, s = lab.profile, lab.splits
     teacher = lab.big_teacher()
     alpha = choose_alpha(lab)
-    hard, distilled, closed = [], [], []
+    views = _has_views(lab, "big")
+    arms: dict[str, list[np.ndarray]] = {"hard": [], "distilled": [], "distilled on views": []}
     for seed in range(p.seeds):
-        h = _acc(hard_student(lab, p.student_hidden, p.student_epochs, seed), s.X_test, s.y_test)
-        d = _acc(distilled_student(lab, seed), s.X_test, s.y_test)
-        hard.append(h)
-        distilled.append(d)
-        closed.append(_share(d, h, teacher.test_accuracy))
-    gap = _summary(closed)
+        arms["hard"].append(
+            _correct(
+                hard_student(lab, p.student_hidden, p.student_epochs, seed), s.X_test, s.y_test
+            )
+        )
+        arms["distilled"].append(_correct(distilled_student(lab, seed), s.X_test, s.y_test))
+        if views:
+            arms["distilled on views"].append(
+                _correct(distilled_student(lab, seed, views=True), s.X_test, s.y_test)
+            )
+    hard = np.array(arms["hard"])
+    shares = {
+        name: share_interval(np.array(arms[name]), hard, teacher.test_correct)
+        for name in ("distilled", "distilled on views")
+        if arms[name]
+    }
+    judged = "distilled on views" if views else "distilled"
     n_test = len(s.y_test)
+    hard_mean = float(hard.mean())
+    if math.isnan(shares[judged]["share"]):
+        headline = (
+            f"no gap to close: teacher {teacher.test_accuracy:.4f} is no better than the "
+            f"hard-label student's mean {hard_mean:.4f}"
+        )
+    else:
+        headline = (
+            f"teacher {teacher.test_accuracy:.4f}, hard {hard_mean:.4f}; gap closed "
+            + (f"{_pct(shares[judged])} on the teacher's views, " if views else "")
+            + f"{_pct(shares['distilled'])} on the plain rows (paper 91%)"
+        )
     return {
         "title": "A big regularized teacher distilled into a smaller student at T=20 (section 3)",
         "paper": "MNIST: teacher 2x1200 (dropout, 2-pixel jitter) 67 test errors; 2x800 student on "
         "hard labels 146 errors, distilled at T=20 74 errors: 91% of the gap closed.",
         "criterion": "The distilled student closes at least 80% of the gap between the hard-label "
-        "student and the teacher (reproduced when mean - 2 SE >= 0.8; partly when "
-        "mean - 2 SE > 0; otherwise not).",
+        "student and the teacher: "
+        + SHARE_RULE.format(bar=0.8)
+        + (
+            ". Judged on the student that trains on the jittered views the teacher scored (the "
+            "paper's teacher was trained on jittered images); the student of the plain rows is "
+            "reported beside it."
+            if views
+            else "."
+        ),
         "settings": {
-            "teacher": f"{len(teacher.members)} x MLP{p.teacher_hidden}, dropout {p.teacher_dropout}, "
-            f"{p.teacher_epochs} epochs, {p.jitter_copies} copies jittered by <= {p.jitter_pixels} px",
+            "teacher": f"{len(teacher.members)} x MLP{p.teacher_hidden} combined (mean of "
+            f"probabilities), dropout {p.teacher_dropout}, {p.teacher_epochs} epochs, "
+            f"{p.jitter_copies} copies jittered by <= {p.jitter_pixels} px",
             "student": f"MLP{p.student_hidden}, {p.student_epochs} epochs, Adam lr {p.learning_rate}, "
-            f"batch {p.batch_size}",
+            f"batch {p.batch_size}, no dropout",
+            "views": f"{p.views} views of every row shifted by <= {p.jitter_pixels} px, scored by "
+            "the teacher; each epoch a row trains on one of them"
+            if views
+            else "none",
             "temperature": p.exp1_temperature,
             "alpha": alpha,
-            "alpha_val_accuracy": lab.choices["alpha_val_accuracy"],
+            "alpha_val_accuracy": lab.choices["alpha_val_accuracy"] or "one candidate: not fitted",
         },
         "results": {
             "teacher_test_accuracy": teacher.test_accuracy,
+            "teacher_member_test_accuracy": teacher.member_test_accuracy,
             "teacher_test_errors": round((1 - teacher.test_accuracy) * n_test),
-            "hard_test_accuracy": _summary(hard),
-            "distilled_test_accuracy": _summary(distilled),
-            "hard_test_errors_mean": (1 - float(np.mean(hard))) * n_test,
-            "distilled_test_errors_mean": (1 - float(np.mean(distilled))) * n_test,
-            "gap_closed": gap,
+            "hard_test_accuracy": _summary(list(hard.mean(1))),
+            "distilled_test_accuracy": _summary([float(a.mean()) for a in arms["distilled"]]),
+            **(
+                {
+                    "distilled_on_views_test_accuracy": _summary(
+                        [float(a.mean()) for a in arms["distilled on views"]]
+                    )
+                }
+                if views
+                else {}
+            ),
+            "hard_test_errors_mean": (1 - hard_mean) * n_test,
+            "distilled_test_errors_mean": (1 - float(np.mean(arms["distilled"]))) * n_test,
+            "gap_closed": shares["distilled"],
+            **({"gap_closed_on_views": shares["distilled on views"]} if views else {}),
         },
-        "headline": (
-            f"gap closed {gap['mean']:.0%} (paper 91%)"
-            if not math.isnan(gap["mean"])
-            else f"no gap to close: teacher {teacher.test_accuracy:.4f}, hard-label student "
-            f"{np.mean(hard):.4f}; distilled {np.mean(distilled):.4f}"
-        ),
-        "verdict": _judge(lab, share_verdict(gap["mean"], gap["se"], 0.8)),
+        "headline": headline,
+        "verdict": _judge(lab, share_verdict(shares[judged], 0.8)),
     }
 
 
@@ -153,11 +242,11 @@ def experiment_2(lab: Lab) -> dict[str, Any]:
     teacher = lab.big_teacher()
     temps = list(p.temperatures)
     val = np.empty((p.seeds, len(temps)))
-    test = np.empty((p.seeds, len(temps)))
+    test = np.empty((p.seeds, len(temps), len(s.y_test)), dtype=bool)
     hard = []
     for seed in range(p.seeds):
         hard.append(
-            _acc(hard_student(lab, p.small_hidden, p.small_epochs, seed), s.X_test, s.y_test)
+            _correct(hard_student(lab, p.small_hidden, p.small_epochs, seed), s.X_test, s.y_test)
         )
         for j, T in enumerate(temps):
             model = lab.fit(
@@ -167,36 +256,52 @@ def experiment_2(lab: Lab) -> dict[str, Any]:
                 teacher="big",
             )
             val[seed, j] = _acc(model, s.X_val, s.y_val)
-            test[seed, j] = _acc(model, s.X_test, s.y_test)
+            test[seed, j] = _correct(model, s.X_test, s.y_test)
     softness = _teacher_softness(teacher.test_logits, temps)
+    hard_correct = np.array(hard)
     results: dict[str, Any] = {
         "teacher_test_accuracy": teacher.test_accuracy,
         "teacher_top_probability": softness["top_probability"],
         "teacher_entropy_nats": softness["entropy"],
-        "hard_test_accuracy": _summary(hard),
+        "hard_test_accuracy": _summary(list(hard_correct.mean(1))),
         "temperatures": temps,
         "val_accuracy": [_summary(list(val[:, j])) for j in range(len(temps))],
-        "test_accuracy": [_summary(list(test[:, j])) for j in range(len(temps))],
+        "test_accuracy": [_summary(list(test[:, j].mean(1))) for j in range(len(temps))],
     }
     verdict = NOT
     headline = "fewer than 3 temperatures: no intermediate one"
     if len(temps) >= 3:
-        inner = 1 + int(np.argmax(val[:, 1:-1].mean(0)))  # chosen on validation
-        low = _summary(list(test[:, inner] - test[:, 0]))
-        high = _summary(list(test[:, inner] - test[:, -1]))
-        results.update(chosen_temperature=temps[inner], beats_lowest=low, beats_highest=high)
-        verdict = beats_verdict([(low["mean"], low["se"]), (high["mean"], high["se"])])
-        headline = (
-            f"T={temps[inner]:g} (chosen on validation) vs T={temps[0]:g}: "
-            f"{low['mean']:+.4f}, vs T={temps[-1]:g}: {high['mean']:+.4f}"
+        best = int(np.argmax(val.mean(0)))  # chosen on validation, over every temperature
+        low = difference_interval(test[:, best], test[:, 0])
+        high = difference_interval(test[:, best], test[:, -1])
+        vs_hard = difference_interval(test[:, best], hard_correct)
+        results.update(
+            chosen_temperature=temps[best],
+            chosen_minus_lowest=low,
+            chosen_minus_highest=high,
+            chosen_minus_hard=vs_hard,
         )
+        if best in (0, len(temps) - 1):
+            verdict = NOT
+            headline = (
+                f"validation is best at T={temps[best]:g}, an end of the range "
+                f"{temps[0]:g}-{temps[-1]:g}; vs hard labels {_pts(vs_hard)}"
+            )
+        else:
+            verdict = beats_verdict([low, high])
+            headline = (
+                f"T={temps[best]:g} (best on validation) vs T={temps[0]:g}: {_pts(low)}, "
+                f"vs T={temps[-1]:g}: {_pts(high)}, vs hard labels: {_pts(vs_hard)}"
+            )
     return {
         "title": "A tiny student's accuracy against the temperature (section 3)",
         "paper": "MNIST, 2x30 student: temperatures of 2.5 to 4 worked best; higher and lower ones "
         "were worse.",
-        "criterion": "The intermediate temperature with the best validation accuracy beats both the "
-        "lowest and the highest temperature on test, each paired difference over seeds "
-        "beyond 2 SE (reproduced: both; partly: one; not: neither).",
+        "criterion": "The temperature with the best validation accuracy, chosen among every one "
+        "tried, is an intermediate one and beats both the lowest and the highest temperature on "
+        "test: " + BEATS_RULE + "; reproduced when both intervals lie above zero, partly when "
+        "one does, not reproduced when none does or when validation is best at an end of the "
+        "range. The difference with the hard-label 2x30 student is reported beside it.",
         "settings": {
             "student": f"MLP{p.small_hidden}, {p.small_epochs} epochs, Adam lr {p.learning_rate}, "
             f"batch {p.batch_size}",
@@ -241,10 +346,10 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
     alpha = choose_alpha(lab)
     keep = np.flatnonzero(s.y_train != c)
     in_class = s.y_test == c
-    ref_c, before_c, after_c, before, after, shift, recovered = [], [], [], [], [], [], []
+    Xc, yc = s.X_test[in_class], s.y_test[in_class]
+    ref_c, before_c, after_c, before, after, shift = [], [], [], [], [], []
     for seed in range(p.seeds):
-        reference = distilled_student(lab, seed)
-        ref_c.append(_acc(reference, s.X_test[in_class], s.y_test[in_class]))
+        ref_c.append(_correct(distilled_student(lab, seed), Xc, yc))
         model = lab.fit(
             lab.student(
                 p.student_hidden,
@@ -256,13 +361,14 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
             keep,
             teacher="big",
         )
-        before_c.append(_acc(model, s.X_test[in_class], s.y_test[in_class]))
+        before_c.append(_correct(model, Xc, yc))
         before.append(_acc(model, s.X_test, s.y_test))
         model.fit_class_offsets(s.X_val, s.y_val, classes=[c])
         shift.append(float(model.class_offsets_[c]))
-        after_c.append(_acc(model, s.X_test[in_class], s.y_test[in_class]))
+        after_c.append(_correct(model, Xc, yc))
         after.append(_acc(model, s.X_test, s.y_test))
-        recovered.append(after_c[-1] / ref_c[-1] if ref_c[-1] > 0 else math.nan)
+    # how much of what leaving the class out cost on that class the shift wins back
+    recovered = share_interval(np.array(after_c), np.array(before_c), np.array(ref_c))
     pair = [int(k) for k in p.kept_classes]
     only_pair = np.flatnonzero(np.isin(s.y_train, pair))
     pair_before, pair_after, pair_shifts = [], [], []
@@ -278,132 +384,137 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
             only_pair,
             teacher="big",
         )
-        pair_before.append(_acc(model, s.X_test, s.y_test))
+        pair_before.append(_correct(model, s.X_test, s.y_test))
         model.fit_class_offsets(s.X_val, s.y_val, classes=pair)
         pair_shifts.append([float(model.class_offsets_[k]) for k in pair])
-        pair_after.append(_acc(model, s.X_test, s.y_test))
-    pair_gain = _summary([a - b for a, b in zip(pair_after, pair_before)])
+        pair_after.append(_correct(model, s.X_test, s.y_test))
+    # the share of the two-class student's test errors that the shifts remove
+    perfect = np.ones(len(s.y_test), dtype=bool)
+    removed = share_interval(np.array(pair_after), np.array(pair_before), perfect)
     pair_names = [s.class_names[k] for k in pair]
-    ratio = _summary(recovered)
-    gain = _summary([a - b for a, b in zip(after_c, before_c)])
-    verdict = share_verdict(ratio["mean"], ratio["se"], 0.9)
-    if verdict not in (REPRODUCED, UNDETERMINED):
-        verdict = PARTLY if gain["mean"] - 2 * gain["se"] > 0 else NOT
     name = s.class_names[c]
+    mean = lambda arrays: float(np.mean(arrays))  # noqa: E731
     return {
         "title": f"Class {c} ({name}) left out of the transfer set, then its bias shifted (section 3)",
         "paper": "MNIST without any 3 in the transfer set: 206 test errors, 133 of them on the 1010 "
         "test 3s; raising the bias of class 3 by 3.5 (chosen on test) gave 109 errors, "
         "98.6% of the 3s right.",
-        "criterion": f"After the shift of class {c}, fitted on validation rows (never on test), the "
-        f"student gets at least 90% of the test accuracy on class {c} that the same "
-        f"student gets when its transfer set has the class (reproduced when the ratio's "
-        f"mean - 2 SE >= 0.9; partly when the shift raises that class's accuracy beyond "
-        f"2 SE; otherwise not).",
+        "criterion": f"The shift of class {c}, fitted on validation rows (never on test), wins back "
+        f"at least 80% of the test accuracy on class {c} that leaving it out of the transfer set "
+        f"cost (the gap from the student without the class to the same student with it): "
+        + SHARE_RULE.format(bar=0.8)
+        + ".",
         "settings": {
             "student": f"MLP{p.student_hidden}, {p.student_epochs} epochs, T={p.exp1_temperature:g}, "
-            f"alpha={alpha}",
+            f"alpha={alpha}, the plain rows",
             "left_out_class": c,
             "left_out_name": name,
             "transfer_rows": len(keep),
             "shift_fitted_on": f"{len(s.y_val)} validation rows, accuracy, grid step 0.05 in [-10, 10]",
         },
         "results": {
-            "reference_class_accuracy": _summary(ref_c),
-            "class_accuracy_before": _summary(before_c),
-            "class_accuracy_after": _summary(after_c),
+            "reference_class_accuracy": _summary([float(a.mean()) for a in ref_c]),
+            "class_accuracy_before": _summary([float(a.mean()) for a in before_c]),
+            "class_accuracy_after": _summary([float(a.mean()) for a in after_c]),
             "test_accuracy_before": _summary(before),
             "test_accuracy_after": _summary(after),
             "shift": _summary(shift),
-            "class_recovery_ratio": ratio,  # after the shift / with the class in the transfer set
-            "two_classes_only": f"transfer set of classes {pair} ({', '.join(pair_names)}) only, "
-            f"{len(only_pair)} rows",
-            "two_classes_test_accuracy_before": _summary(pair_before),
-            "two_classes_test_accuracy_after": _summary(pair_after),
-            "two_classes_gain": pair_gain,
-            "two_classes_shifts": [
-                float(np.mean([sh[i] for sh in pair_shifts])) for i in range(len(pair))
-            ],
-            "two_classes_verdict": _judge(
-                lab, beats_verdict([(pair_gain["mean"], pair_gain["se"])])
-            ),
+            "class_loss_won_back": recovered,
         },
-        "notes": [
-            (
-                f"The paper's second variant kept only 7s and 8s in the transfer set (47.3% test errors), "
-                f"then lowered the biases of 7 and 8 by 7.6, chosen on test (13.2% errors). Here the "
-                f"two shifts are fitted on validation rows; that variant is judged apart (reproduced when "
-                f"the shift raises test accuracy beyond 2 SE): "
-                f"{_judge(lab, beats_verdict([(pair_gain['mean'], pair_gain['se'])])) or 'no verdict'}."
-            ),
-        ],
-        "headline": f"class {name}: {np.mean(before_c):.1%} -> {np.mean(after_c):.1%} after a shift of "
-        f"{np.mean(shift):+.2f} (with the class in the transfer set: {np.mean(ref_c):.1%}); "
-        f"only {pair_names[0]}/{pair_names[1]}: {1 - np.mean(pair_before):.1%} -> "
-        f"{1 - np.mean(pair_after):.1%} errors (paper 47.3% -> 13.2%)",
-        "verdict": _judge(lab, verdict),
+        "headline": f"class {name}: {mean(before_c):.1%} -> {mean(after_c):.1%} after a shift of "
+        f"{np.mean(shift):+.2f} (with the class in the transfer set: {mean(ref_c):.1%}): "
+        f"{_pct(recovered)} of the loss won back",
+        "verdict": _judge(lab, share_verdict(recovered, 0.8)),
+        "variant": {
+            "title": f"Only {pair_names[0]} and {pair_names[1]} in the transfer set, then both "
+            "biases shifted (section 3)",
+            "paper": "MNIST, transfer set of 7s and 8s only: 47.3% test errors; lowering the biases "
+            "of 7 and 8 by 7.6 (chosen on test) gave 13.2%: 72% of the errors removed.",
+            "criterion": "The two shifts, fitted on validation rows, remove at least 60% of the "
+            "two-class student's test errors (the paper: 72%): " + SHARE_RULE.format(bar=0.6) + ".",
+            "results": {
+                "transfer_rows": len(only_pair),
+                "test_errors_before": _summary([1 - float(a.mean()) for a in pair_before]),
+                "test_errors_after": _summary([1 - float(a.mean()) for a in pair_after]),
+                "shifts": [float(np.mean([sh[i] for sh in pair_shifts])) for i in range(len(pair))],
+                "errors_removed": removed,
+            },
+            "headline": f"only {pair_names[0]}/{pair_names[1]}: {1 - mean(pair_before):.1%} -> "
+            f"{1 - mean(pair_after):.1%} errors, {_pct(removed)} removed (paper 47.3% -> 13.2%, 72%)",
+            "verdict": _judge(lab, share_verdict(removed, 0.6)),
+        },
     }
 
 
 def experiment_4(lab: Lab) -> dict[str, Any]:
-    """An ensemble distilled into one model of a member's size, hard weight 0.5."""
+    """An ensemble distilled into one model of a member's size."""
     p, s = lab.profile, lab.splits
     ens = lab.ensemble()
+    views = _has_views(lab, "ensemble")
     member = float(np.mean(ens.member_test_accuracy))
-    scores, fitted = {}, {}
-    for T in p.ensemble_temperatures:  # chosen on validation, seed 0
-        fitted[T] = lab.fit(
+    members_correct = ens.test_logits.argmax(2).T == s.y_test  # (members, rows)
+
+    def fit(T: float, seed: int, on_views: bool) -> Any:
+        return lab.fit(
             lab.student(
                 p.member_hidden,
                 p.member_epochs,
-                0,
+                seed,
                 temperature=T,
                 alpha=p.ensemble_alpha,
                 dropout=p.member_dropout,
             ),
             teacher="ensemble",
+            views=on_views,
         )
+
+    scores, fitted = {}, {}
+    for T in p.ensemble_temperatures:  # chosen on validation, seed 0, on the judged arm
+        fitted[T] = fit(T, 0, views)
         scores[T] = _acc(fitted[T], s.X_val, s.y_val)
     T = max(scores, key=lambda t: scores[t])
-    distilled, kept = [], []
+    arms: dict[str, list[np.ndarray]] = {"plain": [], "views": []}
     for seed in range(p.seeds):
-        model = (
-            fitted[T]
-            if seed == 0
-            else lab.fit(
-                lab.student(
-                    p.member_hidden,
-                    p.member_epochs,
-                    seed,
-                    temperature=T,
-                    alpha=p.ensemble_alpha,
-                    dropout=p.member_dropout,
-                ),
-                teacher="ensemble",
-            )
-        )
-        distilled.append(_acc(model, s.X_test, s.y_test))
-        kept.append(_share(distilled[-1], member, ens.test_accuracy))
+        judged = fitted[T] if seed == 0 else fit(T, seed, views)
+        arms["views" if views else "plain"].append(_correct(judged, s.X_test, s.y_test))
+        if views:
+            arms["plain"].append(_correct(fit(T, seed, False), s.X_test, s.y_test))
+    kept = {
+        name: share_interval(np.array(a), members_correct, ens.test_correct)
+        for name, a in arms.items()
+        if a
+    }
+    judged_arm = "views" if views else "plain"
     import torch
 
     proba = torch.softmax(torch.from_numpy(ens.test_logits), dim=-1).numpy()  # (n, M, C)
     by_size = [
         float(np.mean(proba[:, :k].mean(1).argmax(1) == s.y_test)) for k in range(1, p.members + 1)
     ]
-    share = _summary(kept)
     return {
         "title": "An ensemble distilled into a single model (section 4)",
         "paper": "Speech: an ensemble of 10 DNNs 61.1% frame accuracy, one model 58.9%, the "
         "distilled single model 60.8%: more than 80% of the ensemble's gain kept.",
         "criterion": "The distilled model keeps at least 80% of the ensemble's gain over the mean "
-        "single member (reproduced when mean - 2 SE >= 0.8; partly when mean - 2 SE > 0; "
-        "otherwise not). Fashion-MNIST stands in for the speech data.",
+        "single member: "
+        + SHARE_RULE.format(bar=0.8)
+        + " (the members are resampled as the seeds are). Fashion-MNIST stands in for the "
+        "speech data"
+        + (
+            "; judged on the student that trains on the jittered views the members scored, the "
+            "student of the plain rows reported beside it."
+            if views
+            else "."
+        ),
         "settings": {
             "members": f"{p.members} x MLP{p.member_hidden}, dropout {p.member_dropout}, "
-            f"{p.member_epochs} epochs, different seeds",
+            f"{p.member_epochs} epochs, hard labels, different seeds",
             "student": f"MLP{p.member_hidden} (a member's size), dropout {p.member_dropout}, "
-            f"{p.member_epochs} epochs",
-            "alpha": p.ensemble_alpha,
+            f"{p.member_epochs} epochs, alpha {p.ensemble_alpha}",
+            "views": f"{p.views} views of every row shifted by <= {p.jitter_pixels} px, scored by "
+            "every member"
+            if views
+            else "none",
             "temperatures_tried": list(p.ensemble_temperatures),
             "temperature_val_accuracy": {str(t): v for t, v in scores.items()},
             "temperature": T,
@@ -413,11 +524,23 @@ def experiment_4(lab: Lab) -> dict[str, Any]:
             "member_test_accuracy": ens.member_test_accuracy,
             "mean_member_test_accuracy": member,
             "ensemble_accuracy_by_size": by_size,
-            "distilled_test_accuracy": _summary(distilled),
-            "gain_kept": share,
+            "distilled_test_accuracy": _summary([float(a.mean()) for a in arms[judged_arm]]),
+            "gain_kept": kept[judged_arm],
+            **(
+                {
+                    "plain_rows_distilled_test_accuracy": _summary(
+                        [float(a.mean()) for a in arms["plain"]]
+                    ),
+                    "plain_rows_gain_kept": kept["plain"],
+                }
+                if views
+                else {}
+            ),
         },
-        "headline": f"ensemble gain kept {share['mean']:.0%} (paper > 80%)",
-        "verdict": _judge(lab, share_verdict(share["mean"], share["se"], 0.8)),
+        "headline": f"members {member:.4f}, ensemble {ens.test_accuracy:.4f}; gain kept "
+        + (f"{_pct(kept['views'])} on the members' views, " if views else "")
+        + f"{_pct(kept['plain'])} on the plain rows (paper > 80%)",
+        "verdict": _judge(lab, share_verdict(kept[judged_arm], 0.8)),
     }
 
 
@@ -434,6 +557,18 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
         order = _stratified_order(s.y_train, np.random.default_rng(10_000 + seed))
         return np.sort(order[: max(s.n_classes, round(fraction * n))])
 
+    def hard_fit(seed: int, r: np.ndarray | None) -> Any:
+        return lab.fit(
+            lab.student(
+                p.student_hidden,
+                p.fraction_epochs,
+                seed,
+                early_stopping=True,
+                n_iter_no_change=p.early_stopping_patience,
+            ),
+            r,
+        )
+
     temps = sorted({2.0, 5.0, float(p.exp1_temperature)})
     scores = {}
     for T in temps:  # the soft students' temperature, chosen on validation at the smallest fraction
@@ -444,50 +579,32 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
         )
         scores[T] = _acc(model, s.X_val, s.y_val)
     T = max(scores, key=lambda t: scores[t])
-    hard = np.empty((p.seeds, len(fractions)))
-    soft = np.empty((p.seeds, len(fractions)))
+    hard = np.empty((p.seeds, len(fractions), len(s.y_test)), dtype=bool)
+    soft = np.empty_like(hard)
     hard_all = []
     for seed in range(p.seeds):
         for j, f in enumerate(fractions):
             r = rows(f, seed)
-            h = lab.fit(
-                lab.student(
-                    p.student_hidden,
-                    p.fraction_epochs,
-                    seed,
-                    early_stopping=True,
-                    n_iter_no_change=p.early_stopping_patience,
-                ),
-                r,
-            )
-            hard[seed, j] = _acc(h, s.X_test, s.y_test)
+            hard[seed, j] = _correct(hard_fit(seed, r), s.X_test, s.y_test)
             d = lab.fit(
                 lab.student(p.student_hidden, p.fraction_epochs, seed, temperature=T, alpha=alpha),
                 r,
                 teacher="big",
             )
-            soft[seed, j] = _acc(d, s.X_test, s.y_test)
+            soft[seed, j] = _correct(d, s.X_test, s.y_test)
         if fractions[-1] < 1.0:
-            h = lab.fit(
-                lab.student(
-                    p.student_hidden,
-                    p.fraction_epochs,
-                    seed,
-                    early_stopping=True,
-                    n_iter_no_change=p.early_stopping_patience,
-                )
-            )
-            hard_all.append(_acc(h, s.X_test, s.y_test))
+            hard_all.append(_correct(hard_fit(seed, None), s.X_test, s.y_test))
         else:
-            hard_all.append(float(hard[seed, -1]))
-    recovered = _summary([_share(soft[i, 0], hard[i, 0], hard_all[i]) for i in range(p.seeds)])
+            hard_all.append(hard[seed, -1])
+    recovered = share_interval(soft[:, 0], hard[:, 0], np.array(hard_all))
     return {
         "title": f"Soft targets from {small:.0%} of the data (section 6)",
         "paper": "Speech, 3% of the training set: hard labels (early stopping) 44.5% test frame "
         "accuracy, soft targets (no early stopping) 57.0%, all the data with hard labels 58.9%.",
         "criterion": f"Soft targets on {small:.0%} of the rows recover at least 80% of the gap between "
-        f"hard labels on {small:.0%} and hard labels on all rows (reproduced when "
-        f"mean - 2 SE >= 0.8; partly when mean - 2 SE > 0; otherwise not).",
+        f"hard labels on {small:.0%} and hard labels on all rows: "
+        + SHARE_RULE.format(bar=0.8)
+        + ".",
         "settings": {
             "student": f"MLP{p.student_hidden}, up to {p.fraction_epochs} epochs",
             "hard": f"early stopping on 10% of the subset's own rows, patience {p.early_stopping_patience}",
@@ -499,14 +616,18 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
         },
         "results": {
             "fractions": fractions,
-            "hard_test_accuracy": [_summary(list(hard[:, j])) for j in range(len(fractions))],
-            "soft_test_accuracy": [_summary(list(soft[:, j])) for j in range(len(fractions))],
-            "hard_all_data_test_accuracy": _summary(hard_all),
+            "hard_test_accuracy": [
+                _summary(list(hard[:, j].mean(1))) for j in range(len(fractions))
+            ],
+            "soft_test_accuracy": [
+                _summary(list(soft[:, j].mean(1))) for j in range(len(fractions))
+            ],
+            "hard_all_data_test_accuracy": _summary([float(a.mean()) for a in hard_all]),
             "gap_recovered": recovered,
         },
         "headline": f"{small:.0%} of the data: hard {hard[:, 0].mean():.4f}, soft {soft[:, 0].mean():.4f}, "
-        f"all data {np.mean(hard_all):.4f}; gap recovered {recovered['mean']:.0%} (paper 87%)",
-        "verdict": _judge(lab, share_verdict(recovered["mean"], recovered["se"], 0.8)),
+        f"all data {np.mean(hard_all):.4f}; gap recovered {_pct(recovered)} (paper 87%)",
+        "verdict": _judge(lab, share_verdict(recovered, 0.8)),
     }
 
 
@@ -559,29 +680,47 @@ def _specialists(
 _SPECIALIST_ALPHA = 0.1
 
 
+def _pair(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row correctness of the generalist alone and of the generalist + specialists."""
+    return _correct(model.generalist_, X, y), _correct(model, X, y)
+
+
 def _image_specialists(lab: Lab) -> dict[str, Any]:
     """Specialists on the run's image data, from the big teacher's cache: which classes they take."""
     p, s = lab.profile, lab.splits
     lab.big_teacher()
     general, ensemble, clusters = [], [], []
-    for seed in range(p.seeds):
+    for seed in range(p.image_specialist_seeds):
         model = _specialists(
             lab, s, "big", p.image_specialists, p.image_classes_per_specialist, seed
         )
-        general.append(_acc(model.generalist_, s.X_test, s.y_test))
-        ensemble.append(_acc(model, s.X_test, s.y_test))
+        g, e = _pair(model, s.X_test, s.y_test)
+        general.append(g)
+        ensemble.append(e)
         if seed == 0:
             clusters = [
                 ", ".join(s.class_names[int(c)] for c in cluster) for cluster in model.clusters_
             ]
+    gain = difference_interval(np.array(ensemble), np.array(general))
     return {
         "image_specialists": f"{p.image_specialists} specialists of {p.image_classes_per_specialist} "
-        f"classes on {s.name}, from the big teacher's cache",
+        f"classes on {s.name}, from the big teacher's cache, {p.image_specialist_seeds} seeds",
+        "image_teacher_test_accuracy": lab.teachers["big"].test_accuracy,
         "image_clusters_seed0": clusters,
-        "image_generalist_test_accuracy": _summary(general),
-        "image_ensemble_test_accuracy": _summary(ensemble),
-        "image_gain": _summary([e - g for e, g in zip(ensemble, general)]),
+        "image_generalist_test_accuracy": _summary([float(a.mean()) for a in general]),
+        "image_ensemble_test_accuracy": _summary([float(a.mean()) for a in ensemble]),
+        "image_gain": gain,
     }
+
+
+def _group_purity(clusters: list[np.ndarray], class_names: tuple[str, ...]) -> float:
+    """Mean share of a specialist's classes that belong to its most common confusable group
+    (names ``g<group>/c<class>``): 1.0 when every specialist holds one group's classes."""
+    shares = []
+    for cluster in clusters:
+        groups = [class_names[int(c)].split("/")[0] for c in cluster]
+        shares.append(max(groups.count(g) for g in set(groups)) / len(groups))
+    return float(np.mean(shares))
 
 
 def experiment_6(lab: Lab) -> dict[str, Any]:
@@ -592,7 +731,7 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
     s = confusable_splits(p.confusable_rows, p.confusable_classes, p.confusable_group_size)
     teacher = lab.train_teacher(
         "confusable",
-        n_members=1,
+        n_members=p.confusable_teacher_members,
         hidden=p.confusable_teacher_hidden,
         dropout=0.0,
         epochs=p.confusable_teacher_epochs,
@@ -609,78 +748,92 @@ def experiment_6(lab: Lab) -> dict[str, Any]:
         fitted[k] = fit(k, 0)
         scores[k] = _acc(fitted[k], s.X_val, s.y_val)
     k = max(scores, key=lambda n: scores[n])
-    general, ensemble, gain, tables = [], [], [], []
+    general, ensemble, tables, built, purity = [], [], [], [], []
+    clusters: list[str] = []
     for seed in range(p.seeds):
         model = fitted[k] if seed == 0 else fit(k, seed)
-        table = model.coverage_report(s.X_test, s.y_test)
-        tables.append(table.to_dict())
-        general.append(table.overall.generalist_accuracy)
-        ensemble.append(table.overall.ensemble_accuracy)
-        gain.append(ensemble[-1] - general[-1])
+        tables.append(model.coverage_report(s.X_test, s.y_test).to_dict())
+        g, e = _pair(model, s.X_test, s.y_test)
+        general.append(g)
+        ensemble.append(e)
+        built.append(len(model.specialists_))
+        purity.append(_group_purity(model.clusters_, s.class_names))
         if seed == 0:
-            clusters = [[s.class_names[int(c)] for c in cluster] for cluster in model.clusters_]
-    by_covering: dict[int, dict[str, list[float]]] = {}
+            clusters = [
+                ", ".join(s.class_names[int(c)] for c in cluster) for cluster in model.clusters_
+            ]
+    # table 4, pooled over seeds: rows of every seed counted, accuracies weighted by them
+    pooled: dict[int, dict[str, Any]] = {}
     for table in tables:
         for row in table["rows"]:
-            entry = by_covering.setdefault(
-                row["n_covering"], {"count": [], "generalist": [], "ensemble": []}
+            entry = pooled.setdefault(
+                row["n_covering"], {"rows": 0, "seeds": 0, "generalist": 0.0, "ensemble": 0.0}
             )
-            entry["count"].append(row["count"])
-            entry["generalist"].append(row["generalist_accuracy"])
-            entry["ensemble"].append(row["ensemble_accuracy"])
-    table4 = [
-        {
-            "n_covering": n,
-            "test_rows_mean": float(np.mean(e["count"])),
-            "generalist_accuracy": float(np.mean(e["generalist"])),
-            "ensemble_accuracy": float(np.mean(e["ensemble"])),
-            "relative_improvement": (
-                np.mean(e["ensemble"]) / np.mean(e["generalist"]) - 1.0
-                if np.mean(e["generalist"]) > 0
-                else math.nan
-            ),
-        }
-        for n, e in sorted(by_covering.items())
-    ]
-    delta = _summary(gain)
-    relative = delta["mean"] / float(np.mean(general))
+            entry["rows"] += row["count"]
+            entry["seeds"] += 1
+            entry["generalist"] += row["generalist_accuracy"] * row["count"]
+            entry["ensemble"] += row["ensemble_accuracy"] * row["count"]
+    table4 = []
+    for covering, entry in sorted(pooled.items()):
+        g_acc = entry["generalist"] / entry["rows"] if entry["rows"] else math.nan
+        e_acc = entry["ensemble"] / entry["rows"] if entry["rows"] else math.nan
+        table4.append(
+            {
+                "n_covering": covering,
+                "test_rows_all_seeds": int(entry["rows"]),
+                "seeds_with_such_rows": int(entry["seeds"]),
+                "generalist_accuracy": g_acc,
+                "ensemble_accuracy": e_acc,
+                "relative_improvement": e_acc / g_acc - 1.0 if g_acc > 0 else math.nan,
+            }
+        )
+    gain = difference_interval(np.array(ensemble), np.array(general))
+    general_mean = float(np.mean(general))
+    relative = gain["mean"] / general_mean
     image = _image_specialists(lab)
+    verdict = beats_verdict([gain, image["image_gain"]])
     return {
         "title": "A generalist plus specialists on confusable classes (section 5, table 4)",
         "paper": "JFT (15,000 classes): 61 specialists raised test accuracy from 25.0% to 26.1% "
         "(+4.4% relative); the gain grew with the number of specialists covering a test "
         "case (table 4).",
-        "criterion": "The generalist + specialists beat the generalist alone on test, the paired "
-        "difference over seeds beyond 2 SE (reproduced); table 4 is reported, not judged.",
+        "criterion": "The generalist + specialists beat the generalist alone on test, on the "
+        "confusable classes and on the run's image data: "
+        + BEATS_RULE
+        + "; reproduced when both intervals lie above zero, partly when one does, not reproduced "
+        "when none does. Table 4 is reported, not judged.",
         "settings": {
             "data": f"make_confusable_classification: {p.confusable_rows} rows, "
             f"{p.confusable_classes} classes in groups of {p.confusable_group_size}, "
             f"split {s.sizes()}",
-            "teacher": f"MLP{p.confusable_teacher_hidden}, {p.confusable_teacher_epochs} epochs, "
-            f"test accuracy {teacher.test_accuracy:.4f}",
+            "teacher": f"{p.confusable_teacher_members} x MLP{p.confusable_teacher_hidden} combined, "
+            f"{p.confusable_teacher_epochs} epochs, test accuracy {teacher.test_accuracy:.4f}",
             "generalist": f"MLP{p.generalist_hidden} distilled at T=2, alpha={alpha}, "
-            f"{p.generalist_epochs} epochs",
+            f"{p.generalist_epochs} epochs (small on purpose: the specialists add capacity where "
+            "the generalist confuses classes, as the paper's did)",
             "specialists": f"dustbin, {p.classes_per_specialist} classes each (overlapping), "
             f"{p.specialist_epochs} epochs, T=2, alpha={alpha}, clusters from the "
-            f"generalist's predictions",
-            "n_specialists_val_accuracy": {str(n): v for n, v in scores.items()},
-            "n_specialists": k,
+            f"generalist's predictions; subsets that came out the same are merged",
+            "n_specialists_asked_val_accuracy": {str(n): v for n, v in scores.items()},
+            "n_specialists_asked": k,
         },
         "results": {
             "teacher_test_accuracy": teacher.test_accuracy,
-            "generalist_test_accuracy": _summary(general),
-            "ensemble_test_accuracy": _summary(ensemble),
-            "gain": delta,
+            "specialists_built_per_seed": built,
+            "clusters_group_purity_per_seed": purity,
+            "generalist_test_accuracy": _summary([float(a.mean()) for a in general]),
+            "ensemble_test_accuracy": _summary([float(a.mean()) for a in ensemble]),
+            "gain": gain,
             "relative_gain": relative,
             "table4": table4,
-            "clusters_seed0": [", ".join(c) for c in clusters],
+            "clusters_seed0": clusters,
             **image,
         },
-        "headline": f"{k} specialists: {np.mean(general):.4f} -> {np.mean(ensemble):.4f} "
-        f"({relative:+.1%} relative; paper +4.4%); on {lab.splits.name}: "
-        f"{image['image_generalist_test_accuracy']['mean']:.4f} -> "
-        f"{image['image_ensemble_test_accuracy']['mean']:.4f}",
-        "verdict": _judge(lab, beats_verdict([(delta["mean"], delta["se"])])),
+        "headline": f"{k} specialists asked ({min(built)}-{max(built)} built): teacher "
+        f"{teacher.test_accuracy:.4f}, generalist {general_mean:.4f} -> "
+        f"{float(np.mean(ensemble)):.4f}, {_pts(gain)} ({relative:+.1%} relative; paper +4.4%); "
+        f"on {lab.splits.name}: {_pts(image['image_gain'])}",
+        "verdict": _judge(lab, verdict),
     }
 
 

@@ -40,6 +40,11 @@ class Teacher:
     # the transfer set the cache was built over: the training rows, then any unlabeled ones
     X_transfer: np.ndarray
     y_transfer: np.ndarray  # -1 on unlabeled rows
+    test_correct: np.ndarray  # (n_test,) bool: the combined members right on each test row
+    # the same members over jittered views of every transfer row (None: no views arm)
+    views_cache: Any = None
+    views_pass_seconds: float = 0.0
+    X_transfer_images: np.ndarray | None = None  # X_transfer as (n, 1, H, W), what views shift
 
 
 @dataclass
@@ -72,10 +77,16 @@ class Lab:
         jitter_copies: int,
         splits: Splits | None = None,
         unlabeled_rows: int = 0,
+        views: int = 0,
     ) -> Teacher:
         """Train ``n_members`` MLPs on ``splits`` (the run's by default), run them once over
         its training rows and ``unlabeled_rows`` of its unlabeled ones into the cache ``key``,
-        and keep them under :attr:`teachers`."""
+        and keep them under :attr:`teachers`.
+
+        With ``views`` (image data only), the members also score that many views of every
+        transfer row, each shifted by up to ``profile.jitter_pixels`` (the jitter the
+        paper's teacher was trained on), into a second cache: students that read it train
+        on the views the teacher scored (:meth:`fit` with ``views=True``)."""
         import torch
 
         from kdpipe.cache import build_cache
@@ -123,34 +134,66 @@ class Lab:
             classes=np.arange(s.n_classes),
         )
         pass_seconds = time.perf_counter() - start
+        views_cache, views_seconds, images = None, 0.0, None
+        if views and s.image_shape is not None:
+            from kdpipe.augment import Shift
+            from kdpipe.cache.views import Views
+
+            images = X_transfer.reshape(len(X_transfer), 1, *s.image_shape)
+            start = time.perf_counter()
+            views_cache = build_cache(
+                members,
+                images,
+                self.cache_dir / f"{key}-views.zarr",
+                y=y_transfer,
+                views=Views(
+                    count=views,
+                    augment=Shift(p.jitter_pixels),
+                    seed=_TEACHER_SEEDS.get(key, 0) + 1,
+                ),
+                overwrite=True,
+                progress=False,
+                device=self.device,
+                classes=np.arange(s.n_classes),
+            )
+            views_seconds = time.perf_counter() - start
         with torch.inference_mode():
             logits = np.stack([m(torch.from_numpy(s.X_test)).numpy() for m in members], axis=1)
         proba = torch.softmax(torch.from_numpy(logits), dim=-1).mean(1).numpy()
+        correct = proba.argmax(1) == s.y_test
         teacher = Teacher(
             members,
             cache,
-            float(np.mean(proba.argmax(1) == s.y_test)),
+            float(np.mean(correct)),
             [float(np.mean(logits[:, m].argmax(1) == s.y_test)) for m in range(n_members)],
             logits,
             train_seconds,
             pass_seconds,
             X_transfer,
             y_transfer,
+            correct,
+            views_cache,
+            views_seconds,
+            images,
         )
         self.say(
             f"teacher {key!r}: {n_members} x {hidden}, trained in {train_seconds:.1f}s, "
-            f"cache built in {pass_seconds:.1f}s, test accuracy {teacher.test_accuracy:.4f}"
+            f"cache built in {pass_seconds:.1f}s"
+            + (f", {views} views of every row in {views_seconds:.1f}s" if views_cache else "")
+            + f", test accuracy {teacher.test_accuracy:.4f}"
         )
         self.teachers[key] = teacher
         return teacher
 
     def big_teacher(self) -> Teacher:
-        """The paper's MNIST teacher: one wide MLP with dropout, trained on jittered copies."""
+        """The paper's MNIST teacher: wide MLPs with dropout, trained on jittered copies and
+        combined (``profile.teacher_members`` of them), with a views cache."""
         if "big" not in self.teachers:
             p = self.profile
             self.train_teacher(
                 "big",
-                n_members=1,
+                n_members=p.teacher_members,
+                views=p.views,
                 hidden=p.teacher_hidden,
                 dropout=p.teacher_dropout,
                 epochs=p.teacher_epochs,
@@ -170,6 +213,7 @@ class Lab:
                 epochs=p.member_epochs,
                 jitter_copies=0,
                 unlabeled_rows=p.ensemble_unlabeled_rows,
+                views=p.views,
             )
         return self.teachers["ensemble"]
 
@@ -187,20 +231,33 @@ class Lab:
             **params,
         )
 
-    def fit(self, model: Any, rows: np.ndarray | None = None, teacher: str | None = None) -> Any:
+    def fit(
+        self,
+        model: Any,
+        rows: np.ndarray | None = None,
+        teacher: str | None = None,
+        *,
+        views: bool = False,
+    ) -> Any:
         """Fit ``model`` on training ``rows`` (all by default) and charge the student clock.
 
         With ``teacher`` (a key of :attr:`teachers`), the student reads that teacher's
         cache, restricted to ``rows`` of its transfer set (all of it by default, unlabeled
-        rows included); without it, the hard labels of the training rows alone.
+        rows included); without it, the hard labels of the training rows alone. With
+        ``views``, it reads the teacher's views cache and trains on the images, each epoch
+        on one jittered view per row, the one the teacher scored.
         """
         X, y, logits = self.splits.X_train, self.splits.y_train, None
         if teacher is not None:
             t = self.teachers[teacher]
             X, y = t.X_transfer, t.y_transfer
+            if views:
+                if t.views_cache is None or t.X_transfer_images is None:
+                    raise ValueError(f"teacher {teacher!r} has no views cache (profile views=0?)")
+                X = t.X_transfer_images
         rows = np.arange(len(y)) if rows is None else np.asarray(rows)
         if teacher is not None:
-            cache = self.teachers[teacher].cache
+            cache = self.teachers[teacher].views_cache if views else self.teachers[teacher].cache
             everything = len(rows) == len(cache) and np.array_equal(rows, np.arange(len(cache)))
             logits = cache if everything else cache.take(rows)
         start = time.perf_counter()
@@ -215,10 +272,12 @@ class Lab:
                 if teacher
                 else "hard labels"
             )
+            + (" (views)" if views else "")
             + f", {model.n_iter_} epochs, {seconds:.1f}s"
         )
         if teacher is not None:
-            self.distilled_row_epochs[teacher] = self.distilled_row_epochs.get(teacher, 0) + int(
+            key = f"{teacher}-views" if views else teacher
+            self.distilled_row_epochs[key] = self.distilled_row_epochs.get(key, 0) + int(
                 model.n_iter_
             ) * len(rows)
         return model
@@ -230,13 +289,22 @@ class Lab:
         epoch of every distilled student; each row costs what it cost in the cache build
         (which also wrote to disk, so the estimate is slightly high).
         """
+
+        def row_cost(key: str) -> float:
+            if key.endswith("-views"):
+                t = self.teachers[key.removesuffix("-views")]
+                return t.views_pass_seconds / (len(t.views_cache) * self.profile.views)
+            t = self.teachers[key]
+            return t.pass_seconds / len(t.cache)
+
         online = sum(
-            self.teachers[key].pass_seconds / len(self.teachers[key].cache) * row_epochs
-            for key, row_epochs in self.distilled_row_epochs.items()
+            row_cost(key) * row_epochs for key, row_epochs in self.distilled_row_epochs.items()
         )
         return {
             "teacher_training_s": sum(t.train_seconds for t in self.teachers.values()),
-            "teacher_passes_s": sum(t.pass_seconds for t in self.teachers.values()),
+            "teacher_passes_s": sum(
+                t.pass_seconds + t.views_pass_seconds for t in self.teachers.values()
+            ),
             "students_s": self.student_seconds,
             "student_fits": self.student_fits,
             "distilled_row_epochs": int(sum(self.distilled_row_epochs.values())),

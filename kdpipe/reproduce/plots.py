@@ -125,7 +125,9 @@ def _table4(plt: Any, results: dict[int, dict[str, Any]]) -> Any:
             va="bottom",
             fontsize=7,
         )
-    ax.set_xticks(x, [f"{r['n_covering']}\n({r['test_rows_mean']:.0f} rows)" for r in rows])
+    ax.set_xticks(
+        x, [f"{r['n_covering']}\n({r['test_rows_all_seeds']} rows, all seeds)" for r in rows]
+    )
     ax.set_xlabel("specialists covering the true class")
     ax.set_ylabel("test accuracy (mean over seeds)")
     ax.set_title("Table 4: accuracy by specialist coverage")

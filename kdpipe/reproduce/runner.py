@@ -18,6 +18,28 @@ __all__ = ["run", "DEFAULT_OUT"]
 DEFAULT_OUT = Path("kdpipe-results") / "reproduce"
 
 
+def _git_commit() -> str | None:
+    """The commit of the kdpipe source tree that runs, ``+dirty`` with uncommitted changes;
+    None outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=here.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
 def run(
     profile: str | Profile = "smoke",
     *,
@@ -92,6 +114,7 @@ def run(
             f"{'' if isinstance(profile, str) else ' with the fields below'}, "
             f"experiments={list(chosen)})",
             "kdpipe_version": __version__,
+            "git_commit": _git_commit(),
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "device": str(resolve_device(device)),

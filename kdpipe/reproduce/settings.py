@@ -43,6 +43,10 @@ class Profile:
     teacher_epochs: int
     jitter_copies: int
     jitter_pixels: int
+    teacher_members: int  # several such nets, combined: the "big regularized model"
+    # jittered views per row that the teachers score into a second cache, for the students
+    # of experiments 1 and 4 that train on the views the teacher saw (0: no views arm)
+    views: int
     # experiment 1
     student_hidden: tuple[int, ...]
     student_epochs: int
@@ -74,6 +78,7 @@ class Profile:
     confusable_group_size: int
     confusable_teacher_hidden: tuple[int, ...]
     confusable_teacher_epochs: int
+    confusable_teacher_members: int
     generalist_hidden: tuple[int, ...]
     generalist_epochs: int
     specialist_counts: tuple[int, ...]  # numbers of specialists tried on validation
@@ -82,6 +87,7 @@ class Profile:
     # experiment 6 on the run's own image data (the big teacher's cache)
     image_specialists: int
     image_classes_per_specialist: int
+    image_specialist_seeds: int  # the image variant is cheap: more seeds than the profile's
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as plain JSON-able values."""
@@ -104,6 +110,8 @@ PROFILES: dict[str, Profile] = {
         teacher_epochs=3,
         jitter_copies=1,
         jitter_pixels=1,
+        teacher_members=1,
+        views=2,
         student_hidden=(32, 32),
         student_epochs=4,
         exp1_temperature=20.0,
@@ -129,6 +137,7 @@ PROFILES: dict[str, Profile] = {
         confusable_group_size=4,
         confusable_teacher_hidden=(64,),
         confusable_teacher_epochs=8,
+        confusable_teacher_members=1,
         generalist_hidden=(16,),
         generalist_epochs=10,
         specialist_counts=(3,),
@@ -136,54 +145,59 @@ PROFILES: dict[str, Profile] = {
         classes_per_specialist=6,
         image_specialists=2,
         image_classes_per_specialist=4,
+        image_specialist_seeds=2,
     ),
     "cpu": Profile(
         name="cpu",
         dataset="fashion-mnist",
         verdicts=True,
         seeds=3,
-        n_train=20_000,
+        n_train=None,
         n_val=5_000,
         n_test=None,
         batch_size=128,
         learning_rate=1e-3,
         teacher_hidden=(1200, 1200),
-        teacher_dropout=0.5,
-        teacher_epochs=15,
+        teacher_dropout=0.2,
+        teacher_epochs=8,
         jitter_copies=1,
         jitter_pixels=2,
+        teacher_members=2,
+        views=4,
         student_hidden=(800, 800),
-        student_epochs=20,
+        student_epochs=10,
         exp1_temperature=20.0,
-        alphas=(0.05, 0.3),
+        alphas=(0.1,),
         small_hidden=(30, 30),
-        small_epochs=30,
-        temperatures=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0, 20.0),
+        small_epochs=15,
+        temperatures=(1.0, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0),
         small_alpha=0.1,
         left_out_class=3,
         kept_classes=(7, 8),
-        members=10,
-        member_hidden=(100, 100),
-        member_dropout=0.2,
-        member_epochs=10,
-        ensemble_temperatures=(1.0, 2.0, 5.0, 10.0),
-        ensemble_alpha=0.5,
+        members=3,
+        member_hidden=(800, 800),
+        member_dropout=0.0,
+        member_epochs=8,
+        ensemble_temperatures=(2.0, 5.0),
+        ensemble_alpha=0.1,
         ensemble_unlabeled_rows=0,
-        fractions=(0.03, 0.1, 0.3, 1.0),
-        fraction_epochs=30,
+        fractions=(0.03, 0.1),
+        fraction_epochs=40,
         early_stopping_patience=5,
-        confusable_rows=30_000,
+        confusable_rows=60_000,
         confusable_classes=100,
         confusable_group_size=10,
-        confusable_teacher_hidden=(512, 512),
+        confusable_teacher_hidden=(128,),
         confusable_teacher_epochs=20,
-        generalist_hidden=(64,),
+        confusable_teacher_members=3,
+        generalist_hidden=(16,),
         generalist_epochs=20,
         specialist_counts=(10, 20),
         specialist_epochs=10,
-        classes_per_specialist=15,
+        classes_per_specialist=12,
         image_specialists=3,
         image_classes_per_specialist=4,
+        image_specialist_seeds=5,
     ),
     "paper": Profile(
         name="paper",
@@ -200,6 +214,8 @@ PROFILES: dict[str, Profile] = {
         teacher_epochs=60,
         jitter_copies=3,
         jitter_pixels=2,
+        teacher_members=2,
+        views=8,
         student_hidden=(800, 800),
         student_epochs=60,
         exp1_temperature=20.0,
@@ -223,15 +239,17 @@ PROFILES: dict[str, Profile] = {
         confusable_rows=100_000,
         confusable_classes=200,
         confusable_group_size=10,
-        confusable_teacher_hidden=(1024, 1024),
+        confusable_teacher_hidden=(256,),
         confusable_teacher_epochs=40,
-        generalist_hidden=(128,),
+        confusable_teacher_members=5,
+        generalist_hidden=(32,),
         generalist_epochs=40,
         specialist_counts=(20, 40),
         specialist_epochs=20,
         classes_per_specialist=15,
         image_specialists=3,
         image_classes_per_specialist=4,
+        image_specialist_seeds=5,
     ),
 }
 
