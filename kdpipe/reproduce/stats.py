@@ -89,9 +89,7 @@ def _row_weights(n_rows: int, n_boot: int, rng: np.random.Generator) -> np.ndarr
     return (counts.T / n_rows).astype(np.float64)
 
 
-def _resampled_means(
-    acc: np.ndarray, rng: np.random.Generator, n_boot: int, seed_index: np.ndarray | None
-) -> np.ndarray:
+def _resampled_means(acc: np.ndarray, seed_index: np.ndarray | None) -> np.ndarray:
     """Bootstrap means over seeds of per-seed accuracies ``acc`` (seeds, n_boot).
 
     Seeds are resampled with the same indices for every arm of a comparison (so a
@@ -160,7 +158,7 @@ def share_interval(
     weights = _row_weights(n_rows, n_boot, rng)
     S = max(a.shape[0] for a in arms)
     seed_index = rng.integers(0, S, size=(S, n_boot)) if S > 1 else None
-    boot = [_resampled_means(a @ weights, rng, n_boot, seed_index) for a in arms]
+    boot = [_resampled_means(a @ weights, seed_index) for a in arms]
     boot_gap = boot[2] - boot[1]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(boot_gap > 0, (boot[0] - boot[1]) / boot_gap, -np.inf)
