@@ -57,14 +57,15 @@ def formats(quick: bool) -> dict:
 
 
 def sweep_only() -> dict:
-    """Formats a sweep may name that the main comparison leaves out: tail draws at the sweep's T."""
+    """Formats a sweep may name that the main comparison leaves out: tail draws at the
+    sweep's T, and larger formats (above the 5% budget) that show how many bytes a
+    temperature's goal takes."""
     from kdpipe.cache import Sampled, TopK, TopKSampledTail
 
     return {
         "topk64+32@8 sampled tail": TopKSampledTail(64, 32, 8.0),
         "topk16+64@8 sampled tail": TopKSampledTail(16, 64, 8.0),
         "sampled125@8": Sampled(125, 8.0),
-        # above the 5% budget: how many bytes the T=8 goal takes
         "topk64+160@8 sampled tail (12.6%)": TopKSampledTail(64, 160, 8.0),
         "topk64+480@8 sampled tail (31.8%)": TopKSampledTail(64, 480, 8.0),
         "topk1000 uniform (40.5%)": TopK(1000, tail="uniform"),
