@@ -12,8 +12,8 @@ Built-in augmentations draw every parameter of a batch at once from those words 
 apply them with torch operations on the whole batch (a pad and one ``gather``; a
 ``flip`` and ``where``), never a Python loop over images:
 
-- :class:`Shift` ``(pixels)``: translate by up to ``pixels`` in each direction, zeros
-  coming in (the 2-pixel jitter of Hinton et al. 2015, section 3);
+- :class:`Shift` ``(pixels, p)``: translate by up to ``pixels`` in each direction, zeros
+  coming in (the 2-pixel jitter of Hinton et al. 2015, section 3), with probability ``p``;
 - :class:`Crop` ``(size, padding)``: pad with zeros, then a random ``size x size`` crop;
 - :class:`HFlip` ``(p)``: mirror the last axis with probability ``p``;
 - :class:`Compose` ``([...])``: one after the other, each with its own words.
@@ -214,7 +214,10 @@ class Shift(Augmentation):
     """Translate each image by up to ``pixels`` in each direction (zeros come in).
 
     The vertical and horizontal shifts are drawn independently and uniformly from
-    ``{-pixels, ..., pixels}``; the image keeps its size.
+    ``{-pixels, ..., pixels}``; the image keeps its size. With ``p < 1`` a view is
+    shifted with probability ``p`` and is otherwise the row itself: a teacher trained
+    on the rows and jittered copies of them (Hinton et al. 2015, section 3) saw both,
+    and a student of its views should too.
 
     Examples
     --------
@@ -224,14 +227,25 @@ class Shift(Augmentation):
     >>> out = apply_views(Shift(1), x, rows=[0], views=[3], seed=0)
     >>> out.shape, out.dtype
     ((1, 1, 4, 4), dtype('uint8'))
+    >>> bool((apply_views(Shift(1, p=0.0), x, rows=[0], views=[3], seed=0) == x).all())
+    True
+    >>> Shift(2, p=0.5).to_dict()
+    {'kind': 'shift', 'pixels': 2, 'p': 0.5}
     """
 
     pixels: int = 2
+    p: float = 1.0
     kind: ClassVar[str] = "shift"
     n_words: int = field(default=2, init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pixels", _parse_nonnegative_int(self.pixels, "pixels"))
+        p = float(self.p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must lie in [0, 1], got {self.p!r}")
+        object.__setattr__(self, "p", p)
+        # a third word only for the coin: Shift(k) with p=1 draws what it always drew
+        object.__setattr__(self, "n_words", 2 if p == 1.0 else 3)
 
     def apply(self, batch: Any, words: np.ndarray) -> Any:
         H, W = _image_axes(batch, "Shift")
@@ -240,10 +254,18 @@ class Shift(Augmentation):
             return batch
         dy = _below(words[:, 0], 2 * p + 1)  # top of the crop in the padded image: p - shift
         dx = _below(words[:, 1], 2 * p + 1)
+        if self.p < 1.0:
+            unshifted = _uniform(words[:, 2]) >= self.p
+            dy[unshifted] = p
+            dx[unshifted] = p
         return _padded_crops(batch, p, dy, dx, H, W)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "pixels": self.pixels}
+        # p=1 is left out: the record (and so every cache's fingerprint) is what it was
+        # before p existed
+        if self.p == 1.0:
+            return {"kind": self.kind, "pixels": self.pixels}
+        return {"kind": self.kind, "pixels": self.pixels, "p": self.p}
 
 
 @dataclass(frozen=True)

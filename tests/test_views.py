@@ -22,6 +22,7 @@ from kdpipe.augment import (
     HFlip,
     Shift,
     apply_views,
+    augmentation_from_dict,
     stream_words,
 )
 from kdpipe.cache import LogitCache, TopK, build_cache
@@ -96,6 +97,26 @@ def test_shift_matches_per_image_padding_and_keeps_uint8():
     for i in range(8):
         assert np.array_equal(out[i], shift_reference(x[i], 2, 9, rows[i], views[i]))
     assert not all(np.array_equal(out[i], x[i]) for i in range(8))
+
+
+def test_shift_with_p_leaves_the_row_itself_where_its_coin_says_and_records_p():
+    x = images(400)
+    rows, views = np.arange(400), np.arange(400) % 3
+    out = apply_views(Shift(2, p=0.25), x, rows, views, seed=9)
+    kept = 0
+    for i in range(400):
+        w = words_of(9, rows[i], views[i], 3)
+        if w[2] / 2**32 < 0.25:  # shifted: the same offsets Shift(2) draws from words 0-1
+            assert np.array_equal(out[i], shift_reference(x[i], 2, 9, rows[i], views[i]))
+        else:
+            assert np.array_equal(out[i], x[i])
+            kept += 1
+    assert 240 < kept < 360  # about 300 of 400 rows unshifted (binomial sd 8.7)
+    assert Shift(2, p=0.25).to_dict() == {"kind": "shift", "pixels": 2, "p": 0.25}
+    assert Shift(2).to_dict() == {"kind": "shift", "pixels": 2}  # old caches' records unchanged
+    assert augmentation_from_dict(Shift(2, p=0.25).to_dict()) == Shift(2, p=0.25)
+    with pytest.raises(ValueError, match="p must lie in"):
+        Shift(2, p=1.5)
 
 
 def test_crop_and_hflip_match_per_image_references():

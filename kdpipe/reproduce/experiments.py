@@ -25,7 +25,7 @@ from kdpipe.reproduce.stats import (
     share_verdict,
 )
 
-__all__ = ["RUNNERS", "distilled_student", "choose_alpha"]
+__all__ = ["RUNNERS", "choose_distillation", "distilled_student"]
 
 
 def _correct(model: Any, X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -83,55 +83,47 @@ def _judge(lab: Lab, verdict: str) -> str | None:
     return verdict if lab.profile.verdicts else None
 
 
-def choose_alpha(lab: Lab) -> float:
-    """The hard-label weight of the big student at the paper's T, chosen on validation rows.
+def choose_distillation(lab: Lab) -> tuple[float, float]:
+    """The big student's hard-label weight and temperature, chosen on validation rows.
 
-    Each candidate is fitted with seed 0; the fitted students are kept for reuse. A
-    single candidate is taken as it is, without a fit.
+    Every pair of ``profile.alphas`` and ``profile.exp1_temperatures`` is fitted with
+    seed 0 on the arm experiment 1 judges (the teacher's views when it has them) and kept
+    for reuse; a single pair is taken as it is, without a fit. Ties: the first listed.
     """
-    if "alpha" not in lab.choices:
+    if "distillation" not in lab.choices:
         p, s = lab.profile, lab.splits
-        scores: dict[float, float] = {}
-        if len(p.alphas) > 1:
-            for alpha in p.alphas:
-                model = lab.fit(
-                    lab.student(
-                        p.student_hidden,
-                        p.student_epochs,
-                        0,
-                        temperature=p.exp1_temperature,
-                        alpha=alpha,
-                    ),
-                    teacher="big",
-                )
-                lab.models[(f"distilled alpha={alpha}", 0)] = model
-                scores[alpha] = _acc(model, s.X_val, s.y_val)
-        lab.choices["alpha"] = (
-            max(scores, key=lambda a: scores[a]) if scores else p.alphas[0]
-        )  # ties: the first listed
-        lab.choices["alpha_val_accuracy"] = {str(a): v for a, v in scores.items()}
-    return lab.choices["alpha"]
+        views = _has_views(lab, "big")
+        pairs = [(a, T) for a in p.alphas for T in p.exp1_temperatures]
+        scores: dict[tuple[float, float], float] = {}
+        if len(pairs) > 1:
+            for alpha, T in pairs:
+                model = _fit_distilled(lab, 0, alpha, T, views)
+                scores[(alpha, T)] = _acc(model, s.X_val, s.y_val)
+        lab.choices["distillation"] = max(scores, key=lambda k: scores[k]) if scores else pairs[0]
+        lab.choices["distillation_val_accuracy"] = {
+            f"alpha={a:g} T={T:g}": v for (a, T), v in scores.items()
+        }
+    alpha, T = lab.choices["distillation"]
+    return alpha, T
 
 
-def distilled_student(lab: Lab, seed: int, *, views: bool = False) -> Any:
-    """The big student distilled from the big teacher at the paper's T (shared by #1, #3),
-    from the plain rows or from the jittered views the teacher scored."""
+def _fit_distilled(lab: Lab, seed: int, alpha: float, T: float, views: bool) -> Any:
     p = lab.profile
-    alpha = choose_alpha(lab)
-    key = (f"distilled alpha={alpha}" + (" views" if views else ""), seed)
+    key = (f"distilled alpha={alpha} T={T}" + (" views" if views else ""), seed)
     if key not in lab.models:
         lab.models[key] = lab.fit(
-            lab.student(
-                p.student_hidden,
-                p.student_epochs,
-                seed,
-                temperature=p.exp1_temperature,
-                alpha=alpha,
-            ),
+            lab.student(p.student_hidden, p.student_epochs, seed, temperature=T, alpha=alpha),
             teacher="big",
             views=views,
         )
     return lab.models[key]
+
+
+def distilled_student(lab: Lab, seed: int, *, views: bool = False) -> Any:
+    """The big student distilled from the big teacher with the chosen weight and
+    temperature (shared by #1, #3), from the plain rows or from the views the teacher scored."""
+    alpha, T = choose_distillation(lab)
+    return _fit_distilled(lab, seed, alpha, T, views)
 
 
 def hard_student(lab: Lab, hidden: tuple[int, ...], epochs: int, seed: int) -> Any:
@@ -146,10 +138,10 @@ def _has_views(lab: Lab, teacher: str) -> bool:
 
 
 def experiment_1(lab: Lab) -> dict[str, Any]:
-    """A 2x800 student distilled at T=20 from the big teacher, against hard labels."""
+    """A 2x800 student distilled from the big teacher, against hard labels."""
     p, s = lab.profile, lab.splits
     teacher = lab.big_teacher()
-    alpha = choose_alpha(lab)
+    alpha, T = choose_distillation(lab)
     views = _has_views(lab, "big")
     arms: dict[str, list[np.ndarray]] = {"hard": [], "distilled": [], "distilled on views": []}
     for seed in range(p.seeds):
@@ -184,7 +176,7 @@ def experiment_1(lab: Lab) -> dict[str, Any]:
             + f"{_pct(shares['distilled'])} on the plain rows (paper 91%)"
         )
     return {
-        "title": "A big regularized teacher distilled into a smaller student at T=20 (section 3)",
+        "title": "A big regularized teacher distilled into a smaller student (section 3)",
         "paper": "MNIST: teacher 2x1200 (dropout, 2-pixel jitter) 67 test errors; 2x800 student on "
         "hard labels 146 errors, distilled at T=20 74 errors: 91% of the gap closed.",
         "criterion": "The distilled student closes at least 80% of the gap between the hard-label "
@@ -196,20 +188,25 @@ def experiment_1(lab: Lab) -> dict[str, Any]:
             "reported beside it."
             if views
             else "."
-        ),
+        )
+        + " The temperature (the paper's is 20) and hard-label weight are chosen on validation "
+        "rows among those listed in the settings.",
         "settings": {
             "teacher": f"{len(teacher.members)} x MLP{p.teacher_hidden} combined (mean of "
             f"probabilities), dropout {p.teacher_dropout}, {p.teacher_epochs} epochs, "
             f"{p.jitter_copies} copies jittered by <= {p.jitter_pixels} px",
             "student": f"MLP{p.student_hidden}, {p.student_epochs} epochs, Adam lr {p.learning_rate}, "
             f"batch {p.batch_size}, no dropout",
-            "views": f"{p.views} views of every row shifted by <= {p.jitter_pixels} px, scored by "
+            "views": f"{p.views} views of every row, {p.views_shifted:.0%} of them shifted by <= "
+            f"{p.jitter_pixels} px and the rest the row itself, scored by "
             "the teacher; each epoch a row trains on one of them"
             if views
             else "none",
-            "temperature": p.exp1_temperature,
+            "temperatures_tried": list(p.exp1_temperatures),
+            "alphas_tried": list(p.alphas),
+            "temperature": T,
             "alpha": alpha,
-            "alpha_val_accuracy": lab.choices["alpha_val_accuracy"] or "one candidate: not fitted",
+            "val_accuracy": lab.choices["distillation_val_accuracy"] or "one candidate: not fitted",
         },
         "results": {
             "teacher_test_accuracy": teacher.test_accuracy,
@@ -343,7 +340,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
     p, s = lab.profile, lab.splits
     lab.big_teacher()
     c = p.left_out_class
-    alpha = choose_alpha(lab)
+    alpha, T = choose_distillation(lab)
     keep = np.flatnonzero(s.y_train != c)
     in_class = s.y_test == c
     Xc, yc = s.X_test[in_class], s.y_test[in_class]
@@ -355,7 +352,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
                 p.student_hidden,
                 p.student_epochs,
                 seed,
-                temperature=p.exp1_temperature,
+                temperature=T,
                 alpha=alpha,
             ),
             keep,
@@ -378,7 +375,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
                 p.student_hidden,
                 p.student_epochs,
                 seed,
-                temperature=p.exp1_temperature,
+                temperature=T,
                 alpha=alpha,
             ),
             only_pair,
@@ -405,7 +402,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
         + SHARE_RULE.format(bar=0.8)
         + ".",
         "settings": {
-            "student": f"MLP{p.student_hidden}, {p.student_epochs} epochs, T={p.exp1_temperature:g}, "
+            "student": f"MLP{p.student_hidden}, {p.student_epochs} epochs, T={T:g} (experiment 1's), "
             f"alpha={alpha}, the plain rows",
             "left_out_class": c,
             "left_out_name": name,
@@ -511,7 +508,8 @@ def experiment_4(lab: Lab) -> dict[str, Any]:
             f"{p.member_epochs} epochs, hard labels, different seeds",
             "student": f"MLP{p.member_hidden} (a member's size), dropout {p.member_dropout}, "
             f"{p.member_epochs} epochs, alpha {p.ensemble_alpha}",
-            "views": f"{p.views} views of every row shifted by <= {p.jitter_pixels} px, scored by "
+            "views": f"{p.views} views of every row, {p.views_shifted:.0%} of them shifted by <= "
+            f"{p.jitter_pixels} px and the rest the row itself, scored by "
             "every member"
             if views
             else "none",
@@ -548,7 +546,7 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
     """A small fraction of the data: hard labels with early stopping vs soft targets."""
     p, s = lab.profile, lab.splits
     lab.big_teacher()
-    alpha = choose_alpha(lab)
+    alpha, _ = choose_distillation(lab)
     fractions = sorted(p.fractions)
     small = fractions[0]
     n = len(s.y_train)
@@ -569,7 +567,7 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
             r,
         )
 
-    temps = sorted({2.0, 5.0, float(p.exp1_temperature)})
+    temps = sorted({2.0, 5.0, *map(float, p.exp1_temperatures)})
     scores = {}
     for T in temps:  # the soft students' temperature, chosen on validation at the smallest fraction
         model = lab.fit(

@@ -84,8 +84,9 @@ class Lab:
         and keep them under :attr:`teachers`.
 
         With ``views`` (image data only), the members also score that many views of every
-        transfer row, each shifted by up to ``profile.jitter_pixels`` (the jitter the
-        paper's teacher was trained on), into a second cache: students that read it train
+        transfer row, a share ``profile.views_shifted`` of them shifted by up to
+        ``profile.jitter_pixels`` (the jitter the paper's teacher was trained on) and the
+        rest the row itself, into a second cache: students that read it train
         on the views the teacher scored (:meth:`fit` with ``views=True``)."""
         import torch
 
@@ -148,7 +149,7 @@ class Lab:
                 y=y_transfer,
                 views=Views(
                     count=views,
-                    augment=Shift(p.jitter_pixels),
+                    augment=Shift(p.jitter_pixels, p=p.views_shifted),
                     seed=_TEACHER_SEEDS.get(key, 0) + 1,
                 ),
                 overwrite=True,

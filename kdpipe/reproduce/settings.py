@@ -14,7 +14,7 @@ __all__ = ["EXPERIMENTS", "PROFILES", "Profile", "parse_experiments", "get_profi
 
 # experiment number -> short name; the order is the paper's
 EXPERIMENTS = {
-    1: "distill a big teacher into a 2x800 student at T=20",
+    1: "distill a big teacher into a 2x800 student",
     2: "a 2x30 student's accuracy against the temperature",
     3: "a class left out of the transfer set, then its bias shifted",
     4: "an ensemble distilled into one model",
@@ -47,10 +47,13 @@ class Profile:
     # jittered views per row that the teachers score into a second cache, for the students
     # of experiments 1 and 4 that train on the views the teacher saw (0: no views arm)
     views: int
+    # the share of those views that are shifted; the rest are the row itself, as the
+    # teachers trained on the rows and jittered copies alike
+    views_shifted: float
     # experiment 1
     student_hidden: tuple[int, ...]
     student_epochs: int
-    exp1_temperature: float
+    exp1_temperatures: tuple[float, ...]  # tried on validation (the paper's is 20)
     alphas: tuple[float, ...]  # hard-label weights tried on validation
     # experiment 2
     small_hidden: tuple[int, ...]
@@ -112,9 +115,10 @@ PROFILES: dict[str, Profile] = {
         jitter_pixels=1,
         teacher_members=1,
         views=2,
+        views_shifted=0.5,
         student_hidden=(32, 32),
         student_epochs=4,
-        exp1_temperature=20.0,
+        exp1_temperatures=(20.0,),
         alphas=(0.1,),
         small_hidden=(8, 8),
         small_epochs=4,
@@ -159,14 +163,15 @@ PROFILES: dict[str, Profile] = {
         learning_rate=1e-3,
         teacher_hidden=(1200, 1200),
         teacher_dropout=0.2,
-        teacher_epochs=8,
+        teacher_epochs=12,
         jitter_copies=1,
         jitter_pixels=2,
-        teacher_members=2,
+        teacher_members=3,
         views=4,
+        views_shifted=0.5,
         student_hidden=(800, 800),
         student_epochs=10,
-        exp1_temperature=20.0,
+        exp1_temperatures=(2.0, 5.0, 20.0),
         alphas=(0.1,),
         small_hidden=(30, 30),
         small_epochs=15,
@@ -182,7 +187,7 @@ PROFILES: dict[str, Profile] = {
         ensemble_alpha=0.1,
         ensemble_unlabeled_rows=0,
         fractions=(0.03, 0.1),
-        fraction_epochs=40,
+        fraction_epochs=150,
         early_stopping_patience=5,
         confusable_rows=60_000,
         confusable_classes=100,
@@ -216,9 +221,10 @@ PROFILES: dict[str, Profile] = {
         jitter_pixels=2,
         teacher_members=2,
         views=8,
+        views_shifted=0.5,
         student_hidden=(800, 800),
         student_epochs=60,
-        exp1_temperature=20.0,
+        exp1_temperatures=(2.0, 5.0, 10.0, 20.0),
         alphas=(0.0, 0.05, 0.1, 0.3),
         small_hidden=(30, 30),
         small_epochs=100,
