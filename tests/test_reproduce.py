@@ -275,3 +275,22 @@ def test_share_interval_without_a_gap_is_nan_and_says_so():
     out = share_interval(base, base, top, n_boot=100)
     assert math.isnan(out["share"])
     assert share_verdict(out, 0.8) == NO_GAP
+
+
+def test_readme_headline_counts_the_verdicts_of_the_committed_cpu_run():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "examples/results/reproduce/cpu/results.json").read_text())
+    verdicts = [record["experiments"][str(n)]["verdict"] for n in EXPERIMENTS]
+    counts = {v: verdicts.count(v) for v in (REPRODUCED, PARTLY, NOT)}
+    line = next(
+        line
+        for line in (root / "README.md").read_text().splitlines()
+        if line.startswith("**Reproduction, cpu profile")
+    )
+    assert (
+        f"**{counts[REPRODUCED]} of the paper's 6 findings reproduced, "
+        f"{counts[PARTLY]} partly, {counts[NOT]} not**" in line
+    )
+    assert f"{record['wall_seconds'] / 60:.0f} min" in line
