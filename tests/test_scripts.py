@@ -295,25 +295,23 @@ def test_fashion_views_example_writes_where_asked(
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
 
 
-@pytest.mark.slow  # trains a teacher and builds views caches (~17 s); CI runs it (.ci/run: pytest -m slow)
-def test_views_benchmark_quick_run_writes_its_results(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _quick_benchmark(script: str, out: Path) -> None:
+    """``python benchmarks/SCRIPT --quick --out OUT`` from ``out``, as a user runs it; it must succeed."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/bench_views.py"),
-            "--quick",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
         check=False,
         capture_output=True,
         text=True,
-        env=env,
-        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=out,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow  # trains a teacher and builds views caches (~17 s); CI runs it (.ci/run: pytest -m slow)
+def test_views_benchmark_quick_run_writes_its_results(tmp_path):
+    _quick_benchmark("bench_views.py", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["views_quick.json", "views_quick.md"]
     result = json.loads((tmp_path / "views_quick.json").read_text())
     epochs = result["epochs"]
@@ -383,3 +381,40 @@ def test_cluster_sweep_example_reads_and_writes_only_the_bucket(
     cache = LogitCache.open(f"{url}/demo/logits.zarr", storage_options=options)
     assert (cache.n_members, cache.n_classes) == (2, 10) and cache.verify().ok
     assert s3fs.S3FileSystem(**options).exists(f"{url}/demo/X.zarr/zarr.json")
+
+
+def test_low_rank_probe_reconstructs_a_low_rank_matrix_and_its_error_is_the_dropped_energy():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_sparse_lowrank import low_rank
+
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(200, 5)) @ rng.normal(size=(5, 300)) + rng.normal(size=300)
+    approx, error = low_rank(exact, 5)  # centred rank 5: kept whole, float16 rounding aside
+    assert error < 2e-3
+    np.testing.assert_allclose(approx, exact, atol=0.05)
+    noisy = exact + rng.normal(size=exact.shape)
+    rounded = noisy.astype(np.float16).astype(np.float64)
+    sigma = np.linalg.svd(rounded - rounded.mean(0), compute_uv=False)
+    _, error = low_rank(noisy, 5)  # Eckart-Young: the energy of the dropped singular values
+    assert error == pytest.approx(np.sqrt((sigma[5:] ** 2).sum() / (sigma**2).sum()), rel=1e-2)
+
+
+@pytest.mark.slow  # trains a small teacher and a few students (~10 s); CI runs it (.ci/run: pytest -m slow)
+def test_low_rank_probe_quick_run_writes_its_results(tmp_path):
+    _quick_benchmark("bench_sparse_lowrank.py", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sparse_lowrank_quick.json",
+        "sparse_lowrank_quick.md",
+    ]
+    result = json.loads((tmp_path / "sparse_lowrank_quick.json").read_text())
+    formats = [(r["temperature"], r["format"]) for r in result["rows"]]
+    assert formats == [
+        (8.0, "dense"),
+        (8.0, "rank 8"),
+        (8.0, "rank 16"),
+        (8.0, "topk8 bucket"),
+        (8.0, "topk4+4@8 sampled tail"),
+    ]
+    ranked = [r for r in result["rows"] if r["format"].startswith("rank")]
+    assert all(r["bytes_per_row"] < result["rows"][0]["bytes_per_row"] / 10 for r in ranked)
+    assert ranked[0]["relative_error"] > ranked[1]["relative_error"] > 0  # more rank, less error
