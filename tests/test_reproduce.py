@@ -110,6 +110,14 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
         == 2
     )
     assert "gap_closed_on_views" in record["experiments"]["1"]["results"]
+    # experiment 1's control: the hard-label student trained longer, against the teacher
+    r1 = record["experiments"]["1"]["results"]
+    control = r1["control_minus_teacher"]
+    assert len(r1["control_hard_test_accuracy"]["per_seed"]) == 2
+    assert control["mean"] == pytest.approx(
+        r1["control_hard_test_accuracy"]["mean"] - r1["teacher_test_accuracy"]
+    )
+    assert control["low"] <= control["mean"] <= control["high"]
     assert record["git_commit"] is None or len(record["git_commit"]) >= 40
     # experiment 6 also runs specialists on the image data and names their classes
     r6 = record["experiments"]["6"]["results"]

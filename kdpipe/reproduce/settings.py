@@ -53,6 +53,9 @@ class Profile:
     # experiment 1
     student_hidden: tuple[int, ...]
     student_epochs: int
+    # a control: experiment 1's hard-label student trained this long (is the teacher better
+    # than a student trained to convergence, not only than one stopped at student_epochs?)
+    control_epochs: int
     exp1_temperatures: tuple[float, ...]  # tried on validation (the paper's is 20)
     alphas: tuple[float, ...]  # hard-label weights tried on validation
     # experiment 2
@@ -118,6 +121,7 @@ PROFILES: dict[str, Profile] = {
         views_shifted=0.5,
         student_hidden=(32, 32),
         student_epochs=4,
+        control_epochs=8,
         exp1_temperatures=(20.0,),
         alphas=(0.1,),
         small_hidden=(8, 8),
@@ -171,6 +175,7 @@ PROFILES: dict[str, Profile] = {
         views_shifted=0.5,
         student_hidden=(800, 800),
         student_epochs=10,
+        control_epochs=40,
         exp1_temperatures=(2.0, 5.0, 20.0),
         alphas=(0.1,),
         small_hidden=(30, 30),
@@ -224,6 +229,7 @@ PROFILES: dict[str, Profile] = {
         views_shifted=0.5,
         student_hidden=(800, 800),
         student_epochs=60,
+        control_epochs=200,
         exp1_temperatures=(2.0, 5.0, 10.0, 20.0),
         alphas=(0.0, 0.05, 0.1, 0.3),
         small_hidden=(30, 30),
