@@ -11,7 +11,8 @@ format within 5% of the bytes comes within 0.3 points of dense there.
 No such format exists in kdpipe yet; this probe measures whether one would be worth
 building, without the cache: students train from in-memory float16 logits, dense or
 reconstructed from a rank-``r`` truncated SVD (the basis fitted on the training rows'
-own logits, as a build would after a first pass). The Gaussian teacher of
+own logits, as a build would after a first pass, or on its first 1,000 rows only, as a
+build that fits it on its first chunk would). The Gaussian teacher of
 ``bench_sparse`` has rank 21 (20 features), which would make any ``r > 21`` exact, so
 the teacher here is an MLP (``features -> hidden -> C``, ReLU) trained on rows of the same
 classes: its logits have rank ``hidden + 1``, more than every ``r`` tried.
@@ -51,6 +52,7 @@ FULL = {
     "temperatures": [8.0, 4.0],
     "ranks": [64, 250],
     "topk": (113, 64, 32),  # TopK(113) and TopKSampledTail(64, 32, T): <= 5% of dense bytes
+    "first_chunk": (250, 1000),  # the basis of a build that fits it on its first 1000 rows
 }
 QUICK = {
     "classes": 300,
@@ -65,6 +67,7 @@ QUICK = {
     "temperatures": [8.0],
     "ranks": [8, 16],
     "topk": (8, 4, 4),
+    "first_chunk": (16, 100),
 }
 
 
@@ -105,16 +108,20 @@ def mlp_teacher(s: dict, seed: int = 0):
     return X[:n], y[:n], X[n:], y[n:], logits[:n], logits[n:], net
 
 
-def low_rank(Z: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
+def low_rank(Z: np.ndarray, rank: int, fit_rows: int | None = None) -> tuple[np.ndarray, float]:
     """``Z`` (float16-rounded) through a rank-``rank`` truncated SVD of its centred rows,
-    with float16 coefficients; and the relative Frobenius error of the centred logits."""
+    with float16 coefficients; and the relative Frobenius error of the centred logits.
+
+    With ``fit_rows``, the mean and basis come from the first ``fit_rows`` rows only (as a
+    build that fits them on its first chunk would) and every row is projected onto them."""
     Z = Z.astype(np.float16).astype(np.float64)
-    mean = Z.mean(0)
-    U, S, Vt = np.linalg.svd(Z - mean, full_matrices=False)
-    coefficients = (U[:, :rank] * S[:rank]).astype(np.float16).astype(np.float64)
+    fit = Z if fit_rows is None else Z[:fit_rows]
+    mean = fit.mean(0)
+    _, _, Vt = np.linalg.svd(fit - mean, full_matrices=False)
     basis = Vt[:rank].astype(np.float16).astype(np.float64)
+    coefficients = ((Z - mean) @ Vt[:rank].T).astype(np.float16).astype(np.float64)
     approx = coefficients @ basis + mean
-    error = float(np.linalg.norm(approx - Z) / np.linalg.norm(Z - mean))
+    error = float(np.linalg.norm(approx - Z) / np.linalg.norm(Z - Z.mean(0)))
     return approx.astype(np.float32), error
 
 
@@ -151,6 +158,9 @@ def run(s: dict, workdir: Path) -> dict:
     for r in s["ranks"]:
         approx, error = low_rank(Z, r)
         variants[f"rank {r}"] = (approx, error, 2 * r)
+    r, fit_rows = s["first_chunk"]
+    approx, error = low_rank(Z, r, fit_rows)
+    variants[f"rank {r}, basis from {fit_rows} rows"] = (approx, error, 2 * r)
     # today's formats at the same bytes, on the same teacher: what low rank is up against
     k, kept, draws = s["topk"]
     topk = build(net, X, y, workdir / "topk", TopK(k))
@@ -179,7 +189,9 @@ def run(s: dict, workdir: Path) -> dict:
                     "format": name,
                     "bytes_per_row": nbytes,
                     "of_dense": nbytes / dense_bytes,
-                    "basis_bytes": 2 * C * int(name.split()[1]) if name.startswith("rank") else 0,
+                    "basis_bytes": 2 * C * int(name.split()[1].rstrip(","))
+                    if name.startswith("rank")
+                    else 0,
                     "relative_error": error,
                     "test_accuracy": acc,
                     "gap": gap(acc, dense),

@@ -412,9 +412,12 @@ def test_low_rank_probe_quick_run_writes_its_results(tmp_path):
         (8.0, "dense"),
         (8.0, "rank 8"),
         (8.0, "rank 16"),
+        (8.0, "rank 16, basis from 100 rows"),
         (8.0, "topk8 bucket"),
         (8.0, "topk4+4@8 sampled tail"),
     ]
     ranked = [r for r in result["rows"] if r["format"].startswith("rank")]
     assert all(r["bytes_per_row"] < result["rows"][0]["bytes_per_row"] / 10 for r in ranked)
     assert ranked[0]["relative_error"] > ranked[1]["relative_error"] > 0  # more rank, less error
+    # a basis fitted on fewer rows fits the rest less well than the one fitted on them all
+    assert ranked[2]["relative_error"] > ranked[1]["relative_error"]
