@@ -104,11 +104,13 @@ STUDENT = {
 }  # a linear student
 
 
-def fit_student(X, y, cache, epochs: int, temperature: float, seed: int):
+def fit_student(X, y, cache, epochs: int, temperature: float, seed: int, classes=None):
+    """The linear student fitted from ``cache`` (or in-memory logits, whose ``classes`` must
+    then be named), and its fit's wall seconds."""
     from kdpipe import DistilledClassifier
 
     clf = DistilledClassifier(
-        max_epochs=epochs, temperature=temperature, random_state=seed, **STUDENT
+        max_epochs=epochs, temperature=temperature, random_state=seed, classes=classes, **STUDENT
     )
     start = time.perf_counter()
     clf.fit(X, y, teacher_logits=cache)

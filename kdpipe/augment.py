@@ -148,6 +148,14 @@ def _uniform(words: np.ndarray) -> np.ndarray:
     return words.astype(np.float64) / 2.0**32
 
 
+def _parse_probability(value: Any) -> float:
+    """``value`` as a float in [0, 1], or a ValueError naming ``p``."""
+    p = float(value)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must lie in [0, 1], got {value!r}")
+    return p
+
+
 def _parse_nonnegative_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -219,6 +227,13 @@ class Shift(Augmentation):
     on the rows and jittered copies of them (Hinton et al. 2015, section 3) saw both,
     and a student of its views should too.
 
+    Parameters
+    ----------
+    pixels : int, default=2
+        The largest shift in each direction.
+    p : float in [0, 1], default=1.0
+        The probability that a view is shifted at all (recorded only when below 1).
+
     Examples
     --------
     >>> import numpy as np
@@ -240,25 +255,22 @@ class Shift(Augmentation):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pixels", _parse_nonnegative_int(self.pixels, "pixels"))
-        p = float(self.p)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must lie in [0, 1], got {self.p!r}")
-        object.__setattr__(self, "p", p)
+        object.__setattr__(self, "p", _parse_probability(self.p))
         # a third word only for the coin: Shift(k) with p=1 draws what it always drew
-        object.__setattr__(self, "n_words", 2 if p == 1.0 else 3)
+        object.__setattr__(self, "n_words", 2 if self.p == 1.0 else 3)
 
     def apply(self, batch: Any, words: np.ndarray) -> Any:
         H, W = _image_axes(batch, "Shift")
-        p = self.pixels
-        if p == 0:
+        pad = self.pixels
+        if pad == 0:
             return batch
-        dy = _below(words[:, 0], 2 * p + 1)  # top of the crop in the padded image: p - shift
-        dx = _below(words[:, 1], 2 * p + 1)
+        dy = _below(words[:, 0], 2 * pad + 1)  # top of the crop in the padded image: pad - shift
+        dx = _below(words[:, 1], 2 * pad + 1)
         if self.p < 1.0:
             unshifted = _uniform(words[:, 2]) >= self.p
-            dy[unshifted] = p
-            dx[unshifted] = p
-        return _padded_crops(batch, p, dy, dx, H, W)
+            dy[unshifted] = pad
+            dx[unshifted] = pad
+        return _padded_crops(batch, pad, dy, dx, H, W)
 
     def to_dict(self) -> dict[str, Any]:
         # p=1 is left out: the record (and so every cache's fingerprint) is what it was
@@ -306,10 +318,7 @@ class HFlip(Augmentation):
     n_words: int = field(default=1, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        p = float(self.p)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must lie in [0, 1], got {self.p!r}")
-        object.__setattr__(self, "p", p)
+        object.__setattr__(self, "p", _parse_probability(self.p))
 
     def apply(self, batch: Any, words: np.ndarray) -> Any:
         import torch

@@ -118,6 +118,11 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
         r1["control_hard_test_accuracy"]["mean"] - r1["teacher_test_accuracy"]
     )
     assert control["low"] <= control["mean"] <= control["high"]
+    # trained for its own epochs, not the hard student's
+    e1 = record["experiments"]["1"]
+    assert f"{record['profile']['control_epochs']} epochs" in e1["settings"]["control"]
+    assert record["profile"]["control_epochs"] != record["profile"]["student_epochs"]
+    assert r1["control_hard_test_accuracy"]["per_seed"] != r1["hard_test_accuracy"]["per_seed"]
     assert record["git_commit"] is None or len(record["git_commit"]) >= 40
     # experiment 6 also runs specialists on the image data and names their classes
     r6 = record["experiments"]["6"]["results"]

@@ -383,8 +383,10 @@ def test_cluster_sweep_example_reads_and_writes_only_the_bucket(
     assert s3fs.S3FileSystem(**options).exists(f"{url}/demo/X.zarr/zarr.json")
 
 
-def test_low_rank_probe_reconstructs_a_low_rank_matrix_and_its_error_is_the_dropped_energy():
-    sys.path.insert(0, str(ROOT))
+def test_low_rank_probe_reconstructs_a_low_rank_matrix_and_its_error_is_the_dropped_energy(
+    monkeypatch,
+):
+    monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks.bench_sparse_lowrank import low_rank
 
     rng = np.random.default_rng(0)

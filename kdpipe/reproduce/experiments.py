@@ -25,7 +25,7 @@ from kdpipe.reproduce.stats import (
     share_verdict,
 )
 
-__all__ = ["RUNNERS", "choose_distillation", "distilled_student"]
+__all__ = ["RUNNERS"]
 
 
 def _correct(model: Any, X: np.ndarray, y: np.ndarray) -> np.ndarray:
