@@ -76,6 +76,7 @@ def mlp_teacher(s: dict, seed: int = 0):
     import torch
 
     from kdpipe.datasets import make_confusable_classification
+    from kdpipe.teacher_training import train_mlp_ensemble
 
     n_fit = s["teacher_rows_per_class"] * s["classes"]
     X, y = make_confusable_classification(
@@ -86,20 +87,19 @@ def mlp_teacher(s: dict, seed: int = 0):
         random_state=seed,
     )
     X = X.astype(np.float32)
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(s["features"], s["teacher_hidden"]),
-        torch.nn.ReLU(),
-        torch.nn.Linear(s["teacher_hidden"], s["classes"]),
+    (net,) = train_mlp_ensemble(
+        X[:n_fit],
+        y[:n_fit],
+        n_classes=s["classes"],
+        n_members=1,
+        hidden_layer_sizes=(s["teacher_hidden"],),
+        dropout=0.0,
+        epochs=s["teacher_epochs"],
+        batch_size=256,
+        learning_rate=3e-3,
+        random_state=seed,
+        device="cpu",
     )
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    Xf, yf = torch.from_numpy(X[:n_fit]), torch.from_numpy(y[:n_fit].astype(np.int64))
-    for _ in range(s["teacher_epochs"]):
-        for batch in torch.randperm(n_fit).split(256):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(Xf[batch]), yf[batch]).backward()
-            opt.step()
-    net.eval()
     rest = slice(n_fit, None)
     X, y = X[rest], y[rest]
     n = s["train_rows"]
@@ -146,7 +146,8 @@ def run(s: dict, workdir: Path) -> dict:
     X, y, X_test, y_test, Z, Z_test, net = mlp_teacher(s)
     C = s["classes"]
     dense_bytes = 2 * C
-    # name -> (logits, relative error, bytes a row, rank: 0 for no shared basis)
+    # name -> (logits, relative error, bytes a row, rank: 0 for no shared basis); the
+    # formats that do not depend on T
     variants = {"dense": (Z.astype(np.float16).astype(np.float32), 0.0, dense_bytes, 0)}
     for r in s["ranks"]:
         approx, error = low_rank(Z, r)
@@ -160,18 +161,21 @@ def run(s: dict, workdir: Path) -> dict:
     rows = []
     for T in s["temperatures"]:
         tail = build(net, X, y, workdir / f"tail{T:g}", TopKSampledTail(kept, draws, T))
-        variants[f"topk{k} bucket"] = (topk, np.nan, topk.info()["logit_bytes_per_row"], 0)
-        variants[f"topk{kept}+{draws}@{T:g} sampled tail"] = (
-            tail,
-            np.nan,
-            tail.info()["logit_bytes_per_row"],
-            0,
-        )
+        at_T = {
+            **variants,
+            f"topk{k} bucket": (topk, np.nan, topk.info()["logit_bytes_per_row"], 0),
+            f"topk{kept}+{draws}@{T:g} sampled tail": (
+                tail,
+                np.nan,
+                tail.info()["logit_bytes_per_row"],
+                0,
+            ),
+        }
         dense = [
             fit_accuracy(X, y, variants["dense"][0], T, s, seed, X_test, y_test)
             for seed in s["seeds"]
         ]
-        for name, (logits, error, nbytes, rank) in list(variants.items()):
+        for name, (logits, error, nbytes, rank) in at_T.items():
             acc = (
                 dense
                 if name == "dense"
@@ -190,8 +194,6 @@ def run(s: dict, workdir: Path) -> dict:
                 }
             )
             print(T, name, f"{np.mean(acc):.4f}", rows[-1]["gap"]["mean_points"], flush=True)
-        for name in [n for n in variants if "sampled tail" in n or "bucket" in n]:
-            del variants[name]
     return {
         "settings": s,
         "teacher_test_accuracy": float(np.mean(Z_test.argmax(1) == y_test)),
