@@ -60,9 +60,10 @@ def sweep_only() -> dict:
     """Formats a sweep may name that the main comparison leaves out: tail draws at the
     sweep's T, and larger formats (above the 5% budget) that show how many bytes a
     temperature's goal takes."""
-    from kdpipe.cache import Sampled, TopK, TopKSampledTail
+    from kdpipe.cache import LowRank, Sampled, TopK, TopKSampledTail
 
     return {
+        "lowrank248": LowRank(248),  # 5% of dense a row; this teacher's logits have rank 21
         "topk64+32@8 sampled tail": TopKSampledTail(64, 32, 8.0),
         "topk16+64@8 sampled tail": TopKSampledTail(16, 64, 8.0),
         "sampled125@8": Sampled(125, 8.0),
@@ -192,7 +193,7 @@ def accuracy_runs(s: dict, workdir: Path, quick: bool, temperatures: list[float]
 
 
 def timing_runs(s: dict, workdir: Path, quick: bool) -> list[dict]:
-    from kdpipe.cache import TopK, TopKSampledTail
+    from kdpipe.cache import LowRank, TopK, TopKSampledTail
 
     out = []
     for n_classes, rows, repeats in s["timing"]:
@@ -204,6 +205,9 @@ def timing_runs(s: dict, workdir: Path, quick: bool) -> list[dict]:
             f"topk{k_uniform} uniform": TopK(k_uniform, tail="uniform"),
             f"topk{k_uniform} bucket": TopK(k_uniform, tail="bucket"),
             "topk64+32@4 sampled tail": TopKSampledTail(min(64, n_classes // 4), 32, 4.0),
+            # decodes every row through its basis: rank x C multiply-adds a row, more than
+            # a linear student's own forward pass
+            f"lowrank{(budget - 4) // 2}": LowRank(min((budget - 4) // 2, rows - 1)),
         }
         caches = {
             name: build(teacher, X, y, workdir / f"t{n_classes}-{i}", spec)

@@ -21,7 +21,15 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path, never instal
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from kdpipe import augment, cache, datasets, engine, errors, labels, losses, rows, students
-    from kdpipe.cache import LogitCache, Sampled, TopK, TopKSampledTail, Views, build_cache
+    from kdpipe.cache import (
+        LogitCache,
+        LowRank,
+        Sampled,
+        TopK,
+        TopKSampledTail,
+        Views,
+        build_cache,
+    )
     from kdpipe.distilled import DistilledClassifier
     from kdpipe.losses import (
         distillation_loss,
@@ -44,6 +52,7 @@ _PUBLIC = {
     "TopK": "kdpipe.cache",
     "TopKSampledTail": "kdpipe.cache",
     "Sampled": "kdpipe.cache",
+    "LowRank": "kdpipe.cache",
     "Views": "kdpipe.cache",
     "build_cache": "kdpipe.cache",
     "LogitCache": "kdpipe.cache",
@@ -68,6 +77,7 @@ __all__ = [
     "DistilledClassifier",
     "LazyRows",
     "LogitCache",
+    "LowRank",
     "Sampled",
     "SpecialistEnsembleClassifier",
     "TopK",

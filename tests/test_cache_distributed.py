@@ -6,13 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from kdpipe.cache import build_cache
+from kdpipe.cache import LowRank, build_cache
 
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.mark.parametrize("backend, processes", [("zarr", False), ("hdf5", False), ("zarr", True)])
-def test_cluster_build_equals_threaded_build(tmp_path, backend, processes):
+@pytest.mark.parametrize(
+    "backend, processes, sparse",
+    [
+        ("zarr", False, None),
+        ("hdf5", False, None),
+        ("zarr", True, None),
+        ("zarr", True, LowRank(2, fit_rows=40)),  # each worker process reads the basis
+    ],
+)
+def test_cluster_build_equals_threaded_build(tmp_path, backend, processes, sparse):
     """Threads or worker processes: the same values, labels and fingerprint.
 
     In worker processes the job and each chunk's rows are pickled; unpickled rows may
@@ -25,7 +33,7 @@ def test_cluster_build_equals_threaded_build(tmp_path, backend, processes):
     torch.manual_seed(1)
     hidden = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     members = [hidden, torch.nn.Linear(6, 3)]
-    kw = dict(y=y, backend=backend, chunk_rows=32, batch_size=16, progress=False)
+    kw = dict(y=y, backend=backend, chunk_rows=32, batch_size=16, progress=False, sparse=sparse)
     local = build_cache(members, X, tmp_path / "local", num_workers=2, **kw)
     with (
         distributed.LocalCluster(

@@ -88,6 +88,28 @@ def test_round_trip_equals_a_local_cache(tmp_path, data, s3_bucket):
     assert not (Path.cwd() / "s3:").exists()
 
 
+def test_a_low_rank_cache_and_its_basis_round_trip_and_a_damaged_basis_is_caught(
+    tmp_path, data, s3_bucket
+):
+    from kdpipe.cache import LowRank
+    from kdpipe.cache.lowrank import BASIS_NAME
+
+    X, y, W = data
+    url, options = s3_bucket
+    kw = dict(y=y, chunk_rows=ROWS, batch_size=4, progress=False, sparse=LowRank(2))
+    local = build_cache(counting_teacher(W, []), X, tmp_path / "local", **kw)
+    where = f"{url}/runs/lowrank.zarr"
+    remote = build_cache(counting_teacher(W, []), X, where, storage_options=options, **kw)
+    np.testing.assert_array_equal(np.asarray(remote), np.asarray(local))
+    assert remote.verify().ok
+    fs = fs_of(options)
+    key = f"{where.removeprefix('s3://')}/{BASIS_NAME}"
+    assert fs.cat_file(key) == (local.path / BASIS_NAME).read_bytes()
+    fs.pipe_file(key, b"\x93NUMPY damaged")
+    with pytest.raises(CacheCorruptError, match="fails its checksum"):
+        np.asarray(LogitCache.open(where, storage_options=options))
+
+
 def test_a_pickled_view_is_the_url_and_rows_never_data(data, s3_bucket):
     X, _y, W = data
     url, options = s3_bucket

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdpipe.cache import LogitCache, Sampled, TopK, TopKSampledTail
+from kdpipe.cache import LogitCache, LowRank, Sampled, TopK, TopKSampledTail
 from kdpipe.cache.sparse import parse_sparse_option
 from kdpipe.cli import main
 
@@ -37,6 +37,8 @@ def files(tmp_path):
         ("topk:8+16@4", TopKSampledTail(8, 16, 4.0)),
         ("topk:8+16@2.5:uint8", TopKSampledTail(8, 16, 2.5, values="uint8")),
         ("sampled:32@4", Sampled(32, 4.0)),
+        ("lowrank:248", LowRank(248)),
+        ("lowrank:64@1000", LowRank(64, 1000)),
     ],
 )
 def test_every_sparse_format_has_a_command_line_spelling(text, spec):
@@ -56,6 +58,10 @@ def test_every_sparse_format_has_a_command_line_spelling(text, spec):
         ("sampled:32@0", "temperature must be a finite number > 0"),
         ("sampled:70000@4", "draws must be at most 65535"),
         ("dense", "is not a sparse format"),
+        ("lowrank:", "is not a sparse format"),
+        ("lowrank:x", "R must be a number, got 'x'"),
+        ("lowrank:8@y", "ROWS must be a number, got 'y'"),
+        ("lowrank:8@8", "fit_rows (8) must be more than rank (8)"),
     ],
 )
 def test_a_bad_sparse_format_is_one_line_and_status_2_before_any_work(files, capsys, text, needle):
@@ -105,3 +111,18 @@ def test_build_cache_writes_the_sparse_format_it_was_given(files):
     cache = LogitCache.open(out)
     assert cache.sparse == TopKSampledTail(4, 6, 2.0) and cache.verify().ok
     assert cache.read_rows(np.arange(N)).tail_counts.sum(axis=-1).tolist() == [[6.0]] * N
+
+
+def test_build_cache_writes_a_low_rank_cache_that_decodes_to_the_teachers_logits(files):
+    out = files / "cache"
+    args = ["build-cache", str(files / "t.pt"), "--data", str(files / "x.npy"), "-o", str(out)]
+    assert main([*args, "--quiet", "--sparse", "lowrank:5@30"]) == 0
+    cache = LogitCache.open(out)
+    assert cache.manifest.sparse["rank"] == 5 and cache.verify().ok
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit, as in the fixture
+        teacher = torch.jit.load(str(files / "t.pt"))
+    with torch.no_grad():
+        expected = teacher(torch.from_numpy(np.load(files / "x.npy"))).numpy()
+    # a linear teacher of 4 inputs: centred logits of rank 4 < 5, so the decode is exact
+    np.testing.assert_allclose(np.asarray(cache)[:, 0], expected, atol=1e-4)

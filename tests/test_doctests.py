@@ -14,6 +14,8 @@ import pytest
 MODULES = [
     "kdpipe.cache.build",  # build_cache
     "kdpipe.cache.reader",  # LogitCache
+    "kdpipe.cache.lowrank",  # LowRank, fit_basis
+    "kdpipe.cache.lowrank_reader",  # LowRankLogitCache.reconstruction_errors
     "kdpipe.losses",  # soft_targets, distillation_loss, hard_label_loss, logit_matching_loss
     "kdpipe.rows",  # LazyRows
     "kdpipe.students",  # MLP

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from kdpipe.cache.build import build_cache
     from kdpipe.cache.config import BuildConfig
+    from kdpipe.cache.lowrank import LowRank
+    from kdpipe.cache.lowrank_reader import LowRankLogitCache
     from kdpipe.cache.reader import LogitCache
     from kdpipe.cache.sparse import Sampled, TopK, TopKSampledTail
     from kdpipe.cache.sparse_reader import SparseLogitCache
@@ -27,6 +29,8 @@ _PUBLIC = {
     "VerifyReport": "kdpipe.cache.verify",
     "BuildConfig": "kdpipe.cache.config",
     "SparseLogitCache": "kdpipe.cache.sparse_reader",
+    "LowRankLogitCache": "kdpipe.cache.lowrank_reader",
+    "LowRank": "kdpipe.cache.lowrank",
     "TopK": "kdpipe.cache.sparse",
     "TopKSampledTail": "kdpipe.cache.sparse",
     "Sampled": "kdpipe.cache.sparse",
@@ -36,6 +40,8 @@ _PUBLIC = {
 __all__ = [
     "BuildConfig",
     "LogitCache",
+    "LowRank",
+    "LowRankLogitCache",
     "Sampled",
     "SparseLogitCache",
     "TopK",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,10 +17,18 @@ import numpy as np
 from kdpipe.cache.config import BuildConfig
 from kdpipe.cache.durable import fsync_dir, is_temp_name, remove_temps, write_step
 from kdpipe.cache.executor import Task, run_tasks
-from kdpipe.cache.fingerprint import combine_hashes, is_weak
+from kdpipe.cache.fingerprint import combine_hashes, hash_block, is_weak
 from kdpipe.cache.hdf5_store import Hdf5ChunkStore
 from kdpipe.cache.location import Location, is_remote, parse_location, remove_tree
 from kdpipe.cache.lock import LOCK_NAMES, BuildLock
+from kdpipe.cache.lowrank import (
+    BASIS_NAME,
+    LowRank,
+    LowRankBasis,
+    fit_basis,
+    read_basis,
+    write_basis,
+)
 from kdpipe.cache.manifest import (
     FORMAT_VERSION,
     MANIFEST_COPY,
@@ -37,8 +46,8 @@ from kdpipe.cache.manifest import (
 )
 from kdpipe.cache.reader import LogitCache
 from kdpipe.cache.sparse import parse_sparse
-from kdpipe.cache.storage import hdf5_url_message, open_store
-from kdpipe.cache.tasks import ChunkJob
+from kdpipe.cache.storage import checksum, hdf5_url_message, open_store
+from kdpipe.cache.tasks import ChunkJob, check_scores
 from kdpipe.cache.teachers import Member, parse_precision, resolve_classes, resolve_members
 from kdpipe.cache.views import parse_views, views_differences
 from kdpipe.cache.zarr_store import ZarrChunkStore
@@ -61,6 +70,7 @@ _OWN_NAMES = {
     RECORDS_DIR,
     ZarrChunkStore.dirname,
     Hdf5ChunkStore.dirname,
+    BASIS_NAME,
     *LOCK_NAMES,
 }
 
@@ -152,13 +162,15 @@ def build_cache(
         Options of the URL's fsspec file system (``endpoint_url``, ``profile``,
         ``client_kwargs``...). They travel with every task to the workers, and are never
         written into the cache. Leave credentials to the environment or a profile.
-    sparse : TopK, TopKSampledTail, Sampled or dict, optional
+    sparse : TopK, TopKSampledTail, Sampled, LowRank or dict, optional
         Store a compact record per row and member instead of every logit (see
         :mod:`kdpipe.cache.sparse`): ``TopK(k)`` keeps the ``k`` largest logits and a
         tail summary (any temperature and either ensemble combination at fit time);
         ``TopKSampledTail(k, draws, temperature)`` adds tail classes drawn at that
         temperature; ``Sampled(draws, temperature)`` keeps classes drawn from the teacher's softmax
-        at that temperature (an unbiased gradient there only). Recorded in the
+        at that temperature (an unbiased gradient there only); ``LowRank(rank)`` keeps
+        ``rank`` coefficients in a basis fitted on the first rows and decodes to dense
+        logits (:mod:`kdpipe.cache.lowrank`). Recorded in the
         manifest: a dense cache and a sparse one, or two sparse settings, are different
         caches and a resume refuses the other. ``None`` (default): dense logits.
     views : Views, optional
@@ -246,11 +258,13 @@ def build_cache(
     order = resolve_classes(members, classes)
     settings = {"precision": precision, "device_kind": _device_kind(device, client)}
     _refuse_foreign(root)  # before the lock file is created in someone else's folder
-    fresh = None
+    fresh: tuple[Manifest, LowRankBasis | None] | None = None
     if (
         overwrite or not (root / MANIFEST_NAME).exists()
     ):  # refuse what a new cache cannot hold before any write
-        fresh = _fresh_manifest(config, source, members, order, device, settings, spec, view_spec)
+        fresh = _fresh_manifest(
+            config, source, members, order, device, client, settings, spec, view_spec, precision
+        )
     with BuildLock(root, timeout=lock_timeout) as lock:
         return _build_locked(
             root,
@@ -280,24 +294,77 @@ def _fresh_manifest(
     members: list[Member],
     order: np.ndarray | None,
     device: Any,
+    client: Any,
     settings: dict[str, str],
     spec: Any,
     view_spec: Any,
-) -> Manifest:
-    """The manifest of a new cache for this request; raises for settings such a cache cannot hold.
+    precision: str,
+) -> tuple[Manifest, LowRankBasis | None]:
+    """The manifest of a new cache for this request, and the basis of a low-rank one;
+    raises for settings such a cache cannot hold.
 
     Every member first runs on two rows: a teacher that cannot take these rows fails here,
-    before anything is written.
+    before anything is written. A low-rank cache's basis is fitted here too, on the
+    members' logits of the first ``fit_rows`` rows, so that every chunk task, on any
+    worker and after any resume, encodes in the one basis the manifest records.
     """
     manifest = _new_manifest(
         config, source, members, order, device, settings, _probe(members, source)
     )
+    basis = None
     if spec is not None:
         manifest = replace(manifest, sparse=spec.to_dict(), format_version=SPARSE_FORMAT_VERSION)
         manifest.sparse_layout()
+        if isinstance(spec, LowRank):
+            where = "cpu" if client is not None else device  # the cluster's devices are not here
+            basis, fitted = _fit_lowrank(
+                spec, source, members, where, config, precision, manifest.n_classes
+            )
+            crc = checksum(np.frombuffer(basis.to_bytes(), dtype=np.uint8))
+            sparse = {**spec.to_dict(), "basis_crc32c": crc, "fit_sha256": fitted}
+            manifest = replace(manifest, sparse=sparse)
     if view_spec is not None:
         manifest = replace(manifest, views=view_spec.to_dict(), format_version=VIEWS_FORMAT_VERSION)
-    return manifest
+    return manifest, basis
+
+
+def _fit_lowrank(
+    spec: LowRank,
+    source: Source,
+    members: list[Member],
+    device: Any,
+    config: BuildConfig,
+    precision: str,
+    n_classes: int,
+) -> tuple[LowRankBasis, str]:
+    """The basis of a low-rank cache, fitted on every member's logits of the first
+    ``spec.fit_rows`` rows, and the sha256 of those rows (a resume must see the same).
+
+    The fit rows are encoded once too: coefficients beyond the cache's dtype fail here,
+    before anything is written.
+    """
+    n = min(spec.fit_rows, source.n_rows)
+    where = resolve_device(device)
+    logits = np.empty((n, len(members), n_classes), dtype=np.float32)
+    for b0 in range(0, n, config.batch_size):
+        b1 = min(b0 + config.batch_size, n)
+        x = source.read(b0, b1)[0]
+        for j, member in enumerate(members):
+            scores = np.asarray(member.predict(x, where, precision))
+            check_scores(scores, j, member, b0, b1, n_classes, config.dtype)
+            logits[b0:b1, j] = scores.astype(config.dtype)
+    basis = fit_basis(logits, spec.rank, config.dtype)
+    for b0 in range(0, n, config.batch_size):
+        basis.encode(logits[b0 : b0 + config.batch_size], first_row=b0)
+    return basis, _fit_rows_digest(source, n)
+
+
+def _fit_rows_digest(source: Source, n: int) -> str:
+    """sha256 of the first ``n`` rows, read in fixed blocks (whatever the batch size)."""
+    digest = hashlib.sha256()
+    for b0 in range(0, n, 256):
+        digest.update(bytes.fromhex(hash_block(source.read(b0, min(b0 + 256, n))[0])))
+    return digest.hexdigest()
 
 
 def _build_locked(
@@ -318,16 +385,16 @@ def _build_locked(
     num_workers: int | None,
     progress: bool,
     precision: str,
-    fresh: Manifest | None,
+    fresh: tuple[Manifest, LowRankBasis | None] | None,
 ) -> LogitCache:
     """The build, with this process holding the path's lock: every destructive step happens here."""
     manifest = _existing_manifest(root, overwrite)
     if manifest is None:
-        manifest = fresh or _fresh_manifest(
-            config, source, members, order, device, settings, spec, view_spec
+        manifest, basis = fresh or _fresh_manifest(
+            config, source, members, order, device, client, settings, spec, view_spec, precision
         )
         lock.check()
-        _initialize(root, manifest)
+        _initialize(root, manifest, basis)
     else:
         if not resume:
             raise CacheError(
@@ -342,6 +409,12 @@ def _build_locked(
         differences += views_differences(
             manifest.views, None if view_spec is None else view_spec.to_dict()
         )
+        if isinstance(spec, LowRank) and not differences:
+            n = min(spec.fit_rows, source.n_rows)
+            if _fit_rows_digest(source, n) != manifest.sparse["fit_sha256"]:  # type: ignore[index]
+                differences.append(
+                    f"low-rank basis: it was fitted on other rows 0-{n - 1} than this build's X has"
+                )
         if differences:
             raise CacheMismatchError(
                 f"the cache at {root} was built differently: "
@@ -358,6 +431,10 @@ def _build_locked(
             )
         for folder in (root, root / RECORDS_DIR, root / Hdf5ChunkStore.dirname):
             remove_temps(folder)
+        if isinstance(spec, LowRank):
+            read_basis(
+                root, manifest
+            )  # every chunk is coefficients in it: refuse a damaged one now
     codes = None
     if y is not None:
         y = np.asarray(y)
@@ -703,12 +780,17 @@ def _new_manifest(
     )
 
 
-def _initialize(root: Location, manifest: Manifest) -> None:
-    """Create the empty store, then the manifest (its presence means 'initialized')."""
+def _initialize(root: Location, manifest: Manifest, basis: LowRankBasis | None = None) -> None:
+    """Create the empty store (and a low-rank cache's basis), then the manifest (its
+    presence means 'initialized')."""
     write_step("mkdir", root)
     root.mkdir(parents=True, exist_ok=True)
     fsync_dir(root.parent)
     open_store(root, manifest, writable=True).create()
+    if basis is not None:
+        assert manifest.sparse is not None
+        if write_basis(root, basis) != manifest.sparse["basis_crc32c"]:
+            raise CacheError(f"the low-rank basis written to {root} differs from the one fitted")
     write_step("mkdir", root / RECORDS_DIR)
     (root / RECORDS_DIR).mkdir(exist_ok=True)
     # a copy that is never rewritten: a damaged manifest.json is recovered from it

@@ -350,7 +350,8 @@ def register(subparsers: Any) -> None:
         metavar="FORMAT",
         help="store a sparse cache: topk:K (top K logits and a tail bucket; :uniform spreads the tail "
         "evenly, :uint8 stores 8-bit values), topk:K+DRAWS@T (plus DRAWS tail classes drawn at T), "
-        "sampled:DRAWS@T (classes drawn at T); default: dense",
+        "sampled:DRAWS@T (classes drawn at T), lowrank:R[@ROWS] (R coefficients a row in a "
+        "basis fitted on the first ROWS rows, default 4096; decodes to dense logits); default: dense",
     )
     add_storage_option(p)
     p.set_defaults(func=_build, resume_hint=_RESUME_HINT)

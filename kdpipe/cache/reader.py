@@ -233,9 +233,14 @@ class LogitCache:
                 )
         kind: type[LogitCache] = cls
         if manifest.sparse is not None and cls is LogitCache:
-            from kdpipe.cache.sparse_reader import SparseLogitCache
+            if manifest.sparse.get("kind") == "lowrank":
+                from kdpipe.cache.lowrank_reader import LowRankLogitCache
 
-            kind = SparseLogitCache
+                kind = LowRankLogitCache
+            else:
+                from kdpipe.cache.sparse_reader import SparseLogitCache
+
+                kind = SparseLogitCache
         handle = _Handle(root, manifest, records, int(chunk_cache_bytes))
         handle._store = store
         return kind(handle)

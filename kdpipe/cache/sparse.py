@@ -30,6 +30,10 @@ logits for an ensemble; see :mod:`kdpipe.sparse_targets`):
   replacement from ``softmax(v / T)``, stored as the distinct classes and their counts
   (uint16), ``4 s`` bytes (``6 s`` above 32,767 classes). Their empirical
   distribution is an unbiased estimate of the soft targets at that ``T`` only.
+- :class:`~kdpipe.cache.lowrank.LowRank` ``(rank, fit_rows)``: ``rank`` coefficients per
+  row and member in a basis fitted once at build and stored beside the chunks
+  (:mod:`kdpipe.cache.lowrank`); one entry per member, no mean entry. It decodes to
+  dense logits, so it serves everything a dense cache does.
 
 Error bounds (per row and entry, of the ``T**2``-scaled soft term's gradient against the
 dense one, L1 over the classes; ``p_tail(T, k)`` is the teacher's mass outside its top
@@ -49,10 +53,13 @@ TopKSampledTail                ``<= 2 T p_tail`` (plus the off-grid term); at ``
                                unbiased (the expected spread is the teacher's tail);
                                elsewhere consistent, bias ``O(1 / draws)``
 Sampled                        unbiased at its ``T``, variance ``T**2 p_j (1-p_j) / s``
+LowRank                        ``<= T (e**(2 e/T) - 1)``, ``e`` = the row's stored
+                               ``max_error``, ``max_j |v_j - v_hat_j|`` (measured at build)
 =============================  ======================================================
 
-What each format can do at fit time (anything else raises
-:class:`~kdpipe.errors.SparseFormatError` before training starts):
+What each top-k or sampled format can do at fit time (anything else raises
+:class:`~kdpipe.errors.SparseFormatError` before training starts; a low-rank cache does
+what a dense one does):
 
 =====================  ==========================  ================================
                        TopK, TopKSampledTail       Sampled
@@ -72,8 +79,8 @@ dense reads            no (``np.asarray(cache)``   no
 
 How each trains at 5,000 classes and 5% of dense float16 bytes (20 epochs, 3 seeds):
 ``benchmarks/results/sparse_train_accuracy.md`` (T = 4) and ``sparse_train_sweep*.md``
-(T = 2 and 8). Top-k plus tail draws is the one within 0.3 points of dense at T = 4; no
-format at that size is at T = 8, where a third of the teacher's mass is in the tail.
+(T = 2 and 8) on a linear teacher; ``sparse_lowrank.md`` (T = 2, 4, 8) on an MLP teacher
+of logit rank 513, with ``LowRank(248)`` against top-k at the same bytes a row.
 
 On disk a chunk of records is a ``uint8`` array ``(rows, E, record bytes)`` in the same
 chunk stores, with the same checksums, as dense logits (``Manifest.row_shape``); the
@@ -90,11 +97,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from kdpipe.cache.lowrank import LowRank, LowRankBasis
 from kdpipe.errors import InputError, SparseFormatError
 from kdpipe.losses import parse_temperature
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKSampledTargets, TopKTargets
 
 __all__ = [
+    "LowRank",
     "TopK",
     "TopKSampledTail",
     "Sampled",
@@ -320,22 +329,23 @@ class Sampled:
             )
 
 
-SparseSpec = TopK | TopKSampledTail | Sampled
-_KINDS: dict[str, type[TopK | TopKSampledTail | Sampled]] = {
+SparseSpec = TopK | TopKSampledTail | Sampled | LowRank
+_KINDS: dict[str, type[SparseSpec]] = {
     "topk": TopK,
     "topk+sampled": TopKSampledTail,
     "sampled": Sampled,
+    "lowrank": LowRank,
 }
 
 
 def parse_sparse(value: Any) -> SparseSpec | None:
-    """``None``, a :class:`TopK`, :class:`TopKSampledTail` or :class:`Sampled`, or their
-    ``to_dict()`` form, checked.
+    """``None``, a :class:`TopK`, :class:`TopKSampledTail`, :class:`Sampled` or
+    :class:`~kdpipe.cache.lowrank.LowRank`, or their ``to_dict()`` form, checked.
 
     A ``"topk"`` dict without ``tail`` (every one recorded before issue 21) is a
     ``"bucket"`` one.
     """
-    if value is None or isinstance(value, (TopK, TopKSampledTail, Sampled)):
+    if value is None or isinstance(value, (TopK, TopKSampledTail, Sampled, LowRank)):
         return value
     if isinstance(value, dict):
         data = dict(value)
@@ -351,8 +361,8 @@ def parse_sparse(value: Any) -> SparseSpec | None:
             raise ValueError(f"bad sparse settings {value!r}: {exc}") from None
     raise ValueError(
         f"sparse must be None, kdpipe.cache.TopK(k=...), kdpipe.cache.TopKSampledTail(k=..., "
-        f"draws=..., temperature=...), kdpipe.cache.Sampled(draws=..., temperature=...) or a "
-        f"dict of one, got {value!r}"
+        f"draws=..., temperature=...), kdpipe.cache.Sampled(draws=..., temperature=...), "
+        f"kdpipe.cache.LowRank(rank=...) or a dict of one, got {value!r}"
     )
 
 
@@ -361,8 +371,9 @@ def parse_sparse_option(text: str) -> SparseSpec:
 
     ``topk:K`` (bucket tail), ``topk:K:uniform``, ``topk:K:uint8`` (8-bit values; the
     two suffixes combine, ``topk:K:uniform:uint8``), ``topk:K+DRAWS@T`` (top-k plus
-    ``DRAWS`` tail classes drawn at ``T``; ``:uint8`` may follow), ``sampled:DRAWS@T``.
-    A ``ValueError`` names the bad value.
+    ``DRAWS`` tail classes drawn at ``T``; ``:uint8`` may follow), ``sampled:DRAWS@T``,
+    ``lowrank:R`` (``R`` coefficients in a basis fitted on the first 4,096 rows) or
+    ``lowrank:R@ROWS`` (fitted on the first ``ROWS``). A ``ValueError`` names the bad value.
 
     Examples
     --------
@@ -372,8 +383,12 @@ def parse_sparse_option(text: str) -> SparseSpec:
     {'kind': 'sampled', 'draws': 32, 'temperature': 4.0, 'seed': 0}
     >>> parse_sparse_option("topk:64+32@4:uint8").to_dict()["values"]
     'uint8'
+    >>> parse_sparse_option("lowrank:248@8192")
+    LowRank(rank=248, fit_rows=8192)
     """
-    usage = "use topk:K[:uniform][:uint8], topk:K+DRAWS@T[:uint8] or sampled:DRAWS@T"
+    usage = (
+        "use topk:K[:uniform][:uint8], topk:K+DRAWS@T[:uint8], sampled:DRAWS@T or lowrank:R[@ROWS]"
+    )
     kind, _, rest = str(text).partition(":")
 
     def number(value: str, what: str, cast: Any) -> Any:
@@ -385,6 +400,11 @@ def parse_sparse_option(text: str) -> SparseSpec:
             ) from None
 
     try:
+        if kind == "lowrank" and rest:
+            rank, at, rows = rest.partition("@")
+            if not at:
+                return LowRank(number(rank, "R", int))
+            return LowRank(number(rank, "R", int), number(rows, "ROWS", int))
         if kind == "sampled" and "@" in rest:
             draws, _, t = rest.partition("@")
             return Sampled(number(draws, "DRAWS", int), number(t, "T", float))
@@ -451,7 +471,7 @@ class SparseLayout:
 
     Parameters
     ----------
-    spec : TopK or Sampled
+    spec : TopK, TopKSampledTail, Sampled or LowRank
     dtype : {"float32", "float16"}
         The cache's dtype: of the stored top-k values, and the rounding of every logit
         before it is reduced.
@@ -470,7 +490,14 @@ class SparseLayout:
         idx = _index_dtype(c)
         value = "<f2" if self.dtype == "float16" else "<f4"
         spec = self.spec
-        if isinstance(spec, (TopK, TopKSampledTail)):
+        if isinstance(spec, LowRank):
+            if spec.rank >= c:
+                raise InputError(
+                    f"LowRank(rank={spec.rank}) keeps as many values as the {c} classes: use "
+                    f"rank < {c}, or a dense cache (sparse=None)"
+                )
+            record = np.dtype([("coefficients", value, (spec.rank,)), ("max_error", "<f4")])
+        elif isinstance(spec, (TopK, TopKSampledTail)):
             if spec.k >= c:
                 raise InputError(
                     f"{type(spec).__name__}(k={spec.k}) keeps every one of the {c} classes: use "
@@ -504,7 +531,10 @@ class SparseLayout:
 
     @property
     def n_entries(self) -> int:
-        """Entries per row: the members, plus their mean for an ensemble."""
+        """Entries per row: the members, plus their mean for an ensemble (not for
+        :class:`LowRank`, whose decoded members' mean is the mean logits)."""
+        if isinstance(self.spec, LowRank):
+            return self.n_members
         return self.n_members + (self.n_members > 1)
 
     @property
@@ -529,10 +559,16 @@ class SparseLayout:
         rng = np.random.default_rng(key)
         return rng.random((rows, self.n_entries, self.spec.draws))
 
-    def encode(self, logits: np.ndarray, uniforms: np.ndarray | None = None) -> np.ndarray:
+    def encode(
+        self,
+        logits: np.ndarray,
+        uniforms: np.ndarray | None = None,
+        basis: LowRankBasis | None = None,
+    ) -> np.ndarray:
         """Records ``(b, E, record bytes)`` uint8 of raw logits ``(b, M, C)``.
 
-        ``uniforms`` ``(b, E, s)`` in [0, 1) drive the draws of a sampled layout.
+        ``uniforms`` ``(b, E, s)`` in [0, 1) drive the draws of a sampled layout;
+        ``basis`` is the stored basis of a :class:`LowRank` one.
         """
         v = np.asarray(logits).astype(self.dtype).astype(np.float64)  # as a dense cache stores them
         if v.ndim != 3 or v.shape[1:] != (self.n_members, self.n_classes):
@@ -540,6 +576,11 @@ class SparseLayout:
                 f"logits must have shape (b, {self.n_members}, {self.n_classes}), got {v.shape}"
             )
         out = np.zeros((v.shape[0], self.n_entries), dtype=self.record)
+        if isinstance(self.spec, LowRank):
+            if basis is None:
+                raise ValueError("a LowRank layout encodes with its cache's basis")
+            out["coefficients"], out["max_error"] = basis.encode(v)
+            return out.view(np.uint8).reshape(v.shape[0], self.n_entries, self.record.itemsize)
         step = max(
             1, _BLOCK_VALUES // self.n_classes
         )  # float64 temporaries of ~16 MB, not (b, C) ones
@@ -599,15 +640,30 @@ class SparseLayout:
 
     # -- read side
 
-    def decode(self, raw: np.ndarray) -> SparseTargets:
-        """Targets of stored records ``(b, E, record bytes)`` uint8."""
+    def _records(self, raw: np.ndarray) -> np.ndarray:
+        """Structured records ``(b, E)`` of stored bytes ``(b, E, record bytes)``."""
         raw = np.ascontiguousarray(raw, dtype=np.uint8)
         if raw.ndim != 3 or raw.shape[1:] != self.row_shape:
             raise ValueError(
                 f"records must have shape (b, {self.row_shape[0]}, {self.row_shape[1]}), got {raw.shape}"
             )
-        rec = raw.view(self.record)[..., 0]  # (b, E)
+        return raw.view(self.record)[..., 0]
+
+    def decode_logits(self, raw: np.ndarray, basis: LowRankBasis) -> np.ndarray:
+        """float32 logits ``(b, M, C)`` of a :class:`LowRank` layout's stored records."""
+        return basis.decode(self._records(raw)["coefficients"])
+
+    def decode_errors(self, raw: np.ndarray) -> np.ndarray:
+        """The largest logit error ``(b, M)`` float32 of each stored :class:`LowRank` record."""
+        return self._records(raw)["max_error"].astype(np.float32)
+
+    def decode(self, raw: np.ndarray) -> SparseTargets:
+        """Targets of stored records ``(b, E, record bytes)`` uint8 (not of a :class:`LowRank`
+        layout, whose records decode to dense logits: :meth:`decode_logits`)."""
+        rec = self._records(raw)  # (b, E)
         spec = self.spec
+        if isinstance(spec, LowRank):
+            raise SparseFormatError("a low-rank cache decodes to dense logits (decode_logits)")
         if isinstance(spec, Sampled):
             return SampledTargets(
                 indices=rec["indices"].astype(np.int64),
@@ -694,5 +750,10 @@ def reduce_logits(
     spec = parse_sparse(sparse)
     if spec is None:
         raise ValueError("sparse must name a sparse format, got None")
+    if isinstance(spec, LowRank):
+        raise TypeError(
+            "LowRank stores dense logits through a basis: kdpipe.cache.lowrank.fit_basis(logits, "
+            "rank, dtype) gives its encode and decode"
+        )
     layout = SparseLayout(spec, dtype, v.shape[2], v.shape[1])
     return layout.decode(layout.encode(v, layout.uniforms(chunk, v.shape[0])))

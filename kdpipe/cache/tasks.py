@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from kdpipe.cache.fingerprint import hash_block, row_digests
+from kdpipe.cache.location import as_location
+from kdpipe.cache.lowrank import LowRank, LowRankBasis, read_basis
 from kdpipe.cache.manifest import ChunkRecord, Manifest, chunk_bounds, write_record
 from kdpipe.cache.storage import checksum, chunk_parts, open_store, read_checked
 from kdpipe.cache.teachers import Member
@@ -23,12 +25,49 @@ from kdpipe.errors import CacheCorruptError, InputError, TeacherOutputError
 from kdpipe.labels import encode_labels
 from kdpipe.rows import Source
 
-__all__ = ["ChunkJob"]
+__all__ = ["ChunkJob", "check_scores"]
 
 
 def _rows_text(rows: np.ndarray) -> str:
     shown = ", ".join(str(r) for r in rows[:10])
     return f"{shown}{', ...' if len(rows) > 10 else ''} ({len(rows)} rows)"
+
+
+def check_scores(
+    out: np.ndarray,
+    j: int,
+    member: Member,
+    r0: int,
+    r1: int,
+    n_classes: int,
+    dtype: str,
+    view: int | None = None,
+) -> None:
+    """Raise :class:`TeacherOutputError` unless member ``j``'s logits of rows ``r0:r1`` have
+    the shape ``(r1 - r0, n_classes)`` and are finite and within ``dtype``'s range."""
+    expected = (r1 - r0, n_classes)
+    of_view = "" if view is None else f" (view {view})"
+    if out.shape != expected:
+        raise TeacherOutputError(
+            f"member {j} ({member.name}) returned logits of shape {out.shape} for rows "
+            f"{r0}-{r1 - 1}{of_view}; expected {expected} ({n_classes} classes)"
+        )
+    half = dtype == "float16"
+    if np.isfinite(out).all() and not (half and np.abs(out).max() > np.finfo(np.float16).max):
+        return  # the common case: whole-batch tests; the row-wise ones below only on failure
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        raise TeacherOutputError(
+            f"member {j} ({member.name}) returned NaN or inf logits for rows "
+            f"{_rows_text(r0 + np.flatnonzero(~finite))}{of_view}"
+        )
+    if half:
+        too_big = (np.abs(out) > np.finfo(np.float16).max).any(axis=1)
+        if too_big.any():
+            raise TeacherOutputError(
+                f"member {j} ({member.name}) returned logits beyond the float16 range for rows "
+                f"{_rows_text(r0 + np.flatnonzero(too_big))}{of_view}; build with dtype='float32'"
+            )
 
 
 @dataclass
@@ -125,6 +164,7 @@ class ChunkJob:
         out = logits if view is None else logits[:, view]
         sparse = m.sparse_layout()
         uniforms = None if sparse is None else sparse.uniforms(index, rows, view)
+        basis = self._basis()
         for b0 in range(0, rows, self.batch_size):
             b1 = min(b0 + self.batch_size, rows)
             # a sparse cache never holds a dense chunk: one batch at a time is reduced
@@ -138,7 +178,9 @@ class ChunkJob:
                 self._check(scores, j, member, start + b0, start + b1, view)
                 dense[:, j] = scores
             if sparse is not None:
-                out[b0:b1] = sparse.encode(dense, None if uniforms is None else uniforms[b0:b1])
+                out[b0:b1] = sparse.encode(
+                    dense, None if uniforms is None else uniforms[b0:b1], basis
+                )
 
     def _writable_store(self) -> Any:
         """This thread's writable chunk store, opened once (not once per chunk)."""
@@ -150,35 +192,24 @@ class ChunkJob:
             store = local.store = open_store(self.root, self.manifest, writable=True)
         return store
 
+    def _basis(self) -> LowRankBasis | None:
+        """A low-rank cache's stored basis, read (and checked) once per worker; else None."""
+        if (self.manifest.sparse or {}).get("kind") != LowRank.kind:
+            return None
+        basis = self.__dict__.get("_lowrank_basis")
+        if basis is None:
+            basis = self.__dict__.setdefault(
+                "_lowrank_basis", read_basis(as_location(self.root), self.manifest)
+            )
+        return basis
+
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_lowrank_basis")}
 
     def _check(
         self, out: np.ndarray, j: int, member: Member, r0: int, r1: int, view: int | None = None
     ) -> None:
-        expected = (r1 - r0, self.manifest.n_classes)
-        of_view = "" if view is None else f" (view {view})"
-        if out.shape != expected:
-            raise TeacherOutputError(
-                f"member {j} ({member.name}) returned logits of shape {out.shape} for rows "
-                f"{r0}-{r1 - 1}{of_view}; expected {expected} ({self.manifest.n_classes} classes)"
-            )
-        half = self.manifest.dtype == "float16"
-        if np.isfinite(out).all() and not (half and np.abs(out).max() > np.finfo(np.float16).max):
-            return  # the common case: whole-batch tests; the row-wise ones below only on failure
-        finite = np.isfinite(out).all(axis=1)
-        if not finite.all():
-            raise TeacherOutputError(
-                f"member {j} ({member.name}) returned NaN or inf logits for rows "
-                f"{_rows_text(r0 + np.flatnonzero(~finite))}{of_view}"
-            )
-        if half:
-            too_big = (np.abs(out) > np.finfo(np.float16).max).any(axis=1)
-            if too_big.any():
-                raise TeacherOutputError(
-                    f"member {j} ({member.name}) returned logits beyond the float16 range for rows "
-                    f"{_rows_text(r0 + np.flatnonzero(too_big))}{of_view}; build with dtype='float32'"
-                )
+        check_scores(out, j, member, r0, r1, self.manifest.n_classes, self.manifest.dtype, view)
 
     def check(self, record: ChunkRecord, x: np.ndarray | None = None) -> str:
         """Compare a complete chunk with this build's inputs and with its stored data.
