@@ -133,11 +133,13 @@ def gap(values: list[float], dense: list[float]) -> dict:
     return {"diffs_points": d.tolist(), "mean_points": float(d.mean()), "se_points": se}
 
 
-def accuracy_runs(s: dict, workdir: Path, quick: bool, temperatures: list[float]) -> dict:
+def accuracy_runs(
+    s: dict, workdir: Path, quick: bool, temperatures: list[float], sweep: bool = False
+) -> dict:
     X, y, X_test, y_test, teacher = problem(s["classes"], s["train_rows"], s["test_rows"])
     caches = {"dense": build(teacher, X, y, workdir / "dense", None)}
     specs = formats(quick)
-    if s["temperature"] not in temperatures:  # a sweep: only the formats it compares
+    if sweep:  # only the formats it compares (its temperatures may include the main one)
         specs = {
             name: spec
             for name, spec in {**specs, **sweep_only()}.items()
@@ -373,7 +375,9 @@ def main() -> None:
             temperatures = (
                 [settings["temperature"]] if args.part == "accuracy" else settings["sweep"]
             )
-            result["accuracy"] = accuracy_runs(settings, Path(tmp), args.quick, temperatures)
+            result["accuracy"] = accuracy_runs(
+                settings, Path(tmp), args.quick, temperatures, sweep=args.part == "sweep"
+            )
     result["machine"] = machine()
     result["when"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     name = args.name or f"sparse_train_{args.part}" + ("_quick" if args.quick else "")
