@@ -261,3 +261,11 @@ def test_coefficients_beyond_float16_are_refused_though_the_logits_fit():
     # one direction ~ 1/sqrt(C) per class: its coefficient is 2000 sqrt(3000) ~ 110,000
     with pytest.raises(TeacherOutputError, match="member 0 for rows 100, 101, 102"):
         basis.encode(z, first_row=100)
+
+
+def test_reads_are_never_resident_so_training_decodes_in_the_reader_thread(tmp_path, data):
+    from kdpipe.rows import is_resident
+
+    cache = _build(tmp_path / "c", data, LowRank(3, fit_rows=FIT))
+    np.asarray(cache)  # every chunk's records now in chunk memory
+    assert cache._handle.memory.complete and not is_resident(cache)

@@ -36,6 +36,13 @@ class LowRankLogitCache(LogitCache):
             )
         return basis
 
+    @property
+    def resident(self) -> bool:
+        """False: a read decodes its rows through the basis (``rank x C`` multiply-adds a row),
+        work that training overlaps in a reader thread (:func:`kdpipe.rows.prefetched`),
+        not an in-memory gather."""
+        return False
+
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", sparse={self.manifest.sparse})"
 
