@@ -46,26 +46,20 @@ class LowRankLogitCache(LogitCache):
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", sparse={self.manifest.sparse})"
 
-    def _records(self, rows: np.ndarray) -> np.ndarray:
-        """Stored records of cache rows, each touched chunk read once."""
-        m = self.manifest
-        out = np.empty((len(rows), *m.row_shape), dtype=np.uint8)
-        return self._handle.memory.gather(rows, self._handle.read_chunk, out)
-
     def _read(self, rows: np.ndarray | None) -> np.ndarray:
         m = self.manifest
         if rows is None:
             out = np.empty((m.n_rows, m.n_members, m.n_classes), dtype=np.float32)
             for i in range(m.n_chunks):
                 start, stop = chunk_bounds(i, m.chunk_rows, m.n_rows)
-                out[start:stop] = self._decode(self._records(np.arange(start, stop)))
+                out[start:stop] = self._decode(self._read_records(np.arange(start, stop)))
             return out
-        return self._decode(self._records(rows))
+        return self._decode(self._read_records(rows))
 
     def read_views(self, rows: np.ndarray, views: Any) -> np.ndarray:
         """float32 logits ``(len(rows), M, C)`` of view ``views[i]`` of the row at position ``rows[i]``."""
         at, views = self._views_at(rows, views)
-        records = self._records(at)
+        records = self._read_records(at)
         if self.manifest.views is not None:
             records = records[np.arange(len(at)), views]
         return self._decode(records)
@@ -99,7 +93,7 @@ class LowRankLogitCache(LogitCache):
         rows = np.arange(m.n_rows) if self._rows is None else self._rows
         return (
             m.sparse_layout()
-            .decode_errors(self._records(rows).reshape(-1, *m.view_shape))
+            .decode_errors(self._read_records(rows).reshape(-1, *m.view_shape))
             .reshape(len(rows), *m.row_shape[:-2], m.n_members)
         )
 

@@ -527,6 +527,13 @@ class LogitCache:
         out = np.empty((len(rows), m.n_members, m.n_classes), dtype=np.float32)
         return memory.gather(rows, self._handle.read_chunk, out)
 
+    def _read_records(self, rows: np.ndarray) -> np.ndarray:
+        """Stored records ``(len(rows), *row_shape)`` uint8 of a sparse or low-rank cache's
+        rows, each touched chunk read once."""
+        m = self.manifest
+        out = np.empty((len(rows), *m.row_shape), dtype=np.uint8)
+        return self._handle.memory.gather(rows, self._handle.read_chunk, out)
+
     @property
     def logits(self) -> Any:
         """Lazy dask array ``(n, members, classes)`` of float32 logits."""

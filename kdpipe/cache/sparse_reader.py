@@ -61,12 +61,6 @@ class SparseLogitCache(LogitCache):
             records = records[np.arange(len(at)), views]
         return self.layout.decode(records)
 
-    def _read_records(self, rows: np.ndarray) -> np.ndarray:
-        """Stored records ``(len(rows), E, bytes)`` of cache rows, each touched chunk read once."""
-        m, memory = self.manifest, self._handle.memory
-        out = np.empty((len(rows), *m.row_shape), dtype=np.uint8)
-        return memory.gather(rows, self._handle.read_chunk, out)
-
     def _dense(self, what: str) -> SparseFormatError:
         return SparseFormatError(
             f"the cache at {self.path} is sparse ({self.manifest.sparse}) and holds no dense "
