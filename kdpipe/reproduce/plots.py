@@ -91,8 +91,25 @@ def _ensemble(plt: Any, results: dict[int, dict[str, Any]]) -> Any:
 def _fractions(plt: Any, results: dict[int, dict[str, Any]]) -> Any:
     r = results[5]["results"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    _errorbars(ax, r["fractions"], r["hard_test_accuracy"], "hard labels, early stopping")
-    _errorbars(ax, r["fractions"], r["soft_test_accuracy"], "soft targets, no early stopping")
+    # with views, the judged arm (unprefixed) is the views' and the plain rows' is beside it
+    arms = (
+        [("", " (views)", "-"), ("plain_rows_", " (plain rows)", ":")]
+        if "plain_rows_hard_test_accuracy" in r
+        else [("", "", "-")]
+    )
+    for prefix, arm, ls in arms:
+        for name, label, color in [
+            ("hard", "hard labels, early stopping", "C0"),
+            ("soft", "soft targets, no early stopping", "C1"),
+        ]:
+            summaries = r[f"{prefix}{name}_test_accuracy"]
+            _errorbars(ax, r["fractions"], summaries, label + arm, color=color, ls=ls)
+        ax.axhline(
+            r[f"{prefix}hard_all_data_test_accuracy"]["mean"],
+            color="C7",
+            ls=ls,
+            label="hard labels, all rows" + arm,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("fraction of the training rows")
     ax.set_ylabel("test accuracy (mean, bars 2 SE)")
