@@ -615,10 +615,10 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
     soft = {a: np.empty(shape, dtype=bool) for a in arm_names}
     hard_all: dict[str, list[np.ndarray]] = {a: [] for a in arm_names}
     for seed in range(p.seeds):
+        subsets = [rows(f, seed) for f in fractions]  # both arms train on the same rows
         for arm in arm_names:
             on_views = arm == "views"
-            for j, f in enumerate(fractions):
-                r = rows(f, seed)
+            for j, r in enumerate(subsets):
                 hard[arm][seed, j] = _correct(hard_fit(seed, r, on_views), s.X_test, s.y_test)
                 soft[arm][seed, j] = _correct(
                     soft_fit(seed, r, alpha, T, on_views), s.X_test, s.y_test
