@@ -124,6 +124,10 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
     assert record["profile"]["control_epochs"] != record["profile"]["student_epochs"]
     assert r1["control_hard_test_accuracy"]["per_seed"] != r1["hard_test_accuracy"]["per_seed"]
     assert record["git_commit"] is None or len(record["git_commit"]) >= 40
+    # where it ran: two machines round floats differently, so the record names its own
+    assert set(record["machine"]) == {"platform", "cpu", "numpy"}
+    assert all(isinstance(v, str) and v for v in record["machine"].values())
+    assert f"Machine: {record['machine']['cpu']}, {record['machine']['platform']}" in report
     # experiment 6 also runs specialists on the image data and names their classes
     r6 = record["experiments"]["6"]["results"]
     digits = {str(d) for d in range(10)}
@@ -163,6 +167,18 @@ def test_a_run_stopped_part_way_leaves_the_report_of_the_experiments_it_finished
     report = (tmp_path / "REPORT.md").read_text()
     assert "## 1. " in report and "## 4. " not in report
     assert "| 4 | " in report and "not finished" in report
+
+
+def test_two_runs_of_one_commit_and_profile_on_one_machine_give_the_same_numbers(tmp_path):
+    from kdpipe.reproduce import run
+
+    records = [
+        run(profile="smoke", experiments=[1, 5], out=tmp_path / name, verbose=False)
+        for name in ("first", "second")
+    ]
+    first, second = ({n: e["results"] for n, e in r["experiments"].items()} for r in records)
+    assert list(_accuracies(first)) and first == second
+    assert records[0]["machine"] == records[1]["machine"]
 
 
 def test_a_profile_of_ones_own_adds_unlabeled_rows_to_the_ensembles_transfer_set(

@@ -126,6 +126,23 @@ def _verdict_line(exp: dict[str, Any], verdicts: bool) -> list[str]:
     return ["**Verdict:** none (smoke profile: sizes too small to judge anything)", ""]
 
 
+def _machine_line(run: dict[str, Any]) -> list[str]:
+    """The line naming the machine (runs before it was recorded have none)."""
+    machine = run.get("machine")
+    if not machine:
+        return []
+    return [
+        "",
+        (
+            f"Machine: {machine['cpu']}, {machine['platform']}, numpy {machine['numpy']}. The same "
+            "commit and profile give the same numbers on the same machine; another machine (its "
+            "CPU, or its builds of the numerical libraries) rounds floats differently, and every "
+            "trained model, teachers included, lands elsewhere within its own seed-to-seed spread, "
+            "which the intervals do not cover for the teachers."
+        ),
+    ]
+
+
 def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, path: Path) -> Path:
     """The human-readable report: summary, timings, then one section per experiment."""
     p = run["profile"]
@@ -141,6 +158,7 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
             f"kdpipe {run['kdpipe_version']} at git commit {run.get('git_commit') or 'unknown'}, "
             f"{run['finished_utc']}, wall time {run['wall_seconds']:.1f}s."
         ),
+        *_machine_line(run),
         "",
         (
             "Method: every choice (temperature, hard-label weight, bias shift) is made on validation "

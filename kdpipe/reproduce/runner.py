@@ -40,6 +40,31 @@ def _git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def _machine() -> dict[str, str]:
+    """The platform, CPU model and numerical libraries a run used.
+
+    Two runs of one commit and profile on one machine give the same numbers; on another
+    machine the float rounding of the same kernels may differ, training diverges from
+    there, and every model of the run moves within its seed-to-seed spread. The record
+    says where a run ran.
+    """
+    import platform
+
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            names = [
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            ]
+        if names:
+            cpu = f"{names[0]} ({len(names)} logical CPUs)"
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "numpy": np.__version__}
+
+
 def run(
     profile: str | Profile = "smoke",
     *,
@@ -117,6 +142,7 @@ def run(
             "git_commit": _git_commit(),
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "machine": _machine(),
             "device": str(resolve_device(device)),
             "finished_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_seconds": time.perf_counter() - start,
