@@ -323,3 +323,42 @@ def test_readme_headline_counts_the_verdicts_of_the_committed_cpu_run():
         f"{counts[PARTLY]} partly, {counts[NOT]} not**" in line
     )
     assert f"{record['wall_seconds'] / 60:.0f} min" in line
+
+
+def test_the_guide_quotes_experiment_1s_evidence_from_the_committed_results():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    guide = " ".join((root / "docs/user_guide/reproduce.rst").read_text().split())
+    readme = " ".join((root / "README.md").read_text().split())
+    cpu = json.loads((root / "examples/results/reproduce/cpu/results.json").read_text())
+    r1 = cpu["experiments"]["1"]["results"]
+    for value in (
+        r1["teacher_test_accuracy"],
+        r1["control_hard_test_accuracy"]["mean"],
+        r1["hard_test_accuracy"]["mean"],
+    ):
+        assert f"{value:.4f}" in guide
+    on_views = r1["gap_closed_on_views"]
+    assert f"{on_views['low']:.0%} to {on_views['high']:.0%}" in guide
+    assert f"is {100 * on_views['gap']:.2f} points" in guide
+    views = json.loads(
+        (
+            root / "examples/results/fashion_mnist_views_all_rows/fashion_mnist_views.json"
+        ).read_text()
+    )
+    mlp = views["students"]["MLP 2x800"]
+    conv = views["students"]["ConvNet 8-16, hidden 32"]
+    teacher = views["teacher"]["test"]
+    for value in (teacher, mlp["hard_labels"]["mean"], mlp["distilled"]["1"]["mean"]):
+        assert f"{value:.4f}" in guide
+    assert f"{mlp['distilled']['1']['gap_closed']:.0%} of the gap" in guide
+    low, high = mlp["distilled"]["1"]["gap_closed_95"]
+    for pct in (teacher, mlp["hard_labels"]["mean"], mlp["distilled"]["4"]["mean"]):
+        assert f"{100 * pct:.1f}%" in readme
+    assert f"{100 * conv['hard_labels']['mean']:.1f}% on hard labels" in readme
+    assert (
+        f"{100 * conv['distilled']['1']['mean']:.1f}% and "
+        f"{100 * conv['distilled']['4']['mean']:.1f}% distilled" in readme
+    )
+    assert f"{low:.0%}..{high:.0%}" in readme
