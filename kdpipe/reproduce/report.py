@@ -136,7 +136,7 @@ def _machine_line(run: dict[str, Any]) -> list[str]:
         (
             f"Machine: {machine['cpu']}, {machine['platform']}, numpy {machine['numpy']}. The same "
             "commit and profile give the same numbers on the same machine; another machine (its "
-            "CPU, or its builds of the numerical libraries) rounds floats differently, and every "
+            "CPU, or its builds of the numerical libraries) may round floats differently; then every "
             "trained model, teachers included, lands elsewhere within its own seed-to-seed spread, "
             "which the intervals do not cover for the teachers."
         ),
