@@ -121,6 +121,7 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    machine = _machine()  # read once: the record is rewritten after every experiment
     splits = load_splits(
         settings.dataset,
         n_train=settings.n_train,
@@ -142,7 +143,7 @@ def run(
             "git_commit": _git_commit(),
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
-            "machine": _machine(),
+            "machine": machine,
             "device": str(resolve_device(device)),
             "finished_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_seconds": time.perf_counter() - start,
