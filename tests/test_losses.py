@@ -473,8 +473,9 @@ def test_prop_loss_matches_paper_formula(pb):
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 20.0])
 @pytest.mark.parametrize("combine", COMBINES)
-def test_huge_logits_are_finite(rng, temperature, combine):
-    n, m, c = 6, 3, 5
+@pytest.mark.parametrize("m", [1, 3])  # one teacher: softmax rows with exact zeros
+def test_huge_logits_are_finite(rng, temperature, combine, m):
+    n, c = 6, 5
     z = f32(rng.normal(scale=1e4, size=(n, c)))
     v = f32(rng.normal(scale=1e4, size=(n, m, c)))
     y = rng.integers(-1, c, size=n)
