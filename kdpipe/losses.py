@@ -6,8 +6,10 @@ logit cache (top-k plus tail, or sampled classes; :mod:`kdpipe.sparse_targets`) 
 
 Shapes: ``n`` rows, ``M`` ensemble members, ``C`` classes. Teacher logits are ``(n, C)``
 (one teacher) or ``(n, M, C)`` (an ensemble). Every function computes in float32 whatever
-the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and works through
-``log_softmax`` so logits of magnitude 1e4 stay finite.
+the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and shifts every
+row by its maximum before ``exp``, so logits of magnitude 1e4 stay finite. The soft and
+hard terms and their gradients (eq. 2) are computed together, by hand, from one ``exp``
+pass over the classes each: at thousands of classes that is most of a student's step.
 """
 
 from __future__ import annotations
@@ -129,14 +131,41 @@ def soft_targets(
     >>> soft_targets(members, 1.0).double().round(decimals=3).tolist()  # the members' mean
     [[0.5, 0.5]]
     """
+    return _soft_targets_and_log(_member_logits(teacher_logits), temperature, combine)[0]
+
+
+def _soft_targets_and_log(
+    v: torch.Tensor, temperature: Any, combine: Any, *, log: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`soft_targets` of member logits ``v`` ``(n, M, C)``, and with ``log`` their
+    logarithm.
+
+    One teacher, or the geometric mean: ``log p = d - log s`` with ``d = v/T - max``,
+    no ``log`` over the classes. The mean of several members' softmaxes has no such
+    form: its ``log`` is taken with ``p`` clamped to the smallest normal float
+    (``0 log 0 = 0``; at large C about half the time of ``xlogy`` on a CPU).
+    """
     temperature = parse_temperature(temperature)
-    v = _member_logits(teacher_logits)  # (n, M, C)
     combine = parse_combine(combine)
-    if v.shape[1] == 1:  # one teacher: both combinations are its softmax (no mean pass)
-        return F.softmax(v[:, 0] / temperature, dim=-1)
-    if combine == "arithmetic":
-        return F.softmax(v / temperature, dim=-1).mean(dim=1)
-    return F.softmax(v.mean(dim=1) / temperature, dim=-1)
+    if v.shape[1] > 1 and combine == "arithmetic":
+        p = _softmax_parts(v / temperature)[0].mean(dim=1)
+        return p, (p.clamp_min(torch.finfo(p.dtype).tiny).log() if log else None)
+    u = v[:, 0] if v.shape[1] == 1 else v.mean(dim=1)
+    p, d, log_s = _softmax_parts(u / temperature)
+    return p, (d - log_s[..., None] if log else None)
+
+
+def _softmax_parts(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``softmax(u)`` over the last axis, ``d = u - max`` and ``log sum exp(d)``, from
+    one ``exp`` pass. Callers pass a fresh ``u``: unless it needs a gradient (a teacher
+    trained alongside), it is overwritten by ``d`` and ``exp(d)`` by ``p`` (at large C
+    each ``(n, C)`` allocation costs as much as an arithmetic pass)."""
+    in_place = not (u.requires_grad and torch.is_grad_enabled())
+    top = u.amax(dim=-1, keepdim=True)
+    d = u.sub_(top) if in_place else u - top
+    e = d.exp()
+    s = e.sum(dim=-1, keepdim=True)
+    return (e.div_(s) if in_place else e / s), d, s.log()[..., 0]
 
 
 def _label_codes(y: torch.Tensor | object, z: torch.Tensor, checked: bool = False) -> torch.Tensor:
@@ -219,6 +248,244 @@ def plus_hard_term(
     return soft
 
 
+class _TargetCrossEntropy(torch.autograd.Function):
+    """Per-row ``KL(P || q_T)`` of student logits ``z`` (n, C) against a soft target
+    ``P`` and cross-entropy with hard labels at ``T = 1``, with their exact gradients
+    (eq. 2), from two ``exp`` passes over ``(n, C)``.
+
+    The target is any sum of: ``dense`` ``(n, C)`` with its log ``dense_log``; ``base``
+    ``(n,)`` on every class; ``weight`` ``(n, K)`` at the classes ``index`` ``(n, K)``
+    (repeats add up); and buckets: on the classes outside ``bucket_of`` ``(n, E, k)``,
+    ``bucket_mass`` ``(n, E)`` spread like the student's own ``q_T`` (each entry
+    ``1/E``). A sparse target never becomes an ``(n, C)`` tensor; its ``sum P log P`` is
+    ``neg_entropy`` ``(n,)``, given. The hard term covers rows of ``codes`` that are not
+    ``-1`` (``None``: no hard term, and no second ``exp`` pass).
+
+    Forward keeps ``exp(z / T - max)`` and ``exp(z - max)``; backward is
+    ``((sum_j P_j) q_T - P) / T`` and ``q_1 - onehot(y)``, where autograd through
+    ``log_softmax`` takes about twice as many full passes. A dense target gets its
+    gradient too (a teacher trained alongside); sparse ones, read from caches, are
+    constants.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        z: torch.Tensor,
+        temperature: float,
+        dense: torch.Tensor | None,
+        dense_log: torch.Tensor | None,
+        neg_entropy: torch.Tensor | None,
+        base: torch.Tensor | None,
+        index: torch.Tensor | None,
+        weight: torch.Tensor | None,
+        bucket_of: torch.Tensor | None,
+        bucket_mass: torch.Tensor | None,
+        codes: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # d = z / T - max as _softmax_parts takes it of a teacher: a student equal to
+        # its teacher has a KL of exactly 0
+        d = z / temperature
+        top_t = d.amax(dim=-1, keepdim=True)
+        d.sub_(top_t)
+        e_t = d.exp()
+        s_t = e_t.sum(dim=-1, keepdim=True)
+        log_s_t = s_t.log()  # log q_T = d - log_s_t
+        lse_t = (top_t + log_s_t)[:, 0]
+        kl = z.new_zeros(len(z)) if neg_entropy is None else neg_entropy.clone()
+        mass = z.new_zeros(len(z))
+        if base is not None:
+            kl -= base * (d.sum(dim=-1) - z.shape[1] * log_s_t[:, 0])
+            mass += base * z.shape[1]
+        if weight is not None:
+            assert index is not None
+            kl -= torch.linalg.vecdot(weight, d.gather(1, index) - log_s_t)
+            mass += weight.sum(dim=-1)
+        log_tail = small = None
+        if bucket_of is not None:
+            assert bucket_mass is not None
+            log_tail, small = _log_tail_sums(z, temperature, e_t, top_t, bucket_of)
+            share = bucket_mass / bucket_of.shape[1]  # (n, E): the entries are averaged
+            kl -= (share * (log_tail - lse_t[:, None])).sum(dim=1)  # - p_tail log q_tail
+            mass += share.sum(dim=1)
+        e_1 = s_1 = None
+        hard = torch.zeros_like(kl)
+        if codes is not None:
+            top = top_t * temperature  # max z up to rounding: shift enough against overflow
+            e_1 = (z - top).exp_()
+            s_1 = e_1.sum(dim=-1, keepdim=True)
+            picked = z.gather(1, codes.clamp_min(0)[:, None])[:, 0]
+            hard = torch.where(codes >= 0, top[:, 0] + s_1[:, 0].log() - picked, hard)
+        log_q = None
+        if dense is not None:
+            assert dense_log is not None
+            log_q = d.sub_(log_s_t)  # d is not needed again
+            kl += torch.linalg.vecdot(dense, dense_log - log_q)
+            mass += dense.sum(dim=-1)
+        ctx.temperature = temperature
+        ctx.save_for_backward(
+            z,
+            log_q,
+            e_t,
+            s_t,
+            top_t,
+            mass,
+            dense,
+            dense_log,
+            base,
+            index,
+            weight,
+            bucket_of,
+            bucket_mass,
+            log_tail,
+            small,
+            codes,
+            e_1,
+            s_1,
+        )
+        return kl, hard
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, g_soft: torch.Tensor, g_hard: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        (
+            z,
+            log_q,
+            e_t,
+            s_t,
+            top_t,
+            mass,
+            dense,
+            dense_log,
+            base,
+            index,
+            weight,
+            bucket_of,
+            bucket_mass,
+            log_tail,
+            small,
+            codes,
+            e_1,
+            s_1,
+        ) = ctx.saved_tensors
+        temperature = ctx.temperature
+        a = (g_soft / temperature)[:, None]  # (n, 1)
+        grad = e_t * (a * mass[:, None] / s_t)
+        if dense is not None:
+            grad.addcmul_(dense, a, value=-1.0)
+        if base is not None:
+            grad.sub_(a * base[:, None])
+        if weight is not None:
+            grad.scatter_add_(1, index, -a * weight)
+        if bucket_of is not None:
+            _sub_bucket_targets(
+                grad, a, z, temperature, e_t, top_t, bucket_of, bucket_mass, log_tail, small
+            )
+        if codes is not None:
+            b = torch.where(codes >= 0, g_hard, torch.zeros_like(g_hard))[:, None]
+            grad.addcmul_(e_1, b / s_1)
+            grad.scatter_add_(1, codes.clamp_min(0)[:, None], -b)
+        grads: list[torch.Tensor | None] = [grad] + [None] * 10
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:  # a teacher trained alongside
+            g = g_soft[:, None]
+            grads[2] = g * (dense_log - log_q) if ctx.needs_input_grad[2] else None
+            grads[3] = g * dense if ctx.needs_input_grad[3] else None
+        return tuple(grads)
+
+
+def _log_tail_sums(
+    z: torch.Tensor,
+    temperature: float,
+    e_t: torch.Tensor,
+    top_t: torch.Tensor,
+    kept: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log sum_{j not in S} exp(z_j / T)`` per row and entry ``(n, E)`` for the kept
+    classes ``S`` = ``kept`` ``(n, E, k)``, from ``e_t = exp(z / T - top_t)``, and where
+    that sum of ``e_t`` was below the smallest normal float ``(n, E)``.
+
+    The tail is summed over its own classes (float32 loses nothing to cancellation
+    however small its share). Rows whose tail sum is below the smallest normal float
+    (the tail over 87 units of ``z / T`` below the row's maximum) are summed again as a
+    masked log-sum-exp (asking which rows they are reads one flag back from a GPU).
+    """
+    out, smalls = [], []
+    for entry in range(kept.shape[1]):
+        keep = torch.ones_like(e_t).scatter_(1, kept[:, entry], 0.0)  # 1 on the tail
+        total = torch.linalg.vecdot(e_t, keep)  # (n,)
+        small = total < torch.finfo(total.dtype).tiny
+        log_tail = torch.log(torch.where(small, torch.ones_like(total), total)) + top_t[:, 0]
+        if bool(small.any()):
+            rows = small.nonzero(as_tuple=True)[0]
+            masked = (z[rows] / temperature).scatter(1, kept[rows, entry], float("-inf"))
+            log_tail = log_tail.index_put((rows,), masked.logsumexp(dim=-1))
+        out.append(log_tail)
+        smalls.append(small)
+    return torch.stack(out, dim=1), torch.stack(smalls, dim=1)
+
+
+def _sub_bucket_targets(
+    grad: torch.Tensor,
+    a: torch.Tensor,
+    z: torch.Tensor,
+    temperature: float,
+    e_t: torch.Tensor,
+    top_t: torch.Tensor,
+    kept: torch.Tensor,
+    mass: torch.Tensor,
+    log_tail: torch.Tensor,
+    small: torch.Tensor,
+) -> None:
+    """``grad -= a P`` for the buckets' tail targets ``P_j = p_tail exp(z_j / T) /
+    sum_{i not in S} exp(z_i / T)`` on each entry's tail (``1/E`` each), in place."""
+    n_entries = kept.shape[1]
+    # exp(z_j / T - log_tail) = e_t_j * exp(top_t - log_tail): one (n,) factor per entry,
+    # except where e_t underflows on the tail (its sum below the smallest normal float)
+    factor = mass / n_entries * torch.exp(top_t - log_tail)  # (n, E)
+    factor = torch.where(small, torch.zeros_like(factor), factor)
+    for entry in range(n_entries):  # the head is zeroed, not subtracted and added back:
+        # factor * e_t is huge there when the student's tail is tiny
+        tail = e_t.scatter(1, kept[:, entry], 0.0)
+        grad.addcmul_(tail, a * factor[:, entry : entry + 1], value=-1.0)
+    if bool(small.any()):
+        for entry in range(n_entries):
+            rows = small[:, entry].nonzero(as_tuple=True)[0]
+            if len(rows):
+                tail = (z[rows] / temperature - log_tail[rows, entry : entry + 1]).exp()
+                tail = tail.scatter(1, kept[rows, entry], 0.0)
+                share = (mass[rows, entry] / n_entries)[:, None]
+                grad.index_add_(0, rows, -(a[rows] * share) * tail)
+
+
+def _soft_plus_hard(
+    z: torch.Tensor,
+    y: Any,
+    *,
+    temperature: float,
+    alpha: float,
+    labels_checked: bool,
+    **target: torch.Tensor | None,
+) -> torch.Tensor:
+    """``(1 - alpha) T**2 mean_rows KL(P || q_T) + alpha CE(y, q_1)`` for a target ``P``
+    as :class:`_TargetCrossEntropy` takes it (by keyword); labels as in
+    :func:`plus_hard_term` (``None``: the soft term alone)."""
+    codes = None
+    if y is not None:
+        codes = _label_codes(y, z, labels_checked)
+        if alpha == 0.0 or (not labels_checked and not bool((codes >= 0).any())):
+            codes = None  # checked, and no hard term (no weight, or no labeled row)
+    names = ("dense", "dense_log", "neg_entropy", "base", "index", "weight", "bucket_of")
+    kl, hard = _TargetCrossEntropy.apply(
+        z, temperature, *(target.get(name) for name in names), target.get("bucket_mass"), codes
+    )
+    loss = (1.0 - alpha) * temperature**2 * kl.mean()
+    if codes is None:
+        return loss
+    return loss + alpha * hard.sum() / (codes >= 0).sum()
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -286,14 +553,16 @@ def distillation_loss(
     v = _on(_member_logits(teacher_logits), z.device)
     _check_pair(z, v)
 
-    p = soft_targets(v, temperature, combine)  # (n, C)
-    log_q = F.log_softmax(z / temperature, dim=-1)  # (n, C)
-    # p log p with p clamped to the smallest normal float: the same as xlogy(p, p) to
-    # within 1e-36 a class, and at large C about half of xlogy's time on a CPU (no grad)
-    log_p = p.clamp_min(torch.finfo(p.dtype).tiny).log()
-    kl = (p * (log_p - log_q)).sum(dim=-1).mean()
-    loss = (1.0 - alpha) * temperature**2 * kl
-    return plus_hard_term(loss, z, y, alpha, labels_checked)
+    p, log_p = _soft_targets_and_log(v, temperature, combine, log=True)
+    return _soft_plus_hard(
+        z,
+        y,
+        temperature=temperature,
+        alpha=alpha,
+        labels_checked=labels_checked,
+        dense=p,
+        dense_log=log_p,
+    )
 
 
 def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -407,60 +676,30 @@ def tail_logsumexp(
     return (estimate, lower, upper) if bounds else estimate
 
 
-def _log_tail_mass(zt: torch.Tensor, idx: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
-    """``log sum_{j not in S} softmax(zt)_j`` per row and entry, ``(n, E)``, without an
-    ``(n, E, C)`` tensor.
-
-    The tail is summed over its own classes (the kept classes ``idx`` ``(n, E, k)``
-    masked out), so float32 loses nothing to cancellation however small the tail's mass;
-    ``log_norm`` ``(n, 1, 1)`` is ``logsumexp(zt)``. Where even ``exp`` of the tail's
-    largest logit underflows (the tail over 87 units of ``zt`` below the row's maximum),
-    those rows are summed again as a masked log-sum-exp (asking which rows they are
-    reads one flag back from a GPU).
-    """
-    top = zt.detach().amax(dim=-1, keepdim=True)  # (n, 1)
-    e = torch.exp(zt - top)  # (n, C)
-    out = []
-    for entry in range(idx.shape[1]):
-        keep = torch.ones_like(e).scatter_(1, idx[:, entry], 0.0)  # 1 on the tail
-        total = (e * keep).sum(dim=-1)  # (n,)
-        underflow = total == 0
-        log_tail = (
-            torch.log(torch.where(underflow, torch.ones_like(total), total)) + top[:, 0]
-        )  # no inf in the replaced rows' gradient
-        if bool(underflow.any()):
-            rows = underflow.nonzero(as_tuple=True)[0]
-            masked = zt[rows].scatter(1, idx[rows, entry], float("-inf")).logsumexp(dim=-1)
-            log_tail = log_tail.index_put((rows,), masked)
-        out.append(log_tail)
-    return torch.stack(out, dim=1) - log_norm[..., 0]
-
-
-def _tail_term(
+def _linear_tail_target(
     targets: TopKTargets,
-    zt: torch.Tensor,
-    log_norm: torch.Tensor,
     entries: slice,
     temperature: float,
+    p_head: torch.Tensor,
+    log_p_head: torch.Tensor,
     log_p_tail: torch.Tensor,
     idx: torch.Tensor,
-    log_q_head: torch.Tensor,
-) -> torch.Tensor:
-    """``sum_{j not in S} p_j (log p_j - log q_j)`` per row and entry ``(n, E)``: the tail's
-    share of the KL, with the teacher's tail mass ``exp(log_p_tail)`` spread as
-    ``targets.tail_spread`` says (see :func:`sparse_distillation_loss`)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The dense target of a ``"uniform"`` or ``"sampled"`` tail (see
+    :func:`sparse_distillation_loss`), averaged over the entries, in the form
+    :class:`_TargetCrossEntropy` takes: ``(neg_entropy (n,), base (n,) or None,
+    index (n, K), weight (n, K))``, never an ``(n, E, C)`` tensor."""
+    n, n_entries = idx.shape[0], idx.shape[1]
     p_tail = log_p_tail.exp()  # (n, E)
+    neg_entropy = (p_head * log_p_head).sum(dim=-1)  # (n, E), the kept classes' share
     spread = targets.tail_spread
-    if spread == "bucket":
-        return p_tail * (log_p_tail - _log_tail_mass(zt, idx, log_norm))
     if spread == "uniform":
         count = targets.n_classes - targets.k
-        # sum_{j not in S} log q_j = sum_all zt - sum_S zt - (C - k) log Z: no (n, E, C) tensor
-        sum_log_q = (
-            zt.sum(dim=-1)[:, None] - (log_q_head + log_norm[..., 0:1]).sum(dim=-1)
-        ) - count * log_norm[..., 0]
-        return p_tail * (log_p_tail - math.log(count)) - p_tail / count * sum_log_q
-    if spread == "sampled":
+        share = p_tail / count  # (n, E): every tail class, and the base under the head
+        neg_entropy = neg_entropy + p_tail * (log_p_tail - math.log(count))
+        base: torch.Tensor | None = share.mean(dim=1)
+        index, weight = idx, p_head - share[..., None]
+    elif spread == "sampled":
         assert isinstance(targets, TopKSampledTargets)
         counts = targets.tail_counts[:, entries]  # (n, E, s)
         shift = 1.0 / temperature - 1.0 / targets.draw_temperature
@@ -468,10 +707,18 @@ def _tail_term(
         w = p_tail.unsqueeze(-1) * F.softmax(
             log_w, dim=-1
         )  # (n, E, s): the tail's mass on the drawn classes
-        tidx = targets.tail_indices[:, entries]
-        log_q = zt.gather(1, tidx.reshape(len(tidx), -1)).view(tidx.shape) - log_norm
-        return (torch.xlogy(w, w) - w * log_q).sum(dim=-1)
-    raise ValueError(f"tail_spread must be 'bucket', 'uniform' or 'sampled', got {spread!r}")
+        neg_entropy = neg_entropy + torch.xlogy(w, w).sum(dim=-1)
+        base = None
+        index = torch.cat([idx, targets.tail_indices[:, entries]], dim=-1)
+        weight = torch.cat([p_head, w], dim=-1)
+    else:
+        raise ValueError(f"tail_spread must be 'bucket', 'uniform' or 'sampled', got {spread!r}")
+    return (
+        neg_entropy.mean(dim=1),
+        base,
+        index.reshape(n, -1),
+        (weight / n_entries).reshape(n, -1),
+    )
 
 
 def _entries(targets: SparseTargets, combine: Combine) -> slice:
@@ -582,8 +829,12 @@ def sparse_distillation_loss(
             f"{len(targets)} rows and {targets.n_classes} classes"
         )
     entries = _entries(targets, combine)
-    zt = z / temperature  # (n, C)
-    log_norm = torch.logsumexp(zt, dim=-1)[:, None, None]  # (n, 1, 1)
+
+    def kl_plus_hard(**target: torch.Tensor | None) -> torch.Tensor:
+        return _soft_plus_hard(
+            z, y, temperature=temperature, alpha=alpha, labels_checked=labels_checked, **target
+        )
+
     if isinstance(targets, TopKTargets):
         idx = targets.indices[:, entries]  # (n, E, k)
         log_tail = tail_logsumexp(targets, temperature)
@@ -593,12 +844,25 @@ def sparse_distillation_loss(
             torch.cat([targets.values[:, entries] / temperature, tail.unsqueeze(-1)], dim=-1),
             dim=-1,
         )  # (n, E, k + 1)
-        log_q_head = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm  # (n, E, k)
         log_p_head, log_p_tail = log_p[..., :-1], log_p[..., -1]
-        kl = (log_p_head.exp() * (log_p_head - log_q_head)).sum(dim=-1) + _tail_term(
-            targets, zt, log_norm, entries, temperature, log_p_tail, idx, log_q_head
-        )  # (n, E)
-    elif isinstance(targets, SampledTargets):
+        p_head = log_p_head.exp()
+        if targets.tail_spread != "bucket":
+            neg_entropy, base, index, weight = _linear_tail_target(
+                targets, entries, temperature, p_head, log_p_head, log_p_tail, idx
+            )
+            return kl_plus_hard(neg_entropy=neg_entropy, base=base, index=index, weight=weight)
+        # the bucket's tail target p_tail q_j / q_tail follows the student's q
+        n, n_entries = idx.shape[0], idx.shape[1]
+        p_tail = log_p_tail.exp()
+        neg_entropy = (p_head * log_p_head).sum(dim=-1) + p_tail * log_p_tail  # (n, E)
+        return kl_plus_hard(
+            neg_entropy=neg_entropy.mean(dim=1),
+            index=idx.reshape(n, -1),
+            weight=(p_head / n_entries).reshape(n, -1),
+            bucket_of=idx,
+            bucket_mass=p_tail,
+        )
+    if isinstance(targets, SampledTargets):
         if not math.isclose(temperature, targets.temperature, rel_tol=1e-9):
             raise ValueError(
                 f"sampled targets were drawn at temperature {targets.temperature:g}; they "
@@ -606,11 +870,10 @@ def sparse_distillation_loss(
             )
         idx = targets.indices[:, entries]  # (n, E, s)
         w = targets.counts[:, entries] / targets.draws  # (n, E, s), rows sum to 1
-        log_q = zt.gather(1, idx.reshape(len(idx), -1)).view(idx.shape) - log_norm
-        kl = (torch.xlogy(w, w) - w * log_q).sum(dim=-1)  # (n, E)
-    else:
-        raise TypeError(
-            f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}"
+        n, n_entries = idx.shape[0], idx.shape[1]
+        return kl_plus_hard(
+            neg_entropy=torch.xlogy(w, w).sum(dim=-1).mean(dim=1),
+            index=idx.reshape(n, -1),
+            weight=(w / n_entries).reshape(n, -1),
         )
-    loss = (1.0 - alpha) * temperature**2 * kl.mean()
-    return plus_hard_term(loss, z, y, alpha, labels_checked)
+    raise TypeError(f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}")

@@ -134,6 +134,33 @@ def test_soft_gradient_is_eq2(rng, temperature, members, combine):
     np.testing.assert_allclose(grad.sum(axis=1), 0.0, atol=1e-7)
 
 
+@pytest.mark.parametrize("members", [None, 3])
+@pytest.mark.parametrize("combine", COMBINES)
+def test_a_teacher_trained_alongside_gets_the_gradient_of_the_formula(rng, members, combine):
+    """Teacher logits that require grad (online distillation) get d loss / d v of
+    (1 - alpha) T^2 mean KL(p || q_T) + alpha CE, differentiated in float64 by torch."""
+    n, c, temperature, alpha = 5, 7, 3.0, 0.3
+    z = f32(rng.normal(scale=2.0, size=(n, c)))
+    shape = (n, c) if members is None else (n, members, c)
+    v = f32(rng.normal(scale=2.0, size=shape))
+    y = torch.tensor(rng.integers(0, c, size=n))
+    teacher = torch.tensor(v, requires_grad=True)
+    distillation_loss(
+        torch.tensor(z), teacher, y, temperature=temperature, alpha=alpha, combine=combine
+    ).backward()
+
+    v64 = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+    m = v64 if members is not None else v64[:, None]
+    if combine == "arithmetic":
+        p = torch.softmax(m / temperature, dim=-1).mean(dim=1)
+    else:
+        p = torch.softmax(m.mean(dim=1) / temperature, dim=-1)
+    log_q = torch.log_softmax(torch.tensor(z, dtype=torch.float64) / temperature, dim=-1)
+    kl = (p * (torch.log(p) - log_q)).sum(dim=-1).mean()
+    ((1 - alpha) * temperature**2 * kl).backward()  # the hard term does not depend on v
+    np.testing.assert_allclose(teacher.grad.numpy(), v64.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------
 # 2. Eq. 3-4: at high T the T^2-scaled gradient tends to (1/C)(z - v)/n.
 # ---------------------------------------------------------------------------------------
