@@ -165,8 +165,10 @@ class LowRankBasis:
         out = np.empty((b, m, self.mean.shape[1]), dtype=np.float32)
         step = max(1, _BLOCK_VALUES // max(1, m * self.mean.shape[1]))
         for r0 in range(0, b, step):
-            for j in range(m):
-                out[r0 : r0 + step, j] = c[r0 : r0 + step, j] @ self.directions[j] + self.mean[j]
+            for j in range(m):  # into out, then the mean in place: no (rows, C) temporary
+                block = out[r0 : r0 + step, j]
+                np.matmul(c[r0 : r0 + step, j], self.directions[j], out=block)
+                block += self.mean[j]
         return out
 
     def to_bytes(self) -> bytes:
