@@ -15,7 +15,7 @@ pass over the classes each: at thousands of classes that is most of a student's 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, overload
+from typing import Any, Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -248,6 +248,29 @@ def plus_hard_term(
     return soft
 
 
+class _Saved(NamedTuple):
+    """What :class:`_TargetCrossEntropy` keeps from its forward pass for the backward one."""
+
+    z: torch.Tensor
+    log_q: torch.Tensor | None
+    e_t: torch.Tensor
+    s_t: torch.Tensor
+    top_t: torch.Tensor
+    mass: torch.Tensor
+    dense: torch.Tensor | None
+    dense_log: torch.Tensor | None
+    base: torch.Tensor | None
+    at: torch.Tensor | None  # the classes of weight
+    weight: torch.Tensor | None
+    bucket_of: torch.Tensor | None
+    bucket_mass: torch.Tensor | None
+    log_tail: torch.Tensor | None
+    small: torch.Tensor | None
+    codes: torch.Tensor | None
+    e_1: torch.Tensor | None
+    s_1: torch.Tensor | None
+
+
 class _TargetCrossEntropy(torch.autograd.Function):
     """Per-row ``KL(P || q_T)`` of student logits ``z`` (n, C) against a soft target
     ``P`` and cross-entropy with hard labels at ``T = 1``, with their exact gradients
@@ -324,24 +347,26 @@ class _TargetCrossEntropy(torch.autograd.Function):
             mass += dense.sum(dim=-1)
         ctx.temperature = temperature
         ctx.save_for_backward(
-            z,
-            log_q,
-            e_t,
-            s_t,
-            top_t,
-            mass,
-            dense,
-            dense_log,
-            base,
-            index,
-            weight,
-            bucket_of,
-            bucket_mass,
-            log_tail,
-            small,
-            codes,
-            e_1,
-            s_1,
+            *_Saved(
+                z,
+                log_q,
+                e_t,
+                s_t,
+                top_t,
+                mass,
+                dense,
+                dense_log,
+                base,
+                index,
+                weight,
+                bucket_of,
+                bucket_mass,
+                log_tail,
+                small,
+                codes,
+                e_1,
+                s_1,
+            )
         )
         return kl, hard
 
@@ -350,48 +375,43 @@ class _TargetCrossEntropy(torch.autograd.Function):
     def backward(
         ctx: Any, g_soft: torch.Tensor, g_hard: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        (
-            z,
-            log_q,
-            e_t,
-            s_t,
-            top_t,
-            mass,
-            dense,
-            dense_log,
-            base,
-            index,
-            weight,
-            bucket_of,
-            bucket_mass,
-            log_tail,
-            small,
-            codes,
-            e_1,
-            s_1,
-        ) = ctx.saved_tensors
+        saved = _Saved(*ctx.saved_tensors)
         temperature = ctx.temperature
         a = (g_soft / temperature)[:, None]  # (n, 1)
-        grad = e_t * (a * mass[:, None] / s_t)
-        if dense is not None:
-            grad.addcmul_(dense, a, value=-1.0)
-        if base is not None:
-            grad.sub_(a * base[:, None])
-        if weight is not None:
-            grad.scatter_add_(1, index, -a * weight)
-        if bucket_of is not None:
+        grad = saved.e_t * (a * saved.mass[:, None] / saved.s_t)
+        if saved.dense is not None:
+            grad.addcmul_(saved.dense, a, value=-1.0)
+        if saved.base is not None:
+            grad.sub_(a * saved.base[:, None])
+        if saved.weight is not None:
+            grad.scatter_add_(1, saved.at, -a * saved.weight)
+        if saved.bucket_of is not None:
+            assert saved.bucket_mass is not None and saved.log_tail is not None
+            assert saved.small is not None
             _sub_bucket_targets(
-                grad, a, z, temperature, e_t, top_t, bucket_of, bucket_mass, log_tail, small
+                grad,
+                a,
+                saved.z,
+                temperature,
+                saved.e_t,
+                saved.top_t,
+                saved.bucket_of,
+                saved.bucket_mass,
+                saved.log_tail,
+                saved.small,
             )
-        if codes is not None:
-            b = torch.where(codes >= 0, g_hard, torch.zeros_like(g_hard))[:, None]
-            grad.addcmul_(e_1, b / s_1)
-            grad.scatter_add_(1, codes.clamp_min(0)[:, None], -b)
+        if saved.codes is not None:
+            assert saved.e_1 is not None and saved.s_1 is not None
+            b = torch.where(saved.codes >= 0, g_hard, torch.zeros_like(g_hard))[:, None]
+            grad.addcmul_(saved.e_1, b / saved.s_1)
+            grad.scatter_add_(1, saved.codes.clamp_min(0)[:, None], -b)
         grads: list[torch.Tensor | None] = [grad] + [None] * 10
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:  # a teacher trained alongside
             g = g_soft[:, None]
-            grads[2] = g * (dense_log - log_q) if ctx.needs_input_grad[2] else None
-            grads[3] = g * dense if ctx.needs_input_grad[3] else None
+            assert saved.dense is not None
+            assert saved.dense_log is not None and saved.log_q is not None
+            grads[2] = g * (saved.dense_log - saved.log_q) if ctx.needs_input_grad[2] else None
+            grads[3] = g * saved.dense if ctx.needs_input_grad[3] else None
         return tuple(grads)
 
 
