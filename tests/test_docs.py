@@ -106,3 +106,42 @@ def test_the_troubleshooting_page_explains_every_error():
     page = (DOCS / "user_guide" / "troubleshooting.rst").read_text()
     for name in kdpipe.errors.__all__:
         assert f":class:`~kdpipe.errors.{name}`\n   " in page, name
+
+
+def test_the_readme_quotes_the_committed_sparse_timing_runs():
+    """Every fit-time figure of the README's sparse section, from the two timing runs."""
+    import json
+
+    runs = [
+        json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())["timing"]
+        for name in ("sparse_train_timing", "sparse_train_timing_rerun")
+    ]
+
+    def span(classes: int, *names: str, key: str = "ratio") -> str:
+        values = sorted(
+            fits[name][key]
+            for run in runs
+            for entry in run
+            if entry["classes"] == classes
+            for fits in [entry["fits"]]
+            for name in fits
+            if name.startswith(names)
+        )
+        low, high = f"{values[0]:.2f}", f"{values[-1]:.2f}"
+        return f"{low} twice" if low == high else f"{low}-{high}"
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    quoted = {
+        "5,000: top-k and sampled tail": (span(5000, "topk113 uniform", "topk64+32"), "of dense"),
+        "5,000: bucket": (span(5000, "topk113 bucket"), "for the bucket"),
+        "15,000: top-k": (span(15000, "topk363 uniform"), "and top-64 plus 32 draws"),
+        "15,000: sampled tail": (span(15000, "topk64+32"), "(the goal of 0.6 met)"),
+        "15,000: bucket": (span(15000, "topk363 bucket"), "(not met)"),
+        "5,000: dense seconds": (span(5000, "dense", key="median_s"), "s at 5,000 classes"),
+        "15,000: dense seconds": (span(15000, "dense", key="median_s"), "s at 15,000"),
+        "5,000: LowRank(248)": (span(5000, "lowrank248"), "of dense at 5,000 classes"),
+        "15,000: LowRank(748)": (span(15000, "lowrank748"), ", slower than dense"),
+        "15,000: LowRank(21)": (span(15000, "lowrank21"), ": a low-rank cache"),
+    }
+    for what, (figure, after) in quoted.items():
+        assert f"{figure} {after}".replace(" ,", ",").replace(" :", ":") in readme, (what, figure)
