@@ -7,9 +7,10 @@ logit cache (top-k plus tail, or sampled classes; :mod:`kdpipe.sparse_targets`) 
 Shapes: ``n`` rows, ``M`` ensemble members, ``C`` classes. Teacher logits are ``(n, C)``
 (one teacher) or ``(n, M, C)`` (an ensemble). Every function computes in float32 whatever
 the input dtype (float16 and bfloat16 logits lose too much in ``exp``), and shifts every
-row by its maximum before ``exp``, so logits of magnitude 1e4 stay finite. The soft and
-hard terms and their gradients (eq. 2) are computed together, by hand, from one ``exp``
-pass over the classes each: at thousands of classes that is most of a student's step.
+row by its maximum before ``exp`` (``log_softmax`` does), so logits of magnitude 1e4 stay
+finite. Sparse targets, which serve thousands of classes, have their soft and hard terms
+and gradients (eq. 2) computed together by hand, from one ``exp`` pass over the classes
+each; dense targets go through autograd.
 """
 
 from __future__ import annotations
@@ -138,34 +139,18 @@ def _soft_targets_and_log(
     v: torch.Tensor, temperature: Any, combine: Any, *, log: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`soft_targets` of member logits ``v`` ``(n, M, C)``, and with ``log`` their
-    logarithm.
-
-    One teacher, or the geometric mean: ``log p = d - log s`` with ``d = v/T - max``,
-    no ``log`` over the classes. The mean of several members' softmaxes has no such
-    form: its ``log`` is taken with ``p`` clamped to the smallest normal float
-    (``0 log 0 = 0``; at large C about half the time of ``xlogy`` on a CPU).
+    logarithm: ``log_softmax`` of the same logits where ``p`` is one softmax (one
+    teacher, or the geometric mean; a student equal to its teacher then has a KL of
+    exactly 0), else the ``log`` of the members' mean with ``p`` clamped to the smallest
+    normal float (``0 log 0 = 0``; at large C about half the time of ``xlogy`` on a CPU).
     """
     temperature = parse_temperature(temperature)
     combine = parse_combine(combine)
     if v.shape[1] > 1 and combine == "arithmetic":
-        p = _softmax_parts(v / temperature)[0].mean(dim=1)
+        p = F.softmax(v / temperature, dim=-1).mean(dim=1)
         return p, (p.clamp_min(torch.finfo(p.dtype).tiny).log() if log else None)
-    u = v[:, 0] if v.shape[1] == 1 else v.mean(dim=1)
-    p, d, log_s = _softmax_parts(u / temperature)
-    return p, (d - log_s[..., None] if log else None)
-
-
-def _softmax_parts(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``softmax(u)`` over the last axis, ``d = u - max`` and ``log sum exp(d)``, from
-    one ``exp`` pass. Callers pass a fresh ``u``: unless it needs a gradient (a teacher
-    trained alongside), it is overwritten by ``d`` and ``exp(d)`` by ``p`` (at large C
-    each ``(n, C)`` allocation costs as much as an arithmetic pass)."""
-    in_place = not (u.requires_grad and torch.is_grad_enabled())
-    top = u.amax(dim=-1, keepdim=True)
-    d = u.sub_(top) if in_place else u - top
-    e = d.exp()
-    s = e.sum(dim=-1, keepdim=True)
-    return (e.div_(s) if in_place else e / s), d, s.log()[..., 0]
+    u = (v[:, 0] if v.shape[1] == 1 else v.mean(dim=1)) / temperature
+    return F.softmax(u, dim=-1), (F.log_softmax(u, dim=-1) if log else None)
 
 
 def _label_codes(y: torch.Tensor | object, z: torch.Tensor, checked: bool = False) -> torch.Tensor:
@@ -252,13 +237,10 @@ class _Saved(NamedTuple):
     """What :class:`_TargetCrossEntropy` keeps from its forward pass for the backward one."""
 
     z: torch.Tensor
-    log_q: torch.Tensor | None
     e_t: torch.Tensor
     s_t: torch.Tensor
     top_t: torch.Tensor
     mass: torch.Tensor
-    dense: torch.Tensor | None
-    dense_log: torch.Tensor | None
     base: torch.Tensor | None
     at: torch.Tensor | None  # the classes of weight
     weight: torch.Tensor | None
@@ -272,23 +254,24 @@ class _Saved(NamedTuple):
 
 
 class _TargetCrossEntropy(torch.autograd.Function):
-    """Per-row ``KL(P || q_T)`` of student logits ``z`` (n, C) against a soft target
-    ``P`` and cross-entropy with hard labels at ``T = 1``, with their exact gradients
-    (eq. 2), from two ``exp`` passes over ``(n, C)``.
+    """Per-row ``KL(P || q_T)`` of student logits ``z`` (n, C) against a sparse soft
+    target ``P`` and cross-entropy with hard labels at ``T = 1``, with their exact
+    gradients (eq. 2), from two ``exp`` passes over ``(n, C)``.
 
-    The target is any sum of: ``dense`` ``(n, C)`` with its log ``dense_log``; ``base``
-    ``(n,)`` on every class; ``weight`` ``(n, K)`` at the classes ``index`` ``(n, K)``
-    (repeats add up); and buckets: on the classes outside ``bucket_of`` ``(n, E, k)``,
-    ``bucket_mass`` ``(n, E)`` spread like the student's own ``q_T`` (each entry
-    ``1/E``). A sparse target never becomes an ``(n, C)`` tensor; its ``sum P log P`` is
-    ``neg_entropy`` ``(n,)``, given. The hard term covers rows of ``codes`` that are not
-    ``-1`` (``None``: no hard term, and no second ``exp`` pass).
+    The target is any sum of: ``base`` ``(n,)`` on every class; ``weight`` ``(n, K)`` at
+    the classes ``index`` ``(n, K)`` (repeats add up); and buckets: on the classes
+    outside ``bucket_of`` ``(n, E, k)``, ``bucket_mass`` ``(n, E)`` spread like the
+    student's own ``q_T`` (each entry ``1/E``). It never becomes an ``(n, C)`` tensor;
+    its ``sum P log P`` is ``neg_entropy`` ``(n,)``, given. The hard term covers rows of
+    ``codes`` that are not ``-1`` (``None``: no hard term, and no second ``exp`` pass).
+    The targets, read from caches, are constants.
 
     Forward keeps ``exp(z / T - max)`` and ``exp(z - max)``; backward is
-    ``((sum_j P_j) q_T - P) / T`` and ``q_1 - onehot(y)``, where autograd through
-    ``log_softmax`` takes about twice as many full passes. A dense target gets its
-    gradient too (a teacher trained alongside); sparse ones, read from caches, are
-    constants.
+    ``((sum_j P_j) q_T - P) / T`` and ``q_1 - onehot(y)``. Autograd through
+    ``log_softmax``, a ``gather`` and a tail sum takes about twice as many full passes
+    over the classes, which at thousands of classes is most of a student's step. Dense
+    targets stay with autograd (:func:`distillation_loss`): at tens of classes this
+    Function's two dozen small operations cost more than the passes they save.
     """
 
     @staticmethod
@@ -296,8 +279,6 @@ class _TargetCrossEntropy(torch.autograd.Function):
         ctx: Any,
         z: torch.Tensor,
         temperature: float,
-        dense: torch.Tensor | None,
-        dense_log: torch.Tensor | None,
         neg_entropy: torch.Tensor | None,
         base: torch.Tensor | None,
         index: torch.Tensor | None,
@@ -306,8 +287,6 @@ class _TargetCrossEntropy(torch.autograd.Function):
         bucket_mass: torch.Tensor | None,
         codes: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # d = z / T - max as _softmax_parts takes it of a teacher: a student equal to
-        # its teacher has a KL of exactly 0
         d = z / temperature
         top_t = d.amax(dim=-1, keepdim=True)
         d.sub_(top_t)
@@ -339,23 +318,14 @@ class _TargetCrossEntropy(torch.autograd.Function):
             s_1 = e_1.sum(dim=-1, keepdim=True)
             picked = z.gather(1, codes.clamp_min(0)[:, None])[:, 0]
             hard = torch.where(codes >= 0, top[:, 0] + s_1[:, 0].log() - picked, hard)
-        log_q = None
-        if dense is not None:
-            assert dense_log is not None
-            log_q = d.sub_(log_s_t)  # d is not needed again
-            kl += torch.linalg.vecdot(dense, dense_log - log_q)
-            mass += dense.sum(dim=-1)
         ctx.temperature = temperature
         ctx.save_for_backward(
             *_Saved(
                 z,
-                log_q,
                 e_t,
                 s_t,
                 top_t,
                 mass,
-                dense,
-                dense_log,
                 base,
                 index,
                 weight,
@@ -379,8 +349,6 @@ class _TargetCrossEntropy(torch.autograd.Function):
         temperature = ctx.temperature
         a = (g_soft / temperature)[:, None]  # (n, 1)
         grad = saved.e_t * (a * saved.mass[:, None] / saved.s_t)
-        if saved.dense is not None:
-            grad.addcmul_(saved.dense, a, value=-1.0)
         if saved.base is not None:
             grad.sub_(a * saved.base[:, None])
         if saved.weight is not None:
@@ -405,14 +373,7 @@ class _TargetCrossEntropy(torch.autograd.Function):
             b = torch.where(saved.codes >= 0, g_hard, torch.zeros_like(g_hard))[:, None]
             grad.addcmul_(saved.e_1, b / saved.s_1)
             grad.scatter_add_(1, saved.codes.clamp_min(0)[:, None], -b)
-        grads: list[torch.Tensor | None] = [grad] + [None] * 10
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:  # a teacher trained alongside
-            g = g_soft[:, None]
-            assert saved.dense is not None
-            assert saved.dense_log is not None and saved.log_q is not None
-            grads[2] = g * (saved.dense_log - saved.log_q) if ctx.needs_input_grad[2] else None
-            grads[3] = g * saved.dense if ctx.needs_input_grad[3] else None
-        return tuple(grads)
+        return (grad,) + (None,) * 9
 
 
 def _log_tail_sums(
@@ -488,18 +449,16 @@ def _soft_plus_hard(
     labels_checked: bool,
     **target: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``(1 - alpha) T**2 mean_rows KL(P || q_T) + alpha CE(y, q_1)`` for a target ``P``
-    as :class:`_TargetCrossEntropy` takes it (by keyword); labels as in
+    """``(1 - alpha) T**2 mean_rows KL(P || q_T) + alpha CE(y, q_1)`` for a sparse target
+    ``P`` as :class:`_TargetCrossEntropy` takes it (by keyword); labels as in
     :func:`plus_hard_term` (``None``: the soft term alone)."""
     codes = None
     if y is not None:
         codes = _label_codes(y, z, labels_checked)
         if alpha == 0.0 or (not labels_checked and not bool((codes >= 0).any())):
             codes = None  # checked, and no hard term (no weight, or no labeled row)
-    names = ("dense", "dense_log", "neg_entropy", "base", "index", "weight", "bucket_of")
-    kl, hard = _TargetCrossEntropy.apply(
-        z, temperature, *(target.get(name) for name in names), target.get("bucket_mass"), codes
-    )
+    names = ("neg_entropy", "base", "index", "weight", "bucket_of", "bucket_mass")
+    kl, hard = _TargetCrossEntropy.apply(z, temperature, *(target.get(n) for n in names), codes)
     loss = (1.0 - alpha) * temperature**2 * kl.mean()
     if codes is None:
         return loss
@@ -574,15 +533,11 @@ def distillation_loss(
     _check_pair(z, v)
 
     p, log_p = _soft_targets_and_log(v, temperature, combine, log=True)
-    return _soft_plus_hard(
-        z,
-        y,
-        temperature=temperature,
-        alpha=alpha,
-        labels_checked=labels_checked,
-        dense=p,
-        dense_log=log_p,
-    )
+    assert log_p is not None
+    log_q = F.log_softmax(z / temperature, dim=-1)  # (n, C)
+    kl = (p * (log_p - log_q)).sum(dim=-1).mean()
+    loss = (1.0 - alpha) * temperature**2 * kl
+    return plus_hard_term(loss, z, y, alpha, labels_checked)
 
 
 def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ row, a long tail), students a noisy copy of them.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -171,7 +173,12 @@ def test_topk_gradient_error_within_the_stated_bound_and_shrinking_with_k(teache
         if k == 3:  # where the tail holds real mass, some row comes near the bound
             assert (error / bound).max() > 0.3
         mean_errors.append(error.mean())
-    assert mean_errors[0] > mean_errors[1] > mean_errors[2]
+    rounding = 1e-6  # L1 over 200 classes of two float32 gradients computed differently
+    for error_k, error_more in itertools.pairwise(mean_errors):
+        if error_k > rounding:
+            assert error_k > error_more
+        else:  # no tail mass left to lose: nothing shrinks but rounding
+            assert error_more <= rounding
 
 
 @pytest.mark.parametrize("combine", ["arithmetic", "geometric"])
