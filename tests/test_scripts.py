@@ -411,3 +411,13 @@ def test_low_rank_benchmark_quick_run_writes_its_results(tmp_path):
     fewer = by_name[(2, "LowRank(16), basis from 100 rows")]
     assert 0 < low["relative_error"] < fewer["relative_error"] < 1
     assert by_name[(2, "dense")]["gap"]["mean_points"] == 0
+
+
+def test_loss_benchmark_quick_run_writes_its_results(tmp_path):
+    _quick_benchmark("bench_losses.py", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["losses_quick.json", "losses_quick.md"]
+    result = json.loads((tmp_path / "losses_quick.json").read_text())
+    for row in result["rows"]:
+        assert {"textbook (floor)", "kdpipe dense"} <= set(row["steps"])
+        assert row["steps"]["textbook (floor)"]["ratio"] == 1.0
+        assert row["gradient_max_abs_difference"] <= 1e-5 * row["gradient_max_abs"]
