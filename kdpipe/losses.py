@@ -150,7 +150,10 @@ def _soft_targets_and_log(
         p = F.softmax(v / temperature, dim=-1).mean(dim=1)
         return p, (p.clamp_min(torch.finfo(p.dtype).tiny).log() if log else None)
     u = (v[:, 0] if v.shape[1] == 1 else v.mean(dim=1)) / temperature
-    return F.softmax(u, dim=-1), (F.log_softmax(u, dim=-1) if log else None)
+    if not log:
+        return F.softmax(u, dim=-1), None
+    # a -inf logit (a masked class): log p = -inf, clamped so that p log p is 0, not nan
+    return F.softmax(u, dim=-1), F.log_softmax(u, dim=-1).clamp_min(torch.finfo(u.dtype).min)
 
 
 def _label_codes(y: torch.Tensor | object, z: torch.Tensor, checked: bool = False) -> torch.Tensor:
@@ -239,15 +242,14 @@ class _Saved(NamedTuple):
     z: torch.Tensor
     e_t: torch.Tensor
     s_t: torch.Tensor
-    top_t: torch.Tensor
     mass: torch.Tensor
     base: torch.Tensor | None
-    at: torch.Tensor | None  # the classes of weight
+    weight_classes: torch.Tensor | None  # the forward's index
     weight: torch.Tensor | None
     bucket_of: torch.Tensor | None
     bucket_mass: torch.Tensor | None
     log_tail: torch.Tensor | None
-    small: torch.Tensor | None
+    tail_sums: torch.Tensor | None
     codes: torch.Tensor | None
     e_1: torch.Tensor | None
     s_1: torch.Tensor | None
@@ -262,9 +264,13 @@ class _TargetCrossEntropy(torch.autograd.Function):
     the classes ``index`` ``(n, K)`` (repeats add up); and buckets: on the classes
     outside ``bucket_of`` ``(n, E, k)``, ``bucket_mass`` ``(n, E)`` spread like the
     student's own ``q_T`` (each entry ``1/E``). It never becomes an ``(n, C)`` tensor;
-    its ``sum P log P`` is ``neg_entropy`` ``(n,)``, given. The hard term covers rows of
+    its ``sum P log P`` is ``neg_entropy`` ``(n,)``, given (for a bucket, the bucket's
+    ``p_tail log p_tail``: the KL is the same, as ``P_j / q_j`` is constant on the tail).
+    The hard term covers rows of
     ``codes`` that are not ``-1`` (``None``: no hard term, and no second ``exp`` pass).
-    The targets, read from caches, are constants.
+    The targets, read from caches, are constants: no gradient flows to them, and there
+    is no second derivative (``create_graph=True`` gives gradients that do not require
+    grad).
 
     Forward keeps ``exp(z / T - max)`` and ``exp(z - max)``; backward is
     ``((sum_j P_j) q_T - P) / T`` and ``q_1 - onehot(y)``. Autograd through
@@ -303,10 +309,13 @@ class _TargetCrossEntropy(torch.autograd.Function):
             assert index is not None
             kl -= torch.linalg.vecdot(weight, d.gather(1, index) - log_s_t)
             mass += weight.sum(dim=-1)
-        log_tail = small = None
+        log_tail = tail_sums = None
+        ctx.small_rows = []
         if bucket_of is not None:
             assert bucket_mass is not None
-            log_tail, small = _log_tail_sums(z, temperature, e_t, top_t, bucket_of)
+            log_tail, tail_sums, ctx.small_rows = _log_tail_sums(
+                z, temperature, e_t, top_t, bucket_of
+            )
             share = bucket_mass / bucket_of.shape[1]  # (n, E): the entries are averaged
             kl -= (share * (log_tail - lse_t[:, None])).sum(dim=1)  # - p_tail log q_tail
             mass += share.sum(dim=1)
@@ -324,7 +333,6 @@ class _TargetCrossEntropy(torch.autograd.Function):
                 z,
                 e_t,
                 s_t,
-                top_t,
                 mass,
                 base,
                 index,
@@ -332,7 +340,7 @@ class _TargetCrossEntropy(torch.autograd.Function):
                 bucket_of,
                 bucket_mass,
                 log_tail,
-                small,
+                tail_sums,
                 codes,
                 e_1,
                 s_1,
@@ -352,21 +360,21 @@ class _TargetCrossEntropy(torch.autograd.Function):
         if saved.base is not None:
             grad.sub_(a * saved.base[:, None])
         if saved.weight is not None:
-            grad.scatter_add_(1, saved.at, -a * saved.weight)
+            grad.scatter_add_(1, saved.weight_classes, -a * saved.weight)
         if saved.bucket_of is not None:
             assert saved.bucket_mass is not None and saved.log_tail is not None
-            assert saved.small is not None
+            assert saved.tail_sums is not None
             _sub_bucket_targets(
                 grad,
                 a,
                 saved.z,
                 temperature,
                 saved.e_t,
-                saved.top_t,
                 saved.bucket_of,
                 saved.bucket_mass,
                 saved.log_tail,
-                saved.small,
+                saved.tail_sums,
+                ctx.small_rows,
             )
         if saved.codes is not None:
             assert saved.e_1 is not None and saved.s_1 is not None
@@ -382,29 +390,33 @@ def _log_tail_sums(
     e_t: torch.Tensor,
     top_t: torch.Tensor,
     kept: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log sum_{j not in S} exp(z_j / T)`` per row and entry ``(n, E)`` for the kept
-    classes ``S`` = ``kept`` ``(n, E, k)``, from ``e_t = exp(z / T - top_t)``, and where
-    that sum of ``e_t`` was below the smallest normal float ``(n, E)``.
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+    """For the kept classes ``S`` = ``kept`` ``(n, E, k)``: ``log sum_{j not in S}
+    exp(z_j / T)`` ``(n, E)``, the tail sums of ``e_t = exp(z / T - top_t)`` ``(n, E)``,
+    and per entry the rows whose tail sum is below the smallest normal float (``None``:
+    no such row).
 
     The tail is summed over its own classes (float32 loses nothing to cancellation
     however small its share). Rows whose tail sum is below the smallest normal float
     (the tail over 87 units of ``z / T`` below the row's maximum) are summed again as a
-    masked log-sum-exp (asking which rows they are reads one flag back from a GPU).
+    masked log-sum-exp (asking which rows they are reads one flag back from a GPU, once:
+    the backward pass reuses the answer).
     """
-    out, smalls = [], []
+    logs, sums, small_rows = [], [], []
     for entry in range(kept.shape[1]):
         keep = torch.ones_like(e_t).scatter_(1, kept[:, entry], 0.0)  # 1 on the tail
         total = torch.linalg.vecdot(e_t, keep)  # (n,)
         small = total < torch.finfo(total.dtype).tiny
         log_tail = torch.log(torch.where(small, torch.ones_like(total), total)) + top_t[:, 0]
+        rows = None
         if bool(small.any()):
             rows = small.nonzero(as_tuple=True)[0]
             masked = (z[rows] / temperature).scatter(1, kept[rows, entry], float("-inf"))
             log_tail = log_tail.index_put((rows,), masked.logsumexp(dim=-1))
-        out.append(log_tail)
-        smalls.append(small)
-    return torch.stack(out, dim=1), torch.stack(smalls, dim=1)
+        logs.append(log_tail)
+        sums.append(total)
+        small_rows.append(rows)
+    return torch.stack(logs, dim=1), torch.stack(sums, dim=1), small_rows
 
 
 def _sub_bucket_targets(
@@ -413,31 +425,28 @@ def _sub_bucket_targets(
     z: torch.Tensor,
     temperature: float,
     e_t: torch.Tensor,
-    top_t: torch.Tensor,
     kept: torch.Tensor,
     mass: torch.Tensor,
     log_tail: torch.Tensor,
-    small: torch.Tensor,
+    tail_sums: torch.Tensor,
+    small_rows: list[torch.Tensor | None],
 ) -> None:
     """``grad -= a P`` for the buckets' tail targets ``P_j = p_tail exp(z_j / T) /
     sum_{i not in S} exp(z_i / T)`` on each entry's tail (``1/E`` each), in place."""
     n_entries = kept.shape[1]
-    # exp(z_j / T - log_tail) = e_t_j * exp(top_t - log_tail): one (n,) factor per entry,
-    # except where e_t underflows on the tail (its sum below the smallest normal float)
-    factor = mass / n_entries * torch.exp(top_t - log_tail)  # (n, E)
-    factor = torch.where(small, torch.zeros_like(factor), factor)
-    for entry in range(n_entries):  # the head is zeroed, not subtracted and added back:
-        # factor * e_t is huge there when the student's tail is tiny
-        tail = e_t.scatter(1, kept[:, entry], 0.0)
-        grad.addcmul_(tail, a * factor[:, entry : entry + 1], value=-1.0)
-    if bool(small.any()):
-        for entry in range(n_entries):
-            rows = small[:, entry].nonzero(as_tuple=True)[0]
-            if len(rows):
-                tail = (z[rows] / temperature - log_tail[rows, entry : entry + 1]).exp()
-                tail = tail.scatter(1, kept[rows, entry], 0.0)
-                share = (mass[rows, entry] / n_entries)[:, None]
-                grad.index_add_(0, rows, -(a[rows] * share) * tail)
+    for entry, rows in enumerate(small_rows):
+        # P_j = p_tail e_t_j / (the tail sum of e_t): the sum itself, not through its log,
+        # whose rounding at large |z / T| would cost the gradient its precision
+        factor = mass[:, entry] / n_entries / tail_sums[:, entry]
+        if rows is not None:  # their e_t underflows on the tail: taken exactly below
+            factor = factor.index_fill(0, rows, 0.0)
+        tail = e_t.scatter(1, kept[:, entry], 0.0)  # the head zeroed, not subtracted and
+        grad.addcmul_(tail, a * factor[:, None], value=-1.0)  # added back: no cancellation
+        if rows is not None:
+            tail = (z[rows] / temperature - log_tail[rows, entry : entry + 1]).exp()
+            tail = tail.scatter(1, kept[rows, entry], 0.0)
+            share = (mass[rows, entry] / n_entries)[:, None]
+            grad.index_add_(0, rows, -(a[rows] * share) * tail)
 
 
 def _soft_plus_hard(

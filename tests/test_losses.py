@@ -520,6 +520,21 @@ def test_huge_logits_are_finite(rng, temperature, combine, m):
     assert torch.isfinite(lm) and bool(torch.isfinite(zt.grad).all())
 
 
+@pytest.mark.parametrize("combine", COMBINES)
+def test_a_masked_teacher_class_contributes_zero_not_nan(combine):
+    """A teacher logit of -inf (a class masked out): p = 0 there, and 0 log 0 = 0."""
+    v = torch.tensor([[[2.0, 0.0, float("-inf")]], [[1.0, -1.0, float("-inf")]]])
+    z = torch.zeros(2, 3, requires_grad=True)
+    loss = distillation_loss(z, v, temperature=1.0, alpha=0.0, combine=combine)
+    loss.backward()
+    p = np.exp([[2.0, 0.0], [1.0, -1.0]])
+    p /= p.sum(axis=1, keepdims=True)
+    expected = (p * np.log(p / (1 / 3))).sum(axis=1).mean()  # the masked class adds 0
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
+    q_minus_p = np.concatenate([1 / 3 - p, np.full((2, 1), 1 / 3)], axis=1) / 2  # eq. 2, T = 1
+    np.testing.assert_allclose(z.grad.numpy(), q_minus_p, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_half_precision_inputs_compute_in_float32(rng, dtype, temperature):

@@ -132,6 +132,26 @@ def test_topk_gradient_is_the_bucket_gradient_also_where_the_students_tail_is_ti
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * t)  # float32 rounding, times T
 
 
+def test_bucket_gradient_keeps_float32_precision_at_large_logits(teacher):
+    """A per-row shift of 1e4 changes no softmax; the bucket's tail gradient must stay at
+    float32 rounding (through the rounded log of the tail sum it was 2e-5 off here)."""
+    v, t, k = teacher[:, 0].astype(np.float64), 4.0, 3  # much of the teacher's mass in the tail
+    z0 = np.random.default_rng(7).normal(scale=2.0, size=v.shape) + 1e4 * t
+    z = torch.tensor(z0, dtype=torch.float32, requires_grad=True)
+    targets = reduce_logits(v, TopK(k, tail="bucket")).to_torch("cpu")
+    got = _row_grads(lambda s: sparse_distillation_loss(s, targets, temperature=t, alpha=0.0), z)
+
+    z32 = z.detach().double().numpy()  # the float32 logits the loss saw, in float64
+    q = softmax(z32 / t, axis=1)
+    tail = _tail_mask(v, k)
+    q_tail = (q * tail).sum(axis=1, keepdims=True)
+    p = softmax(v / t, axis=1)
+    p_tail = (p * tail).sum(axis=1, keepdims=True)
+    expected = t * np.where(tail, q - p_tail * q / q_tail, q - p)
+    np.testing.assert_allclose(got, expected, atol=1e-6 * t)
+    np.testing.assert_allclose(got.sum(axis=1), 0.0, atol=1e-6 * t)  # a softmax gradient
+
+
 TAIL_FORMATS = {
     "bucket": lambda k: TopK(k, tail="bucket"),
     "uniform": lambda k: TopK(k, tail="uniform"),
