@@ -268,9 +268,9 @@ class _TargetCrossEntropy(torch.autograd.Function):
     ``p_tail log p_tail``: the KL is the same, as ``P_j / q_j`` is constant on the tail).
     The hard term covers rows of
     ``codes`` that are not ``-1`` (``None``: no hard term, and no second ``exp`` pass).
-    The targets, read from caches, are constants: no gradient flows to them, and there
-    is no second derivative (``create_graph=True`` gives gradients that do not require
-    grad).
+    The targets, read from caches, are constants (:func:`sparse_distillation_loss`
+    refuses targets that require grad), and there is no second derivative (a backward
+    pass with ``create_graph=True`` is an error).
 
     Forward keeps ``exp(z / T - max)`` and ``exp(z - max)``; backward is
     ``((sum_j P_j) q_T - P) / T`` and ``q_1 - onehot(y)``. Autograd through
@@ -349,10 +349,14 @@ class _TargetCrossEntropy(torch.autograd.Function):
         return kl, hard
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(
         ctx: Any, g_soft: torch.Tensor, g_hard: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # backward(create_graph=True): a second derivative
+            raise RuntimeError(
+                "sparse_distillation_loss has no second derivative (its gradient is "
+                "written out, eq. 2): backward with create_graph=True is not supported"
+            )
         saved = _Saved(*ctx.saved_tensors)
         temperature = ctx.temperature
         a = (g_soft / temperature)[:, None]  # (n, 1)
@@ -729,7 +733,9 @@ def sparse_distillation_loss(
     ----------
     student_logits : Tensor of shape (n, C)
     targets : TopKTargets or SampledTargets
-        Torch tensors on the student's device, ``n`` rows of ``C`` classes.
+        Torch tensors on the student's device, ``n`` rows of ``C`` classes: constants,
+        none of which may require grad (the loss has no gradient for them, and no second
+        derivative: a backward pass with ``create_graph=True`` is an error).
     y : Tensor of shape (n,), optional
         As in :func:`distillation_loss`.
     temperature : float
@@ -811,6 +817,11 @@ def sparse_distillation_loss(
         raise ValueError(
             f"student logits of shape {tuple(z.shape)} do not match sparse targets of "
             f"{len(targets)} rows and {targets.n_classes} classes"
+        )
+    if any(getattr(getattr(targets, name), "requires_grad", False) for name in targets._arrays):
+        raise ValueError(
+            "sparse targets are constants: their tensors must not require grad (a teacher "
+            "trained alongside the student gives dense logits to distillation_loss)"
         )
     entries = _entries(targets, combine)
 

@@ -8,6 +8,7 @@ row, a long tail), students a noisy copy of them.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -428,3 +429,18 @@ def test_bucket_tail_whose_exp_underflows_in_float32_still_gives_the_bucket_grad
     expected = t * np.where(tail, q - p_tail * q_in_tail, q - p)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * t)
+
+
+def test_targets_that_require_grad_and_second_derivatives_are_errors(teacher):
+    v, z = teacher[:, 0], _student(teacher)
+    targets = reduce_logits(v, TopK(10, tail="uniform")).to_torch("cpu")
+    learned = replace(targets, values=targets.values.clone().requires_grad_(True))
+    with pytest.raises(ValueError, match="must not require grad"):
+        sparse_distillation_loss(z, learned, temperature=4.0, alpha=0.1)
+    loss = sparse_distillation_loss(z, targets, temperature=4.0, alpha=0.1)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(loss, z, create_graph=True)
+    (grad,) = torch.autograd.grad(
+        sparse_distillation_loss(z, targets, temperature=4.0, alpha=0.1), z
+    )
+    assert torch.isfinite(grad).all()  # one derivative, as training takes it
