@@ -266,9 +266,8 @@ class _TargetCrossEntropy(torch.autograd.Function):
     student's own ``q_T`` (each entry ``1/E``). It never becomes an ``(n, C)`` tensor;
     its ``sum P log P`` is ``neg_entropy`` ``(n,)``, given (for a bucket, the bucket's
     ``p_tail log p_tail``: the KL is the same, as ``P_j / q_j`` is constant on the tail).
-    The hard term covers rows of
-    ``codes`` that are not ``-1`` (``None``: no hard term, and no second ``exp`` pass).
-    The targets, read from caches, are constants (:func:`sparse_distillation_loss`
+    The hard term covers rows of ``codes`` that are not ``-1`` (``None``: no hard term,
+    and no second ``exp`` pass). The targets, read from caches, are constants (:func:`sparse_distillation_loss`
     refuses targets that require grad), and there is no second derivative (a backward
     pass with ``create_graph=True`` is an error).
 
