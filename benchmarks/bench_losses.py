@@ -42,16 +42,12 @@ def textbook(z: torch.Tensor, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (1 - ALPHA) * T**2 * soft + ALPHA * F.cross_entropy(z, y)
 
 
-def step_seconds(loss_fn, z0: torch.Tensor, repeats: int) -> list[float]:
-    """Seconds of forward plus backward, each of ``repeats`` runs of 5 steps."""
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(5):
-            z = z0.detach().requires_grad_(True)
-            loss_fn(z).backward()
-        out.append((time.perf_counter() - start) / 5)
-    return out
+def step_seconds(loss_fn, z0: torch.Tensor) -> float:
+    """Seconds of one forward plus backward, the mean of 5 steps."""
+    start = time.perf_counter()
+    for _ in range(5):
+        loss_fn(z0.detach().requires_grad_(True)).backward()
+    return (time.perf_counter() - start) / 5
 
 
 def run(classes: list[int], batch: int, repeats: int) -> list[dict]:
@@ -90,7 +86,7 @@ def run(classes: list[int], batch: int, repeats: int) -> list[dict]:
             fn(z0.detach().requires_grad_(True)).backward()
         for _ in range(repeats):  # alternate, so drifting load hits every variant alike
             for name, fn in fns.items():
-                times[name] += step_seconds(fn, z0, 1)
+                times[name].append(step_seconds(fn, z0))
         floor = float(np.median(times["textbook (floor)"]))
         rows.append(
             {

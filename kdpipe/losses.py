@@ -236,6 +236,17 @@ def plus_hard_term(
     return soft
 
 
+class _Target(NamedTuple):
+    """A sparse soft target as :class:`_TargetCrossEntropy` takes it (see there)."""
+
+    neg_entropy: torch.Tensor
+    base: torch.Tensor | None = None
+    weight_classes: torch.Tensor | None = None  # the classes of weight
+    weight: torch.Tensor | None = None
+    bucket_of: torch.Tensor | None = None
+    bucket_mass: torch.Tensor | None = None
+
+
 class _Saved(NamedTuple):
     """What :class:`_TargetCrossEntropy` keeps from its forward pass for the backward one."""
 
@@ -312,7 +323,7 @@ class _TargetCrossEntropy(torch.autograd.Function):
         ctx.small_rows = []
         if bucket_of is not None:
             assert bucket_mass is not None
-            log_tail, tail_sums, ctx.small_rows = _log_tail_sums(
+            log_tail, tail_sums, ctx.tails, ctx.small_rows = _log_tail_sums(
                 z, temperature, e_t, top_t, bucket_of
             )
             share = bucket_mass / bucket_of.shape[1]  # (n, E): the entries are averaged
@@ -372,7 +383,7 @@ class _TargetCrossEntropy(torch.autograd.Function):
                 a,
                 saved.z,
                 temperature,
-                saved.e_t,
+                ctx.tails,
                 saved.bucket_of,
                 saved.bucket_mass,
                 saved.log_tail,
@@ -393,11 +404,12 @@ def _log_tail_sums(
     e_t: torch.Tensor,
     top_t: torch.Tensor,
     kept: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
     """For the kept classes ``S`` = ``kept`` ``(n, E, k)``: ``log sum_{j not in S}
     exp(z_j / T)`` ``(n, E)``, the tail sums of ``e_t = exp(z / T - top_t)`` ``(n, E)``,
-    and per entry the rows whose tail sum is below the smallest normal float (``None``:
-    no such row).
+    per entry ``e_t`` with the kept classes zeroed ``(n, C)`` (the backward pass spreads
+    the bucket over it), and per entry the rows whose tail sum is below the smallest
+    normal float (``None``: no such row).
 
     The tail is summed over its own classes (float32 loses nothing to cancellation
     however small its share). Rows whose tail sum is below the smallest normal float
@@ -405,10 +417,10 @@ def _log_tail_sums(
     masked log-sum-exp (asking which rows they are reads one flag back from a GPU, once:
     the backward pass reuses the answer).
     """
-    logs, sums, small_rows = [], [], []
+    logs, sums, tails, small_rows = [], [], [], []
     for entry in range(kept.shape[1]):
-        keep = torch.ones_like(e_t).scatter_(1, kept[:, entry], 0.0)  # 1 on the tail
-        total = torch.linalg.vecdot(e_t, keep)  # (n,)
+        tail = e_t.scatter(1, kept[:, entry], 0.0)
+        total = tail.sum(dim=-1)  # (n,)
         small = total < torch.finfo(total.dtype).tiny
         log_tail = torch.log(torch.where(small, torch.ones_like(total), total)) + top_t[:, 0]
         rows = None
@@ -418,8 +430,9 @@ def _log_tail_sums(
             log_tail = log_tail.index_put((rows,), masked.logsumexp(dim=-1))
         logs.append(log_tail)
         sums.append(total)
+        tails.append(tail)
         small_rows.append(rows)
-    return torch.stack(logs, dim=1), torch.stack(sums, dim=1), small_rows
+    return torch.stack(logs, dim=1), torch.stack(sums, dim=1), tails, small_rows
 
 
 def _sub_bucket_targets(
@@ -427,7 +440,7 @@ def _sub_bucket_targets(
     a: torch.Tensor,
     z: torch.Tensor,
     temperature: float,
-    e_t: torch.Tensor,
+    tails: list[torch.Tensor],
     kept: torch.Tensor,
     mass: torch.Tensor,
     log_tail: torch.Tensor,
@@ -443,8 +456,8 @@ def _sub_bucket_targets(
         factor = mass[:, entry] / n_entries / tail_sums[:, entry]
         if rows is not None:  # their e_t underflows on the tail: taken exactly below
             factor = factor.index_fill(0, rows, 0.0)
-        tail = e_t.scatter(1, kept[:, entry], 0.0)  # the head zeroed, not subtracted and
-        grad.addcmul_(tail, a * factor[:, None], value=-1.0)  # added back: no cancellation
+        # on the tail alone (the head zeroed, not subtracted and added back: no cancellation)
+        grad.addcmul_(tails[entry], a * factor[:, None], value=-1.0)
         if rows is not None:
             tail = (z[rows] / temperature - log_tail[rows, entry : entry + 1]).exp()
             tail = tail.scatter(1, kept[rows, entry], 0.0)
@@ -455,22 +468,20 @@ def _sub_bucket_targets(
 def _soft_plus_hard(
     z: torch.Tensor,
     y: Any,
+    target: _Target,
     *,
     temperature: float,
     alpha: float,
     labels_checked: bool,
-    **target: torch.Tensor | None,
 ) -> torch.Tensor:
     """``(1 - alpha) T**2 mean_rows KL(P || q_T) + alpha CE(y, q_1)`` for a sparse target
-    ``P`` as :class:`_TargetCrossEntropy` takes it (by keyword); labels as in
-    :func:`plus_hard_term` (``None``: the soft term alone)."""
+    ``P``; labels as in :func:`plus_hard_term` (``None``: the soft term alone)."""
     codes = None
     if y is not None:
         codes = _label_codes(y, z, labels_checked)
         if alpha == 0.0 or (not labels_checked and not bool((codes >= 0).any())):
             codes = None  # checked, and no hard term (no weight, or no labeled row)
-    names = ("neg_entropy", "base", "index", "weight", "bucket_of", "bucket_mass")
-    kl, hard = _TargetCrossEntropy.apply(z, temperature, *(target.get(n) for n in names), codes)
+    kl, hard = _TargetCrossEntropy.apply(z, temperature, *target, codes)
     loss = (1.0 - alpha) * temperature**2 * kl.mean()
     if codes is None:
         return loss
@@ -671,11 +682,10 @@ def _linear_tail_target(
     log_p_head: torch.Tensor,
     log_p_tail: torch.Tensor,
     idx: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+) -> _Target:
     """The dense target of a ``"uniform"`` or ``"sampled"`` tail (see
     :func:`sparse_distillation_loss`), averaged over the entries, in the form
-    :class:`_TargetCrossEntropy` takes: ``(neg_entropy (n,), base (n,) or None,
-    index (n, K), weight (n, K))``, never an ``(n, E, C)`` tensor."""
+    :class:`_TargetCrossEntropy` takes, never an ``(n, E, C)`` tensor."""
     n, n_entries = idx.shape[0], idx.shape[1]
     p_tail = log_p_tail.exp()  # (n, E)
     neg_entropy = (p_head * log_p_head).sum(dim=-1)  # (n, E), the kept classes' share
@@ -700,11 +710,11 @@ def _linear_tail_target(
         weight = torch.cat([p_head, w], dim=-1)
     else:
         raise ValueError(f"tail_spread must be 'bucket', 'uniform' or 'sampled', got {spread!r}")
-    return (
+    return _Target(
         neg_entropy.mean(dim=1),
-        base,
-        index.reshape(n, -1),
-        (weight / n_entries).reshape(n, -1),
+        base=base,
+        weight_classes=index.reshape(n, -1),
+        weight=(weight / n_entries).reshape(n, -1),
     )
 
 
@@ -823,12 +833,6 @@ def sparse_distillation_loss(
             "trained alongside the student gives dense logits to distillation_loss)"
         )
     entries = _entries(targets, combine)
-
-    def kl_plus_hard(**target: torch.Tensor | None) -> torch.Tensor:
-        return _soft_plus_hard(
-            z, y, temperature=temperature, alpha=alpha, labels_checked=labels_checked, **target
-        )
-
     if isinstance(targets, TopKTargets):
         idx = targets.indices[:, entries]  # (n, E, k)
         log_tail = tail_logsumexp(targets, temperature)
@@ -841,22 +845,21 @@ def sparse_distillation_loss(
         log_p_head, log_p_tail = log_p[..., :-1], log_p[..., -1]
         p_head = log_p_head.exp()
         if targets.tail_spread != "bucket":
-            neg_entropy, base, index, weight = _linear_tail_target(
+            target = _linear_tail_target(
                 targets, entries, temperature, p_head, log_p_head, log_p_tail, idx
             )
-            return kl_plus_hard(neg_entropy=neg_entropy, base=base, index=index, weight=weight)
-        # the bucket's tail target p_tail q_j / q_tail follows the student's q
-        n, n_entries = idx.shape[0], idx.shape[1]
-        p_tail = log_p_tail.exp()
-        neg_entropy = (p_head * log_p_head).sum(dim=-1) + p_tail * log_p_tail  # (n, E)
-        return kl_plus_hard(
-            neg_entropy=neg_entropy.mean(dim=1),
-            index=idx.reshape(n, -1),
-            weight=(p_head / n_entries).reshape(n, -1),
-            bucket_of=idx,
-            bucket_mass=p_tail,
-        )
-    if isinstance(targets, SampledTargets):
+        else:  # the bucket's tail target p_tail q_j / q_tail follows the student's q
+            n, n_entries = idx.shape[0], idx.shape[1]
+            p_tail = log_p_tail.exp()
+            neg_entropy = (p_head * log_p_head).sum(dim=-1) + p_tail * log_p_tail  # (n, E)
+            target = _Target(
+                neg_entropy.mean(dim=1),
+                weight_classes=idx.reshape(n, -1),
+                weight=(p_head / n_entries).reshape(n, -1),
+                bucket_of=idx,
+                bucket_mass=p_tail,
+            )
+    elif isinstance(targets, SampledTargets):
         if not math.isclose(temperature, targets.temperature, rel_tol=1e-9):
             raise ValueError(
                 f"sampled targets were drawn at temperature {targets.temperature:g}; they "
@@ -865,9 +868,15 @@ def sparse_distillation_loss(
         idx = targets.indices[:, entries]  # (n, E, s)
         w = targets.counts[:, entries] / targets.draws  # (n, E, s), rows sum to 1
         n, n_entries = idx.shape[0], idx.shape[1]
-        return kl_plus_hard(
-            neg_entropy=torch.xlogy(w, w).sum(dim=-1).mean(dim=1),
-            index=idx.reshape(n, -1),
+        target = _Target(
+            torch.xlogy(w, w).sum(dim=-1).mean(dim=1),
+            weight_classes=idx.reshape(n, -1),
             weight=(w / n_entries).reshape(n, -1),
         )
-    raise TypeError(f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}")
+    else:
+        raise TypeError(
+            f"targets must be TopKTargets or SampledTargets, got {type(targets).__name__}"
+        )
+    return _soft_plus_hard(
+        z, y, target, temperature=temperature, alpha=alpha, labels_checked=labels_checked
+    )
