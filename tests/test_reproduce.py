@@ -19,6 +19,7 @@ from kdpipe.reproduce.stats import (
     UNDETERMINED,
     beats_verdict,
     difference_interval,
+    gap_needed,
     mean_se,
     share_interval,
     share_verdict,
@@ -295,6 +296,51 @@ def test_share_interval_is_the_ratio_of_means_and_covers_the_test_rows_noise():
     assert out["low"] < expected - 0.2 and out["high"] > expected + 0.2
     # per-seed shares are kept for reading, not for the verdict
     assert len(out["per_seed"]) == 3
+
+
+def test_share_interval_noise_is_the_standard_error_of_the_per_row_differences():
+    rng = np.random.default_rng(3)
+    n = 20_000
+    base = rng.random(n) < 0.80
+    value = rng.random(n) < 0.83
+    top = rng.random(n) < 0.86
+    out = share_interval(value, base, top, n_boot=2000)
+    # one model per arm: only the test rows vary, and the mean of a per-row difference
+    # has the standard error std / sqrt(n)
+    gain = value.astype(float) - base
+    gap = top.astype(float) - base
+    assert out["gain_se"] == pytest.approx(gain.std() / math.sqrt(n), rel=0.1)
+    assert out["gap_se"] == pytest.approx(gap.std() / math.sqrt(n), rel=0.1)
+    assert out["resolution"] == pytest.approx(out["share"] - out["low"])
+
+
+@pytest.mark.parametrize("gap_points", [0.5, 6.0])
+def test_gap_needed_separates_runs_that_can_and_cannot_clear_zero_at_the_bar(gap_points):
+    rng = np.random.default_rng(4)
+    n, bar = 10_000, 0.8
+    gap = gap_points / 100
+    base = np.array([rng.random(n) < 0.80 for _ in range(3)])
+    value = np.array([rng.random(n) < 0.80 + bar * gap for _ in range(3)])
+    top = rng.random(n) < 0.80 + gap
+    out = share_interval(value, base, top, bar=bar, n_boot=2000)
+    from scipy.stats import norm
+
+    z = norm.ppf(0.975)
+    assert out["gap_needed"] == pytest.approx(z * max(out["gap_se"], out["gain_se"] / bar))
+    # independent rows: about sqrt(2 * 0.8 * 0.2 / n) = 0.57 points per difference of
+    # one model against another (the seeds' means vary as much again), so the gap a
+    # share of 80% needs is one to two points whatever the run's own gap
+    assert 0.01 < out["gap_needed"] < 0.025
+    if out["gap"] >= out["gap_needed"]:
+        assert out["low"] > 0
+    else:
+        assert out["low"] <= 0
+    assert (gap_points > 2) == (out["gap"] >= out["gap_needed"])
+
+
+def test_gap_needed_refuses_a_bar_outside_zero_to_one():
+    with pytest.raises(ValueError, match="bar must be a share"):
+        gap_needed({"gain_se": 0.01, "gap_se": 0.01, "level": 0.95}, 80)
 
 
 def test_share_interval_without_a_gap_is_nan_and_says_so():

@@ -166,7 +166,7 @@ def experiment_1(lab: Lab) -> dict[str, Any]:
     )
     control_vs_teacher = difference_interval(control, teacher.test_correct)
     shares = {
-        name: share_interval(np.array(arms[name]), hard, teacher.test_correct)
+        name: share_interval(np.array(arms[name]), hard, teacher.test_correct, bar=0.8)
         for name in ("distilled", "distilled on views")
         if arms[name]
     }
@@ -382,7 +382,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
         after_c.append(_correct(model, Xc, yc))
         after.append(_acc(model, s.X_test, s.y_test))
     # how much of what leaving the class out cost on that class the shift wins back
-    recovered = share_interval(np.array(after_c), np.array(before_c), np.array(ref_c))
+    recovered = share_interval(np.array(after_c), np.array(before_c), np.array(ref_c), bar=0.8)
     pair = [int(k) for k in p.kept_classes]
     only_pair = np.flatnonzero(np.isin(s.y_train, pair))
     pair_before, pair_after, pair_shifts = [], [], []
@@ -404,7 +404,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
         pair_after.append(_correct(model, s.X_test, s.y_test))
     # the share of the two-class student's test errors that the shifts remove
     perfect = np.ones(len(s.y_test), dtype=bool)
-    removed = share_interval(np.array(pair_after), np.array(pair_before), perfect)
+    removed = share_interval(np.array(pair_after), np.array(pair_before), perfect, bar=0.6)
     pair_names = [s.class_names[k] for k in pair]
     name = s.class_names[c]
     mean = lambda arrays: float(np.mean(arrays))  # noqa: E731
@@ -495,7 +495,7 @@ def experiment_4(lab: Lab) -> dict[str, Any]:
         if views:
             arms["plain"].append(_correct(fit(T, seed, False), s.X_test, s.y_test))
     kept = {
-        name: share_interval(np.array(a), members_correct, ens.test_correct)
+        name: share_interval(np.array(a), members_correct, ens.test_correct, bar=0.8)
         for name, a in arms.items()
         if a
     }
@@ -628,7 +628,7 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
             else:
                 hard_all[arm].append(hard[arm][seed, -1])
     recovered = {
-        arm: share_interval(soft[arm][:, 0], hard[arm][:, 0], np.array(hard_all[arm]))
+        arm: share_interval(soft[arm][:, 0], hard[arm][:, 0], np.array(hard_all[arm]), bar=0.8)
         for arm in arm_names
     }
     judged = "views" if views else "plain"

@@ -42,7 +42,7 @@ def _fmt(value: Any) -> str:
         return (
             f"{value['share']:.1%}, 95% interval [{value['low']:.1%}, {value['high']:.1%}] "
             f"(ratio of means: {value['value_mean']:.4f} from {value['base_mean']:.4f} towards "
-            f"{value['top_mean']:.4f})"
+            f"{value['top_mean']:.4f})" + _resolution(value)
         )
     if isinstance(value, dict) and {"mean", "low", "high", "se_seeds"} <= set(value):
         seeds = ", ".join(f"{v:+.4f}" for v in value["per_seed"])
@@ -64,6 +64,29 @@ def _fmt(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
     return str(value)
+
+
+def _resolution(share: dict[str, Any]) -> str:
+    """What the run could see of a share: its noise and the gap its bar needs (runs before
+    these were recorded have neither)."""
+    if "gap_needed" not in share:
+        return ""
+    return (
+        f"; noise (bootstrap SD): gain {100 * share['gain_se']:.2f}, gap "
+        f"{100 * share['gap_se']:.2f} points; a share of {share['bar']:.0%} clears zero from a "
+        f"gap of {100 * share['gap_needed']:.2f} points (this run's: {100 * share['gap']:.2f})"
+    )
+
+
+def _unresolved(results: dict[str, Any]) -> list[str]:
+    """A note for each share whose gap is below the one its bar needs with the run's noise."""
+    return [
+        f"{key}: the gap, {100 * v['gap']:.2f} points, is below the {100 * v['gap_needed']:.2f} "
+        f"points that a share of {v['bar']:.0%} needs to clear zero with this run's noise: no "
+        "student could have reproduced the finding in a run of this size"
+        for key, v in results.items()
+        if isinstance(v, dict) and "gap_needed" in v and not v["gap"] >= v["gap_needed"]
+    ]
 
 
 def _section(number: int, exp: dict[str, Any], figures: list[Path], verdicts: bool) -> list[str]:
@@ -101,8 +124,9 @@ def _section(number: int, exp: dict[str, Any], figures: list[Path], verdicts: bo
         else:
             lines.append(f"- {key}: {_fmt(value)}")
     lines.append("")
-    if exp.get("notes"):
-        lines += ["**Notes**", ""] + [f"- {note}" for note in exp["notes"]] + [""]
+    notes = list(exp.get("notes", [])) + _unresolved(exp["results"])
+    if notes:
+        lines += ["**Notes**", ""] + [f"- {note}" for note in notes] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in figures] + ([""] if figures else [])
     lines += _verdict_line(exp, verdicts)
     variant = exp.get("variant")

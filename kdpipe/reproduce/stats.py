@@ -6,7 +6,9 @@ every interval here:
 
 - a **share of a gap** (gap closed, gain kept, gap recovered) is the ratio of the means,
   ``(mean(value) - mean(base)) / (mean(top) - mean(base))``, with a bootstrap interval that
-  resamples the seeds and the test rows together (:func:`share_interval`);
+  resamples the seeds and the test rows together (:func:`share_interval`), and the
+  smallest gap that this noise lets the paper's share be told from zero
+  (:func:`gap_needed`): a finding can be missed because the run could not see it;
 - a **paired difference** (one model beats another) is the mean over seeds of the
   per-seed difference, with a Student-t interval whose standard error adds the seeds'
   variance to the test rows' bootstrap variance (:func:`difference_interval`).
@@ -34,6 +36,7 @@ __all__ = [
     "mean_se",
     "t_interval",
     "share_interval",
+    "gap_needed",
     "difference_interval",
     "share_verdict",
     "beats_verdict",
@@ -111,6 +114,7 @@ def share_interval(
     base: Any,
     top: Any,
     *,
+    bar: float | None = None,
     level: float = LEVEL,
     n_boot: int = N_BOOTSTRAP,
     random_state: int = 0,
@@ -122,6 +126,9 @@ def share_interval(
     value, base, top : array of bool, shape (rows,) or (seeds, rows)
         Per-test-row correctness of the model judged, the baseline and the model to
         catch up with.
+    bar : float, optional
+        The share the verdict asks for; given, the result has ``gap_needed``
+        (:func:`gap_needed`).
     level : float, default=0.95
     n_boot : int, default=4000
     random_state : int, default=0
@@ -134,7 +141,11 @@ def share_interval(
         test rows; a resample without a gap counts as a share of ``-inf``, so an
         unsure gap widens the interval downwards), ``gap`` (mean top - mean base),
         ``per_seed`` (each seed's own share, for reading only: it explodes when a
-        seed's gap is tiny), and the three means.
+        seed's gap is tiny), and the three means. ``gain_se`` and ``gap_se`` are the
+        bootstrap standard deviations of ``mean(value) - mean(base)`` and of the gap (in
+        accuracy): the noise of the run, whatever the means. ``resolution`` is
+        ``share - low``: a share smaller than that would have had an interval reaching
+        zero (inf when the gap itself is unsure).
 
     Examples
     --------
@@ -164,6 +175,8 @@ def share_interval(
         ratios = np.where(boot_gap > 0, (boot[0] - boot[1]) / boot_gap, -np.inf)
     tail = (1.0 - level) / 2.0
     low, high = (float(q) for q in np.quantile(ratios, [tail, 1.0 - tail], method="inverted_cdf"))
+    gain_se = float(np.std(boot[0] - boot[1], ddof=1))
+    gap_se = float(np.std(boot_gap, ddof=1))
     per_seed = []
     if arms[0].shape[0] == arms[1].shape[0]:
         for s in range(arms[0].shape[0]):
@@ -172,7 +185,7 @@ def share_interval(
             per_seed.append(
                 float((arms[0][s].mean() - arms[1][s].mean()) / g) if g > 0 else math.nan
             )
-    return {
+    out: dict[str, Any] = {
         "share": share,
         "low": low,
         "high": high,
@@ -182,7 +195,46 @@ def share_interval(
         "base_mean": means[1],
         "top_mean": means[2],
         "per_seed": per_seed,
+        "gain_se": gain_se,
+        "gap_se": gap_se,
+        "resolution": share - low,  # nan without a gap, inf when a resample had none
     }
+    if bar is not None:
+        out["bar"] = float(bar)
+        out["gap_needed"] = gap_needed(out, bar)
+    return out
+
+
+def gap_needed(interval: dict[str, Any], bar: float) -> float:
+    """The smallest gap (top minus base, in accuracy) at which a share of ``bar`` would
+    clear zero, with the noise of this run.
+
+    The interval of a share lies above zero when neither the gain
+    ``mean(value) - mean(base)`` nor the gap falls to zero in more than the interval's
+    tail of resamples: with the bootstrap's standard deviations, when
+    ``gap > z gap_se`` and ``bar * gap > z gain_se`` (``z`` the normal quantile of the
+    interval's level; the deviations are nearly the same whatever the means). A run
+    whose gap is below this could not have reproduced its finding, whatever its students
+    did: the fault is the run's size, not distillation.
+
+    Parameters
+    ----------
+    interval : dict
+        A :func:`share_interval` result (``gain_se``, ``gap_se``, ``level``).
+    bar : float
+        The share the verdict asks for, in (0, 1].
+
+    Examples
+    --------
+    >>> round(gap_needed({"gain_se": 0.004, "gap_se": 0.003, "level": 0.95}, 0.8), 4)
+    0.0098
+    """
+    from scipy.stats import norm
+
+    if not 0.0 < bar <= 1.0:
+        raise ValueError(f"bar must be a share in (0, 1], got {bar!r}")
+    z = float(norm.ppf(0.5 + interval["level"] / 2.0))
+    return z * max(interval["gap_se"], interval["gain_se"] / bar)
 
 
 def difference_interval(
