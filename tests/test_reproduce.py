@@ -170,6 +170,20 @@ def test_a_run_stopped_part_way_leaves_the_report_of_the_experiments_it_finished
     assert "| 4 | " in report and "not finished" in report
 
 
+def test_the_record_names_the_commit_that_started_the_run_not_a_later_one(tmp_path, monkeypatch):
+    import itertools
+
+    from kdpipe.reproduce import run, runner
+
+    # HEAD moves after the first look: a commit made while the run goes on
+    commits = itertools.chain(["a" * 40], itertools.repeat("b" * 40))
+    monkeypatch.setattr(runner, "_git_commit", lambda: next(commits))
+    run(profile="smoke", experiments=[1, 2], out=tmp_path, verbose=False)
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["git_commit"] == "a" * 40
+    assert "a" * 40 in (tmp_path / "REPORT.md").read_text()
+
+
 def test_two_runs_of_one_commit_and_profile_on_one_machine_give_the_same_numbers(tmp_path):
     from kdpipe.reproduce import run
 

@@ -121,7 +121,9 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    machine = _machine()  # read once: the record is rewritten after every experiment
+    # read once, before any work: the record is rewritten after every experiment, and a
+    # commit made while a run goes on is not the code that ran
+    machine, commit = _machine(), _git_commit()
     splits = load_splits(
         settings.dataset,
         n_train=settings.n_train,
@@ -140,7 +142,7 @@ def run(
             f"{'' if isinstance(profile, str) else ' with the fields below'}, "
             f"experiments={list(chosen)})",
             "kdpipe_version": __version__,
-            "git_commit": _git_commit(),
+            "git_commit": commit,
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "machine": machine,
