@@ -194,7 +194,7 @@ def _image_axes(batch: Any, name: str) -> tuple[int, int]:
     return int(batch.shape[-2]), int(batch.shape[-1])
 
 
-def _padded_crops(
+def padded_crops(
     batch: Any, pad: int, top: np.ndarray, left: np.ndarray, height: int, width: int
 ) -> Any:
     """Crops ``(b, ..., height, width)`` at ``(top, left)`` of ``batch`` zero-padded by ``pad``.
@@ -270,7 +270,7 @@ class Shift(Augmentation):
             unshifted = _uniform(words[:, 2]) >= self.p
             dy[unshifted] = pad
             dx[unshifted] = pad
-        return _padded_crops(batch, pad, dy, dx, H, W)
+        return padded_crops(batch, pad, dy, dx, H, W)
 
     def to_dict(self) -> dict[str, Any]:
         # p=1 is left out: the record (and so every cache's fingerprint) is what it was
@@ -303,7 +303,7 @@ class Crop(Augmentation):
             raise InputError(f"Crop(size={s}, padding={p}) is larger than the padded {H}x{W} image")
         top = _below(words[:, 0], H + 2 * p - s + 1)
         left = _below(words[:, 1], W + 2 * p - s + 1)
-        return _padded_crops(batch, p, top, left, s, s)
+        return padded_crops(batch, p, top, left, s, s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "size": self.size, "padding": self.padding}

@@ -26,15 +26,30 @@ def jitter_images(
     """Shift each flattened image by up to ``max_shift`` pixels in each direction.
 
     The paper's MNIST teacher saw inputs "jittered by up to two pixels"; pixels shifted
-    in from outside are zero.
+    in from outside are zero. The shifts ``(dy, dx)`` of the rows are drawn from ``rng`` at
+    once, ``rng.integers(-max_shift, max_shift + 1, size=(n, 2))``, and applied by the
+    crop that :class:`kdpipe.augment.Shift` uses for the views of a cache.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.arange(9, dtype=np.float32).reshape(1, 9)  # one 3x3 image
+    >>> rng = np.random.default_rng(0)
+    >>> jitter_images(X, rng, image_shape=(3, 3), max_shift=1).reshape(3, 3)
+    array([[0., 0., 0.],
+           [0., 1., 2.],
+           [3., 4., 5.]], dtype=float32)
     """
-    images = X.reshape(len(X), *image_shape)
-    out = np.zeros_like(images)
+    from kdpipe.augment import padded_crops
+
+    n = len(X)
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
+    if n == 0 or max_shift == 0:
+        return np.array(X, copy=True)
     h, w = image_shape
-    for i, (dy, dx) in enumerate(rng.integers(-max_shift, max_shift + 1, size=(len(X), 2))):
-        src = images[i, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
-        out[i, max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
-    return out.reshape(len(X), -1)
+    images = torch.from_numpy(np.ascontiguousarray(X).reshape(n, h, w))
+    tops, lefts = max_shift - shifts[:, 0], max_shift - shifts[:, 1]  # in the padded image
+    return padded_crops(images, max_shift, tops, lefts, h, w).numpy().reshape(n, -1)
 
 
 @overload

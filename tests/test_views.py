@@ -99,6 +99,26 @@ def test_shift_matches_per_image_padding_and_keeps_uint8():
     assert not all(np.array_equal(out[i], x[i]) for i in range(8))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_jitter_images_moves_each_image_by_its_drawn_shift_with_zeros_coming_in(dtype):
+    from kdpipe.teacher_training import jitter_images
+
+    rng = np.random.default_rng(7)
+    h, w, k = 6, 5, 2
+    X = rng.integers(1, 255, size=(40, h * w)).astype(dtype)
+    out = jitter_images(X, np.random.default_rng(3), image_shape=(h, w), max_shift=k)
+    # the draws the function documents, applied one image at a time by plain slicing
+    shifts = np.random.default_rng(3).integers(-k, k + 1, size=(len(X), 2))
+    for image, moved, (dy, dx) in zip(X.reshape(-1, h, w), out.reshape(-1, h, w), shifts):
+        expected = np.zeros_like(image)
+        expected[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+            max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+        ]
+        np.testing.assert_array_equal(moved, expected)
+    assert out.dtype == X.dtype and out.shape == X.shape
+    assert len(np.unique(shifts, axis=0)) > 10  # the images did move in many ways
+
+
 def test_shift_with_p_leaves_the_row_itself_where_its_coin_says_and_records_p():
     x = images(400)
     rows, views = np.arange(400), np.arange(400) % 3
