@@ -269,3 +269,46 @@ def test_reads_are_never_resident_so_training_decodes_in_the_reader_thread(tmp_p
     cache = _build(tmp_path / "c", data, LowRank(3, fit_rows=FIT))
     np.asarray(cache)  # every chunk's records now in chunk memory
     assert cache._handle.memory.complete and not is_resident(cache)
+
+
+def test_for_error_finds_the_rank_of_each_member_and_keeps_the_largest():
+    rng = np.random.default_rng(5)
+    n, c = 300, 50
+    members = [
+        rng.normal(size=(n, r)) @ rng.normal(size=(r, c)) + rng.normal(size=c) for r in (3, 7)
+    ]
+    logits = np.stack(members, axis=1)  # (n, 2, C)
+    ranks = [np.linalg.matrix_rank(m - m.mean(axis=0)) for m in members]  # independent: 3, 7
+    assert LowRank.for_error(logits, 1e-3, dtype="float32") == LowRank(max(ranks))
+    assert LowRank.for_error(members[0], 1e-3, dtype="float32", fit_rows=200) == LowRank(
+        ranks[0], fit_rows=200
+    )
+
+
+def test_for_errors_rank_meets_the_error_in_a_build_and_one_rank_less_does_not(tmp_path, data):
+    X, y, W = data
+    W2 = np.random.default_rng(3).normal(size=(D, C)).astype(np.float32)
+
+    def curved(batch: np.ndarray) -> np.ndarray:  # full rank, its energy falling off
+        return batch @ W + 0.3 * np.sin(batch @ W2)
+
+    curved.kdpipe_fingerprint = "curved-for-error"  # type: ignore[attr-defined]
+    max_error = 0.25
+    sample = curved(X[:FIT])  # the rows the build fits its basis on
+    chosen = LowRank.for_error(sample, max_error, fit_rows=FIT)
+    assert D <= chosen.rank < C - 1  # beyond the linear part, short of every class
+    kw = dict(y=y[:FIT], chunk_rows=ROWS, progress=False, dtype="float16")
+    built = build_cache(curved, X[:FIT], tmp_path / "chosen", sparse=chosen, **kw)
+    assert built.reconstruction_errors().max() <= max_error
+    one_less = LowRank(chosen.rank - 1, fit_rows=FIT)
+    smaller = build_cache(curved, X[:FIT], tmp_path / "one-less", sparse=one_less, **kw)
+    assert smaller.reconstruction_errors().max() > max_error
+
+
+def test_for_error_refuses_an_error_no_rank_meets_and_a_bad_max_error():
+    noise = np.random.default_rng(6).normal(size=(20, 30))  # 20 rows: rank 19 at most
+    with pytest.raises(InputError, match="no rank below 20 stores these logits"):
+        LowRank.for_error(noise, 1e-6)
+    for bad in (0, -1.0, float("nan"), True, "0.1"):
+        with pytest.raises(ValueError, match="max_error must be a positive number"):
+            LowRank.for_error(noise, bad)

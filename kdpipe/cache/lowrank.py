@@ -116,6 +116,98 @@ class LowRank:
     def check_request(self, *, temperature: float, combine: str, loss: str) -> None:
         """Every request a dense cache serves: a low-rank cache decodes to dense logits."""
 
+    @classmethod
+    def for_error(
+        cls,
+        logits: np.ndarray,
+        max_error: float,
+        *,
+        fit_rows: int = 4096,
+        dtype: str = "float16",
+    ) -> LowRank:
+        """The smallest rank that stores ``logits`` within ``max_error``: the rank from the
+        teacher's spectrum, not from a byte budget.
+
+        The basis is fitted as the build fits it (:func:`fit_basis` on the first
+        ``fit_rows`` rows, the logits rounded to ``dtype``) and each rank is judged as the
+        build records it: the largest absolute logit error of every row and member given,
+        coefficients rounded to ``dtype``. The rank is found by bisection; the error falls
+        with the rank (its sum of squares exactly, its largest entry nearly), and the rank
+        returned always meets ``max_error``. Soft targets at ``T`` are then within a
+        factor ``exp(+-2 max_error / T)`` of the dense ones (the bound above): for 1% at
+        ``T = 2``, ``max_error = log(1.01) = 0.00995``.
+
+        Decoding costs ``rank`` multiply-adds per class, row and member (in the reader's
+        thread), so a rank far above the teacher's (a byte budget's, at many classes) can
+        make a fit slower than a dense cache's (``benchmarks/results/sparse_train_timing.md``).
+
+        Parameters
+        ----------
+        logits : array of shape (n, M, C) or (n, C)
+            The teacher's logits of rows like the transfer set's; for the rank to carry over
+            to the build, its first rows (the build fits its basis on them).
+        max_error : float
+            The largest absolute logit error allowed, > 0.
+        fit_rows : int, default=4096
+            As :class:`LowRank`'s, and returned in it.
+        dtype : {"float16", "float32"}, default="float16"
+            The cache's dtype.
+
+        Returns
+        -------
+        LowRank
+
+        Raises
+        ------
+        InputError
+            No rank below ``C`` (and below the fit rows) stores the rows within
+            ``max_error``: use a dense cache, or allow a larger error.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> features = rng.normal(size=(500, 6))  # a linear head over 6 features:
+        >>> logits = features @ rng.normal(size=(6, 80)) + rng.normal(size=80)  # centred: rank 6
+        >>> LowRank.for_error(logits, max_error=1e-3, dtype="float32")
+        LowRank(rank=6, fit_rows=4096)
+        """
+        if isinstance(max_error, bool) or not (
+            isinstance(max_error, (int, float, np.floating)) and 0 < max_error < np.inf
+        ):
+            raise ValueError(f"max_error must be a positive number, got {max_error!r}")
+        z = np.asarray(logits)
+        if z.ndim == 2:
+            z = z[:, None, :]
+        if z.ndim != 3:
+            raise InputError(f"logits must be (n, C) or (n, M, C), got shape {z.shape}")
+        fitted = z[:fit_rows]
+        largest = min(len(fitted) - 1, z.shape[2] - 1)
+        if largest < 1:
+            raise InputError(
+                f"a low-rank basis needs at least 2 rows and 2 classes, got logits of shape {z.shape}"
+            )
+        full = fit_basis(fitted, largest, dtype)
+
+        def worst(rank: int) -> float:
+            basis = LowRankBasis(full.mean, full.directions[:, :rank].copy(), dtype)
+            return float(basis.encode(z)[1].max())
+
+        if worst(largest) > max_error:
+            raise InputError(
+                f"no rank below {largest + 1} stores these logits within max_error={max_error} "
+                f"(rank {largest} leaves {worst(largest):.3g}): use a dense cache, or allow a "
+                "larger error"
+            )
+        low, high = 0, largest  # worst(high) <= max_error; rank 0 is not a LowRank
+        while high - low > 1:
+            middle = (low + high) // 2
+            if worst(middle) <= max_error:
+                high = middle
+            else:
+                low = middle
+        return cls(rank=high, fit_rows=fit_rows)
+
 
 @dataclass(frozen=True)
 class LowRankBasis:
