@@ -82,8 +82,8 @@ def _unresolved(results: dict[str, Any]) -> list[str]:
     """A note for each share whose gap is below the one its bar needs with the run's noise."""
     return [
         f"{key}: the gap, {100 * v['gap']:.2f} points, is below the {100 * v['gap_needed']:.2f} "
-        f"points that a share of {v['bar']:.0%} needs to clear zero with this run's noise: no "
-        "student could have reproduced the finding in a run of this size"
+        f"points that a share of {v['bar']:.0%} needs to clear zero with this run's noise: a "
+        f"student keeping {v['bar']:.0%} would not have been told from zero in a run of this size"
         for key, v in results.items()
         if isinstance(v, dict) and "gap_needed" in v and not v["gap"] >= v["gap_needed"]
     ]

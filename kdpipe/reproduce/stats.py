@@ -213,9 +213,11 @@ def gap_needed(interval: dict[str, Any], bar: float) -> float:
     ``mean(value) - mean(base)`` nor the gap falls to zero in more than the interval's
     tail of resamples: with the bootstrap's standard deviations, when
     ``gap > z gap_se`` and ``bar * gap > z gain_se`` (``z`` the normal quantile of the
-    interval's level; the deviations are nearly the same whatever the means). A run
-    whose gap is below this could not have reproduced its finding, whatever its students
-    did: the fault is the run's size, not distillation.
+    interval's level; the deviations are nearly the same whatever the means). In a run
+    whose gap is below this, a student that kept exactly the paper's share would still
+    have had an interval reaching zero: such a run can reproduce its finding only where
+    distillation does far better than the paper, and a "not reproduced" there says more
+    about the run's size than about distillation.
 
     Parameters
     ----------
