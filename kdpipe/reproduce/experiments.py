@@ -45,7 +45,13 @@ def _pct(interval: dict[str, Any]) -> str:
     """A share and its interval, in percent."""
     if math.isnan(interval["share"]):
         return "n/a (no gap)"
-    return f"{interval['share']:.0%} [{interval['low']:.0%}, {interval['high']:.0%}]"
+    text = f"{interval['share']:.0%} [{interval['low']:.0%}, {interval['high']:.0%}]"
+    if "gap_needed" in interval and not interval["gap"] >= interval["gap_needed"]:
+        text += (
+            f" (a gap of {100 * interval['gap']:.2f} points, under the "
+            f"{100 * interval['gap_needed']:.2f} that {interval['bar']:.0%} needs)"
+        )
+    return text
 
 
 def _pts(interval: dict[str, Any]) -> str:

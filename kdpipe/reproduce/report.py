@@ -194,8 +194,11 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
             "noise: shares of a gap are ratios of means with a bootstrap over seeds and test rows, "
             "differences have Student-t intervals (`kdpipe.reproduce.stats`). The criteria were "
             "written before this run; they replace those of the earlier committed run (2 SE over "
-            "seeds of per-seed shares), whose faults its audit listed. Fashion-MNIST stands in for "
-            "MNIST and for the speech data of sections 4 and 6."
+            "seeds of per-seed shares), whose faults its audit listed. Each share also records its "
+            "noise and the gap that a share at its bar needs to clear zero "
+            "(`kdpipe.reproduce.stats.gap_needed`); a run whose gap is smaller is noted, since a "
+            "student at the bar would not have been told from zero there. Fashion-MNIST stands in "
+            "for MNIST and for the speech data of sections 4 and 6."
         ),
         "",
     ]
