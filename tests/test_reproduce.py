@@ -19,10 +19,10 @@ from kdpipe.reproduce.stats import (
     UNDETERMINED,
     beats_verdict,
     difference_interval,
-    gap_needed,
     mean_se,
     share_interval,
     share_verdict,
+    unresolved,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -328,33 +328,60 @@ def test_share_interval_noise_is_the_standard_error_of_the_per_row_differences()
     assert out["resolution"] == pytest.approx(out["share"] - out["low"])
 
 
-@pytest.mark.parametrize("gap_points", [0.5, 6.0])
-def test_gap_needed_separates_runs_that_can_and_cannot_clear_zero_at_the_bar(gap_points):
-    rng = np.random.default_rng(4)
-    n, bar = 10_000, 0.8
-    gap = gap_points / 100
-    base = np.array([rng.random(n) < 0.80 for _ in range(3)])
-    value = np.array([rng.random(n) < 0.80 + bar * gap for _ in range(3)])
-    top = rng.random(n) < 0.80 + gap
-    out = share_interval(value, base, top, bar=bar, n_boot=2000)
+def _arms(rng, n, base, gap, share, seeds=3):
+    """Independent per-row correctness: a baseline, a top ``gap`` above it, a value ``share`` of the way."""
+    return (
+        np.array([rng.random(n) < base + share * gap for _ in range(seeds)]),
+        np.array([rng.random(n) < base for _ in range(seeds)]),
+        rng.random(n) < base + gap,
+    )
+
+
+def test_gap_needed_is_the_noise_of_a_share_at_the_bar_over_the_bar():
     from scipy.stats import norm
 
+    rng = np.random.default_rng(8)
+    n, bar = 20_000, 0.8
+    value, base, top = (a[0] if a.ndim == 2 else a for a in _arms(rng, n, 0.80, 0.03, bar, seeds=1))
+    out = share_interval(value, base, top, bar=bar, n_boot=2000)
+    # one model per arm: the mean over rows of the per-row gain - bar * gap, whose
+    # standard error is std / sqrt(n)
+    per_row = (value.astype(float) - base) - bar * (top.astype(float) - base)
+    assert out["bar_se"] == pytest.approx(per_row.std() / math.sqrt(n), rel=0.1)
     z = norm.ppf(0.975)
-    assert out["gap_needed"] == pytest.approx(z * max(out["gap_se"], out["gain_se"] / bar))
-    # independent rows: about sqrt(2 * 0.8 * 0.2 / n) = 0.57 points per difference of
-    # one model against another (the seeds' means vary as much again), so the gap a
-    # share of 80% needs is one to two points whatever the run's own gap
-    assert 0.01 < out["gap_needed"] < 0.025
-    if out["gap"] >= out["gap_needed"]:
-        assert out["low"] > 0
-    else:
-        assert out["low"] <= 0
-    assert (gap_points > 2) == (out["gap"] >= out["gap_needed"])
+    assert out["gap_needed"] == pytest.approx(z * max(out["gap_se"], out["bar_se"] / bar))
 
 
-def test_gap_needed_refuses_a_bar_outside_zero_to_one():
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_a_share_at_the_bar_clears_zero_above_gap_needed_and_not_below(factor):
+    n, bar = 10_000, 0.8
+    # the noise of such a design, from a first run; it barely depends on the gap
+    pilot = share_interval(
+        *_arms(np.random.default_rng(9), n, 0.80, 0.02, bar), bar=bar, n_boot=2000
+    )
+    # independent rows, three seeds: about 0.6 points of noise per difference, so a share
+    # of 80% needs a gap of one to three points
+    assert 0.01 < pilot["gap_needed"] < 0.03
+    gap = factor * pilot["gap_needed"]
+    out = share_interval(*_arms(np.random.default_rng(10), n, 0.80, gap, bar), bar=bar, n_boot=2000)
+    assert out["gap_needed"] == pytest.approx(pilot["gap_needed"], rel=0.25)
+    assert (out["low"] > 0) == (factor > 1)
+    assert unresolved(out) == (factor < 1)
+
+
+def test_a_headline_says_when_the_gap_is_under_the_one_the_bar_needs():
+    from kdpipe.reproduce.experiments import _pct
+
+    share = {"share": 0.57, "low": -1.06, "high": 1.15, "gap": 0.0063, "bar": 0.8}
+    assert "under the 1.29 that 80% needs" in _pct({**share, "gap_needed": 0.0129})
+    assert "under" not in _pct({**share, "gap_needed": 0.0050})
+    assert _pct({**share, "share": math.nan, "gap_needed": 0.0129}) == "n/a (no gap)"
+
+
+def test_share_interval_refuses_a_bar_outside_zero_to_one():
+    top = np.ones(10, dtype=bool)
     with pytest.raises(ValueError, match="bar must be a share"):
-        gap_needed({"gain_se": 0.01, "gap_se": 0.01, "level": 0.95}, 80)
+        share_interval(top, top, top, bar=80)
 
 
 def test_share_interval_without_a_gap_is_nan_and_says_so():

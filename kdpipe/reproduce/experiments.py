@@ -23,6 +23,7 @@ from kdpipe.reproduce.stats import (
     mean_se,
     share_interval,
     share_verdict,
+    unresolved,
 )
 
 __all__ = ["RUNNERS"]
@@ -46,7 +47,7 @@ def _pct(interval: dict[str, Any]) -> str:
     if math.isnan(interval["share"]):
         return "n/a (no gap)"
     text = f"{interval['share']:.0%} [{interval['low']:.0%}, {interval['high']:.0%}]"
-    if "gap_needed" in interval and not interval["gap"] >= interval["gap_needed"]:
+    if unresolved(interval):
         text += (
             f" (a gap of {100 * interval['gap']:.2f} points, under the "
             f"{100 * interval['gap_needed']:.2f} that {interval['bar']:.0%} needs)"
@@ -252,7 +253,7 @@ def experiment_1(lab: Lab) -> dict[str, Any]:
             **({"gap_closed_on_views": shares["distilled on views"]} if views else {}),
         },
         "headline": headline,
-        "verdict": _judge(lab, share_verdict(shares[judged], 0.8)),
+        "verdict": _judge(lab, share_verdict(shares[judged])),
     }
 
 
@@ -445,7 +446,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
         "headline": f"class {name}: {mean(before_c):.1%} -> {mean(after_c):.1%} after a shift of "
         f"{np.mean(shift):+.2f} (with the class in the transfer set: {mean(ref_c):.1%}): "
         f"{_pct(recovered)} of the loss won back",
-        "verdict": _judge(lab, share_verdict(recovered, 0.8)),
+        "verdict": _judge(lab, share_verdict(recovered)),
         "variant": {
             "title": f"Only {pair_names[0]} and {pair_names[1]} in the transfer set, then both "
             "biases shifted (section 3)",
@@ -462,7 +463,7 @@ def experiment_3(lab: Lab) -> dict[str, Any]:
             },
             "headline": f"only {pair_names[0]}/{pair_names[1]}: {1 - mean(pair_before):.1%} -> "
             f"{1 - mean(pair_after):.1%} errors, {_pct(removed)} removed (paper 47.3% -> 13.2%, 72%)",
-            "verdict": _judge(lab, share_verdict(removed, 0.6)),
+            "verdict": _judge(lab, share_verdict(removed)),
         },
     }
 
@@ -562,7 +563,7 @@ def experiment_4(lab: Lab) -> dict[str, Any]:
         "headline": f"members {member:.4f}, ensemble {ens.test_accuracy:.4f}; gain kept "
         + (f"{_pct(kept['views'])} on the members' views, " if views else "")
         + f"{_pct(kept['plain'])} on the plain rows (paper > 80%)",
-        "verdict": _judge(lab, share_verdict(kept[judged_arm], 0.8)),
+        "verdict": _judge(lab, share_verdict(kept[judged_arm])),
     }
 
 
@@ -700,7 +701,7 @@ def experiment_5(lab: Lab) -> dict[str, Any]:
             else ": "
         )
         + f"{arm_headline('plain')} (paper 87%)",
-        "verdict": _judge(lab, share_verdict(recovered[judged], 0.8)),
+        "verdict": _judge(lab, share_verdict(recovered[judged])),
     }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe.reproduce.settings import EXPERIMENTS
+from kdpipe.reproduce.stats import unresolved
 
 __all__ = ["write_json", "write_markdown"]
 
@@ -73,19 +74,21 @@ def _resolution(share: dict[str, Any]) -> str:
         return ""
     return (
         f"; noise (bootstrap SD): gain {100 * share['gain_se']:.2f}, gap "
-        f"{100 * share['gap_se']:.2f} points; a share of {share['bar']:.0%} clears zero from a "
-        f"gap of {100 * share['gap_needed']:.2f} points (this run's: {100 * share['gap']:.2f})"
+        f"{100 * share['gap_se']:.2f} points; a share of {share['bar']:.0%} needs a gap of at "
+        f"least {100 * share['gap_needed']:.2f} points to clear zero with this noise (this "
+        f"run's: {100 * share['gap']:.2f})"
     )
 
 
 def _unresolved(results: dict[str, Any]) -> list[str]:
-    """A note for each share whose gap is below the one its bar needs with the run's noise."""
+    """A note for each share whose gap is under the one its bar needs with the run's noise."""
     return [
-        f"{key}: the gap, {100 * v['gap']:.2f} points, is below the {100 * v['gap_needed']:.2f} "
-        f"points that a share of {v['bar']:.0%} needs to clear zero with this run's noise: a "
-        f"student keeping {v['bar']:.0%} would not have been told from zero in a run of this size"
+        f"{key}: the gap, {100 * v['gap']:.2f} points, is under the {100 * v['gap_needed']:.2f} "
+        f"points that a share of {v['bar']:.0%} needs at least to clear zero with this run's "
+        f"noise: a student keeping {v['bar']:.0%} would have been judged not reproduced in a run "
+        "of this size"
         for key, v in results.items()
-        if isinstance(v, dict) and "gap_needed" in v and not v["gap"] >= v["gap_needed"]
+        if isinstance(v, dict) and unresolved(v)
     ]
 
 
@@ -195,10 +198,10 @@ def write_markdown(run: dict[str, Any], figures: dict[int, list[Path]] | None, p
             "differences have Student-t intervals (`kdpipe.reproduce.stats`). The criteria were "
             "written before this run; they replace those of the earlier committed run (2 SE over "
             "seeds of per-seed shares), whose faults its audit listed. Each share also records its "
-            "noise and the gap that a share at its bar needs to clear zero "
-            "(`kdpipe.reproduce.stats.gap_needed`); a run whose gap is smaller is noted, since a "
-            "student at the bar would not have been told from zero there. Fashion-MNIST stands in "
-            "for MNIST and for the speech data of sections 4 and 6."
+            "noise and the least gap that a share at its bar needs to clear zero with that noise "
+            "(`gap_needed`, `kdpipe.reproduce.stats.share_interval`); a run whose gap is under it "
+            "is noted, since a student at the bar would have failed there. Fashion-MNIST stands "
+            "in for MNIST and for the speech data of sections 4 and 6."
         ),
         "",
     ]
