@@ -44,12 +44,15 @@ def jitter_images(
 
     n = len(X)
     shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
-    if n == 0 or max_shift == 0:
-        return np.array(X, copy=True)
     h, w = image_shape
-    images = torch.from_numpy(np.ascontiguousarray(X).reshape(n, h, w))
+    images = np.asarray(X).reshape(n, h, w)
+    if n == 0 or max_shift == 0:
+        return images.reshape(n, -1).copy()
+    if not images.flags.writeable or not images.dtype.isnative:  # torch takes neither as is
+        images = images.astype(images.dtype.newbyteorder("="))
     tops, lefts = max_shift - shifts[:, 0], max_shift - shifts[:, 1]  # in the padded image
-    return padded_crops(images, max_shift, tops, lefts, h, w).numpy().reshape(n, -1)
+    moved = padded_crops(torch.from_numpy(images), max_shift, tops, lefts, h, w)
+    return moved.numpy().reshape(n, -1)
 
 
 @overload

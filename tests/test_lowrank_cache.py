@@ -312,3 +312,11 @@ def test_for_error_refuses_an_error_no_rank_meets_and_a_bad_max_error():
     for bad in (0, -1.0, float("nan"), True, "0.1"):
         with pytest.raises(ValueError, match="max_error must be a positive number"):
             LowRank.for_error(noise, bad)
+    assert LowRank.for_error(noise, np.int64(100)).rank >= 1  # any logit within 100
+    for fit_rows in (0, -5, True):
+        with pytest.raises(ValueError, match="fit_rows must be a positive integer"):
+            LowRank.for_error(noise, 0.1, fit_rows=fit_rows)
+    with pytest.raises(ValueError, match="dtype must be 'float16' or 'float32'"):
+        LowRank.for_error(noise, 0.1, dtype="int8")
+    with pytest.raises(InputError, match="must be finite"):
+        LowRank.for_error(np.where(noise > 2, np.inf, noise), 0.1)

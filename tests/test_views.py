@@ -117,6 +117,20 @@ def test_jitter_images_moves_each_image_by_its_drawn_shift_with_zeros_coming_in(
         np.testing.assert_array_equal(moved, expected)
     assert out.dtype == X.dtype and out.shape == X.shape
     assert len(np.unique(shifts, axis=0)) > 10  # the images did move in many ways
+    # a read-only (memory-mapped) or big-endian X, and rows given as images, move alike
+    frozen = X.copy()
+    frozen.flags.writeable = False
+    for other in (frozen, X.astype(X.dtype.newbyteorder(">")), X.reshape(-1, h, w)):
+        again = jitter_images(other, np.random.default_rng(3), image_shape=(h, w), max_shift=k)
+        np.testing.assert_array_equal(again, out)
+        assert again.shape == X.shape
+    # no shift: the rows themselves, flattened, and the generator moved on as with a shift
+    rng = np.random.default_rng(3)
+    still = jitter_images(X.reshape(-1, h, w), rng, image_shape=(h, w), max_shift=0)
+    np.testing.assert_array_equal(still, X)
+    drawn = np.random.default_rng(3)
+    drawn.integers(0, 1, size=(len(X), 2))
+    assert rng.integers(1 << 30) == drawn.integers(1 << 30)
 
 
 def test_shift_with_p_leaves_the_row_itself_where_its_coin_says_and_records_p():

@@ -125,16 +125,17 @@ class LowRank:
         fit_rows: int = 4096,
         dtype: str = "float16",
     ) -> LowRank:
-        """The smallest rank that stores ``logits`` within ``max_error``: the rank from the
-        teacher's spectrum, not from a byte budget.
+        """A rank that stores ``logits`` within ``max_error`` where one rank less does not:
+        the rank from the teacher's spectrum, not from a byte budget.
 
         The basis is fitted as the build fits it (:func:`fit_basis` on the first
         ``fit_rows`` rows, the logits rounded to ``dtype``) and each rank is judged as the
         build records it: the largest absolute logit error of every row and member given,
-        coefficients rounded to ``dtype``. The rank is found by bisection; the error falls
-        with the rank (its sum of squares exactly, its largest entry nearly), and the rank
-        returned always meets ``max_error``. Soft targets at ``T`` are then within a
-        factor ``exp(+-2 max_error / T)`` of the dense ones (the bound above): for 1% at
+        coefficients rounded to ``dtype``. The rank is found by bisection: it meets
+        ``max_error`` and one rank less does not. The error's sum of squares falls with
+        the rank, its largest entry only nearly, so a rank further down may rarely meet
+        ``max_error`` too. Soft targets at ``T`` are then within a factor
+        ``exp(+-2 max_error / T)`` of the dense ones (the bound above): for 1% at
         ``T = 2``, ``max_error = log(1.01) = 0.00995``.
 
         Decoding costs ``rank`` multiply-adds per class, row and member (in the reader's
@@ -160,7 +161,8 @@ class LowRank:
         Raises
         ------
         InputError
-            No rank below ``C`` (and below the fit rows) stores the rows within
+            Logits that are not finite or not 2-d or 3-d, fewer than 2 rows or classes, or
+            no rank below ``C`` (and below the fit rows) that stores the rows within
             ``max_error``: use a dense cache, or allow a larger error.
 
         Examples
@@ -173,14 +175,19 @@ class LowRank:
         LowRank(rank=6, fit_rows=4096)
         """
         if isinstance(max_error, bool) or not (
-            isinstance(max_error, (int, float, np.floating)) and 0 < max_error < np.inf
+            isinstance(max_error, (int, float, np.integer, np.floating)) and 0 < max_error < np.inf
         ):
             raise ValueError(f"max_error must be a positive number, got {max_error!r}")
+        cls(rank=1, fit_rows=fit_rows)  # fit_rows checked as the build checks it
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
         z = np.asarray(logits)
         if z.ndim == 2:
             z = z[:, None, :]
         if z.ndim != 3:
             raise InputError(f"logits must be (n, C) or (n, M, C), got shape {z.shape}")
+        if not np.isfinite(z).all():
+            raise InputError("logits must be finite to fit a low-rank basis on them")
         fitted = z[:fit_rows]
         largest = min(len(fitted) - 1, z.shape[2] - 1)
         if largest < 1:
@@ -188,21 +195,24 @@ class LowRank:
                 f"a low-rank basis needs at least 2 rows and 2 classes, got logits of shape {z.shape}"
             )
         full = fit_basis(fitted, largest, dtype)
+        step = max(1, _BLOCK_VALUES // (z.shape[1] * z.shape[2]))
 
-        def worst(rank: int) -> float:
+        def meets(rank: int) -> bool:  # block by block: stops at the first row over
             basis = LowRankBasis(full.mean, full.directions[:, :rank].copy(), dtype)
-            return float(basis.encode(z)[1].max())
-
-        if worst(largest) > max_error:
-            raise InputError(
-                f"no rank below {largest + 1} stores these logits within max_error={max_error} "
-                f"(rank {largest} leaves {worst(largest):.3g}): use a dense cache, or allow a "
-                "larger error"
+            return all(
+                basis.encode(z[r0 : r0 + step])[1].max() <= max_error
+                for r0 in range(0, len(z), step)
             )
-        low, high = 0, largest  # worst(high) <= max_error; rank 0 is not a LowRank
+
+        if not meets(largest):
+            raise InputError(
+                f"no rank below {largest + 1} stores these logits within max_error={max_error}: "
+                "use a dense cache, or allow a larger error"
+            )
+        low, high = 0, largest  # meets(high); rank 0 is not a LowRank
         while high - low > 1:
             middle = (low + high) // 2
-            if worst(middle) <= max_error:
+            if meets(middle):
                 high = middle
             else:
                 low = middle
