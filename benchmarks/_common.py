@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
-import torch
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -28,12 +26,10 @@ def fashion_or_random(rows: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def machine() -> dict[str, object]:
-    """Torch threads, platform and torch version, as every results file records them."""
-    return {
-        "cpus": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-    }
+    """The machine, as every results file records it (:func:`kdpipe.devices.describe_machine`)."""
+    from kdpipe.devices import describe_machine
+
+    return describe_machine()
 
 
 def load_line(before: tuple[float, ...], after: tuple[float, ...], when: str = "") -> str:

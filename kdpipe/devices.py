@@ -1,4 +1,5 @@
-"""Choosing the torch device, and the CPU thread rule for small models.
+"""Choosing the torch device, the CPU thread rule for small models, and the record of the
+machine that results files carry.
 
 The thread rule: a model with fewer than :data:`SMALL_MODEL_PARAMETERS` parameters
 (a 2x30 or 2x256 MLP; not a 2x800 one) runs on the CPU with one torch thread while
@@ -24,7 +25,7 @@ import torch
 
 from kdpipe.errors import InputError
 
-__all__ = ["resolve_device", "small_model_threads", "SMALL_MODEL_PARAMETERS"]
+__all__ = ["describe_machine", "resolve_device", "small_model_threads", "SMALL_MODEL_PARAMETERS"]
 
 #: models with fewer parameters than this run with one CPU thread (see the module's notes)
 SMALL_MODEL_PARAMETERS = 1_000_000
@@ -89,3 +90,38 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} was asked for but CUDA is not available")
     return resolved
+
+
+def describe_machine() -> dict[str, object]:
+    """Where numbers were measured: platform, CPU model, numpy and torch, torch's threads.
+
+    Two runs of one commit on one machine give the same numbers; on another machine the
+    same kernels may round floats differently and timings differ, so every results file
+    (``kdpipe reproduce``'s, the benchmarks') records this beside its figures.
+
+    Examples
+    --------
+    >>> sorted(describe_machine())
+    ['cpu', 'numpy', 'platform', 'torch', 'torch_threads']
+    """
+    import platform
+
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            names = [
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            ]
+        if names:
+            cpu = f"{names[0]} ({len(names)} logical CPUs)"
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }

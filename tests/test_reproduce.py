@@ -126,8 +126,11 @@ def test_smoke_profile_writes_report_json_and_plots_without_verdicts_and_one_cac
     assert r1["control_hard_test_accuracy"]["per_seed"] != r1["hard_test_accuracy"]["per_seed"]
     assert record["git_commit"] is None or len(record["git_commit"]) >= 40
     # where it ran: two machines round floats differently, so the record names its own
-    assert set(record["machine"]) == {"platform", "cpu", "numpy"}
-    assert all(isinstance(v, str) and v for v in record["machine"].values())
+    assert set(record["machine"]) == {"platform", "cpu", "numpy", "torch", "torch_threads"}
+    assert record["machine"]["torch_threads"] == record["torch_threads"] >= 1
+    assert all(
+        isinstance(v, str) and v for k, v in record["machine"].items() if k != "torch_threads"
+    )
     assert f"Machine: {record['machine']['cpu']}, {record['machine']['platform']}" in report
     # experiment 6 also runs specialists on the image data and names their classes
     r6 = record["experiments"]["6"]["results"]

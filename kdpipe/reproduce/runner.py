@@ -40,31 +40,6 @@ def _git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def _machine() -> dict[str, str]:
-    """The platform, CPU model and numerical libraries a run used.
-
-    Two runs of one commit and profile on one machine give the same numbers; on another
-    machine the float rounding of the same kernels may differ, training diverges from
-    there, and every model of the run moves within its seed-to-seed spread. The record
-    says where a run ran.
-    """
-    import platform
-
-    import numpy as np
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            names = [
-                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
-            ]
-        if names:
-            cpu = f"{names[0]} ({len(names)} logical CPUs)"
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "numpy": np.__version__}
-
-
 def run(
     profile: str | Profile = "smoke",
     *,
@@ -108,7 +83,7 @@ def run(
     import torch
 
     from kdpipe import __version__
-    from kdpipe.devices import resolve_device
+    from kdpipe.devices import describe_machine, resolve_device
     from kdpipe.reproduce.data import load_splits
     from kdpipe.reproduce.experiments import RUNNERS
     from kdpipe.reproduce.lab import Lab
@@ -123,7 +98,7 @@ def run(
     start = time.perf_counter()
     # read once, before any work: the record is rewritten after every experiment, and a
     # commit made while a run goes on is not the code that ran
-    machine, commit = _machine(), _git_commit()
+    machine, commit = describe_machine(), _git_commit()
     splits = load_splits(
         settings.dataset,
         n_train=settings.n_train,
