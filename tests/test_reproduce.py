@@ -452,3 +452,89 @@ def test_the_guide_quotes_experiment_1s_evidence_from_the_committed_results():
         f"{100 * conv['distilled']['4']['mean']:.1f}% distilled" in readme
     )
     assert f"{low:.0%}..{high:.0%}" in readme
+
+
+JUDGED_SHARES = [  # (experiment, key, the guide's row label): every share a verdict rests on
+    ("1", "gap_closed_on_views", "1, the teacher's views (judged)"),
+    ("1", "gap_closed", "1, the plain rows"),
+    ("3", "class_loss_won_back", "3, the left-out class"),
+    ("4", "gain_kept", "4, the members' views (judged)"),
+    ("4", "plain_rows_gain_kept", "4, the plain rows"),
+    ("5", "gap_recovered", "5, the teacher's views (judged)"),
+    ("5", "plain_rows_gap_recovered", "5, the plain rows"),
+]
+
+
+def test_the_guide_and_readme_quote_what_the_committed_run_could_see():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    guide = (root / "docs/user_guide/reproduce.rst").read_text()
+    readme = " ".join((root / "README.md").read_text().split())
+    cpu = json.loads((root / "examples/results/reproduce/cpu/results.json").read_text())
+    old = json.loads((root / "examples/results/reproduce/cpu-e23bea1/results.json").read_text())
+    new_e, old_e = cpu["experiments"], old["experiments"]
+    for n, key, label in JUDGED_SHARES:
+        share = new_e[n]["results"][key]
+        row = (
+            f"   * - {label}\n     - {100 * share['gap']:.2f}\n     - "
+            f"{100 * share['gap_needed']:.2f}\n     - {share['share']:.0%} "
+            f"[{share['low']:.0%}, {share['high']:.0%}]"
+        )
+        assert row in guide
+        # "every gap is above it" (the guide), "every judged gap was larger" (the README)
+        assert share["bar"] == 0.8 and not unresolved(share)
+    assert "Every judged gap was larger than the least gap" in readme
+    # the earlier run on another machine: how much wider its intervals were on 1 and 4
+    ratios = [
+        (old_e[n]["results"][k]["high"] - old_e[n]["results"][k]["low"])
+        / (new_e[n]["results"][k]["high"] - new_e[n]["results"][k]["low"])
+        for n, k, _ in JUDGED_SHARES
+        if n in ("1", "4")
+    ]
+    assert 2 <= min(ratios) and max(ratios) < 6
+    assert "two to six times as wide on experiments 1 and 4" in guide
+    spread = [
+        100 * (max(r["hard_test_accuracy"]["per_seed"]) - min(r["hard_test_accuracy"]["per_seed"]))
+        for r in (old_e["1"]["results"], new_e["1"]["results"])
+    ]
+    assert f"spread over {spread[0]:.2f} points" in guide
+    assert f"lie within {spread[1]:.2f}" in guide
+    teachers = [e["1"]["results"]["teacher_test_accuracy"] for e in (old_e, new_e)]
+    assert f"teacher was {100 * (teachers[1] - teachers[0]):.2f} points weaker" in guide
+    won_back = [e["3"]["results"]["class_loss_won_back"]["share"] for e in (old_e, new_e)]
+    assert f"won back {won_back[0]:.0%} there and {won_back[1]:.0%} here" in guide
+    kept = old_e["4"]["results"]["gain_kept"]["share"]
+    assert f"left-out class ({won_back[0]:.0%} there) and the ensemble ({kept:.0%} there)" in readme
+    assert old["git_commit"].startswith("e23bea1") and cpu["git_commit"][:7] in readme
+
+
+def test_every_figure_of_the_readme_headline_is_the_committed_runs():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    line = next(
+        line
+        for line in (root / "README.md").read_text().splitlines()
+        if line.startswith("**Reproduction, cpu profile")
+    )
+    record = json.loads((root / "examples/results/reproduce/cpu/results.json").read_text())
+    headlines = {n: e["headline"] for n, e in record["experiments"].items()}
+    quoted = {  # experiment -> the figures the README quotes from its headline
+        "1": [
+            "0.8971",
+            "0.8871",
+            "22% [-27%, 53%]",
+            "47% [5%, 80%]",
+            "0.8954",
+            "-0.17 [-1.26, +0.93]",
+        ],
+        "2": ["+0.56 [-0.56, +1.69]"],
+        "3": ["80.7% -> 91.1%", "113% [87%, 174%]"],
+        "4": ["0.8825", "0.8908", "70% [32%, 106%]", "57% [-10%, 91%]"],
+        "5": ["0.7699", "0.8624", "0.8881", "78% [70%, 85%]", "63% [55%, 72%]"],
+        "6": ["0.5041 -> 0.5299", "+2.57 [+1.41, +3.74]", "+0.52 [+0.28, +0.76]"],
+    }
+    for n, figures in quoted.items():
+        for figure in figures:
+            assert figure in headlines[n] and figure in line, (n, figure)
