@@ -119,6 +119,14 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
     class_offsets : dict, default=None
         ``{label: offset}`` added to the student's logits before prediction (section 3's
         bias correction); :meth:`fit_class_offsets` learns them from labeled data.
+    rows_transformed : bool, default=False
+        ``fit`` checks that the rows of ``X`` are the rows that made a
+        :class:`~kdpipe.LogitCache` given as ``teacher_logits``, comparing their bytes
+        (all of them, or 1,024 drawn at random); X that matches no cached row is a
+        :class:`~kdpipe.errors.RowMismatchError`. Set ``True`` when an earlier
+        ``Pipeline`` step transforms ``X`` (a scaler, a projection): its bytes cannot
+        match, so only the labels are compared with the cache's (rows that still match
+        are checked as before). Ignored for logits given as arrays.
     random_state : int, RandomState instance or None, default=None
         Seeds initialization, shuffling, dropout and the validation split; on CPU the
         same seed gives identical predictions.
@@ -237,6 +245,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         "tol": [Interval(Real, 0, None, closed="left")],
         "classes": ["array-like", None],
         "class_offsets": [dict, None],
+        "rows_transformed": ["boolean"],
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "verbose": ["verbose"],
@@ -268,6 +277,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         tol: float = _D.tol,
         classes: Any = None,
         class_offsets: dict | None = None,
+        rows_transformed: bool = False,
         random_state: Any = None,
         device: str = _D.device,
         verbose: int = 0,
@@ -295,6 +305,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.classes = classes
         self.class_offsets = class_offsets
+        self.rows_transformed = rows_transformed
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -373,7 +384,9 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         if has_teacher:
             raw = given if isinstance(given, np.ndarray) or is_lazy_array(given) else X
-            check_fit_alignment(raw, codes, teacher_logits, seed=seed)
+            check_fit_alignment(
+                raw, codes, teacher_logits, seed=seed, transformed=self.rows_transformed
+            )
         rows, val_rows = np.arange(n), None
         if self.early_stopping:
             rows, val_rows = split_validation(

@@ -168,16 +168,16 @@ def test_misaligned_rows_are_named(built, kind, sample):
         assert {p for p, _, _ in named} == {10, 11}
 
 
-def test_transformed_X_cannot_be_checked_and_passes(built):
+def test_transformed_X_is_refused_unless_declared_then_only_labels_are_checked(built):
     cache, X, y = built
-    check_alignment(
-        cache, read_from(X * 2.0 + 1.0)
-    )  # e.g. scaled by an earlier Pipeline step: nothing found
-    check_alignment(
-        cache, read_from(X[::-1] * 3.0)
-    )  # even permuted: rows cannot be recognized, labels can
+    for transformed in (X * 2.0 + 1.0, X[::-1] * 3.0):  # scaled, and scaled and permuted
+        with pytest.raises(RowMismatchError, match="none of the .* checked rows of X"):
+            check_alignment(cache, read_from(transformed))
+        check_alignment(cache, read_from(transformed), transformed=True)  # rows unrecognizable
     with pytest.raises(RowMismatchError, match="disagree"):
-        check_alignment(cache, read_from(X * 2.0), y[::-1])
+        check_alignment(cache, read_from(X * 2.0), y[::-1], transformed=True)  # labels are checked
+    with pytest.raises(RowMismatchError, match=r"row \d+ of X is row \d+ of the cache"):
+        check_alignment(cache, read_from(X[::-1]), transformed=True)  # rows that match still are
 
 
 def test_some_rows_found_and_others_unknown_is_an_error(built):
@@ -223,6 +223,7 @@ def as_format_1(src, dst):
     for record in manifest["chunks"]:
         del record["digests_crc32c"]
     (dst / "manifest.json").write_text(json.dumps(manifest))
+    (dst / "manifest.initial.json").unlink()  # format 1 had no initial copy
     if manifest["backend"] == "zarr":
         shutil.rmtree(dst / "logits.zarr" / "row_digests")
         return

@@ -3,7 +3,9 @@
 The cache keeps a digest of every input row and every label; a fit recomputes the
 digests of (a sample of) the rows it is given and compares labels, so X or y shuffled
 against the cache is an error that names rows, in plain fits and inside
-cross-validation folds, while an X transformed by an earlier Pipeline step still fits.
+cross-validation folds. Rows that match none of the cache's are an error too (other
+data), unless the estimator is told that an earlier Pipeline step transforms them
+(``rows_transformed=True``): then the labels are what is checked.
 """
 
 from __future__ import annotations
@@ -89,16 +91,35 @@ def test_refused_fit_leaves_the_fitted_student_as_it_was(built):
         assert torch.equal(old, new)
 
 
-def test_scaled_X_in_a_pipeline_fits_and_shuffled_labels_are_still_caught(built):
-    """A transformed X cannot be matched by its bytes: no error; its labels still are."""
+def test_scaled_X_in_a_pipeline_needs_rows_transformed_and_then_its_labels_are_checked(built):
+    """A transformed X cannot be matched by its bytes: an error by default, naming the
+    parameter; with rows_transformed=True it fits, and shuffled labels are still caught."""
     X, y, cache = built
     with sklearn.config_context(enable_metadata_routing=True):
         student = DistilledClassifier(**FAST).set_fit_request(teacher_logits=True)
+        with pytest.raises(
+            RowMismatchError, match="none of the 400 checked rows.*rows_transformed=True"
+        ):
+            make_pipeline(StandardScaler(), student).fit(X, y, teacher_logits=cache)
+        student.set_params(rows_transformed=True)
         pipe = make_pipeline(StandardScaler(), student)
         pipe.fit(X, y, teacher_logits=cache)
+        assert pipe[-1].n_iter_ == 2
         order = np.random.default_rng(3).permutation(len(X))
         with pytest.raises(RowMismatchError, match="disagree"):
             pipe.fit(X[order], y[order], teacher_logits=cache)
+
+
+def test_other_data_of_the_same_shape_is_refused(built):
+    """Rows the cache never saw, with the cache's own labels: no row matches, an error."""
+    X, y, cache = built
+    other = np.random.default_rng(5).normal(size=X.shape)
+    with pytest.raises(RowMismatchError, match="none of the 400 checked rows of X"):
+        DistilledClassifier(**FAST).fit(other, y, teacher_logits=cache)
+    with pytest.raises(RowMismatchError, match="none of the 400 checked rows of X"):
+        DistilledClassifier(**FAST).fit(X * 1.0001, y, teacher_logits=cache)
+    with pytest.raises(RowMismatchError, match="none of the 134 checked rows of X"):
+        DistilledClassifier(**FAST).fit(other[::3], y[::3], teacher_logits=cache[::3])
 
 
 def test_each_cross_validation_fold_is_checked(built):
@@ -130,8 +151,9 @@ def test_on_disk_X_is_checked_too(built, tmp_path):
         DistilledClassifier(**FAST).fit(LazyRows(stored), np.full(len(y), -1), teacher_logits=cache)
 
 
-def test_X_rescaled_from_uint8_is_another_representation_not_a_match(tmp_path):
-    """uint8 images scaled to [0, 1] would round to rows of zeros: never compared by bytes."""
+def test_X_rescaled_from_uint8_is_refused_unless_declared_transformed(tmp_path):
+    """uint8 images scaled to [0, 1] would round to rows of zeros: never compared by bytes,
+    so not the rows that made the cache (an error) unless declared a transform."""
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, size=(200, 6), dtype=np.uint8)
     images[7] = 0  # a row that the scaled rows would otherwise collide with
@@ -142,7 +164,12 @@ def test_X_rescaled_from_uint8_is_another_representation_not_a_match(tmp_path):
 
     y = np.argmax(images[:, :3], axis=1)
     cache = build_cache(teacher, images, tmp_path / "c.zarr", y=y, progress=False)
-    DistilledClassifier(**FAST).fit(images / 255.0, y, teacher_logits=cache)
+    DistilledClassifier(**FAST).fit(images, y, teacher_logits=cache)  # the rows themselves
+    with pytest.raises(RowMismatchError, match="their values are not uint8 values"):
+        DistilledClassifier(**FAST).fit(images / 255.0, y, teacher_logits=cache)
+    clf = DistilledClassifier(**FAST, rows_transformed=True)
+    clf.fit(images / 255.0, y, teacher_logits=cache)
+    assert clf.n_iter_ == 2
 
 
 def test_specialists_refuse_rows_out_of_order_even_with_a_frozen_generalist(built):
@@ -164,3 +191,24 @@ def test_specialists_refuse_rows_out_of_order_even_with_a_frozen_generalist(buil
     order = np.random.default_rng(6).permutation(len(X))
     with pytest.raises(RowMismatchError, match="out of place"):
         ensemble.fit(X[order], y[order], teacher_logits=cache)
+
+
+def test_specialists_pass_rows_transformed_to_their_generalist(built):
+    """The ensemble's own check and its default generalist's both follow rows_transformed."""
+    from kdpipe import SpecialistEnsembleClassifier
+
+    X, y, cache = built
+    settings = dict(
+        generalist=DistilledClassifier(**FAST),
+        class_subsets=[[0, 1]],
+        specialist_max_epochs=1,
+        random_state=0,
+        device="cpu",
+    )
+    scaled = X * 2.0 + 1.0
+    with pytest.raises(RowMismatchError, match="rows_transformed=True"):
+        SpecialistEnsembleClassifier(**settings).fit(scaled, y, teacher_logits=cache)
+    ensemble = SpecialistEnsembleClassifier(**settings, rows_transformed=True)
+    ensemble.fit(scaled, y, teacher_logits=cache)
+    assert ensemble.generalist_.rows_transformed is True
+    assert ensemble.generalist.rows_transformed is False  # the parameter is left as given

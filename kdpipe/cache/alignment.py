@@ -30,6 +30,7 @@ def check_alignment(
     *,
     sample: int = 1024,
     rng: Any = None,
+    transformed: bool = False,
 ) -> None:
     """Raise :class:`~kdpipe.errors.RowMismatchError` when X or y do not line up with ``cache_view``.
 
@@ -49,34 +50,42 @@ def check_alignment(
         drawn at random without replacement.
     rng : int, numpy Generator or None
         Seed or generator of the sample.
+    transformed : bool, default=False
+        The caller's rows are a transform of the rows that made the cache (an earlier
+        ``Pipeline`` step scaled or projected them), so their bytes cannot match: when
+        *no* checked row is found anywhere in the cache, only the labels are checked.
+        False: every checked row must be the cache's row at its position.
 
     Raises
     ------
     RowMismatchError
         Some checked row of X is another row of the cache (the message names both), or
-        matches no row of the cache while other checked rows do; or a row labeled both
-        by ``y_codes`` and by the cache has two different labels.
+        matches no row of the cache (unless ``transformed`` and none does); or a row
+        labeled both by ``y_codes`` and by the cache has two different labels.
 
     Notes
     -----
     Rows are compared by their bytes in the dtype the cache was built from
-    (``manifest.data_dtype``; the rows read are cast to it). When *no* checked row is
-    found anywhere in the cache, X is taken to be another representation of the same
-    rows (for example scaled by an earlier Pipeline step): it cannot be checked, and
-    nothing is raised; the labels are still checked. Caches built before row digests
-    existed (format 1) are checked by their labels only.
+    (``manifest.data_dtype``; the rows read are cast to it). Rows whose values that dtype
+    cannot hold (uint8 images scaled to [0, 1], for example) match no row. Caches built
+    before row digests existed (format 1) are checked by their labels only.
 
     The cost is one read of the sampled rows and a hash of their bytes; the stored
     digests (8 bytes a row) are read once per cache handle.
     """
     n = len(cache_view)
-    _check_rows(cache_view, read_rows, n, sample, rng)  # first: it names rows of X and of the cache
+    _check_rows(cache_view, read_rows, n, sample, rng, transformed)  # first: it names rows
     if y_codes is not None:
         _check_labels(cache_view, np.asarray(y_codes), n)
 
 
 def _check_rows(
-    cache_view: Any, read_rows: Callable[[np.ndarray], np.ndarray], n: int, sample: int, rng: Any
+    cache_view: Any,
+    read_rows: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    sample: int,
+    rng: Any,
+    transformed: bool,
 ) -> None:
     digests = cache_view.row_digests
     if digests is None or n == 0:
@@ -92,32 +101,53 @@ def _check_rows(
         raise ValueError(
             f"read_rows returned {np.shape(rows)[:1]} rows for {len(positions)} positions"
         )
+    built = np.dtype(cache_view.manifest.data_dtype)
     try:
-        cast = rows.astype(np.dtype(cache_view.manifest.data_dtype), copy=False)
-    except (TypeError, ValueError):  # another kind of data altogether: nothing to compare
+        cast = rows.astype(built, copy=False)
+    except (TypeError, ValueError):  # another kind of data altogether: no row can match
+        cast = None
+    if cast is None or (
+        cast.dtype != rows.dtype and not np.array_equal(cast.astype(rows.dtype), rows)
+    ):
+        # values the build's dtype cannot hold (e.g. uint8 images scaled to [0, 1])
+        if not transformed:
+            raise _no_row_matches(
+                cache_view, len(positions), f"their values are not {built} values"
+            )
         return
-    if cast.dtype != rows.dtype and not np.array_equal(cast.astype(rows.dtype), rows):
-        return  # values the build's dtype cannot hold (e.g. uint8 images scaled to [0, 1])
-    rows = cast
-    got = row_digests(rows)
+    got = row_digests(cast)
     wrong = got != digests[positions]
     if not wrong.any():
         return
-    _explain(cache_view, positions, got, wrong)
+    _explain(cache_view, positions, got, wrong, transformed)
+
+
+def _no_row_matches(cache_view: Any, checked: int, why: str) -> RowMismatchError:
+    return RowMismatchError(
+        f"none of the {checked} checked rows of X is a row of the cache at {cache_view.path} "
+        f"({why}): X holds other data, or a transform of the rows that made the cache (an earlier "
+        "Pipeline step such as a scaler). For a transform, set rows_transformed=True on the "
+        "estimator: it then checks the labels only"
+    )
 
 
 def check_fit_alignment(
-    X: Any, y_codes: np.ndarray | None, teacher_logits: Any, *, seed: int
+    X: Any, y_codes: np.ndarray | None, teacher_logits: Any, *, seed: int, transformed: bool = False
 ) -> None:
     """The check an estimator's ``fit`` runs: are ``X`` and ``y`` the rows of its cache?
 
     Does nothing unless ``teacher_logits`` is a :class:`~kdpipe.LogitCache` (or a row
     subset of one, as cross-validation passes); arrays of logits carry no record of
-    their rows. ``X`` is numpy or anything :func:`kdpipe.rows.take_rows` reads.
+    their rows. ``X`` is numpy or anything :func:`kdpipe.rows.take_rows` reads;
+    ``transformed`` is the estimator's ``rows_transformed`` (see :func:`check_alignment`).
     """
     if isinstance(teacher_logits, LogitCache):
         check_alignment(
-            teacher_logits, lambda positions: take_rows(X, positions), y_codes, rng=seed
+            teacher_logits,
+            lambda positions: take_rows(X, positions),
+            y_codes,
+            rng=seed,
+            transformed=transformed,
         )
 
 
@@ -141,7 +171,9 @@ def _check_labels(cache_view: Any, y: np.ndarray, n: int) -> None:
     )
 
 
-def _explain(cache_view: Any, positions: np.ndarray, got: np.ndarray, wrong: np.ndarray) -> None:
+def _explain(
+    cache_view: Any, positions: np.ndarray, got: np.ndarray, wrong: np.ndarray, transformed: bool
+) -> None:
     """Name the rows whose digest is wrong: found elsewhere in the cache, or nowhere."""
     # the whole cache, not the view: a row may come from outside it (another CV fold)
     whole = LogitCache.open(cache_view.path, allow_incomplete=True).row_digests
@@ -151,7 +183,9 @@ def _explain(cache_view: Any, positions: np.ndarray, got: np.ndarray, wrong: np.
     at = np.searchsorted(sorted_digests, got)
     found = (at < len(whole)) & (sorted_digests[np.minimum(at, len(whole) - 1)] == got)
     if not found.any():
-        return  # X is another representation of the rows (e.g. scaled): it cannot be checked
+        if transformed:  # X is a transform of the rows (e.g. scaled): it cannot be checked
+            return
+        raise _no_row_matches(cache_view, len(positions), "none is anywhere in the cache")
     expected_rows = cache_view.rows[positions]
     where = order[np.minimum(at, len(whole) - 1)]
     moved = np.flatnonzero(wrong & found)

@@ -108,6 +108,11 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         Torch device on which the specialists train and predict: ``"auto"`` (CUDA
         when available), ``"cpu"``, ``"cuda"``. Fitted modules live on the CPU between
         calls (see Notes). The generalist uses its own ``device``.
+    rows_transformed : bool, default=False
+        As :class:`kdpipe.DistilledClassifier`'s: ``True`` when an earlier ``Pipeline``
+        step transforms ``X``, so that its rows are checked against a
+        :class:`~kdpipe.LogitCache` by their labels only; also set on a generalist
+        that has the parameter.
     random_state : int, RandomState instance or None, default=None
         Seeds the generalist (when its own ``random_state`` is ``None``), the
         sampling and every specialist; the same seed gives the same model on CPU,
@@ -225,6 +230,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         "inference_learning_rate": [Interval(Real, 0, 2, closed="right")],
         "n_jobs": [Integral, None],
         "device": [str],
+        "rows_transformed": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -251,6 +257,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         inference_learning_rate: float = 1.0,
         n_jobs: int | None = None,
         device: str = "auto",
+        rows_transformed: bool = False,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
     ):
@@ -273,6 +280,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         self.inference_learning_rate = inference_learning_rate
         self.n_jobs = n_jobs
         self.device = device
+        self.rows_transformed = rows_transformed
         self.random_state = random_state
         self.verbose = verbose
 
@@ -327,7 +335,9 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         if cache_classes is not None:  # a LogitCache: are these the rows that made it?
             raw = given if isinstance(given, np.ndarray) else X
             codes = encode_labels(y, np.asarray(cache_classes), unlabeled=unlabeled)
-            check_fit_alignment(raw, codes, teacher_logits, seed=0)
+            check_fit_alignment(
+                raw, codes, teacher_logits, seed=0, transformed=self.rows_transformed
+            )
 
         generalist = self._fit_generalist(X, y, teacher_logits, unlabeled, rng)
         classes = np.asarray(generalist.classes_)
@@ -430,6 +440,8 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         params = generalist.get_params(deep=False)
         if "random_state" in params and params["random_state"] is None:
             generalist.set_params(random_state=int(rng.randint(np.iinfo(np.int32).max)))
+        if self.rows_transformed and "rows_transformed" in params:
+            generalist.set_params(rows_transformed=True)
         accepts_teacher = "teacher_logits" in inspect.signature(generalist.fit).parameters
         if teacher_logits is not None and accepts_teacher:
             return generalist.fit(X, y, teacher_logits=teacher_logits)
