@@ -149,9 +149,10 @@ def test_resume_on_another_device_kind_is_refused(tmp_path, X):
     ):  # a numpy callable runs on the CPU anywhere
         path = tmp_path / type(teacher).__name__
         build(teacher, X, path, device="cpu")
-        manifest = json.loads((path / "manifest.json").read_text())
-        manifest["build"]["device_kind"] = "cuda"  # as if it had been built on a GPU
-        (path / "manifest.json").write_text(json.dumps(manifest))
+        for name in ("manifest.json", "manifest.initial.json"):  # as if built on a GPU
+            manifest = json.loads((path / name).read_text())
+            manifest["build"]["device_kind"] = "cuda"
+            (path / name).write_text(json.dumps(manifest))
         if refused:
             with pytest.raises(
                 CacheMismatchError, match="device kind: cache has 'cuda', this build has 'cpu'"
@@ -159,6 +160,16 @@ def test_resume_on_another_device_kind_is_refused(tmp_path, X):
                 build(teacher, X, path, device="cpu")
         else:
             build(teacher, X, path, device="cpu")
+
+
+def test_resume_with_another_batch_size_is_refused(tmp_path, X):
+    """Rows batched otherwise may give other floats (the teacher's, a low-rank encode's):
+    a resume must batch as the build did to finish the same cache."""
+    path = tmp_path / "c"
+    build(linear, X, path, batch_size=8)
+    with pytest.raises(CacheMismatchError, match="batch_size: cache has 8, this build has 7"):
+        build(linear, X, path, batch_size=7, resume=True)
+    build(linear, X, path, batch_size=8, resume=True)  # the same batches: reused
 
 
 def test_command_line_precision_flag(tmp_path, X):

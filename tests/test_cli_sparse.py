@@ -49,7 +49,7 @@ def test_every_sparse_format_has_a_command_line_spelling(text, spec):
     "text, needle",
     [
         ("topk:0", "k must be a positive integer"),
-        ("topk:x", "K must be a number, got 'x'"),
+        ("topk:x", "K must be an integer, got 'x'"),
         ("topk:8:fp8", "unknown or repeated options"),
         ("topk:8:uint8:uint8", "unknown or repeated options"),
         ("topk:8+16", "topk:K+DRAWS@T"),
@@ -59,8 +59,9 @@ def test_every_sparse_format_has_a_command_line_spelling(text, spec):
         ("sampled:70000@4", "draws must be at most 65535"),
         ("dense", "is not a sparse format"),
         ("lowrank:", "is not a sparse format"),
-        ("lowrank:x", "R must be a number, got 'x'"),
-        ("lowrank:8@y", "ROWS must be a number, got 'y'"),
+        ("lowrank:x", "R must be an integer, got 'x'"),
+        ("lowrank:2.5", "R must be an integer, got '2.5'"),
+        ("lowrank:8@y", "ROWS must be an integer, got 'y'"),
         ("lowrank:8@8", "fit_rows (8) must be more than rank (8)"),
     ],
 )
@@ -126,3 +127,18 @@ def test_build_cache_writes_a_low_rank_cache_that_decodes_to_the_teachers_logits
         expected = teacher(torch.from_numpy(np.load(files / "x.npy"))).numpy()
     # a linear teacher of 4 inputs: centred logits of rank 4 < 5, so the decode is exact
     np.testing.assert_allclose(np.asarray(cache)[:, 0], expected, atol=1e-4)
+
+
+def test_verify_of_a_low_rank_cache_without_its_basis_says_missing_in_the_flags_words(
+    files, capsys
+):
+    out = files / "cache"
+    args = ["build-cache", str(files / "t.pt"), "--data", str(files / "x.npy"), "-o", str(out)]
+    assert main([*args, "--quiet", "--sparse", "lowrank:5@30"]) == 0
+    (out / "lowrank_basis.npy").unlink()
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 1
+    printed = capsys.readouterr().out
+    head = printed.splitlines()[0]
+    assert "FAILED" in head and "1 failed (missing)" in head, head
+    assert "--overwrite" in printed and "overwrite=True" not in printed

@@ -129,6 +129,10 @@ def test_a_damaged_or_missing_basis_fails_reads_verify_and_a_resume(tmp_path, da
     with pytest.raises(CacheChunkMissingError, match="is missing"):
         LogitCache.open(cache.path).read_rows(np.array([0]))
     assert {p.kind for p in LogitCache.open(cache.path).verify().problems} == {"missing"}
+    path.mkdir()  # a folder in its place: unreadable, an error of kdpipe's, not the OS's
+    with pytest.raises(CacheCorruptError, match="cannot be read"):
+        LogitCache.open(cache.path).read_rows(np.array([0]))
+    assert {p.kind for p in LogitCache.open(cache.path).verify().problems} == {"corrupt"}
     rebuilt = _build(tmp_path / "c", data, LowRank(3, fit_rows=FIT), overwrite=True)
     assert rebuilt.verify().ok
 
@@ -231,9 +235,13 @@ def test_the_basis_keeps_a_low_rank_matrix_and_drops_exactly_the_energy_beyond_i
     basis = fit_basis(noisy[:, None, :], rank=5, dtype="float64")
     coefficients, error = basis.encode(noisy[:, None, :])
     residual = basis.decode(coefficients)[:, 0] - noisy
-    np.testing.assert_allclose(error[:, 0], np.abs(residual).max(axis=1), rtol=1e-5)
-    # Eckart-Young: what a rank-5 fit of its own rows loses is their dropped singular values
-    sigma = np.linalg.svd(noisy - noisy.mean(0), compute_uv=False)
+    # Eckart-Young: the best rank-5 fit of the centred rows is their truncated SVD, and it
+    # loses exactly the dropped singular values
+    centred = noisy - noisy.mean(0)
+    u, sigma, vt = np.linalg.svd(centred, full_matrices=False)
+    best = centred - (u[:, :5] * sigma[:5]) @ vt[:5]
+    np.testing.assert_allclose(error[:, 0], np.abs(best).max(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(residual, -best, atol=1e-5)  # the basis is stored in float32
     assert np.linalg.norm(residual) == pytest.approx(np.sqrt((sigma[5:] ** 2).sum()), rel=1e-4)
 
 
@@ -295,7 +303,7 @@ def test_for_errors_rank_meets_the_error_in_a_build_and_one_rank_less_does_not(t
     curved.kdpipe_fingerprint = "curved-for-error"  # type: ignore[attr-defined]
     max_error = 0.25
     sample = curved(X[:FIT])  # the rows the build fits its basis on
-    chosen = LowRank.for_error(sample, max_error, fit_rows=FIT)
+    chosen = LowRank.for_error(sample, max_error, fit_rows=FIT, dtype="float16")
     assert D <= chosen.rank < C - 1  # beyond the linear part, short of every class
     kw = dict(y=y[:FIT], chunk_rows=ROWS, progress=False, dtype="float16")
     built = build_cache(curved, X[:FIT], tmp_path / "chosen", sparse=chosen, **kw)
@@ -307,12 +315,12 @@ def test_for_errors_rank_meets_the_error_in_a_build_and_one_rank_less_does_not(t
 
 def test_for_error_refuses_an_error_no_rank_meets_and_a_bad_max_error():
     noise = np.random.default_rng(6).normal(size=(20, 30))  # 20 rows: rank 19 at most
-    with pytest.raises(InputError, match="no rank below 20 stores these logits"):
-        LowRank.for_error(noise, 1e-6)
+    with pytest.raises(InputError, match="no rank below 20 stores these logits.* at rank 19, is"):
+        LowRank.for_error(noise, 1e-9)  # beyond float32 rounding
     for bad in (0, -1.0, float("nan"), True, "0.1"):
         with pytest.raises(ValueError, match="max_error must be a positive number"):
             LowRank.for_error(noise, bad)
-    assert LowRank.for_error(noise, np.int64(100)).rank >= 1  # any logit within 100
+    assert LowRank.for_error(noise, np.int64(100)) == LowRank(1)  # any logit within 100
     for fit_rows in (0, -5, True):
         with pytest.raises(ValueError, match="fit_rows must be a positive integer"):
             LowRank.for_error(noise, 0.1, fit_rows=fit_rows)
@@ -320,3 +328,14 @@ def test_for_error_refuses_an_error_no_rank_meets_and_a_bad_max_error():
         LowRank.for_error(noise, 0.1, dtype="int8")
     with pytest.raises(InputError, match="must be finite"):
         LowRank.for_error(np.where(noise > 2, np.inf, noise), 0.1)
+
+
+def test_for_error_takes_the_builds_default_dtype_and_names_float16_rounding_as_the_limit():
+    """Coefficients of order 10 rounded to float16 carry errors of order 1e-2: no rank
+    meets 1e-3 there, and the message says why; float32 (build_cache's default) does."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 80)) + rng.normal(size=80)
+    assert LowRank.for_error(logits, 1e-3) == LowRank.for_error(logits, 1e-3, dtype="float32")
+    assert LowRank.for_error(logits, 1e-3).rank == 6
+    with pytest.raises(InputError, match="float16 mostly the coefficients' own rounding"):
+        LowRank.for_error(logits, 1e-3, dtype="float16")

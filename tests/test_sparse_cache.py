@@ -12,7 +12,7 @@ from scipy.stats import binom
 
 from kdpipe.cache import LogitCache, Sampled, SparseLogitCache, TopK, TopKSampledTail, build_cache
 from kdpipe.cache.storage import open_store
-from kdpipe.errors import CacheMismatchError, InputError, SparseFormatError
+from kdpipe.errors import CacheCorruptError, CacheMismatchError, InputError, SparseFormatError
 from kdpipe.sparse_targets import SampledTargets, TopKSampledTargets, TopKTargets
 
 N, D, C, ROWS = 60, 5, 40, 16  # 4 chunks
@@ -280,3 +280,45 @@ def test_a_topk_cache_recorded_before_issue_21_reads_as_a_bucket_tail_and_resume
     )  # the same settings: resumes, nothing to do
     with pytest.raises(CacheMismatchError, match="sparse format"):
         _build(tmp_path / "c", data, TopK(5, tail="uniform"))  # another format
+
+
+def _edit(field, value):
+    def change(manifest):
+        if field == "classes":
+            manifest["classes"]["values"] = list(range(C + 10))
+        else:
+            manifest["sparse"][field] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "sparse, field, value, named",
+    [
+        (Sampled(10, 2.0), "temperature", 8.0, "sparse.temperature: 8.0 against 2.0"),
+        (TopK(5, tail="bucket"), "tail", "uniform", "sparse.tail: 'uniform' against None"),
+        (TopK(5, temperatures=(1.0, 4.0)), "temperatures", [1.0, 8.0], "sparse.temperatures"),
+        (TopKSampledTail(5, 8, 2.0), "temperature", 4.0, "sparse.temperature: 4.0 against 2.0"),
+        (TopK(5), "classes", None, "classes.values"),
+    ],
+)
+def test_a_manifest_setting_that_changes_no_stored_shape_is_caught_and_a_resume_restores_it(
+    tmp_path, data, sparse, field, value, named
+):
+    """Records read the same bytes whatever these settings say, so only the manifest's
+    initial copy can tell an edited or damaged one: reads and verify refuse it, naming the
+    field; a resume with the cache's settings restores the manifest."""
+    cache = _build(tmp_path / "c", data, sparse)
+    before = cache.read_rows(np.arange(N))
+    path = cache.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    _edit(field, value)(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CacheCorruptError, match=f"created with.*{named}"):
+        LogitCache.open(cache.path)
+    resumed = _build(tmp_path / "c", data, sparse, resume=True)
+    assert resumed.verify().ok and resumed.sparse == sparse
+    after = resumed.read_rows(np.arange(N))
+    assert type(after) is type(before) and before._arrays
+    for name in before._arrays:  # every stored array, as the build wrote it
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name))

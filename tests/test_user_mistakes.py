@@ -175,6 +175,9 @@ def test_a_state_dict_is_told_it_is_a_state_dict_the_first_time(files, capsys):
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
         ),
         (["--device", "tpu9"], "--device"),
+        (["--dataset", "logits"], "--dataset"),  # a .npy file is one array
+        (["--lock-timeout", "-1"], "--lock-timeout"),
+        (["--lock-timeout", "soon"], "--lock-timeout"),
     ],
 )
 def test_bad_build_options_exit_2_with_one_line_before_any_work(files, extra, needle, capsys):
@@ -322,3 +325,90 @@ def test_botocore_errors_are_one_line(capsys, monkeypatch):
     assert main(["info", "s3://bucket/run.zarr"]) == 1
     assert "Unable to locate credentials" in _one_line(capsys)
     assert os.environ.get("KDPIPE_DEBUG", "") in ("", "0")
+
+
+# -- an overwrite checks its inputs before it deletes -------------------------------------
+
+
+def _bad_labels(files: dict[str, Path], kind: str) -> Path:
+    y = np.load(files["y"])
+    bad = {"two columns": np.stack([y, y], axis=1), "one short": y[:-1], "unknown": y + 7}[kind]
+    path = files["dir"] / f"bad-{kind.replace(' ', '-')}.npy"
+    np.save(path, bad)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, needle",
+    [("two columns", "one-dimensional"), ("one short", f"{N - 1} labels"), ("unknown", "7")],
+)
+def test_labels_it_cannot_hold_fail_before_an_overwrite_deletes_or_a_new_cache_is_made(
+    files, kind, needle, capsys
+):
+    bad = str(_bad_labels(files, kind))
+    assert main(_build(files, "--labels", bad)) == 1  # a new cache: nothing is made
+    assert needle in _one_line(capsys)
+    assert not files["out"].exists()
+    assert main(_build(files, "--labels", str(files["y"]))) == 0
+    before = np.asarray(LogitCache.open(files["out"]))
+    assert main(_build(files, "--overwrite", "--labels", bad)) == 1
+    assert needle in _one_line(capsys)
+    with pytest.raises(InputError, match=needle):
+        build_cache(
+            str(files["script"]),
+            np.load(files["x"]),
+            files["out"],
+            y=np.load(bad),
+            overwrite=True,
+            progress=False,
+        )
+    kept = LogitCache.open(files["out"])  # the finished cache, as it was
+    assert kept.verify().ok
+    np.testing.assert_array_equal(np.asarray(kept), before)
+
+
+def test_a_bad_worker_count_or_scheduler_fails_before_an_overwrite_deletes(files):
+    import dask
+
+    assert main(_build(files)) == 0
+    before = np.asarray(LogitCache.open(files["out"]))
+    args = (str(files["script"]), np.load(files["x"]), files["out"])
+    with pytest.raises(InputError, match="num_workers must be a positive integer"):
+        build_cache(*args, overwrite=True, num_workers=-1, progress=False)
+    unreachable = dict(overwrite=True, client="tcp://127.0.0.1:9", progress=False)
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(OSError):
+        build_cache(*args, **unreachable)  # nothing listens there: refused before any write
+    kept = LogitCache.open(files["out"])
+    assert kept.verify().ok
+    np.testing.assert_array_equal(np.asarray(kept), before)
+
+
+def test_a_held_path_names_the_lock_timeout_option_which_waits(files, capsys):
+    from kdpipe.cache.lock import BuildLock
+
+    with BuildLock(files["out"]):  # another build holds the path
+        assert main(_build(files)) == 1
+        err = _one_line(capsys)
+        assert "--lock-timeout SECONDS" in err and "lock_timeout=" not in err, err
+        assert main(_build(files, "--lock-timeout", "0.3")) == 1
+        assert "waited 0.3 s" in _one_line(capsys)
+    assert main(_build(files, "--lock-timeout", "none")) == 0  # free again: builds
+
+
+def test_a_loaded_script_module_builds_without_torch_warnings(files):
+    """A module scripted in training mode loads in training mode, which the build copies;
+    torch warned there once per parameter about .grad of non-leaf tensors, which kdpipe
+    never uses."""
+    torch.manual_seed(0)
+    path = files["dir"] / "training.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit in torch >= 2.10
+        torch.jit.script(torch.nn.Sequential(torch.nn.Linear(D, 8), torch.nn.Linear(8, C))).save(
+            str(path)
+        )
+        teacher = torch.jit.load(str(path))
+    assert teacher.training
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        cache = build_cache(teacher, np.load(files["x"]), files["out"], progress=False)
+    assert cache.verify().ok and teacher.training  # the caller's module is left as it was

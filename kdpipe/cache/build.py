@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from kdpipe.cache.config import BuildConfig
+from kdpipe.cache.config import BuildConfig, parse_positive_int
 from kdpipe.cache.durable import fsync_dir, is_temp_name, remove_temps, write_step
 from kdpipe.cache.executor import Task, run_tasks
 from kdpipe.cache.fingerprint import combine_hashes, hash_block, is_weak
@@ -137,7 +137,8 @@ def build_cache(
     resume : bool
         Finish an interrupted build at ``path`` (only missing chunks are computed), or
         reuse a finished one. Refused when anything recorded differs (teachers, data,
-        classes, settings, precision, device kind), and when a teacher's fingerprint is
+        classes, settings, the batch size (a teacher's or a low-rank encode's floats may
+        depend on how rows are batched), precision, device kind), and when a teacher's fingerprint is
         weak (a callable kdpipe cannot hash) and no ``teacher_versions`` names it.
         Temp files a crashed build left behind are removed.
     overwrite : bool
@@ -257,35 +258,54 @@ def build_cache(
     members = resolve_members(teachers, teacher_versions, trust_pickled_teachers)
     order = resolve_classes(members, classes)
     settings = {"precision": precision, "device_kind": _device_kind(device, client)}
+    if num_workers is not None:
+        num_workers = parse_positive_int(num_workers, "num_workers")
     _refuse_foreign(root)  # before the lock file is created in someone else's folder
-    fresh: tuple[Manifest, LowRankBasis | None] | None = None
-    if (
-        overwrite or not (root / MANIFEST_NAME).exists()
-    ):  # refuse what a new cache cannot hold before any write
-        fresh = _fresh_manifest(
-            config, source, members, order, device, client, settings, spec, view_spec, precision
-        )
-    with BuildLock(root, timeout=lock_timeout) as lock:
-        return _build_locked(
-            root,
-            lock,
-            config,
-            source,
-            members,
-            order,
-            settings,
-            spec,
-            view_spec,
-            y,
-            device,
-            client,
-            overwrite,
-            resume,
-            num_workers,
-            progress,
-            precision,
-            fresh,
-        )
+    client, own_client = _connect(client)  # an unreachable scheduler fails before any work
+    try:
+        fresh: tuple[Manifest, LowRankBasis | None] | None = None
+        if (
+            overwrite or not (root / MANIFEST_NAME).exists()
+        ):  # refuse what a new cache cannot hold before any write
+            fresh = _fresh_manifest(
+                config, source, members, order, device, client, settings, spec, view_spec, precision
+            )
+        if y is not None and fresh is not None:  # labels it cannot hold, before any write
+            _label_codes(y, source, fresh[0])
+        with BuildLock(root, timeout=lock_timeout) as lock:
+            return _build_locked(
+                root,
+                lock,
+                config,
+                source,
+                members,
+                order,
+                settings,
+                spec,
+                view_spec,
+                y,
+                device,
+                client,
+                overwrite,
+                resume,
+                num_workers,
+                progress,
+                precision,
+                fresh,
+            )
+    finally:
+        if own_client:
+            client.close()
+
+
+def _label_codes(y: Any, source: Source, manifest: Manifest) -> np.ndarray:
+    """``y`` encoded in the cache's class order; raises for labels the cache cannot hold."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise InputError(f"labels must be one-dimensional, got shape {y.shape}")
+    if len(y) != source.n_rows:
+        raise InputError(f"y has {len(y)} labels but X has {source.n_rows} rows")
+    return encode_labels(y, manifest.class_array())
 
 
 def _fresh_manifest(
@@ -437,12 +457,8 @@ def _build_locked(
             )  # every chunk is coefficients in it: refuse a damaged one now
     codes = None
     if y is not None:
-        y = np.asarray(y)
-        if len(y) != source.n_rows:
-            raise InputError(f"y has {len(y)} labels but X has {source.n_rows} rows")
-        codes = encode_labels(y, manifest.class_array())
+        codes = _label_codes(y, source, manifest)
 
-    client, own_client = _connect(client)
     # on a cluster the driver ships in-memory rows itself, chunk by chunk
     ship = client is not None and source.in_memory
     job = ChunkJob(
@@ -478,22 +494,18 @@ def _build_locked(
             else contextlib.nullcontext()
         )
 
-    try:
-        with threads():
-            records = _check_complete(root, job, manifest, run)
-        missing = [i for i in range(manifest.n_chunks) if i not in records]
-        if missing and manifest.complete:
-            manifest = Manifest.from_dict(
-                {**manifest.to_dict(), "complete": False, "chunks": [], "finished": None}
-            )
-            write_manifest(root, manifest)
-        tasks = [_task("compute", i, i, manifest) for i in missing]
-        with threads():
-            for record in run_tasks(job, tasks, desc="kdpipe build", **run):
-                records[record.index] = record
-    finally:
-        if own_client:
-            client.close()
+    with threads():
+        records = _check_complete(root, job, manifest, run)
+    missing = [i for i in range(manifest.n_chunks) if i not in records]
+    if missing and manifest.complete:
+        manifest = Manifest.from_dict(
+            {**manifest.to_dict(), "complete": False, "chunks": [], "finished": None}
+        )
+        write_manifest(root, manifest)
+    tasks = [_task("compute", i, i, manifest) for i in missing]
+    with threads():
+        for record in run_tasks(job, tasks, desc="kdpipe build", **run):
+            records[record.index] = record
     lock.check()
     if not manifest.complete:
         manifest = _finish(root, manifest, [records[i] for i in range(manifest.n_chunks)])
@@ -810,6 +822,7 @@ def _differences(
         "backend": config.backend,
         "dtype": config.dtype,
         "chunk_rows": config.chunk_rows,
+        "batch_size": config.batch_size,
         "rows": source.n_rows,
         "data shape": source.shape,
         "data dtype": source.dtype.str,
@@ -821,6 +834,7 @@ def _differences(
         "backend": manifest.backend,
         "dtype": manifest.dtype,
         "chunk_rows": manifest.chunk_rows,
+        "batch_size": manifest.build.get("batch_size"),
         "rows": manifest.n_rows,
         "data shape": manifest.data_shape,
         "data dtype": manifest.data_dtype,
@@ -830,6 +844,8 @@ def _differences(
     }
     if not any(m.kind in ("torch", "torchscript") for m in members):
         del wanted["device kind"]  # other teachers compute on the CPU wherever the build runs
+    if have["batch_size"] is None:  # a cache from before batch sizes were recorded
+        del wanted["batch_size"]
     out = [
         f"{k}: cache has {have[k]!r}, this build has {wanted[k]!r}"
         for k in wanted

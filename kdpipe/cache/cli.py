@@ -23,6 +23,9 @@ _FLAG_WORDS = {
     "overwrite=True": "--overwrite",
     "trust_pickled_teachers=True": "--trust-pickled-teachers",
     "pass resume=True or --overwrite": "pass --overwrite",
+    "build_cache(..., lock_timeout=SECONDS), or None to wait as long as it takes": (
+        "--lock-timeout SECONDS, or --lock-timeout none to wait as long as it takes"
+    ),
 }
 _RESUME_HINT = "chunks finished so far are kept; rerun the same command to resume"
 _STORAGE_HELP = (
@@ -198,6 +201,11 @@ def _check_build_options(args: argparse.Namespace) -> None:
     for flag, value in (("--chunk-rows", args.chunk_rows), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
+    if args.dataset is not None and args.data.lower().endswith(".npy"):
+        raise UsageError(
+            f"--dataset names an array inside a .zarr or .h5 file; --data {args.data} is one array"
+        )
+    args.lock_timeout = _lock_timeout(args.lock_timeout)
     if args.scheduler is None:  # a cluster's workers choose their own devices
         try:
             resolve_device(args.device)
@@ -205,11 +213,29 @@ def _check_build_options(args: argparse.Namespace) -> None:
             raise UsageError(f"--device {args.device}: {exc}") from exc
 
 
-def _cli_words(exc: Exception) -> Exception:
-    """``exc`` with build_cache's names of options replaced by the command line's."""
-    text = str(exc)
+def _lock_timeout(text: str) -> float | None:
+    """``--lock-timeout``: seconds >= 0, or ``none`` to wait as long as it takes."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise UsageError(f"--lock-timeout takes seconds >= 0 or 'none', got {text!r}")
+    return seconds
+
+
+def _flag_words(text: str) -> str:
+    """``text`` with build_cache's names of options replaced by the command line's."""
     for api, flag in _FLAG_WORDS.items():
         text = text.replace(api, flag)
+    return text
+
+
+def _cli_words(exc: Exception) -> Exception:
+    """``exc`` with build_cache's names of options replaced by the command line's."""
+    text = _flag_words(str(exc))
     return exc if text == str(exc) else type(exc)(text)
 
 
@@ -252,6 +278,7 @@ def _build(args: argparse.Namespace) -> int:
             storage_options=options,
             trust_pickled_teachers=args.trust_pickled_teachers,
             sparse=sparse,
+            lock_timeout=args.lock_timeout,
         )
     except KdpipeError as exc:
         worded = _cli_words(exc)
@@ -279,7 +306,7 @@ def _verify(args: argparse.Namespace) -> int:
     options = parse_storage_options(args.storage_option)
     cache = LogitCache.open(args.path, allow_incomplete=True, storage_options=options)
     report = cache.verify()
-    print(report)
+    print(_flag_words(str(report)))
     return 0 if report.ok else 1
 
 
@@ -335,6 +362,13 @@ def register(subparsers: Any) -> None:
         "--scheduler", default=None, help="dask.distributed scheduler address (default: in-process)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    p.add_argument(
+        "--lock-timeout",
+        default="0",
+        metavar="SECONDS",
+        help="wait this long for another build of the same path (default 0: fail at once; "
+        "'none': as long as it takes)",
+    )
     p.add_argument(
         "--trust-pickled-teachers",
         action="store_true",

@@ -38,6 +38,7 @@ the logits themselves, each within ``e``. A teacher whose centred logits have ra
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -123,7 +124,7 @@ class LowRank:
         max_error: float,
         *,
         fit_rows: int = 4096,
-        dtype: str = "float16",
+        dtype: str = "float32",
     ) -> LowRank:
         """A rank that stores ``logits`` within ``max_error`` where one rank less does not:
         the rank from the teacher's spectrum, not from a byte budget.
@@ -151,8 +152,10 @@ class LowRank:
             The largest absolute logit error allowed, > 0.
         fit_rows : int, default=4096
             As :class:`LowRank`'s, and returned in it.
-        dtype : {"float16", "float32"}, default="float16"
-            The cache's dtype.
+        dtype : {"float32", "float16"}, default="float32"
+            The cache's dtype (:func:`~kdpipe.build_cache`'s default is float32). Its
+            rounding of the coefficients bounds the error from below: float16 keeps
+            about three significant digits of each.
 
         Returns
         -------
@@ -163,7 +166,7 @@ class LowRank:
         InputError
             Logits that are not finite or not 2-d or 3-d, fewer than 2 rows or classes, or
             no rank below ``C`` (and below the fit rows) that stores the rows within
-            ``max_error``: use a dense cache, or allow a larger error.
+            ``max_error`` (the message gives the least error a rank reaches).
 
         Examples
         --------
@@ -171,7 +174,7 @@ class LowRank:
         >>> rng = np.random.default_rng(0)
         >>> features = rng.normal(size=(500, 6))  # a linear head over 6 features:
         >>> logits = features @ rng.normal(size=(6, 80)) + rng.normal(size=80)  # centred: rank 6
-        >>> LowRank.for_error(logits, max_error=1e-3, dtype="float32")
+        >>> LowRank.for_error(logits, max_error=1e-3)
         LowRank(rank=6, fit_rows=4096)
         """
         if isinstance(max_error, bool) or not (
@@ -197,17 +200,25 @@ class LowRank:
         full = fit_basis(fitted, largest, dtype)
         step = max(1, _BLOCK_VALUES // (z.shape[1] * z.shape[2]))
 
-        def meets(rank: int) -> bool:  # block by block: stops at the first row over
+        def errors(rank: int) -> Iterator[float]:  # block by block
             basis = LowRankBasis(full.mean, full.directions[:, :rank].copy(), dtype)
-            return all(
-                basis.encode(z[r0 : r0 + step])[1].max() <= max_error
-                for r0 in range(0, len(z), step)
-            )
+            for r0 in range(0, len(z), step):
+                yield float(basis.encode(z[r0 : r0 + step])[1].max())
+
+        def meets(rank: int) -> bool:  # stops at the first block over
+            return all(error <= max_error for error in errors(rank))
 
         if not meets(largest):
+            least = max(errors(largest))
+            why = (
+                " (at float16 mostly the coefficients' own rounding: a float32 cache keeps more)"
+                if dtype == "float16"
+                else ""
+            )
             raise InputError(
                 f"no rank below {largest + 1} stores these logits within max_error={max_error}: "
-                "use a dense cache, or allow a larger error"
+                f"the least largest error, at rank {largest}, is {least:.3g}{why}. Use a dense "
+                "cache, or allow a larger error"
             )
         low, high = 0, largest  # meets(high); rank 0 is not a LowRank
         while high - low > 1:
@@ -358,7 +369,8 @@ def read_basis(root: Any, manifest: Any) -> LowRankBasis:
     CacheChunkMissingError
         The basis file is absent.
     CacheCorruptError
-        It fails its checksum, or its shape disagrees with the manifest.
+        It cannot be read (a folder in its place), fails its checksum, or its shape
+        disagrees with the manifest.
     """
     from kdpipe.cache.storage import checksum
 
@@ -370,6 +382,11 @@ def read_basis(root: Any, manifest: Any) -> LowRankBasis:
             f"the low-rank basis {path} of the cache at {root} is missing: every row's logits "
             "are coefficients in it, so none can be read. Rebuild with overwrite=True"
         ) from None
+    except OSError as exc:  # a folder, or a file that cannot be read, in its place
+        raise CacheCorruptError(
+            f"the low-rank basis {path} of the cache at {root} cannot be read ({exc}): every "
+            "row's logits are coefficients in it. Rebuild with overwrite=True"
+        ) from exc
     expected = manifest.sparse.get("basis_crc32c")
     if checksum(np.frombuffer(data, dtype=np.uint8)) != expected:
         raise CacheCorruptError(

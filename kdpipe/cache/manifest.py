@@ -289,7 +289,60 @@ def read_manifest(root: Any, name: str = MANIFEST_NAME) -> Manifest | None:
         raise CacheCorruptError(
             f"{path} records sparse settings this kdpipe cannot read: {exc}"
         ) from exc
+    if name == MANIFEST_NAME:
+        _check_against_initial_copy(manifest, path, as_location(root) / MANIFEST_COPY)
     return manifest
+
+
+# what a build changes in a manifest after creating it; every other field is fixed then
+_STATUS_FIELDS = frozenset({"finished", "complete", "data_fingerprint", "chunks"})
+
+
+def settings_differences(manifest: Manifest, initial: Manifest) -> list[str]:
+    """The fields, other than the build's status, in which two manifests differ
+    (a settings dict field by field: ``sparse.temperature``), each as
+    ``"name: VALUE against VALUE"``."""
+    a, b = manifest.to_dict(), initial.to_dict()
+    out = []
+    for key in sorted((set(a) | set(b)) - _STATUS_FIELDS):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [
+                f"{key}.{sub}: {x.get(sub)!r} against {y.get(sub)!r}"
+                for sub in sorted(set(x) | set(y))
+                if x.get(sub) != y.get(sub)
+            ]
+        elif x != y:
+            out.append(f"{key}: {x!r} against {y!r}")
+    return out
+
+
+def _check_against_initial_copy(manifest: Manifest, path: Any, copy_path: Any) -> None:
+    """Refuse a manifest whose settings are not those it was created with.
+
+    ``manifest.initial.json`` is written once, with the settings, when a cache is created;
+    the build only ever changes the status fields of ``manifest.json``. Settings that
+    change no stored shape (a sampled format's temperature, a top-k tail's kind, the
+    class labels of a sparse cache) are caught by no other check: an edited or damaged
+    one would silently read every record as something else. A cache without an intact
+    copy (made before it existed, or the copy itself damaged) is not compared.
+    """
+    try:
+        text = copy_path.read_text()
+        initial = Manifest.from_dict(json.loads(text))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # the copy is only a spare: the manifest itself decoded and checked
+    differences = settings_differences(manifest, initial)
+    if differences:
+        shown = "; ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
+        raise CacheCorruptError(
+            f"the manifest {path} does not hold the settings the cache was created with "
+            f"({copy_path.name}): {shown} (this file against the copy). One of them was edited or "
+            "damaged after the build; a resume (build_cache(..., resume=True) with the cache's "
+            "settings) restores the manifest from the copy, or overwrite=True rebuilds"
+        )
 
 
 def _field_error(path: Any, name: str, value: Any, why: str) -> CacheCorruptError:

@@ -396,7 +396,8 @@ def parse_sparse_option(text: str) -> SparseSpec:
             return cast(value)
         except ValueError:
             raise ValueError(
-                f"--sparse {text!r}: {what} must be a number, got {value!r}; {usage}"
+                f"--sparse {text!r}: {what} must be {'an integer' if cast is int else 'a number'}, "
+                f"got {value!r}; {usage}"
             ) from None
 
     try:

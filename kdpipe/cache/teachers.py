@@ -279,7 +279,15 @@ def _prepare_module(module: Any, device: Any, owned: bool) -> Any:
         return module.to(device).eval()
     if device.type == "cpu" and not module.training:
         return module
-    return copy.deepcopy(module).to(device).eval()
+    with warnings.catch_warnings():
+        # a ScriptModule's parameters are not leaves to Module._apply, which reads their
+        # .grad and makes torch warn once per parameter; nothing here uses gradients
+        warnings.filterwarnings(
+            "ignore",
+            message="The .grad attribute of a Tensor that is not a leaf",
+            category=UserWarning,
+        )
+        return copy.deepcopy(module).to(device).eval()
 
 
 def _torch_forward(module: Any, x: np.ndarray, device: Any, precision: str = "model") -> np.ndarray:

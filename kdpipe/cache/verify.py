@@ -63,8 +63,11 @@ class VerifyReport:
     def __str__(self) -> str:
         head = (
             f"{self.path}: {self.status} - {self.n_verified}/{self.n_chunks} chunks verified, "
-            f"{self.n_complete} complete, {len(self.corrupt)} corrupt"
+            f"{self.n_complete} complete, {len(self.corrupt)} failed"
         )
+        kinds = sorted({p.kind for p in self.problems})
+        if kinds:  # what the failed ones are: missing data, corrupt data, or both
+            head += f" ({' or '.join(kinds)})"
         lines = [head]
         if self.incomplete:
             shown = ", ".join(map(str, self.incomplete[:10])) + (
