@@ -88,7 +88,8 @@ def load_fashion_mnist(
             if (directory / name).is_file():
                 return directory / name
         raise FileNotFoundError(
-            f"{directory / stem}[.gz] not found; install Debian's dataset-fashion-mnist or pass path="
+            f"{directory / stem}[.gz] not found; install Debian's dataset-fashion-mnist, or name "
+            "the folder that holds the files (path= here, data_dir= or --data-dir of kdpipe reproduce)"
         )
 
     pixels = _read_idx(find(f"{prefix}-images-idx3-ubyte"))  # (n, 28, 28) uint8

@@ -196,7 +196,6 @@ def test_two_runs_of_one_commit_and_profile_on_one_machine_give_the_same_numbers
     ]
     first, second = ({n: e["results"] for n, e in r["experiments"].items()} for r in records)
     assert list(_accuracies(first)) and first == second
-    assert records[0]["machine"] == records[1]["machine"]
 
 
 def test_a_profile_of_ones_own_adds_unlabeled_rows_to_the_ensembles_transfer_set(
@@ -351,8 +350,12 @@ def test_gap_needed_is_the_noise_of_a_share_at_the_bar_over_the_bar():
     # standard error is std / sqrt(n)
     per_row = (value.astype(float) - base) - bar * (top.astype(float) - base)
     assert out["bar_se"] == pytest.approx(per_row.std() / math.sqrt(n), rel=0.1)
+    gap_se = (top.astype(float) - base).std() / math.sqrt(n)  # the gap's own, per row
+    assert out["gap_se"] == pytest.approx(gap_se, rel=0.1)
     z = norm.ppf(0.975)
-    assert out["gap_needed"] == pytest.approx(z * max(out["gap_se"], out["bar_se"] / bar))
+    assert out["gap_needed"] == pytest.approx(
+        z * max(gap_se, per_row.std() / math.sqrt(n) / bar), rel=0.1
+    )
 
 
 @pytest.mark.parametrize("factor", [0.5, 2.0])
@@ -538,3 +541,49 @@ def test_every_figure_of_the_readme_headline_is_the_committed_runs():
     for n, figures in quoted.items():
         for figure in figures:
             assert figure in headlines[n] and figure in line, (n, figure)
+
+
+def test_an_earlier_run_in_out_is_refused_before_any_work_and_replaced_only_with_overwrite(
+    tmp_path, capsys, monkeypatch
+):
+    """A second run into the same folder would write its own experiments only and leave the
+    first run's plots beside its report: refused (exit 2, one line, nothing touched) unless
+    --overwrite, which removes the earlier run's files and nothing else."""
+    from kdpipe.reproduce import experiments, run
+
+    out = tmp_path / "out"
+    assert main(["reproduce", "--experiments", "1", "--out", str(out), "--quiet"]) == 0
+    first = (out / "results.json").read_bytes()
+    assert (out / "accuracy_vs_temperature.png").exists() is False  # experiment 2's plot
+    (out / "accuracy_vs_temperature.png").write_bytes(b"an earlier run's plot")
+    (out / "notes.txt").write_text("the user's own file")
+    capsys.readouterr()
+
+    def no_work(lab):
+        raise AssertionError("an experiment ran before the folder was checked")
+
+    with monkeypatch.context() as m:
+        m.setitem(experiments.RUNNERS, 2, no_work)
+        assert main(["reproduce", "--experiments", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "--overwrite" in err and "results.json" in err
+        with pytest.raises(kdpipe.errors.InputError, match="overwrite=True"):
+            run(profile="smoke", experiments=[2], out=out, verbose=False)
+    assert (out / "results.json").read_bytes() == first
+    assert (
+        main(["reproduce", "--experiments", "4", "--out", str(out), "--overwrite", "--quiet"]) == 0
+    )
+    record = json.loads((out / "results.json").read_text())
+    assert list(record["experiments"]) == ["4"]
+    assert not (out / "accuracy_vs_temperature.png").exists()  # not this run's
+    assert (out / "notes.txt").read_text() == "the user's own file"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available here")
+def test_a_device_this_machine_lacks_is_a_usage_error_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    for device in ("cuda", "tpu"):
+        assert main(["reproduce", "--device", device, "--out", str(out)]) == 2
+        err = capsys.readouterr()
+        assert len(err.err.splitlines()) == 1 and err.out == ""  # nothing loaded or printed
+    assert not out.exists()

@@ -12,15 +12,25 @@ __all__ = ["register"]
 
 
 def _main(args: argparse.Namespace) -> int:
-    from kdpipe.reproduce.runner import run
+    from pathlib import Path
+
+    from kdpipe.devices import resolve_device
+    from kdpipe.errors import InputError
+    from kdpipe.reproduce.runner import earlier_run, run
+    from kdpipe.reproduce.settings import get_profile, parse_experiments
 
     try:
-        from kdpipe.reproduce.settings import get_profile, parse_experiments
-
         parse_experiments(args.experiments)
         get_profile(args.profile, seeds=args.seeds)
-    except ValueError as exc:
+        resolve_device(args.device)
+    except (ValueError, InputError) as exc:
         raise UsageError(str(exc)) from None
+    found = earlier_run(Path(args.out))
+    if found and not args.overwrite:
+        raise UsageError(
+            f"--out {args.out} holds an earlier run ({', '.join(p.name for p in found)}); pass "
+            "--overwrite to replace it, or choose another --out"
+        )
     record = run(
         args.profile,
         experiments=args.experiments,
@@ -30,6 +40,7 @@ def _main(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         verbose=not args.quiet,
         command="kdpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None,
+        overwrite=args.overwrite,
     )
     if args.quiet:  # run() printed them otherwise
         for path in record["paths"]:
@@ -78,6 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data-dir",
         default=None,
         help="Fashion-MNIST idx files (default: /usr/share/datasets/fashion-mnist)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's report, JSON and plots in --out",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the paths written")
     parser.set_defaults(func=_main)

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdpipe.errors import InputError
 from kdpipe.reproduce.settings import NOT_IMPLEMENTED, Profile, get_profile, parse_experiments
 
-__all__ = ["run", "DEFAULT_OUT"]
+__all__ = ["run", "earlier_run", "DEFAULT_OUT"]
 
 DEFAULT_OUT = Path("kdpipe-results") / "reproduce"
 
@@ -40,6 +41,30 @@ def _git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def earlier_run(out: Path) -> list[Path]:
+    """The files of an earlier run in ``out``: its report, JSON and plots, as far as present."""
+    from kdpipe.reproduce.plots import FIGURES
+
+    names = ("results.json", "REPORT.md", *FIGURES)
+    return [out / name for name in names if (out / name).is_file()]
+
+
+def _clear_earlier_run(out: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, delete) an earlier run's files in ``out``: a new run
+    writes only its own experiments, and would leave the old plots beside its report."""
+    earlier = earlier_run(out)
+    if not earlier:
+        return
+    if not overwrite:
+        raise InputError(
+            f"{out} holds an earlier run ({', '.join(p.name for p in earlier[:3])}"
+            f"{' ...' if len(earlier) > 3 else ''}); pass overwrite=True to replace it, or "
+            "choose another out folder"
+        )
+    for path in earlier:
+        path.unlink()
+
+
 def run(
     profile: str | Profile = "smoke",
     *,
@@ -50,6 +75,7 @@ def run(
     data_dir: str | os.PathLike[str] | None = None,
     verbose: bool = True,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the paper's experiments and write ``REPORT.md``, ``results.json`` and plots.
 
@@ -67,13 +93,17 @@ def run(
     device : str, default="auto"
         Where teachers and students run: CUDA when available by default.
     out : path, default="kdpipe-results/reproduce"
-        Folder the report, JSON and plots are written to (created if needed).
+        Folder the report, JSON and plots are written to (created if needed). One that
+        holds an earlier run's report or JSON is refused unless ``overwrite``.
     data_dir : path, optional
         Folder of the Fashion-MNIST idx files; Debian's location by default.
     verbose : bool, default=True
         Print progress.
     command : str, optional
         The command line to print in the report.
+    overwrite : bool, default=False
+        Replace an earlier run's files in ``out`` (its report, JSON and plots; nothing
+        else there is touched).
 
     Returns
     -------
@@ -92,8 +122,10 @@ def run(
 
     chosen = parse_experiments(experiments)
     settings = get_profile(profile, seeds=seeds)
+    resolve_device(device)  # a device this machine lacks fails before any work
     say = print if verbose else (lambda message: None)
     out = Path(out)
+    _clear_earlier_run(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     # read once, before any work: the record is rewritten after every experiment, and a
