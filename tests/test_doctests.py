@@ -20,6 +20,7 @@ MODULES = [
     "kdpipe.rows",  # LazyRows
     "kdpipe.students",  # MLP
     "kdpipe.datasets",  # make_confusable_classification
+    "kdpipe.reproduce.stats",  # share_interval, unresolved, difference_interval
 ]
 
 
