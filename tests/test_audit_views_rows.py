@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from view_streams import below, shift_reference, words_of
 
 from kdpipe import Views
 from kdpipe.augment import Crop, HFlip, Shift, apply_views
@@ -19,14 +20,6 @@ from kdpipe.engine import TrainingConfig, train_student
 from kdpipe.rows import Batch
 
 C = 3
-
-
-def words_of(seed, row, view, k):
-    return np.random.SeedSequence([seed, int(row), int(view)]).generate_state(k)
-
-
-def below(word, k):
-    return (int(word) * k) >> 32
 
 
 def images(n, h=6, w=6, seed=0):
@@ -109,15 +102,6 @@ def test_stream_words_refuse_an_entropy_word_of_2_to_the_32():
 
 
 # -- ViewDataset ----------------------------------------------------------------------------
-
-
-def shift_reference(x, pixels, seed, row, view):
-    """One image (..., H, W): zero-pad by ``pixels``, slice at the drawn offsets."""
-    w = words_of(seed, row, view, 2)
-    dy, dx = below(w[0], 2 * pixels + 1), below(w[1], 2 * pixels + 1)
-    H, W = x.shape[-2:]
-    pad = [(0, 0)] * (x.ndim - 2) + [(pixels, pixels), (pixels, pixels)]
-    return np.pad(x, pad)[..., dy : dy + H, dx : dx + W]
 
 
 def epoch_views(seed, epoch, rows, n_views):

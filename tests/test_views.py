@@ -12,6 +12,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from view_streams import below, shift_reference, words_of
 
 import kdpipe
 from kdpipe import DistilledClassifier, Views
@@ -32,23 +33,6 @@ from kdpipe.errors import CacheMismatchError, InputError, RowMismatchError
 from kdpipe.rows import MinibatchSource, choose_views
 
 N, C = 24, 3
-
-
-def words_of(seed, row, view, k):
-    return np.random.SeedSequence([seed, row, view]).generate_state(k)
-
-
-def below(word, k):
-    return (int(word) * k) >> 32
-
-
-def shift_reference(x, pixels, seed, row, view):
-    """One image (..., H, W): zero-pad by ``pixels``, slice at the drawn offsets."""
-    w = words_of(seed, row, view, 2)
-    dy, dx = below(w[0], 2 * pixels + 1), below(w[1], 2 * pixels + 1)
-    H, W = x.shape[-2:]
-    pad = [(0, 0)] * (x.ndim - 2) + [(pixels, pixels), (pixels, pixels)]
-    return np.pad(x, pad)[..., dy : dy + H, dx : dx + W]
 
 
 def images(n=N, seed=0):
