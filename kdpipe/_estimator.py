@@ -41,6 +41,7 @@ __all__ = [
     "fitted_sample_shape",
     "fitted_state",
     "restore_state",
+    "rows_as_given",
     "torch_classifier_tags",
     "validate_rows",
 ]
@@ -269,6 +270,23 @@ def check_teacher_logits(teacher_logits: Any, n_samples: int, n_classes: int) ->
     if isinstance(teacher_logits, np.ndarray):
         check_finite_rows(teacher_logits, np.arange(n_samples), "teacher_logits")
     return teacher_logits
+
+
+def rows_as_given(given: Any, validated: Any) -> Any:
+    """The rows a caller passed to ``fit``, in their own dtype, for comparing with a cache's
+    row digests: numpy and lazy arrays as they are, other in-memory array-likes (lists,
+    DataFrames, CPU tensors) through ``np.asarray``. ``validated`` (``validate_data``'s
+    float32 copy) when they cannot be read so: float32 rows match no row of a cache built
+    from float64 ones."""
+    if isinstance(given, np.ndarray) or is_lazy_array(given):
+        return given
+    try:
+        rows = np.asarray(given)
+    except Exception:  # noqa: BLE001 - e.g. a CUDA tensor: compare what fit trains on
+        return validated
+    if rows.dtype == object or rows.shape[:1] != np.shape(validated)[:1]:
+        return validated
+    return rows
 
 
 def fitted_state(estimator: Any) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from kdpipe._estimator import (
     fitted_sample_shape,
     fitted_state,
     restore_state,
+    rows_as_given,
     torch_classifier_tags,
     validate_rows,
 )
@@ -383,7 +384,7 @@ class DistilledClassifier(ModuleParamsMixin, ClassifierMixin, BaseEstimator):
 
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         if has_teacher:
-            raw = given if isinstance(given, np.ndarray) or is_lazy_array(given) else X
+            raw = rows_as_given(given, X)
             check_fit_alignment(
                 raw, codes, teacher_logits, seed=seed, transformed=self.rows_transformed
             )

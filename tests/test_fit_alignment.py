@@ -212,3 +212,46 @@ def test_specialists_pass_rows_transformed_to_their_generalist(built):
     ensemble.fit(scaled, y, teacher_logits=cache)
     assert ensemble.generalist_.rows_transformed is True
     assert ensemble.generalist.rows_transformed is False  # the parameter is left as given
+
+
+def test_rows_given_as_a_list_or_a_tensor_are_compared_in_their_own_dtype(built):
+    """validate_data makes float32 rows, which match no row of a float64 build: the check
+    reads the rows as the caller gave them."""
+    X, y, cache = built
+    DistilledClassifier(**FAST).fit(X.tolist(), y, teacher_logits=cache)
+    DistilledClassifier(**FAST).fit(torch.from_numpy(X), y, teacher_logits=cache)
+    order = np.random.default_rng(7).permutation(len(X))
+    with pytest.raises(RowMismatchError, match="out of place"):
+        DistilledClassifier(**FAST).fit(X[order].tolist(), y[order], teacher_logits=cache)
+
+
+def test_specialists_fit_float64_rows_whose_generalist_sees_them_as_float32(built):
+    from kdpipe import SpecialistEnsembleClassifier
+
+    X, y, cache = built
+    assert X.dtype == np.float64
+    ensemble = SpecialistEnsembleClassifier(
+        generalist=DistilledClassifier(**FAST),
+        class_subsets=[[0, 1]],
+        specialist_max_epochs=1,
+        random_state=0,
+        device="cpu",
+    )
+    ensemble.fit(X, y, teacher_logits=cache)  # the ensemble checked the rows as given
+    assert ensemble.generalist.rows_transformed is False  # the user's generalist, unchanged
+
+
+def test_rows_transformed_ignores_rows_a_transform_changed_but_not_rows_out_of_place(built):
+    """A clip changes some rows and leaves the rest: the changed ones cannot be checked,
+    the unchanged ones still must sit at their own position."""
+    X, y, cache = built
+    clipped = np.clip(X, -1.5, 1.5)
+    assert 0 < (clipped != X).any(axis=1).sum() < len(X)
+    with pytest.raises(RowMismatchError, match="rows match no row of the cache"):
+        DistilledClassifier(**FAST).fit(clipped, y, teacher_logits=cache)
+    DistilledClassifier(**FAST, rows_transformed=True).fit(clipped, y, teacher_logits=cache)
+    order = np.random.default_rng(8).permutation(len(X))
+    with pytest.raises(RowMismatchError, match="out of place"):
+        DistilledClassifier(**FAST, rows_transformed=True).fit(
+            clipped[order], np.full(len(y), -1), teacher_logits=cache
+        )

@@ -587,3 +587,27 @@ def test_a_device_this_machine_lacks_is_a_usage_error_before_any_work(tmp_path, 
         err = capsys.readouterr()
         assert len(err.err.splitlines()) == 1 and err.out == ""  # nothing loaded or printed
     assert not out.exists()
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_written(tmp_path):
+    """A run that fails before its first experiment finishes (here: data it cannot find)
+    leaves the earlier run's files as they were, even with overwrite."""
+    import dataclasses
+
+    from kdpipe.reproduce import run
+    from kdpipe.reproduce.settings import get_profile
+
+    out = tmp_path / "out"
+    run(profile="smoke", experiments=[1], out=out, verbose=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    profile = dataclasses.replace(get_profile("smoke"), dataset="fashion-mnist")
+    with pytest.raises(FileNotFoundError):
+        run(
+            profile=profile,
+            experiments=[1],
+            out=out,
+            data_dir=tmp_path / "no-such-folder",
+            overwrite=True,
+            verbose=False,
+        )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -52,16 +52,17 @@ def check_alignment(
         Seed or generator of the sample.
     transformed : bool, default=False
         The caller's rows are a transform of the rows that made the cache (an earlier
-        ``Pipeline`` step scaled or projected them), so their bytes cannot match: when
-        *no* checked row is found anywhere in the cache, only the labels are checked.
-        False: every checked row must be the cache's row at its position.
+        ``Pipeline`` step scaled, clipped or projected them), so their bytes may not
+        match: a row found nowhere in the cache is not an error (the labels are still
+        checked), a row found at another position still is. False: every checked row
+        must be the cache's row at its position.
 
     Raises
     ------
     RowMismatchError
         Some checked row of X is another row of the cache (the message names both), or
-        matches no row of the cache (unless ``transformed`` and none does); or a row
-        labeled both by ``y_codes`` and by the cache has two different labels.
+        matches no row of the cache (unless ``transformed``); or a row labeled both by
+        ``y_codes`` and by the cache has two different labels.
 
     Notes
     -----
@@ -127,7 +128,7 @@ def _no_row_matches(cache_view: Any, checked: int, why: str) -> RowMismatchError
         f"none of the {checked} checked rows of X is a row of the cache at {cache_view.path} "
         f"({why}): X holds other data, or a transform of the rows that made the cache (an earlier "
         "Pipeline step such as a scaler). For a transform, set rows_transformed=True on the "
-        "estimator: it then checks the labels only"
+        "estimator (transformed=True in check_alignment): it then checks the labels only"
     )
 
 
@@ -182,14 +183,16 @@ def _explain(
     sorted_digests = whole[order]
     at = np.searchsorted(sorted_digests, got)
     found = (at < len(whole)) & (sorted_digests[np.minimum(at, len(whole) - 1)] == got)
-    if not found.any():
-        if transformed:  # X is a transform of the rows (e.g. scaled): it cannot be checked
-            return
+    if not found.any() and not transformed:
         raise _no_row_matches(cache_view, len(positions), "none is anywhere in the cache")
     expected_rows = cache_view.rows[positions]
     where = order[np.minimum(at, len(whole) - 1)]
     moved = np.flatnonzero(wrong & found)
-    unknown = np.flatnonzero(~found)
+    # a transform (a scaler, a clip) changes some rows or all: those it changed are found
+    # nowhere and cannot be checked; a row found at another position is out of place
+    unknown = np.flatnonzero(~found) if not transformed else np.array([], dtype=np.int64)
+    if moved.size == 0 and unknown.size == 0:
+        return
     parts = []
     if moved.size:
         shown = "; ".join(

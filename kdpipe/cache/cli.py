@@ -291,11 +291,22 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_for_cli(kind: Any, path: str, options: Any) -> Any:
+    """``LogitCache.open``, its errors in the command line's words."""
+    try:
+        return kind.open(path, allow_incomplete=True, storage_options=options)
+    except KdpipeError as exc:
+        worded = _cli_words(exc)
+        if worded is exc:
+            raise
+        raise worded from exc
+
+
 def _info(args: argparse.Namespace) -> int:
     from kdpipe.cache.reader import LogitCache
 
     options = parse_storage_options(args.storage_option)
-    cache = LogitCache.open(args.path, allow_incomplete=True, storage_options=options)
+    cache = _open_for_cli(LogitCache, args.path, options)
     print(json.dumps(cache.info(), indent=1))
     return 0
 
@@ -304,7 +315,7 @@ def _verify(args: argparse.Namespace) -> int:
     from kdpipe.cache.reader import LogitCache
 
     options = parse_storage_options(args.storage_option)
-    cache = LogitCache.open(args.path, allow_incomplete=True, storage_options=options)
+    cache = _open_for_cli(LogitCache, args.path, options)
     report = cache.verify()
     print(_flag_words(str(report)))
     return 0 if report.ok else 1

@@ -340,8 +340,8 @@ def _check_against_initial_copy(manifest: Manifest, path: Any, copy_path: Any) -
         raise CacheCorruptError(
             f"the manifest {path} does not hold the settings the cache was created with "
             f"({copy_path.name}): {shown} (this file against the copy). One of them was edited or "
-            "damaged after the build; a resume (build_cache(..., resume=True) with the cache's "
-            "settings) restores the manifest from the copy, or overwrite=True rebuilds"
+            "damaged after the build; building the cache again with its settings restores the "
+            "manifest from the copy (or overwrite it)"
         )
 
 

@@ -49,20 +49,18 @@ def earlier_run(out: Path) -> list[Path]:
     return [out / name for name in names if (out / name).is_file()]
 
 
-def _clear_earlier_run(out: Path, overwrite: bool) -> None:
-    """Refuse (or, with ``overwrite``, delete) an earlier run's files in ``out``: a new run
-    writes only its own experiments, and would leave the old plots beside its report."""
+def _refuse_earlier_run(out: Path, overwrite: bool) -> list[Path]:
+    """An earlier run's files in ``out``, which the run replaces at its first write; refused
+    without ``overwrite``: a new run writes only its own experiments, and would leave the
+    old plots beside its report."""
     earlier = earlier_run(out)
-    if not earlier:
-        return
-    if not overwrite:
+    if earlier and not overwrite:
         raise InputError(
             f"{out} holds an earlier run ({', '.join(p.name for p in earlier[:3])}"
             f"{' ...' if len(earlier) > 3 else ''}); pass overwrite=True to replace it, or "
             "choose another out folder"
         )
-    for path in earlier:
-        path.unlink()
+    return earlier
 
 
 def run(
@@ -103,7 +101,8 @@ def run(
         The command line to print in the report.
     overwrite : bool, default=False
         Replace an earlier run's files in ``out`` (its report, JSON and plots; nothing
-        else there is touched).
+        else there is touched), once the first experiment has finished: a run that fails
+        before leaves them as they were.
 
     Returns
     -------
@@ -125,7 +124,7 @@ def run(
     resolve_device(device)  # a device this machine lacks fails before any work
     say = print if verbose else (lambda message: None)
     out = Path(out)
-    _clear_earlier_run(out, overwrite)
+    replaced = _refuse_earlier_run(out, overwrite)  # deleted at the first write, not before
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     # read once, before any work: the record is rewritten after every experiment, and a
@@ -143,6 +142,8 @@ def run(
 
     def write(lab: Lab) -> tuple[dict[str, Any], dict[int, list[Path]] | None, list[Path]]:
         """The record so far, written out: a run stopped part-way leaves the experiments it finished."""
+        while replaced:  # the earlier run's files go once this run has something to write
+            replaced.pop().unlink(missing_ok=True)
         record: dict[str, Any] = {
             "command": command
             or f"kdpipe.reproduce.run(profile={settings.name!r}"

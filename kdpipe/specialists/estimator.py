@@ -16,7 +16,12 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from kdpipe._estimator import check_teacher_logits, torch_classifier_tags, validate_rows
+from kdpipe._estimator import (
+    check_teacher_logits,
+    rows_as_given,
+    torch_classifier_tags,
+    validate_rows,
+)
 from kdpipe.cache.alignment import check_fit_alignment
 from kdpipe.engine import TrainingConfig, seeded
 from kdpipe.errors import InputError, SparseFormatError
@@ -111,8 +116,9 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
     rows_transformed : bool, default=False
         As :class:`kdpipe.DistilledClassifier`'s: ``True`` when an earlier ``Pipeline``
         step transforms ``X``, so that its rows are checked against a
-        :class:`~kdpipe.LogitCache` by their labels only; also set on a generalist
-        that has the parameter.
+        :class:`~kdpipe.LogitCache` by their labels only. (The ensemble checks the
+        rows as given; the generalist it fits gets them validated, so a generalist with
+        the parameter is fitted with it set.)
     random_state : int, RandomState instance or None, default=None
         Seeds the generalist (when its own ``random_state`` is ``None``), the
         sampling and every specialist; the same seed gives the same model on CPU,
@@ -333,7 +339,7 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         self._check_settings()
         cache_classes = getattr(teacher_logits, "classes", None)
         if cache_classes is not None:  # a LogitCache: are these the rows that made it?
-            raw = given if isinstance(given, np.ndarray) else X
+            raw = rows_as_given(given, X)
             codes = encode_labels(y, np.asarray(cache_classes), unlabeled=unlabeled)
             check_fit_alignment(
                 raw, codes, teacher_logits, seed=0, transformed=self.rows_transformed
@@ -440,7 +446,9 @@ class SpecialistEnsembleClassifier(ClassifierMixin, BaseEstimator):
         params = generalist.get_params(deep=False)
         if "random_state" in params and params["random_state"] is None:
             generalist.set_params(random_state=int(rng.randint(np.iinfo(np.int32).max)))
-        if self.rows_transformed and "rows_transformed" in params:
+        if "rows_transformed" in params and teacher_logits is not None:
+            # fit checked the rows as given; the generalist gets them validated (float32),
+            # whose bytes match no row of a cache built from float64 ones
             generalist.set_params(rows_transformed=True)
         accepts_teacher = "teacher_logits" in inspect.signature(generalist.fit).parameters
         if teacher_logits is not None and accepts_teacher:
