@@ -457,6 +457,29 @@ def test_the_guide_quotes_experiment_1s_evidence_from_the_committed_results():
     assert f"{low:.0%}..{high:.0%}" in readme
 
 
+def test_the_guide_quotes_the_40_epoch_probe_of_experiment_1_from_its_results():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    guide = " ".join((root / "docs/user_guide/reproduce.rst").read_text().split())
+    folder = "examples/results/reproduce/probes/cpu-experiment-1-students-40-epochs"
+    assert folder in guide
+    record = json.loads((root / folder / "results.json").read_text())
+    assert record["profile"]["student_epochs"] == 40 and list(record["experiments"]) == ["1"]
+    r1 = record["experiments"]["1"]["results"]
+    for value in (
+        r1["hard_test_accuracy"]["mean"],
+        r1["distilled_test_accuracy"]["mean"],
+        r1["distilled_on_views_test_accuracy"]["mean"],
+        r1["teacher_test_accuracy"],
+    ):
+        assert f"{value:.4f}" in guide
+    share = r1["gap_closed_on_views"]
+    assert f"{100 * share['gap']:.2f} points" in guide
+    assert f"under the {100 * share['gap_needed']:.2f} that a share of 80% needs" in guide
+    assert unresolved(share) and unresolved(r1["gap_closed"])
+
+
 JUDGED_SHARES = [  # (experiment, key, the guide's row label): every share a verdict rests on
     ("1", "gap_closed_on_views", "1, the teacher's views (judged)"),
     ("1", "gap_closed", "1, the plain rows"),
