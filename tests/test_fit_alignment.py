@@ -193,23 +193,27 @@ def test_specialists_refuse_rows_out_of_order_even_with_a_frozen_generalist(buil
         ensemble.fit(X[order], y[order], teacher_logits=cache)
 
 
-def test_specialists_pass_rows_transformed_to_their_generalist(built):
-    """The ensemble's own check and its default generalist's both follow rows_transformed."""
+def _ensemble(**extra):
     from kdpipe import SpecialistEnsembleClassifier
 
-    X, y, cache = built
-    settings = dict(
+    return SpecialistEnsembleClassifier(
         generalist=DistilledClassifier(**FAST),
         class_subsets=[[0, 1]],
         specialist_max_epochs=1,
         random_state=0,
         device="cpu",
+        **extra,
     )
+
+
+def test_specialists_refuse_transformed_rows_unless_declared(built):
+    """The ensemble checks the rows itself, following its rows_transformed; the clone of
+    the generalist it fits then skips the byte check, the user's generalist untouched."""
+    X, y, cache = built
     scaled = X * 2.0 + 1.0
     with pytest.raises(RowMismatchError, match="rows_transformed=True"):
-        SpecialistEnsembleClassifier(**settings).fit(scaled, y, teacher_logits=cache)
-    ensemble = SpecialistEnsembleClassifier(**settings, rows_transformed=True)
-    ensemble.fit(scaled, y, teacher_logits=cache)
+        _ensemble().fit(scaled, y, teacher_logits=cache)
+    ensemble = _ensemble(rows_transformed=True).fit(scaled, y, teacher_logits=cache)
     assert ensemble.generalist_.rows_transformed is True
     assert ensemble.generalist.rows_transformed is False  # the parameter is left as given
 
@@ -226,18 +230,9 @@ def test_rows_given_as_a_list_or_a_tensor_are_compared_in_their_own_dtype(built)
 
 
 def test_specialists_fit_float64_rows_whose_generalist_sees_them_as_float32(built):
-    from kdpipe import SpecialistEnsembleClassifier
-
     X, y, cache = built
     assert X.dtype == np.float64
-    ensemble = SpecialistEnsembleClassifier(
-        generalist=DistilledClassifier(**FAST),
-        class_subsets=[[0, 1]],
-        specialist_max_epochs=1,
-        random_state=0,
-        device="cpu",
-    )
-    ensemble.fit(X, y, teacher_logits=cache)  # the ensemble checked the rows as given
+    ensemble = _ensemble().fit(X, y, teacher_logits=cache)  # checked as given, by the ensemble
     assert ensemble.generalist.rows_transformed is False  # the user's generalist, unchanged
 
 
