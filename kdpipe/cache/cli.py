@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,10 +235,17 @@ def _flag_words(text: str) -> str:
     return text
 
 
-def _cli_words(exc: Exception) -> Exception:
-    """``exc`` with build_cache's names of options replaced by the command line's."""
-    text = _flag_words(str(exc))
-    return exc if text == str(exc) else type(exc)(text)
+@contextlib.contextmanager
+def _in_flag_words() -> Iterator[None]:
+    """Re-raise kdpipe's errors with build_cache's names of options replaced by the
+    command line's."""
+    try:
+        yield
+    except KdpipeError as exc:
+        text = _flag_words(str(exc))
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from exc
 
 
 def _sparse_option(text: str | None) -> Any:
@@ -260,7 +269,7 @@ def _build(args: argparse.Namespace) -> int:
     teachers = [_teacher(path, args.trust_pickled_teachers) for path in args.teachers]
     X = _open_data(args.data, args.dataset, options)
     y = _load_labels(args.labels) if args.labels else None
-    try:
+    with _in_flag_words():
         cache = build_cache(
             teachers,
             X,
@@ -280,11 +289,6 @@ def _build(args: argparse.Namespace) -> int:
             sparse=sparse,
             lock_timeout=args.lock_timeout,
         )
-    except KdpipeError as exc:
-        worded = _cli_words(exc)
-        if worded is exc:
-            raise
-        raise worded from exc
     if not args.quiet:
         print(f"wrote {cache!r}")
         print(f"cache: {_shown(cache.path)}")
@@ -293,13 +297,8 @@ def _build(args: argparse.Namespace) -> int:
 
 def _open_for_cli(kind: Any, path: str, options: Any) -> Any:
     """``LogitCache.open``, its errors in the command line's words."""
-    try:
+    with _in_flag_words():
         return kind.open(path, allow_incomplete=True, storage_options=options)
-    except KdpipeError as exc:
-        worded = _cli_words(exc)
-        if worded is exc:
-            raise
-        raise worded from exc
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -290,7 +290,7 @@ def read_manifest(root: Any, name: str = MANIFEST_NAME) -> Manifest | None:
             f"{path} records sparse settings this kdpipe cannot read: {exc}"
         ) from exc
     if name == MANIFEST_NAME:
-        _check_against_initial_copy(manifest, path, as_location(root) / MANIFEST_COPY)
+        _check_against_initial_copy(manifest, root)
     return manifest
 
 
@@ -317,7 +317,7 @@ def settings_differences(manifest: Manifest, initial: Manifest) -> list[str]:
     return out
 
 
-def _check_against_initial_copy(manifest: Manifest, path: Any, copy_path: Any) -> None:
+def _check_against_initial_copy(manifest: Manifest, root: Any) -> None:
     """Refuse a manifest whose settings are not those it was created with.
 
     ``manifest.initial.json`` is written once, with the settings, when a cache is created;
@@ -328,18 +328,17 @@ def _check_against_initial_copy(manifest: Manifest, path: Any, copy_path: Any) -
     copy (made before it existed, or the copy itself damaged) is not compared.
     """
     try:
-        text = copy_path.read_text()
-        initial = Manifest.from_dict(json.loads(text))
-    except FileNotFoundError:
+        initial = read_manifest(root, name=MANIFEST_COPY)
+    except (CacheCorruptError, OSError):  # the copy is only a spare: this one checked out
         return
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # the copy is only a spare: the manifest itself decoded and checked
+    if initial is None:
+        return
     differences = settings_differences(manifest, initial)
     if differences:
         shown = "; ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
         raise CacheCorruptError(
-            f"the manifest {path} does not hold the settings the cache was created with "
-            f"({copy_path.name}): {shown} (this file against the copy). One of them was edited or "
+            f"the manifest {as_location(root) / MANIFEST_NAME} does not hold the settings the "
+            f"cache was created with ({MANIFEST_COPY}): {shown} (this file against the copy). One of them was edited or "
             "damaged after the build; building the cache again with its settings restores the "
             "manifest from the copy (or overwrite it)"
         )

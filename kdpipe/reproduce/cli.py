@@ -16,21 +16,16 @@ def _main(args: argparse.Namespace) -> int:
 
     from kdpipe.devices import resolve_device
     from kdpipe.errors import InputError
-    from kdpipe.reproduce.runner import earlier_run, run
+    from kdpipe.reproduce.runner import refuse_earlier_run, run
     from kdpipe.reproduce.settings import get_profile, parse_experiments
 
     try:
         parse_experiments(args.experiments)
         get_profile(args.profile, seeds=args.seeds)
         resolve_device(args.device)
+        refuse_earlier_run(Path(args.out), args.overwrite, words=("--overwrite", "another --out"))
     except (ValueError, InputError) as exc:
         raise UsageError(str(exc)) from None
-    found = earlier_run(Path(args.out))
-    if found and not args.overwrite:
-        raise UsageError(
-            f"--out {args.out} holds an earlier run ({', '.join(p.name for p in found)}); pass "
-            "--overwrite to replace it, or choose another --out"
-        )
     record = run(
         args.profile,
         experiments=args.experiments,

@@ -14,7 +14,7 @@ from typing import Any
 from kdpipe.errors import InputError
 from kdpipe.reproduce.settings import NOT_IMPLEMENTED, Profile, get_profile, parse_experiments
 
-__all__ = ["run", "earlier_run", "DEFAULT_OUT"]
+__all__ = ["run", "earlier_run", "refuse_earlier_run", "DEFAULT_OUT"]
 
 DEFAULT_OUT = Path("kdpipe-results") / "reproduce"
 
@@ -49,16 +49,19 @@ def earlier_run(out: Path) -> list[Path]:
     return [out / name for name in names if (out / name).is_file()]
 
 
-def _refuse_earlier_run(out: Path, overwrite: bool) -> list[Path]:
-    """An earlier run's files in ``out``, which the run replaces at its first write; refused
-    without ``overwrite``: a new run writes only its own experiments, and would leave the
-    old plots beside its report."""
+def refuse_earlier_run(
+    out: Path, overwrite: bool, *, words: tuple[str, str] = ("overwrite=True", "another out")
+) -> list[Path]:
+    """An earlier run's files in ``out``, which a run replaces at its first write; an
+    :class:`~kdpipe.errors.InputError` without ``overwrite``: a new run writes only its
+    own experiments, and would leave the old plots beside its report. ``words``: how the
+    caller spells the overwrite option and the out folder."""
     earlier = earlier_run(out)
     if earlier and not overwrite:
         raise InputError(
             f"{out} holds an earlier run ({', '.join(p.name for p in earlier[:3])}"
-            f"{' ...' if len(earlier) > 3 else ''}); pass overwrite=True to replace it, or "
-            "choose another out folder"
+            f"{' ...' if len(earlier) > 3 else ''}); pass {words[0]} to replace it, or choose "
+            f"{words[1]} folder"
         )
     return earlier
 
@@ -124,7 +127,7 @@ def run(
     resolve_device(device)  # a device this machine lacks fails before any work
     say = print if verbose else (lambda message: None)
     out = Path(out)
-    replaced = _refuse_earlier_run(out, overwrite)  # deleted at the first write, not before
+    replaced = refuse_earlier_run(out, overwrite)  # deleted at the first write, not before
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     # read once, before any work: the record is rewritten after every experiment, and a
