@@ -97,6 +97,7 @@ def test_every_script_has_a_smoke_test():
         "examples/fashion_mnist_distill.py",
         "examples/cluster_sweep.py",
         "examples/fashion_mnist_views.py",
+        "examples/fashion_mnist_mlp_teachers.py",
     }
     assert {str(p.relative_to(ROOT)) for p in SCRIPTS} == tested
 
@@ -307,6 +308,55 @@ def _quick_benchmark(script: str, out: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_mlp_teachers_example_is_the_same_in_two_processes_and_in_one(
+    tmp_path, capsys, fashion_dir, tracked_tree_unchanged
+):
+    recipes = ["2x800, no regularization", "2x1200, dropout 0.2, shifts and flips"]
+    common = ["--data-dir", str(fashion_dir), "--validation-rows", "40", "--epochs", "2"]
+    common += ["--recipes", *recipes]
+    one = tmp_path / "one"
+    script = "examples/fashion_mnist_mlp_teachers.py"
+    assert _load(script).main([*common, "--out", str(one), "--quiet"]) == 0
+    json_path, png_path = one / "mlp_teachers.json", one / "mlp_teachers.png"
+    assert sorted(one.iterdir()) == sorted([json_path, png_path])
+    assert _wrote(capsys.readouterr().out) == [json_path.resolve(), png_path.resolve()]
+    results = json.loads(json_path.read_text())
+    s = results["settings"]
+    assert (s["train_rows"], s["validation_rows"], s["epochs"]) == (200, 40, 2)
+    assert list(results["recipes"]) == recipes and results["reference"] == recipes[0]
+    flips = results["recipes"][recipes[1]]
+    assert flips["augment"] == {
+        "kind": "compose",
+        "steps": [{"kind": "shift", "pixels": 2, "p": 0.5}, {"kind": "hflip", "p": 0.5}],
+    }
+    for r in results["recipes"].values():
+        acc = r["validation_accuracy"]
+        assert len(acc) == 2 and all(0.0 <= a <= 1.0 for a in acc)
+        assert (r["best"], r["last"]) == (max(acc), acc[-1])
+        assert acc[r["best_epoch"] - 1] == r["best"]
+    assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+    two = tmp_path / "two"  # as a user runs it: spawned workers, one recipe each
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / script), *common, "--out", str(two), "--jobs", "2"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("epoch 2/2, validation") == 2  # progress, one line per epoch
+    again = json.loads((two / "mlp_teachers.json").read_text())
+    for name in recipes:  # the same views and initializations in either process
+        assert (
+            again["recipes"][name]["validation_accuracy"]
+            == results["recipes"][name]["validation_accuracy"]
+        )
 
 
 @pytest.mark.slow  # trains a teacher and builds views caches (~17 s); CI runs it (.ci/run: pytest -m slow)
