@@ -480,6 +480,29 @@ def test_the_guide_quotes_the_40_epoch_probe_of_experiment_1_from_its_results():
     assert unresolved(share) and unresolved(r1["gap_closed"])
 
 
+def test_the_guide_quotes_the_mlp_teacher_recipes_from_their_results():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    guide = " ".join((root / "docs/user_guide/reproduce.rst").read_text().split())
+    folder = "examples/results/fashion_mnist_mlp_teachers"
+    assert folder in guide
+    record = json.loads((root / folder / "mlp_teachers.json").read_text())
+    assert record["settings"]["epochs"] == 60 and record["git_commit"]
+    late = {  # the mean validation accuracy over epochs 41 to 60
+        name: float(np.mean(r["validation_accuracy"][40:])) for name, r in record["recipes"].items()
+    }
+    assert "Averaged over epochs 41 to 60" in guide
+    for value in late.values():
+        assert f"{value:.4f}" in guide
+    reference = late[record["reference"]]
+    best = max(late, key=late.__getitem__)
+    assert best == "2x1200, dropout 0.2, shifts"
+    assert f"{100 * (late[best] - reference):.2f} points more" in guide
+    fewer_errors = 1 - (1 - late[best]) / (1 - reference)
+    assert f"makes {100 * fewer_errors:.0f}% fewer" in guide
+
+
 JUDGED_SHARES = [  # (experiment, key, the guide's row label): every share a verdict rests on
     ("1", "gap_closed_on_views", "1, the teacher's views (judged)"),
     ("1", "gap_closed", "1, the plain rows"),
