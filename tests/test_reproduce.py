@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,14 @@ from kdpipe.reproduce.stats import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _guide_words() -> str:
+    """The reproduction guide with its line breaks and runs of spaces made single spaces."""
+    return " ".join((ROOT / "docs/user_guide/reproduce.rst").read_text().split())
 
 
 def _accuracies(node):
@@ -400,15 +409,13 @@ def test_share_interval_without_a_gap_is_nan_and_says_so():
 
 
 def test_readme_headline_counts_the_verdicts_of_the_committed_cpu_run():
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    record = json.loads((root / "examples/results/reproduce/cpu/results.json").read_text())
+    record = json.loads((ROOT / "examples/results/reproduce/cpu/results.json").read_text())
     verdicts = [record["experiments"][str(n)]["verdict"] for n in EXPERIMENTS]
     counts = {v: verdicts.count(v) for v in (REPRODUCED, PARTLY, NOT)}
     line = next(
         line
-        for line in (root / "README.md").read_text().splitlines()
+        for line in (ROOT / "README.md").read_text().splitlines()
         if line.startswith("**Reproduction, cpu profile")
     )
     assert (
@@ -419,12 +426,9 @@ def test_readme_headline_counts_the_verdicts_of_the_committed_cpu_run():
 
 
 def test_the_guide_quotes_experiment_1s_evidence_from_the_committed_results():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    guide = " ".join((root / "docs/user_guide/reproduce.rst").read_text().split())
-    readme = " ".join((root / "README.md").read_text().split())
-    cpu = json.loads((root / "examples/results/reproduce/cpu/results.json").read_text())
+    guide = _guide_words()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    cpu = json.loads((ROOT / "examples/results/reproduce/cpu/results.json").read_text())
     r1 = cpu["experiments"]["1"]["results"]
     for value in (
         r1["teacher_test_accuracy"],
@@ -437,7 +441,7 @@ def test_the_guide_quotes_experiment_1s_evidence_from_the_committed_results():
     assert f"is {100 * on_views['gap']:.2f} points" in guide
     views = json.loads(
         (
-            root / "examples/results/fashion_mnist_views_all_rows/fashion_mnist_views.json"
+            ROOT / "examples/results/fashion_mnist_views_all_rows/fashion_mnist_views.json"
         ).read_text()
     )
     mlp = views["students"]["MLP 2x800"]
@@ -458,13 +462,10 @@ def test_the_guide_quotes_experiment_1s_evidence_from_the_committed_results():
 
 
 def test_the_guide_quotes_the_40_epoch_probe_of_experiment_1_from_its_results():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    guide = " ".join((root / "docs/user_guide/reproduce.rst").read_text().split())
+    guide = _guide_words()
     folder = "examples/results/reproduce/probes/cpu-experiment-1-students-40-epochs"
     assert folder in guide
-    record = json.loads((root / folder / "results.json").read_text())
+    record = json.loads((ROOT / folder / "results.json").read_text())
     assert record["profile"]["student_epochs"] == 40 and list(record["experiments"]) == ["1"]
     r1 = record["experiments"]["1"]["results"]
     for value in (
@@ -481,13 +482,10 @@ def test_the_guide_quotes_the_40_epoch_probe_of_experiment_1_from_its_results():
 
 
 def test_the_guide_quotes_the_mlp_teacher_recipes_from_their_results():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    guide = " ".join((root / "docs/user_guide/reproduce.rst").read_text().split())
+    guide = _guide_words()
     folder = "examples/results/fashion_mnist_mlp_teachers"
     assert folder in guide
-    record = json.loads((root / folder / "mlp_teachers.json").read_text())
+    record = json.loads((ROOT / folder / "mlp_teachers.json").read_text())
     assert record["settings"]["epochs"] == 60 and record["git_commit"]
     late = {  # the mean validation accuracy over epochs 41 to 60
         name: float(np.mean(r["validation_accuracy"][40:])) for name, r in record["recipes"].items()
@@ -515,13 +513,11 @@ JUDGED_SHARES = [  # (experiment, key, the guide's row label): every share a ver
 
 
 def test_the_guide_and_readme_quote_what_the_committed_run_could_see():
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    guide = (root / "docs/user_guide/reproduce.rst").read_text()
-    readme = " ".join((root / "README.md").read_text().split())
-    cpu = json.loads((root / "examples/results/reproduce/cpu/results.json").read_text())
-    old = json.loads((root / "examples/results/reproduce/cpu-e23bea1/results.json").read_text())
+    guide = (ROOT / "docs/user_guide/reproduce.rst").read_text()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    cpu = json.loads((ROOT / "examples/results/reproduce/cpu/results.json").read_text())
+    old = json.loads((ROOT / "examples/results/reproduce/cpu-e23bea1/results.json").read_text())
     new_e, old_e = cpu["experiments"], old["experiments"]
     for n, key, label in JUDGED_SHARES:
         share = new_e[n]["results"][key]
@@ -559,15 +555,13 @@ def test_the_guide_and_readme_quote_what_the_committed_run_could_see():
 
 
 def test_every_figure_of_the_readme_headline_is_the_committed_runs():
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     line = next(
         line
-        for line in (root / "README.md").read_text().splitlines()
+        for line in (ROOT / "README.md").read_text().splitlines()
         if line.startswith("**Reproduction, cpu profile")
     )
-    record = json.loads((root / "examples/results/reproduce/cpu/results.json").read_text())
+    record = json.loads((ROOT / "examples/results/reproduce/cpu/results.json").read_text())
     headlines = {n: e["headline"] for n, e in record["experiments"].items()}
     quoted = {  # experiment -> the figures the README quotes from its headline
         "1": [
