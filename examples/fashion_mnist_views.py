@@ -45,13 +45,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdpipe import DistilledClassifier, Views, build_cache
-from kdpipe.augment import Shift, apply_views
+from kdpipe.augment import Shift
 from kdpipe.cli import HelpFormatter
 from kdpipe.datasets import FASHION_MNIST_DIR, load_fashion_mnist
 from kdpipe.students import ConvNet
+from kdpipe.teacher_training import train_on_views
 
 TEACHER: dict[str, Any] = {"channels": (16, 32), "hidden": 128, "dropout": 0.1}
 STUDENTS: dict[str, dict[str, Any]] = {
@@ -72,24 +72,29 @@ def train_teacher(X: np.ndarray, y: np.ndarray, epochs: int, seed: int, say) -> 
     """A ConvNet trained with Shift(2): each epoch, row r gets the shift of stream (seed', r, epoch)."""
     torch.manual_seed(seed)
     model = ConvNet(784, 10, sample_shape=(1, 28, 28), **TEACHER)
-    opt = torch.optim.Adam(model.parameters(), lr=TEACHER_LR)
-    labels = torch.from_numpy(y)
-    rng = np.random.default_rng(seed)
-    for epoch in range(epochs):
-        model.train()
-        tick = time.perf_counter()
-        for idx in np.array_split(rng.permutation(len(X)), max(1, len(X) // TEACHER_BATCH)):
-            idx = np.sort(idx)
-            shifted = apply_views(
-                Shift(2), X[idx], idx, epoch, TEACHER_SHIFT_SEED
-            )  # uint8 (b, 1, 28, 28)
-            loss = F.cross_entropy(model(torch.from_numpy(shifted).float() / 255), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    tick = time.perf_counter()
+
+    def report(epoch: int, loss: float) -> None:
+        nonlocal tick
         say(
-            f"teacher epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} ({time.perf_counter() - tick:.0f} s)"
+            f"teacher epoch {epoch + 1}/{epochs}: mean loss {loss:.3f} "
+            f"({time.perf_counter() - tick:.0f} s)"
         )
+        tick = time.perf_counter()
+
+    train_on_views(
+        model,
+        X,  # uint8 (n, 1, 28, 28)
+        y,
+        augment=Shift(2),
+        epochs=epochs,
+        batch_size=TEACHER_BATCH,
+        learning_rate=TEACHER_LR,
+        seed=seed,
+        view_seed=TEACHER_SHIFT_SEED,
+        to_input=lambda views: torch.from_numpy(views).float() / 255,
+        after_epoch=report,
+    )
     return model.eval()
 
 

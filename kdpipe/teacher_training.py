@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from kdpipe.engine import TrainingConfig, seeded, train_student
 from kdpipe.rows import MinibatchSource
 from kdpipe.students import MLP
 
-__all__ = ["train_mlp_ensemble", "jitter_images"]
+if TYPE_CHECKING:
+    from kdpipe.augment import Augmentation
+
+__all__ = ["train_mlp_ensemble", "jitter_images", "train_on_views"]
 
 
 def jitter_images(
@@ -54,6 +58,93 @@ def jitter_images(
     moved = padded_crops(torch.from_numpy(images), max_shift, tops, lefts, h, w)
     return moved.numpy().reshape(n, -1)
 
+
+
+def train_on_views(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    y: np.ndarray,
+    *,
+    augment: Augmentation | None,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    view_seed: int | None = None,
+    to_input: Callable[[np.ndarray], torch.Tensor] | None = None,
+    after_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` on hard labels, each epoch on a fresh augmented view of every row.
+
+    Epoch ``e`` (from 0) shows row ``r`` its view ``e``, drawn from the stream
+    ``(view_seed, r, e)`` by :func:`kdpipe.augment.apply_views`: a rerun, in this
+    process or another, sees the same views. Each epoch splits a permutation of the rows
+    from ``numpy.random.default_rng(seed)`` into ``len(images) // batch_size`` minibatches
+    (sizes differ by at most one), each a cross-entropy step of Adam.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Takes what ``to_input`` makes of a batch of views; in train mode during each
+        epoch (``after_epoch`` may switch it to eval mode), left in train mode.
+    images : ndarray of shape ``(n, *sample_shape)``
+        The rows in their stored dtype (views only move pixels).
+    y : ndarray of shape (n,)
+        Class codes.
+    augment : Augmentation or None
+        None trains on the rows themselves.
+    epochs, batch_size, learning_rate
+        Adam training settings.
+    seed : int
+        Seeds the order of the rows.
+    view_seed : int, optional
+        Seeds the views (default: ``seed``).
+    to_input : callable, optional
+        ``to_input(views) -> Tensor``, the model's input; default: float32 as stored.
+    after_epoch : callable, optional
+        Called as ``after_epoch(epoch, mean_loss)`` after each epoch (from 0).
+
+    Returns
+    -------
+    list of float
+        The mean training loss of each epoch, over its minibatches.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from kdpipe.augment import Shift
+    >>> from kdpipe.teacher_training import train_on_views
+    >>> images = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+    >>> y = np.arange(64) % 2
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    >>> losses = train_on_views(model, images, y, augment=Shift(1), epochs=2,
+    ...                         batch_size=16, learning_rate=1e-2, seed=0)
+    >>> len(losses)
+    2
+    """
+    from kdpipe.augment import apply_views
+
+    view_seed = seed if view_seed is None else view_seed
+    prepare = to_input or (lambda views: torch.from_numpy(views).float())
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    rng = np.random.default_rng(seed)
+    means: list[float] = []
+    for epoch in range(epochs):
+        model.train()  # after_epoch may have evaluated it
+        total, steps = 0.0, 0
+        for idx in np.array_split(rng.permutation(len(images)), max(1, len(images) // batch_size)):
+            idx = np.sort(idx)
+            views = apply_views(augment, images[idx], idx, epoch, view_seed)
+            loss = F.cross_entropy(model(prepare(views)), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        means.append(total / steps)
+        if after_epoch is not None:
+            after_epoch(epoch, means[-1])
+    return means
 
 @overload
 def train_mlp_ensemble(

@@ -189,7 +189,7 @@ def test_the_record_names_the_commit_that_started_the_run_not_a_later_one(tmp_pa
 
     # HEAD moves after the first look: a commit made while the run goes on
     commits = itertools.chain(["a" * 40], itertools.repeat("b" * 40))
-    monkeypatch.setattr(runner, "_git_commit", lambda: next(commits))
+    monkeypatch.setattr(runner, "git_commit", lambda: next(commits))
     run(profile="smoke", experiments=[1, 2], out=tmp_path, verbose=False)
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["git_commit"] == "a" * 40
@@ -479,6 +479,12 @@ def test_the_guide_quotes_the_40_epoch_probe_of_experiment_1_from_its_results():
     assert f"{100 * share['gap']:.2f} points" in guide
     assert f"under the {100 * share['gap_needed']:.2f} that a share of 80% needs" in guide
     assert unresolved(share) and unresolved(r1["gap_closed"])
+
+
+def test_git_commit_leaves_out_paths_outside_the_checkout(tmp_path):
+    from kdpipe.reproduce.runner import git_commit
+
+    assert git_commit(tmp_path) == git_commit()  # not None for a path git cannot look at
 
 
 def test_the_guide_quotes_the_mlp_teacher_recipes_from_their_results():

@@ -20,6 +20,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
 
 from kdpipe.cache import LogitCache
 
@@ -316,9 +317,11 @@ def test_mlp_teachers_example_is_the_same_in_two_processes_and_in_one(
     recipes = ["2x800, no regularization", "2x1200, dropout 0.2, shifts and flips"]
     common = ["--data-dir", str(fashion_dir), "--validation-rows", "40", "--epochs", "2"]
     common += ["--recipes", *recipes]
+    script = _load("examples/fashion_mnist_mlp_teachers.py")
     one = tmp_path / "one"
-    script = "examples/fashion_mnist_mlp_teachers.py"
-    assert _load(script).main([*common, "--out", str(one), "--quiet"]) == 0
+    threads = torch.get_num_threads()
+    assert script.main([*common, "--out", str(one), "--quiet"]) == 0
+    assert torch.get_num_threads() == threads  # its one thread per net is given back
     json_path, png_path = one / "mlp_teachers.json", one / "mlp_teachers.png"
     assert sorted(one.iterdir()) == sorted([json_path, png_path])
     assert _wrote(capsys.readouterr().out) == [json_path.resolve(), png_path.resolve()]
@@ -333,7 +336,7 @@ def test_mlp_teachers_example_is_the_same_in_two_processes_and_in_one(
     }
     for r in results["recipes"].values():
         acc = r["validation_accuracy"]
-        assert len(acc) == 2 and all(0.0 <= a <= 1.0 for a in acc)
+        assert len(acc) == len(r["training_loss"]) == 2 and all(0.0 <= a <= 1.0 for a in acc)
         assert (r["best"], r["last"]) == (max(acc), acc[-1])
         assert acc[r["best_epoch"] - 1] == r["best"]
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
@@ -341,7 +344,7 @@ def test_mlp_teachers_example_is_the_same_in_two_processes_and_in_one(
     two = tmp_path / "two"  # as a user runs it: spawned workers, one recipe each
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, str(ROOT / script), *common, "--out", str(two), "--jobs", "2"],
+        [sys.executable, str(script.__file__), *common, "--out", str(two), "--jobs", "2"],
         check=False,
         cwd=tmp_path,
         env=env,
@@ -350,13 +353,39 @@ def test_mlp_teachers_example_is_the_same_in_two_processes_and_in_one(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("epoch 2/2, validation") == 2  # progress, one line per epoch
+    assert done.stdout.count("epoch 2/2, training loss") == 2  # progress, a line per epoch
     again = json.loads((two / "mlp_teachers.json").read_text())
-    for name in recipes:  # the same views and initializations in either process
-        assert (
-            again["recipes"][name]["validation_accuracy"]
-            == results["recipes"][name]["validation_accuracy"]
-        )
+    other = tmp_path / "other-seed"  # the control: another seed trains other nets
+    assert script.main([*common, "--out", str(other), "--quiet", "--seed", "1"]) == 0
+    control = json.loads((other / "mlp_teachers.json").read_text())
+    for name in recipes:  # the same views, order and initialization in either process
+        loss = results["recipes"][name]["training_loss"]
+        assert again["recipes"][name]["training_loss"] == loss
+        assert control["recipes"][name]["training_loss"] != loss
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--validation-rows", "0"], "--validation-rows must be at least 1, got 0"),
+        (["--train-rows", "-50"], "--train-rows must be at least 1, got -50"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--train-rows", "100000"], "--train-rows 100000: the data has 200 training rows"),
+        (["--validation-rows", "500"], "(--validation-rows): n_val=500 leaves no training rows"),
+        (["--data-dir", "/nonexistent-kdpipe-folder"], "/nonexistent-kdpipe-folder"),
+        (["--recipes", "2x1200, dropout 0.2", "2x1200, dropout 0.2"], "names a recipe twice"),
+    ],
+)
+def test_mlp_teachers_example_refuses_bad_flags_in_one_line(
+    tmp_path, capsys, fashion_dir, flags, message
+):
+    script = _load("examples/fashion_mnist_mlp_teachers.py")
+    argv = ["--data-dir", str(fashion_dir), "--validation-rows", "40", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        script.main([*argv, *flags])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # trains a teacher and builds views caches (~17 s); CI runs it (.ci/run: pytest -m slow)

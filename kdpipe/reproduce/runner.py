@@ -14,23 +14,29 @@ from typing import Any
 from kdpipe.errors import InputError
 from kdpipe.reproduce.settings import NOT_IMPLEMENTED, Profile, get_profile, parse_experiments
 
-__all__ = ["run", "earlier_run", "refuse_earlier_run", "DEFAULT_OUT"]
+__all__ = ["run", "earlier_run", "refuse_earlier_run", "git_commit", "DEFAULT_OUT"]
 
 DEFAULT_OUT = Path("kdpipe-results") / "reproduce"
 
 
-def _git_commit() -> str | None:
-    """The commit of the kdpipe source tree that runs, ``+dirty`` with uncommitted changes;
-    None outside a git checkout."""
+def git_commit(*also: Path) -> str | None:
+    """The commit of the kdpipe source tree that runs, ``+dirty`` with uncommitted changes
+    in ``kdpipe/`` or in the files or folders ``also`` (a script that calls it, say; those
+    outside the checkout are not looked at); None outside a git checkout."""
     import subprocess
 
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        commit, top = subprocess.run(
+            ["git", "rev-parse", "HEAD", "--show-toplevel"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        inside = [str(q) for q in (Path(p).resolve() for p in also) if q.is_relative_to(top)]
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."],
+            ["git", "status", "--porcelain", "--", ".", *inside],
             cwd=here.parent,
             capture_output=True,
             text=True,
@@ -132,7 +138,7 @@ def run(
     start = time.perf_counter()
     # read once, before any work: the record is rewritten after every experiment, and a
     # commit made while a run goes on is not the code that ran
-    machine, commit = describe_machine(), _git_commit()
+    machine, commit = describe_machine(), git_commit()
     splits = load_splits(
         settings.dataset,
         n_train=settings.n_train,
