@@ -59,7 +59,6 @@ def jitter_images(
     return moved.numpy().reshape(n, -1)
 
 
-
 def train_on_views(
     model: torch.nn.Module,
     images: np.ndarray,
@@ -117,8 +116,9 @@ def train_on_views(
     >>> images = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
     >>> y = np.arange(64) % 2
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    >>> losses = train_on_views(model, images, y, augment=Shift(1), epochs=2,
-    ...                         batch_size=16, learning_rate=1e-2, seed=0)
+    >>> losses = train_on_views(
+    ...     model, images, y, augment=Shift(1), epochs=2, batch_size=16, learning_rate=1e-2, seed=0
+    ... )
     >>> len(losses)
     2
     """
@@ -145,6 +145,7 @@ def train_on_views(
         if after_epoch is not None:
             after_epoch(epoch, means[-1])
     return means
+
 
 @overload
 def train_mlp_ensemble(
