@@ -24,6 +24,7 @@ __all__ = [
     "RowMismatchError",
     "UsageError",
     "SparseFormatError",
+    "SparseSizeError",
 ]
 
 
@@ -85,6 +86,12 @@ class UsageError(InputError):
 
 class MissingDependencyError(KdpipeError, ImportError):
     """An optional package that the request needs (``s3fs`` for an ``s3://`` URL) is not installed."""
+
+
+class SparseSizeError(InputError):
+    """A sparse format keeps as many values a row as the teacher has classes (``TopK(k)``
+    with ``k >= C``, ``LowRank(rank)`` with ``rank >= C``): a dense cache stores the
+    same in fewer bytes. ``kdpipe build-cache --sparse`` exits with 2 for it."""
 
 
 class SparseFormatError(InputError):

@@ -91,6 +91,26 @@ def test_a_bad_sparse_format_is_one_line_and_status_2_before_any_work(files, cap
     assert not out.exists()  # checked before the data (which does not exist) was even looked at
 
 
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (f"topk:{C}", f"TopK(k={C}) keeps every one of the {C} classes"),
+        (f"topk:{C + 4}+2@4", f"TopKSampledTail(k={C + 4}) keeps every one of the {C} classes"),
+        (f"lowrank:{C}", f"LowRank(rank={C}) keeps as many values as the {C} classes"),
+    ],
+)
+def test_a_sparse_format_as_large_as_the_teacher_is_one_line_and_status_2(
+    files, capsys, text, needle
+):
+    out = files / "cache"
+    args = ["build-cache", str(files / "t.pt"), "--data", str(files / "x.npy"), "-o", str(out)]
+    assert main([*args, "--sparse", text]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"kdpipe: error: --sparse {text!r}: ")
+    assert needle in err and "or a dense cache (no --sparse)" in err, err
+    assert not out.exists()
+
+
 def test_build_cache_writes_the_sparse_format_it_was_given(files):
     out = files / "cache"
     assert (

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kdpipe.errors import InputError, KdpipeError, UsageError
+from kdpipe.errors import InputError, KdpipeError, SparseSizeError, UsageError
 
 __all__ = ["register", "parse_storage_options", "add_storage_option"]
 
@@ -23,6 +23,7 @@ _TEACHER_FORMATS = (
 # build_cache's wording of an option -> the command line's
 _FLAG_WORDS = {
     "overwrite=True": "--overwrite",
+    "a dense cache (sparse=None)": "a dense cache (no --sparse)",
     "trust_pickled_teachers=True": "--trust-pickled-teachers",
     "pass resume=True or --overwrite": "pass --overwrite",
     "build_cache(..., lock_timeout=SECONDS), or None to wait as long as it takes": (
@@ -270,25 +271,28 @@ def _build(args: argparse.Namespace) -> int:
     X = _open_data(args.data, args.dataset, options)
     y = _load_labels(args.labels) if args.labels else None
     with _in_flag_words():
-        cache = build_cache(
-            teachers,
-            X,
-            args.output,
-            y=y,
-            backend=args.backend,
-            dtype=args.dtype,
-            chunk_rows=args.chunk_rows,
-            batch_size=args.batch_size,
-            device=args.device,
-            precision=args.precision,
-            client=args.scheduler,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            storage_options=options,
-            trust_pickled_teachers=args.trust_pickled_teachers,
-            sparse=sparse,
-            lock_timeout=args.lock_timeout,
-        )
+        try:
+            cache = build_cache(
+                teachers,
+                X,
+                args.output,
+                y=y,
+                backend=args.backend,
+                dtype=args.dtype,
+                chunk_rows=args.chunk_rows,
+                batch_size=args.batch_size,
+                device=args.device,
+                precision=args.precision,
+                client=args.scheduler,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                storage_options=options,
+                trust_pickled_teachers=args.trust_pickled_teachers,
+                sparse=sparse,
+                lock_timeout=args.lock_timeout,
+            )
+        except SparseSizeError as exc:  # the option is unusable for this teacher
+            raise UsageError(f"--sparse {args.sparse!r}: {exc}") from None
     if not args.quiet:
         print(f"wrote {cache!r}")
         print(f"cache: {_shown(cache.path)}")

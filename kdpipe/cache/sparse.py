@@ -98,7 +98,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kdpipe.cache.lowrank import LowRank, LowRankBasis
-from kdpipe.errors import InputError, SparseFormatError
+from kdpipe.errors import SparseFormatError, SparseSizeError
 from kdpipe.losses import parse_temperature
 from kdpipe.sparse_targets import SampledTargets, SparseTargets, TopKSampledTargets, TopKTargets
 
@@ -493,14 +493,14 @@ class SparseLayout:
         spec = self.spec
         if isinstance(spec, LowRank):
             if spec.rank >= c:
-                raise InputError(
+                raise SparseSizeError(
                     f"LowRank(rank={spec.rank}) keeps as many values as the {c} classes: use "
                     f"rank < {c}, or a dense cache (sparse=None)"
                 )
             record = np.dtype([("coefficients", value, (spec.rank,)), ("max_error", "<f4")])
         elif isinstance(spec, (TopK, TopKSampledTail)):
             if spec.k >= c:
-                raise InputError(
+                raise SparseSizeError(
                     f"{type(spec).__name__}(k={spec.k}) keeps every one of the {c} classes: use "
                     f"k < {c}, or a dense cache (sparse=None)"
                 )
