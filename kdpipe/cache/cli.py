@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import errno
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -237,13 +237,17 @@ def _flag_words(text: str) -> str:
 
 
 @contextlib.contextmanager
-def _in_flag_words() -> Iterator[None]:
+def _in_flag_words(usage: Mapping[type[KdpipeError], str] | None = None) -> Iterator[None]:
     """Re-raise kdpipe's errors with build_cache's names of options replaced by the
-    command line's."""
+    command line's; an error of a type in ``usage`` is a :class:`UsageError` (exit 2),
+    its message after that type's words (the option it is about)."""
     try:
         yield
     except KdpipeError as exc:
         text = _flag_words(str(exc))
+        for kind, option in (usage or {}).items():
+            if isinstance(exc, kind):
+                raise UsageError(f"{option}: {text}") from None
         if text == str(exc):
             raise
         raise type(exc)(text) from exc
@@ -270,29 +274,26 @@ def _build(args: argparse.Namespace) -> int:
     teachers = [_teacher(path, args.trust_pickled_teachers) for path in args.teachers]
     X = _open_data(args.data, args.dataset, options)
     y = _load_labels(args.labels) if args.labels else None
-    with _in_flag_words():
-        try:
-            cache = build_cache(
-                teachers,
-                X,
-                args.output,
-                y=y,
-                backend=args.backend,
-                dtype=args.dtype,
-                chunk_rows=args.chunk_rows,
-                batch_size=args.batch_size,
-                device=args.device,
-                precision=args.precision,
-                client=args.scheduler,
-                overwrite=args.overwrite,
-                progress=not args.quiet,
-                storage_options=options,
-                trust_pickled_teachers=args.trust_pickled_teachers,
-                sparse=sparse,
-                lock_timeout=args.lock_timeout,
-            )
-        except SparseSizeError as exc:  # the option is unusable for this teacher
-            raise UsageError(f"--sparse {args.sparse!r}: {exc}") from None
+    with _in_flag_words(usage={SparseSizeError: f"--sparse {args.sparse!r}"}):
+        cache = build_cache(
+            teachers,
+            X,
+            args.output,
+            y=y,
+            backend=args.backend,
+            dtype=args.dtype,
+            chunk_rows=args.chunk_rows,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision,
+            client=args.scheduler,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            storage_options=options,
+            trust_pickled_teachers=args.trust_pickled_teachers,
+            sparse=sparse,
+            lock_timeout=args.lock_timeout,
+        )
     if not args.quiet:
         print(f"wrote {cache!r}")
         print(f"cache: {_shown(cache.path)}")
